@@ -1,0 +1,261 @@
+// Package events defines refgc's domain events: the versioned envelope that
+// every change to the reference graph travels in, its validation, and its
+// encoding. It also holds the JetStream event log (publisher, follower,
+// embedded server) and the translation of CNCF Distribution notifications.
+//
+// Invariants:
+//   - An Event that passed Validate names only repositories and tags of the
+//     distribution reference grammar and only digests that go-digest parses,
+//     so nothing built from it (bbolt keys, storage paths) can hold "..", a
+//     leading "/", upper case or a NUL byte.
+//   - Events are statements of state, not increments: applying one twice, or
+//     replaying the whole log, yields the same projection.
+//   - The envelope carries a Version. Decode refuses versions newer than
+//     Version with ErrUnsupportedVersion and ignores fields it does not know,
+//     so older readers fail loudly and newer fields never break them silently.
+package events
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Version is the envelope version this package writes and the newest it reads.
+const Version = 1
+
+// MaxEncodedSize bounds one encoded event; Decode refuses larger input.
+const MaxEncodedSize = 1 << 20
+
+// ErrUnsupportedVersion is returned by Decode for an envelope written by a
+// newer refgc than this one. Upgrade the reader; never skip such events.
+var ErrUnsupportedVersion = errors.New("events: unsupported envelope version")
+
+// ErrTooLarge is returned by Decode for input over MaxEncodedSize.
+var ErrTooLarge = errors.New("events: encoded event too large")
+
+// Kind names what an event says happened.
+type Kind string
+
+// The event kinds. Each uses exactly one body field of Event, named in its comment.
+const (
+	// ManifestPushed: a manifest revision exists in a repository (Manifest).
+	ManifestPushed Kind = "manifest.pushed"
+	// TagSet: a tag points at a manifest (Tag, with Digest).
+	TagSet Kind = "tag.set"
+	// TagDeleted: a tag no longer exists (Tag, without Digest).
+	TagDeleted Kind = "tag.deleted"
+	// DigestDeleted: a digest was deleted in a repository; the projection
+	// decides whether it was a manifest revision or a layer link (Ref).
+	DigestDeleted Kind = "digest.deleted"
+	// BlobPushed: blob data was uploaded and linked into a repository (Blob).
+	BlobPushed Kind = "blob.pushed"
+	// BlobMounted: existing blob data was linked into another repository (Blob, with From).
+	BlobMounted Kind = "blob.mounted"
+	// Touched: a blob or manifest was pulled or HEADed; extends its lease (Ref).
+	Touched Kind = "touched"
+	// RepositoryDeleted: a whole repository went away (Repo).
+	RepositoryDeleted Kind = "repository.deleted"
+	// LabelAttached and LabelDetached: a label on a manifest (Label).
+	LabelAttached Kind = "label.attached"
+	LabelDetached Kind = "label.detached"
+	// LegacyImageCreated: a legacy (v1) image with its parent and blobs (Legacy).
+	LegacyImageCreated Kind = "legacy.created"
+	// BlobObserved: the reconciler found blob data in storage (Blob, Repo may be empty).
+	BlobObserved Kind = "blob.observed"
+	// ObservedAbsent: the reconciler did not find a node that the projection
+	// holds; ignored for any node that has seen an event after AsOf (Absent).
+	ObservedAbsent Kind = "observed.absent"
+	// Collected: the collector removed a node from storage (Collected).
+	Collected Kind = "gc.collected"
+)
+
+// Kinds lists every kind, in a stable order.
+var Kinds = []Kind{ManifestPushed, TagSet, TagDeleted, DigestDeleted, BlobPushed,
+	BlobMounted, Touched, RepositoryDeleted, LabelAttached, LabelDetached,
+	LegacyImageCreated, BlobObserved, ObservedAbsent, Collected}
+
+// Event is the versioned envelope. Exactly one body pointer is set, the one
+// its Kind names.
+type Event struct {
+	V      int       `json:"v"`
+	ID     string    `json:"id"`
+	Time   time.Time `json:"time"`
+	Source string    `json:"source,omitempty"`
+	Kind   Kind      `json:"kind"`
+
+	Manifest  *Manifest     `json:"manifest,omitempty"`
+	Tag       *Tag          `json:"tag,omitempty"`
+	Ref       *Ref          `json:"ref,omitempty"`
+	Blob      *Blob         `json:"blob,omitempty"`
+	Repo      *Repo         `json:"repo,omitempty"`
+	Label     *Label        `json:"label,omitempty"`
+	Legacy    *LegacyImage  `json:"legacy,omitempty"`
+	Absent    *Observation  `json:"absent,omitempty"`
+	Collected *CollectedRef `json:"collected,omitempty"`
+}
+
+// Descriptor names content by digest, with its media type and size.
+type Descriptor struct {
+	MediaType string        `json:"mediaType,omitempty"`
+	Digest    digest.Digest `json:"digest"`
+	Size      int64         `json:"size"`
+}
+
+// Manifest is the body of ManifestPushed: a revision and everything it references.
+type Manifest struct {
+	Repo      string        `json:"repo"`
+	Digest    digest.Digest `json:"digest"`
+	MediaType string        `json:"mediaType"`
+	Size      int64         `json:"size"`
+	// Blobs are the config and layers, linked into the same repository.
+	Blobs []Descriptor `json:"blobs,omitempty"`
+	// Children are the manifests an index lists, revisions of the same repository.
+	Children []Descriptor `json:"children,omitempty"`
+	// Subject is the manifest this one refers to (OCI referrers): it lives
+	// as long as its subject does.
+	Subject *Descriptor `json:"subject,omitempty"`
+	// Legacy is the legacy image this manifest stands for, if any.
+	Legacy string `json:"legacy,omitempty"`
+	// Tag, if set, is also pointed at this manifest (a push by tag).
+	Tag string `json:"tag,omitempty"`
+}
+
+// Tag is the body of TagSet and TagDeleted.
+type Tag struct {
+	Repo   string        `json:"repo"`
+	Name   string        `json:"name"`
+	Digest digest.Digest `json:"digest,omitempty"`
+}
+
+// Ref is a digest in a repository: the body of DigestDeleted and Touched.
+type Ref struct {
+	Repo   string        `json:"repo"`
+	Digest digest.Digest `json:"digest"`
+}
+
+// Blob is the body of BlobPushed, BlobMounted and BlobObserved.
+type Blob struct {
+	Repo   string        `json:"repo,omitempty"`
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+	From   string        `json:"from,omitempty"`
+}
+
+// Repo is the body of RepositoryDeleted.
+type Repo struct {
+	Name string `json:"name"`
+}
+
+// Label is the body of LabelAttached and LabelDetached.
+type Label struct {
+	Repo   string        `json:"repo"`
+	Digest digest.Digest `json:"digest"`
+	ID     string        `json:"id"`
+}
+
+// LegacyImage is the body of LegacyImageCreated.
+type LegacyImage struct {
+	Repo    string          `json:"repo"`
+	ID      string          `json:"id"`
+	Parent  string          `json:"parent,omitempty"`
+	Storage digest.Digest   `json:"storage"`
+	Derived []digest.Digest `json:"derived,omitempty"`
+}
+
+// NodeKind is the kind of a node of the reference graph.
+type NodeKind string
+
+// The node kinds.
+const (
+	NodeTag      NodeKind = "tag"
+	NodeManifest NodeKind = "manifest"
+	NodeLayer    NodeKind = "layer" // a repository layer link
+	NodeBlob     NodeKind = "blob"
+	NodeLabel    NodeKind = "label"
+	NodeLegacy   NodeKind = "legacy"
+)
+
+// NodeRef names one node of the graph. Which fields are set depends on Kind:
+// tag (Repo, Name), manifest and layer (Repo, Digest), blob (Digest),
+// label (Repo, Name), legacy (Repo, Name).
+type NodeRef struct {
+	Kind   NodeKind      `json:"kind"`
+	Repo   string        `json:"repo,omitempty"`
+	Name   string        `json:"name,omitempty"`
+	Digest digest.Digest `json:"digest,omitempty"`
+}
+
+func (n NodeRef) String() string {
+	switch n.Kind {
+	case NodeBlob:
+		return "blob " + n.Digest.String()
+	case NodeTag:
+		return "tag " + n.Repo + ":" + n.Name
+	case NodeLabel, NodeLegacy:
+		return string(n.Kind) + " " + n.Repo + "/" + n.Name
+	default:
+		return string(n.Kind) + " " + n.Repo + "@" + n.Digest.String()
+	}
+}
+
+// Observation is the body of ObservedAbsent.
+type Observation struct {
+	Node NodeRef `json:"node"`
+	// AsOf is the stream sequence at which the observing walk began.
+	AsOf uint64 `json:"asOf"`
+}
+
+// CollectedRef is the body of Collected.
+type CollectedRef struct {
+	Node NodeRef `json:"node"`
+	// Purged is true when the data itself went (blobs), false for an unlink.
+	Purged bool `json:"purged,omitempty"`
+	// Intent is the collector's intent id that this event completes.
+	Intent string `json:"intent,omitempty"`
+}
+
+// Encode returns the event's JSON encoding, with V set to Version if it was zero.
+func Encode(e Event) ([]byte, error) {
+	if e.V == 0 {
+		e.V = Version
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("events: encode %s: %w", e.ID, err)
+	}
+	return b, nil
+}
+
+// Decode parses and validates one encoded event. Unknown fields are
+// ignored; a newer version gives ErrUnsupportedVersion; an invalid event
+// gives a *ValidationError.
+func Decode(b []byte) (Event, error) {
+	var e Event
+	if len(b) > MaxEncodedSize {
+		return e, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(b))
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("events: decode: %w", err)
+	}
+	if e.V > Version {
+		return e, fmt.Errorf("%w: %d (this reader knows up to %d)", ErrUnsupportedVersion, e.V, Version)
+	}
+	if err := e.Validate(); err != nil {
+		return e, err
+	}
+	return e, nil
+}
+
+// Record is one entry of the event log as the projection sees it: the
+// stream sequence and the decoded event. Err is set, and Event is zero,
+// when the entry could not be decoded or validated; such a record still
+// advances the projection's cursor and is reported, never applied.
+type Record struct {
+	Seq   uint64
+	Event Event
+	Err   error
+}

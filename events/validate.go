@@ -1,0 +1,269 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// ValidationError says which field of an event is wrong and why.
+type ValidationError struct {
+	ID     string // the event id, if it had one
+	Field  string // a dotted path, such as "manifest.blobs[2].digest"
+	Reason string
+}
+
+func (e *ValidationError) Error() string {
+	if e.ID != "" {
+		return fmt.Sprintf("events: invalid event %q: %s: %s", e.ID, e.Field, e.Reason)
+	}
+	return fmt.Sprintf("events: invalid event: %s: %s", e.Field, e.Reason)
+}
+
+// ErrInvalid matches every *ValidationError with errors.Is.
+var ErrInvalid = errors.New("events: invalid event")
+
+// Is lets errors.Is(err, ErrInvalid) match a *ValidationError.
+func (e *ValidationError) Is(target error) bool { return target == ErrInvalid }
+
+// The distribution reference grammar (github.com/distribution/reference):
+// path components of lower-case alphanumerics joined by ".", "_", "__" or
+// runs of "-", separated by "/".
+var (
+	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*$`)
+	tagRE  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	// Labels and legacy image ids are opaque, but end up in keys: keep them tame.
+	idRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:=-]{0,254}$`)
+)
+
+// MaxRepoLength is the longest repository name the grammar allows.
+const MaxRepoLength = 255
+
+// ValidateRepo checks a repository name against the reference grammar.
+func ValidateRepo(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty repository name")
+	case len(name) > MaxRepoLength:
+		return fmt.Errorf("repository name longer than %d characters", MaxRepoLength)
+	case !repoRE.MatchString(name):
+		return fmt.Errorf("repository name %q does not match the reference grammar", clip(name))
+	}
+	return nil
+}
+
+// ValidateTag checks a tag name against the reference grammar.
+func ValidateTag(name string) error {
+	if !tagRE.MatchString(name) {
+		return fmt.Errorf("tag %q does not match the reference grammar", clip(name))
+	}
+	return nil
+}
+
+// ValidateDigest parses a digest with go-digest and checks that its algorithm
+// is one this build can verify.
+func ValidateDigest(d digest.Digest) error {
+	if d == "" {
+		return errors.New("empty digest")
+	}
+	p, err := digest.Parse(string(d))
+	if err != nil {
+		return fmt.Errorf("digest %q: %w", clip(string(d)), err)
+	}
+	if !p.Algorithm().Available() {
+		return fmt.Errorf("digest %q: algorithm not available", clip(string(d)))
+	}
+	return nil
+}
+
+func validateID(s string) error {
+	if !idRE.MatchString(s) {
+		return fmt.Errorf("identifier %q has characters outside [A-Za-z0-9_.:=-] or is too long", clip(s))
+	}
+	return nil
+}
+
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}
+
+// checker accumulates the first error with its field path.
+type checker struct {
+	id  string
+	err *ValidationError
+}
+
+func (c *checker) fail(field, reason string) {
+	if c.err == nil {
+		c.err = &ValidationError{ID: c.id, Field: field, Reason: reason}
+	}
+}
+
+func (c *checker) check(field string, err error) {
+	if err != nil {
+		c.fail(field, err.Error())
+	}
+}
+
+func (c *checker) repo(field, v string)                 { c.check(field, ValidateRepo(v)) }
+func (c *checker) tag(field, v string)                  { c.check(field, ValidateTag(v)) }
+func (c *checker) digest(field string, v digest.Digest) { c.check(field, ValidateDigest(v)) }
+func (c *checker) size(field string, v int64) {
+	if v < 0 {
+		c.fail(field, fmt.Sprintf("negative size %d", v))
+	}
+}
+func (c *checker) mediaType(field, v string) {
+	if v == "" {
+		c.fail(field, "media type is required")
+	} else if len(v) > 255 || strings.ContainsAny(v, "\x00\n\r") {
+		c.fail(field, "media type is malformed")
+	}
+}
+
+func (c *checker) descriptor(field string, d Descriptor) {
+	c.digest(field+".digest", d.Digest)
+	c.size(field+".size", d.Size)
+}
+
+func (c *checker) node(field string, n NodeRef) {
+	switch n.Kind {
+	case NodeTag:
+		c.repo(field+".repo", n.Repo)
+		c.tag(field+".name", n.Name)
+	case NodeManifest, NodeLayer:
+		c.repo(field+".repo", n.Repo)
+		c.digest(field+".digest", n.Digest)
+	case NodeBlob:
+		c.digest(field+".digest", n.Digest)
+	case NodeLabel, NodeLegacy:
+		c.repo(field+".repo", n.Repo)
+		c.check(field+".name", validateID(n.Name))
+	default:
+		c.fail(field+".kind", fmt.Sprintf("unknown node kind %q", clip(string(n.Kind))))
+	}
+}
+
+// Validate checks the envelope and the body its kind needs. It returns a
+// *ValidationError naming the first bad field, or nil.
+func (e *Event) Validate() error {
+	c := &checker{id: clip(e.ID)}
+	if e.ID == "" {
+		c.fail("id", "required")
+	} else if len(e.ID) > 255 || strings.ContainsAny(e.ID, "\x00\n\r ") {
+		c.fail("id", "must be at most 255 characters with no spaces or control characters")
+	}
+	if e.V < 0 || e.V > Version {
+		c.fail("v", fmt.Sprintf("unsupported version %d", e.V))
+	}
+	bodies := 0
+	for _, set := range []bool{e.Manifest != nil, e.Tag != nil, e.Ref != nil, e.Blob != nil,
+		e.Repo != nil, e.Label != nil, e.Legacy != nil, e.Absent != nil, e.Collected != nil} {
+		if set {
+			bodies++
+		}
+	}
+	if bodies > 1 {
+		c.fail("kind", "more than one body is set")
+	}
+	need := func(field string, set bool) bool {
+		if !set {
+			c.fail(field, fmt.Sprintf("required for kind %s", e.Kind))
+		}
+		return set
+	}
+	switch e.Kind {
+	case ManifestPushed:
+		if need("manifest", e.Manifest != nil) {
+			m := e.Manifest
+			c.repo("manifest.repo", m.Repo)
+			c.digest("manifest.digest", m.Digest)
+			c.mediaType("manifest.mediaType", m.MediaType)
+			c.size("manifest.size", m.Size)
+			for i, d := range m.Blobs {
+				c.descriptor(fmt.Sprintf("manifest.blobs[%d]", i), d)
+			}
+			for i, d := range m.Children {
+				c.descriptor(fmt.Sprintf("manifest.children[%d]", i), d)
+			}
+			if m.Subject != nil {
+				c.descriptor("manifest.subject", *m.Subject)
+			}
+			if m.Legacy != "" {
+				c.check("manifest.legacy", validateID(m.Legacy))
+			}
+			if m.Tag != "" {
+				c.tag("manifest.tag", m.Tag)
+			}
+		}
+	case TagSet, TagDeleted:
+		if need("tag", e.Tag != nil) {
+			c.repo("tag.repo", e.Tag.Repo)
+			c.tag("tag.name", e.Tag.Name)
+			if e.Kind == TagSet {
+				c.digest("tag.digest", e.Tag.Digest)
+			}
+		}
+	case DigestDeleted, Touched:
+		if need("ref", e.Ref != nil) {
+			c.repo("ref.repo", e.Ref.Repo)
+			c.digest("ref.digest", e.Ref.Digest)
+		}
+	case BlobPushed, BlobMounted, BlobObserved:
+		if need("blob", e.Blob != nil) {
+			if e.Kind != BlobObserved || e.Blob.Repo != "" {
+				c.repo("blob.repo", e.Blob.Repo)
+			}
+			c.digest("blob.digest", e.Blob.Digest)
+			c.size("blob.size", e.Blob.Size)
+			if e.Blob.From != "" {
+				c.repo("blob.from", e.Blob.From)
+			}
+		}
+	case RepositoryDeleted:
+		if need("repo", e.Repo != nil) {
+			c.repo("repo.name", e.Repo.Name)
+		}
+	case LabelAttached, LabelDetached:
+		if need("label", e.Label != nil) {
+			c.repo("label.repo", e.Label.Repo)
+			c.digest("label.digest", e.Label.Digest)
+			c.check("label.id", validateID(e.Label.ID))
+		}
+	case LegacyImageCreated:
+		if need("legacy", e.Legacy != nil) {
+			l := e.Legacy
+			c.repo("legacy.repo", l.Repo)
+			c.check("legacy.id", validateID(l.ID))
+			if l.Parent != "" {
+				c.check("legacy.parent", validateID(l.Parent))
+			}
+			c.digest("legacy.storage", l.Storage)
+			for i, d := range l.Derived {
+				c.digest(fmt.Sprintf("legacy.derived[%d]", i), d)
+			}
+		}
+	case ObservedAbsent:
+		if need("absent", e.Absent != nil) {
+			c.node("absent.node", e.Absent.Node)
+		}
+	case Collected:
+		if need("collected", e.Collected != nil) {
+			c.node("collected.node", e.Collected.Node)
+		}
+	case "":
+		c.fail("kind", "required")
+	default:
+		c.fail("kind", fmt.Sprintf("unknown kind %q", clip(string(e.Kind))))
+	}
+	if c.err != nil {
+		return c.err
+	}
+	return nil
+}
