@@ -216,6 +216,10 @@ type CollectedRef struct {
 	Purged bool `json:"purged,omitempty"`
 	// Intent is the collector's intent id that this event completes.
 	Intent string `json:"intent,omitempty"`
+	// AsOf is the projection's cursor when the collector re-checked the
+	// node. Any event for the node after it means the removal raced with a
+	// new reference: the node stays, and the collector restores its links.
+	AsOf uint64 `json:"asOf"`
 }
 
 // Encode returns the event's JSON encoding, with V set to Version if it was zero.

@@ -159,6 +159,9 @@ func (e *Event) Validate() error {
 	} else if len(e.ID) > 255 || strings.ContainsAny(e.ID, "\x00\n\r ") {
 		c.fail("id", "must be at most 255 characters with no spaces or control characters")
 	}
+	if e.Time.IsZero() {
+		c.fail("time", "required")
+	}
 	if e.V < 0 || e.V > Version {
 		c.fail("v", fmt.Sprintf("unsupported version %d", e.V))
 	}

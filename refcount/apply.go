@@ -1,0 +1,332 @@
+package refcount
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/refgc/refgc/events"
+)
+
+// TrashEntry is an unlinked manifest whose data has not been purged: what
+// Restore needs to bring it back.
+type TrashEntry struct {
+	Node       events.NodeRef  `json:"node"`
+	Manifest   events.Manifest `json:"manifest"`
+	Tags       []string        `json:"tags,omitempty"` // tags deleted while pointing at it
+	UnlinkedAt time.Time       `json:"unlinkedAt"`
+}
+
+// apply folds one valid event into the working set.
+func (t *txn) apply(seq uint64, e *events.Event) error {
+	t.seq = seq
+	t.now = e.Time.UnixNano()
+	switch e.Kind {
+	case events.ManifestPushed:
+		t.manifestPushed(e.Manifest)
+	case events.TagSet:
+		t.tagSet(e.Tag.Repo, e.Tag.Name, e.Tag.Digest)
+	case events.TagDeleted:
+		t.tagDeleted(e.Tag.Repo, e.Tag.Name)
+	case events.DigestDeleted:
+		t.digestDeleted(e.Ref.Repo, e.Ref.Digest)
+	case events.BlobPushed, events.BlobMounted:
+		t.blobLinked(e.Blob.Repo, e.Blob.Digest, e.Blob.Size)
+	case events.BlobObserved:
+		if e.Blob.Repo != "" {
+			t.blobLinked(e.Blob.Repo, e.Blob.Digest, e.Blob.Size)
+		} else {
+			t.blobPresent(e.Blob.Digest, e.Blob.Size, true)
+		}
+	case events.Touched:
+		t.touched(e.Ref.Repo, e.Ref.Digest)
+	case events.RepositoryDeleted:
+		t.repositoryDeleted(e.Repo.Name)
+	case events.LabelAttached:
+		t.label(e.Label, true)
+	case events.LabelDetached:
+		t.label(e.Label, false)
+	case events.LegacyImageCreated:
+		t.legacyCreated(e.Legacy)
+	case events.ObservedAbsent:
+		t.observedAbsent(e.Absent)
+	case events.Collected:
+		t.collected(e.Collected, e.Time)
+	}
+	return t.err
+}
+
+func (t *txn) manifestPushed(m *events.Manifest) {
+	k := manifestKey(m.Repo, m.Digest)
+	n := t.get(k)
+	decl := make([]edge, 0, len(m.Blobs)+len(m.Children)+2)
+	decl = append(decl, edge{edgeContent, blobKey(m.Digest)})
+	t.blobPresent(m.Digest, m.Size, false)
+	for _, b := range m.Blobs {
+		lk := layerKey(m.Repo, b.Digest)
+		// The registry accepted the manifest, so its blobs are linked in
+		// the repository and their data exists.
+		t.blobLinkedNoLease(lk, m.Repo, b.Digest, b.Size)
+		decl = appendUnique(decl, edge{edgeLink, lk})
+	}
+	for _, c := range m.Children {
+		decl = appendUnique(decl, edge{edgeChild, manifestKey(m.Repo, c.Digest)})
+	}
+	if m.Subject != nil {
+		decl = appendUnique(decl, edge{edgeSubject, manifestKey(m.Repo, m.Subject.Digest)})
+	}
+	if m.Legacy != "" {
+		decl = appendUnique(decl, edge{edgeLegacy, key2(kLegacy, m.Repo, m.Legacy)})
+	}
+	for _, e := range n.decl { // labels are declared by their own events
+		if e.kind == edgeLabel {
+			decl = append(decl, e)
+		}
+	}
+	n.size, n.mediaType = m.Size, m.MediaType
+	body := *m
+	body.Tag = ""
+	t.putJSON(t.tx.Bucket(bucketManifests), k, body)
+	t.del(t.tx.Bucket(bucketTrash), k)
+	t.setDecl(k, n, decl)
+	t.lease(k, n)
+	t.setPresent(k, n, true)
+	if m.Tag != "" {
+		t.tagSet(m.Repo, m.Tag, m.Digest)
+	}
+}
+
+func appendUnique(es []edge, e edge) []edge {
+	if hasEdge(es, e) {
+		return es
+	}
+	return append(es, e)
+}
+
+func (t *txn) tagSet(repo, tag string, d digest.Digest) {
+	k := tagKey(repo, tag)
+	n := t.get(k)
+	mk := manifestKey(repo, d)
+	hist := t.tx.Bucket(bucketHistory)
+	for _, e := range n.decl {
+		if e.kind == edgeTag && !bytes.Equal(e.to, mk) {
+			t.put(hist, pairKey(e.to, k), []byte{histPointed})
+		}
+	}
+	t.put(hist, pairKey(mk, k), []byte{histCurrent})
+	t.setDecl(k, n, []edge{{edgeTag, mk}})
+	t.named(k, n)
+	t.setPresent(k, n, true)
+}
+
+func (t *txn) tagDeleted(repo, tag string) {
+	k := tagKey(repo, tag)
+	if !t.exists(k) {
+		return
+	}
+	n := t.get(k)
+	hist := t.tx.Bucket(bucketHistory)
+	for _, e := range n.decl {
+		if e.kind == edgeTag {
+			t.put(hist, pairKey(e.to, k), []byte{histDeleted})
+		}
+	}
+	t.named(k, n)
+	t.setPresent(k, n, false)
+}
+
+// digestDeleted resolves a delete by digest against the state: a manifest
+// revision if the repository has one, else a layer link.
+func (t *txn) digestDeleted(repo string, d digest.Digest) {
+	for _, k := range [][]byte{manifestKey(repo, d), layerKey(repo, d)} {
+		if !t.exists(k) {
+			continue
+		}
+		if n := t.get(k); n.present() {
+			t.named(k, n)
+			t.setPresent(k, n, false)
+			return
+		}
+	}
+}
+
+// blobLinked records a repository layer link and its blob, both leased.
+func (t *txn) blobLinked(repo string, d digest.Digest, size int64) {
+	lk := layerKey(repo, d)
+	t.blobLinkedNoLease(lk, repo, d, size)
+	t.lease(lk, t.get(lk))
+	t.blobPresent(d, size, true)
+}
+
+func (t *txn) blobLinkedNoLease(lk []byte, repo string, d digest.Digest, size int64) {
+	n := t.get(lk)
+	if len(n.decl) == 0 {
+		t.setDecl(lk, n, []edge{{edgeContent, blobKey(d)}})
+	}
+	if size > 0 {
+		n.size = size
+	}
+	t.named(lk, n)
+	t.setPresent(lk, n, true)
+	t.blobPresent(d, size, false)
+}
+
+func (t *txn) blobPresent(d digest.Digest, size int64, leased bool) {
+	k := blobKey(d)
+	n := t.get(k)
+	if size > 0 {
+		n.size = size
+	}
+	if leased {
+		t.lease(k, n)
+	} else {
+		t.named(k, n)
+	}
+	t.setPresent(k, n, true)
+}
+
+// touched extends the lease of whatever the digest names in the repository
+// and of its blob: a pull, or the HEAD of an upload that the registry
+// deduplicated, protects it from an imminent purge.
+func (t *txn) touched(repo string, d digest.Digest) {
+	for _, k := range [][]byte{manifestKey(repo, d), layerKey(repo, d), blobKey(d)} {
+		if t.exists(k) {
+			t.lease(k, t.get(k))
+		}
+	}
+}
+
+func (t *txn) repositoryDeleted(repo string) {
+	if t.flush() != nil { // scans read the bucket: write the working set first
+		return
+	}
+	for _, kind := range []byte{kTag, kManifest, kLayer, kLabel, kLegacy} {
+		prefix := repoPrefix(kind, repo)
+		var keys [][]byte
+		c := t.nodes.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			keys = append(keys, append([]byte(nil), k...))
+		}
+		for _, k := range keys {
+			n := t.get(k)
+			if n.present() {
+				t.named(k, n)
+				t.setPresent(k, n, false)
+			}
+		}
+	}
+}
+
+func (t *txn) label(l *events.Label, attach bool) {
+	lk := key2(kLabel, l.Repo, l.ID)
+	mk := manifestKey(l.Repo, l.Digest)
+	e := edge{edgeLabel, lk}
+	if attach {
+		n := t.get(lk)
+		t.lease(lk, n)
+		t.setPresent(lk, n, true)
+	}
+	if !t.exists(mk) {
+		return
+	}
+	m := t.get(mk)
+	decl := make([]edge, 0, len(m.decl)+1)
+	for _, x := range m.decl {
+		if !(x.kind == e.kind && bytes.Equal(x.to, e.to)) {
+			decl = append(decl, x)
+		}
+	}
+	if attach {
+		decl = append(decl, e)
+	}
+	t.setDecl(mk, m, decl)
+	t.named(mk, m)
+}
+
+func (t *txn) legacyCreated(l *events.LegacyImage) {
+	k := key2(kLegacy, l.Repo, l.ID)
+	n := t.get(k)
+	var decl []edge
+	if l.Parent != "" {
+		decl = append(decl, edge{edgeLegacy, key2(kLegacy, l.Repo, l.Parent)})
+	}
+	for _, d := range append([]digest.Digest{l.Storage}, l.Derived...) {
+		t.blobPresent(d, 0, false)
+		decl = appendUnique(decl, edge{edgeData, blobKey(d)})
+	}
+	t.setDecl(k, n, decl)
+	t.lease(k, n)
+	t.setPresent(k, n, true)
+}
+
+// observedAbsent applies the reconciler's finding that a node is not in
+// storage, unless an event named the node after the walk began.
+func (t *txn) observedAbsent(o *events.Observation) {
+	k := nodeKey(o.Node)
+	if !t.exists(k) {
+		return
+	}
+	n := t.get(k)
+	if n.lastSeq > o.AsOf || !n.present() {
+		return
+	}
+	t.named(k, n)
+	t.setPresent(k, n, false)
+}
+
+// collected commits the collector's removal of a node from storage, unless
+// the node was named by an event after the collector's re-check (AsOf) or
+// is held again: then the removal raced with a new reference, the node
+// stays, and the collector restores what it unlinked.
+func (t *txn) collected(c *events.CollectedRef, at time.Time) {
+	if c.Intent != "" {
+		t.del(t.tx.Bucket(bucketIntents), []byte(c.Intent))
+	}
+	k := nodeKey(c.Node)
+	if !t.exists(k) {
+		return
+	}
+	n := t.get(k)
+	if n.lastSeq > c.AsOf || n.count > 0 || !n.present() {
+		return
+	}
+	if k[0] == kManifest {
+		t.trash(k, c.Node, at)
+	}
+	t.named(k, n)
+	t.setPresent(k, n, false)
+}
+
+// trash records an unlinked manifest for Restore and drops its tag history.
+func (t *txn) trash(k []byte, ref events.NodeRef, at time.Time) {
+	entry := TrashEntry{Node: ref, UnlinkedAt: at.UTC()}
+	if raw := t.tx.Bucket(bucketManifests).Get(k); raw != nil {
+		if err := json.Unmarshal(raw, &entry.Manifest); err != nil {
+			t.fail(err)
+			return
+		}
+	}
+	hist := t.tx.Bucket(bucketHistory)
+	prefix := pairPrefix(k)
+	var drop [][]byte
+	c := hist.Cursor()
+	for hk, v := c.Seek(prefix); hk != nil && bytes.HasPrefix(hk, prefix); hk, v = c.Next() {
+		drop = append(drop, append([]byte(nil), hk...))
+		_, tk, err := splitPair(hk)
+		if err != nil {
+			t.fail(err)
+			return
+		}
+		if len(v) == 1 && v[0] == histDeleted {
+			if tr, err := parseNodeKey(tk); err == nil {
+				entry.Tags = append(entry.Tags, tr.Name)
+			}
+		}
+	}
+	for _, hk := range drop {
+		t.del(hist, hk)
+	}
+	t.putJSON(t.tx.Bucket(bucketTrash), k, entry)
+}

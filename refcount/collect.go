@@ -1,0 +1,244 @@
+package refcount
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/refgc/refgc/events"
+)
+
+// ErrNotEligible is returned by BeginCollect when the re-check finds that a
+// candidate may no longer be collected: it is held, leased, gone, a root,
+// or the projection is behind the stream.
+var ErrNotEligible = errors.New("refcount: not eligible for collection")
+
+// ErrBehind is returned (wrapped in ErrNotEligible) when the projection has
+// not applied the stream as far as the caller required.
+var ErrBehind = errors.New("refcount: projection behind the stream")
+
+// Intent is the collector's record of a storage operation it is about to
+// do. It is written in the same transaction as the re-check, so a crash
+// between the operation and its commit leaves the intent to finish.
+type Intent struct {
+	ID   string         `json:"id"`
+	Node events.NodeRef `json:"node"`
+	// Purge is true for deleting blob data, false for unlinking.
+	Purge bool `json:"purge,omitempty"`
+	// AsOf is the cursor at the re-check.
+	AsOf uint64 `json:"asOf"`
+	// Tags are the tags whose history index lists the manifest.
+	Tags []string `json:"tags,omitempty"`
+	// Size is the node's size in bytes (blob data and manifests).
+	Size    int64     `json:"size,omitempty"`
+	Created time.Time `json:"created"`
+	// Restore is set when the removal raced with a new reference and the
+	// collector must put back what it unlinked.
+	Restore bool `json:"restore,omitempty"`
+	// Manifest is what the manifest referenced, to restore its links.
+	Manifest *events.Manifest `json:"manifest,omitempty"`
+}
+
+// BeginCollect re-checks a candidate in a write transaction and, if it may
+// still be collected at now with the projection at or past minCursor,
+// records and returns an intent with the given id.
+func (p *Projection) BeginCollect(id string, ref events.NodeRef, now time.Time, minCursor uint64) (Intent, error) {
+	var in Intent
+	err := p.db.Update(func(tx *bolt.Tx) error {
+		cursor := readU64(tx.Bucket(bucketMeta).Get(keyCursor))
+		if cursor < minCursor {
+			return fmt.Errorf("%w: %w: at %d, need %d", ErrNotEligible, ErrBehind, cursor, minCursor)
+		}
+		k := nodeKey(ref)
+		v := tx.Bucket(bucketNodes).Get(k)
+		if v == nil {
+			return fmt.Errorf("%w: %s has no record", ErrNotEligible, ref)
+		}
+		n, err := decodeNode(v)
+		if err != nil {
+			return err
+		}
+		t := &txn{p: p}
+		switch {
+		case !n.present():
+			return fmt.Errorf("%w: %s is not present", ErrNotEligible, ref)
+		case n.count > 0:
+			return fmt.Errorf("%w: %s is held (%d)", ErrNotEligible, ref, n.count)
+		case t.isRoot(k):
+			return fmt.Errorf("%w: %s is a root", ErrNotEligible, ref)
+		case n.queuedAt == 0 || n.queuedAt > now.UnixNano():
+			return fmt.Errorf("%w: %s not eligible until %s", ErrNotEligible, ref, time.Unix(0, n.queuedAt).UTC())
+		}
+		in = Intent{ID: id, Node: ref, Purge: ref.Kind == events.NodeBlob, AsOf: cursor,
+			Size: n.size, Created: now.UTC()}
+		if ref.Kind == events.NodeManifest {
+			tags, err := historyTags(tx, k)
+			if err != nil {
+				return err
+			}
+			in.Tags = tags
+			if raw := tx.Bucket(bucketManifests).Get(k); raw != nil {
+				var m events.Manifest
+				if err := json.Unmarshal(raw, &m); err != nil {
+					return err
+				}
+				in.Manifest = &m
+			}
+		}
+		return putIntent(tx, in)
+	})
+	return in, err
+}
+
+func historyTags(tx *bolt.Tx, mk []byte) ([]string, error) {
+	var tags []string
+	prefix := pairPrefix(mk)
+	c := tx.Bucket(bucketHistory).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+		_, tk, err := splitPair(k)
+		if err != nil {
+			return nil, err
+		}
+		ref, err := parseNodeKey(tk)
+		if err != nil {
+			return nil, err
+		}
+		tags = append(tags, ref.Name)
+	}
+	return tags, nil
+}
+
+func putIntent(tx *bolt.Tx, in Intent) error {
+	raw, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketIntents).Put([]byte(in.ID), raw)
+}
+
+// Intents returns the recorded intents, in id order.
+func (p *Projection) Intents() ([]Intent, error) {
+	var out []Intent
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketIntents).ForEach(func(_, v []byte) error {
+			var in Intent
+			if err := json.Unmarshal(v, &in); err != nil {
+				return fmt.Errorf("%w: intent: %w", ErrCorrupt, err)
+			}
+			out = append(out, in)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// SetIntent rewrites an intent (for example to mark it for restore).
+func (p *Projection) SetIntent(in Intent) error {
+	return p.db.Update(func(tx *bolt.Tx) error { return putIntent(tx, in) })
+}
+
+// DropIntent removes an intent.
+func (p *Projection) DropIntent(id string) error {
+	return p.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketIntents).Delete([]byte(id)) })
+}
+
+// Trash returns the unlinked, restorable manifest revisions, oldest first.
+func (p *Projection) Trash() ([]TrashEntry, error) {
+	var out []TrashEntry
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketTrash).ForEach(func(_, v []byte) error {
+			var e TrashEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("%w: trash: %w", ErrCorrupt, err)
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// TrashEntryOf returns the trash entry of a manifest revision, if any.
+func (p *Projection) TrashEntryOf(ref events.NodeRef) (e TrashEntry, ok bool, err error) {
+	err = p.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketTrash).Get(nodeKey(ref))
+		if raw == nil {
+			return nil
+		}
+		ok = true
+		return json.Unmarshal(raw, &e)
+	})
+	return e, ok, err
+}
+
+// PruneTrash forgets trash entries unlinked before the given time: their
+// data is past retention and may be purged.
+func (p *Projection) PruneTrash(before time.Time) (int, error) {
+	n := 0
+	err := p.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketTrash)
+		var drop [][]byte
+		if err := b.ForEach(func(k, v []byte) error {
+			var e TrashEntry
+			if err := json.Unmarshal(v, &e); err != nil || e.UnlinkedAt.Before(before) {
+				drop = append(drop, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range drop {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(drop)
+		return nil
+	})
+	return n, err
+}
+
+// Stats are counts over the whole projection.
+type Stats struct {
+	Cursor     uint64                    `json:"cursor"`
+	Nodes      map[events.NodeKind]int   `json:"nodes"`
+	Present    map[events.NodeKind]int   `json:"present"`
+	Queued     map[events.NodeKind]int   `json:"queued"`
+	QueuedSize map[events.NodeKind]int64 `json:"queuedBytes"`
+	Intents    int                       `json:"intents"`
+	Trash      int                       `json:"trash"`
+}
+
+// Stats counts nodes by kind; it reads the whole file.
+func (p *Projection) Stats() (Stats, error) {
+	s := Stats{Nodes: map[events.NodeKind]int{}, Present: map[events.NodeKind]int{},
+		Queued: map[events.NodeKind]int{}, QueuedSize: map[events.NodeKind]int64{}}
+	err := p.db.View(func(tx *bolt.Tx) error {
+		s.Cursor = readU64(tx.Bucket(bucketMeta).Get(keyCursor))
+		s.Intents = tx.Bucket(bucketIntents).Stats().KeyN
+		s.Trash = tx.Bucket(bucketTrash).Stats().KeyN
+		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+			ref, err := parseNodeKey(k)
+			if err != nil {
+				return err
+			}
+			n, err := decodeNode(v)
+			if err != nil {
+				return err
+			}
+			s.Nodes[ref.Kind]++
+			if n.present() {
+				s.Present[ref.Kind]++
+			}
+			if n.queuedAt != 0 {
+				s.Queued[ref.Kind]++
+				s.QueuedSize[ref.Kind] += n.size
+			}
+			return nil
+		})
+	})
+	return s, err
+}

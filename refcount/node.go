@@ -1,0 +1,146 @@
+package refcount
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Node record flags.
+const (
+	flagPresent byte = 1 << iota // the object exists in storage
+	flagActive                   // its declared edges are in in/
+)
+
+// edge is one declared outgoing edge.
+type edge struct {
+	kind byte
+	to   []byte
+}
+
+// node is the decoded record of nodes/.
+type node struct {
+	flags     byte
+	count     uint64
+	lease     int64 // unix ns; 0 = none
+	zeroSince int64 // unix ns when it became unheld; 0 while held
+	queuedAt  int64 // its queue key time; 0 when not queued
+	lastSeq   uint64
+	size      int64
+	mediaType string
+	decl      []edge // declared outgoing edges (the subject edge is declared by the referrer and kept here with kind edgeSubject, pointing at the subject)
+}
+
+func (n *node) present() bool { return n.flags&flagPresent != 0 }
+func (n *node) active() bool  { return n.flags&flagActive != 0 }
+func (n *node) alive() bool   { return n.present() || n.count > 0 }
+
+func (n *node) setFlag(f byte, on bool) {
+	if on {
+		n.flags |= f
+	} else {
+		n.flags &^= f
+	}
+}
+
+func (n *node) encode() []byte {
+	b := make([]byte, 0, 48+len(n.mediaType)+len(n.decl)*80)
+	b = append(b, n.flags)
+	b = binary.AppendUvarint(b, n.count)
+	b = binary.AppendVarint(b, n.lease)
+	b = binary.AppendVarint(b, n.zeroSince)
+	b = binary.AppendVarint(b, n.queuedAt)
+	b = binary.AppendUvarint(b, n.lastSeq)
+	b = binary.AppendVarint(b, n.size)
+	b = binary.AppendUvarint(b, uint64(len(n.mediaType)))
+	b = append(b, n.mediaType...)
+	b = binary.AppendUvarint(b, uint64(len(n.decl)))
+	for _, e := range n.decl {
+		b = append(b, e.kind)
+		b = binary.AppendUvarint(b, uint64(len(e.to)))
+		b = append(b, e.to...)
+	}
+	return b
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) byte1() byte {
+	if d.err != nil || len(d.b) < 1 {
+		d.fail()
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	l := d.uvarint()
+	if d.err != nil || uint64(len(d.b)) < l {
+		d.fail()
+		return nil
+	}
+	v := append([]byte(nil), d.b[:l]...)
+	d.b = d.b[l:]
+	return v
+}
+
+func (d *decoder) fail() {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: node record", ErrCorrupt)
+	}
+}
+
+func decodeNode(b []byte) (*node, error) {
+	d := &decoder{b: b}
+	n := &node{}
+	n.flags = d.byte1()
+	n.count = d.uvarint()
+	n.lease = d.varint()
+	n.zeroSince = d.varint()
+	n.queuedAt = d.varint()
+	n.lastSeq = d.uvarint()
+	n.size = d.varint()
+	n.mediaType = string(d.bytes())
+	cnt := d.uvarint()
+	if d.err == nil && cnt > uint64(len(d.b)) {
+		d.fail()
+	}
+	for i := uint64(0); i < cnt && d.err == nil; i++ {
+		k := d.byte1()
+		n.decl = append(n.decl, edge{kind: k, to: d.bytes()})
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return n, nil
+}

@@ -1,0 +1,514 @@
+package refcount
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/refgc/refgc/events"
+)
+
+// Policy says what happens to manifest revisions that nothing references.
+type Policy string
+
+const (
+	// PolicyDelete collects untagged, unreferenced manifests after the grace
+	// (as GitLab, Harbor and Zot do). The default.
+	PolicyDelete Policy = "delete"
+	// PolicyKeep makes every present manifest revision a root, as
+	// Distribution's collector does without --delete-untagged.
+	PolicyKeep Policy = "keep"
+)
+
+// Options configure a projection.
+type Options struct {
+	// Untagged is the policy for unreferenced manifests (default PolicyDelete).
+	// Changing it on an existing file requeues every node once.
+	Untagged Policy
+	// Grace is how long a push, mount or touch protects a node, and how long
+	// a node stays unheld before it may be collected (default 1 h).
+	Grace time.Duration
+	// Retention is how long blob data stays after the last reference to it
+	// went, so that unlinked manifests can be restored (default 24 h).
+	Retention time.Duration
+	// NoSync skips fsync on commit. For tests and benchmarks only.
+	NoSync bool
+	// ReadOnly opens the file for queries only (a second process, such as
+	// `refgc dump` beside a running daemon).
+	ReadOnly bool
+	// Timeout bounds the wait for the file lock (default 1 s).
+	Timeout time.Duration
+}
+
+func (o *Options) defaults() {
+	if o.Untagged == "" {
+		o.Untagged = PolicyDelete
+	}
+	if o.Grace <= 0 {
+		o.Grace = time.Hour
+	}
+	if o.Retention <= 0 {
+		o.Retention = 24 * time.Hour
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = time.Second
+	}
+}
+
+// Projection is the reference-count projection over one bbolt file. It is
+// safe for concurrent use; bbolt serialises writers.
+type Projection struct {
+	db   *bolt.DB
+	opts Options
+}
+
+// Open opens (creating if needed) the projection file at path, runs any
+// migrations, and requeues the nodes if the untagged policy changed.
+func Open(path string, opts Options) (*Projection, error) {
+	opts.defaults()
+	if opts.Untagged != PolicyDelete && opts.Untagged != PolicyKeep {
+		return nil, fmt.Errorf("refcount: unknown untagged policy %q (want delete or keep)", opts.Untagged)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, NoSync: opts.NoSync,
+		ReadOnly: opts.ReadOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		return nil, fmt.Errorf("refcount: open %s: %w", path, err)
+	}
+	p := &Projection{db: db, opts: opts}
+	if opts.ReadOnly {
+		return p, nil
+	}
+	if err := db.Update(p.init); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Projection) init(tx *bolt.Tx) error {
+	fresh := tx.Bucket(bucketMeta) == nil
+	for _, b := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return fmt.Errorf("refcount: create bucket %s: %w", b, err)
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	if fresh {
+		if err := meta.Put(keySchema, u64(SchemaVersion)); err != nil {
+			return err
+		}
+	}
+	version := readU64(meta.Get(keySchema))
+	if version > SchemaVersion {
+		return fmt.Errorf("%w: version %d, this build reads up to %d", ErrNewerSchema, version, SchemaVersion)
+	}
+	for _, m := range migrations {
+		if m.From >= version && m.From < SchemaVersion {
+			if err := m.Apply(tx); err != nil {
+				return fmt.Errorf("refcount: migrate from schema %d: %w", m.From, err)
+			}
+		}
+	}
+	if err := meta.Put(keySchema, u64(SchemaVersion)); err != nil {
+		return err
+	}
+	if old := Policy(meta.Get(keyPolicy)); old != p.opts.Untagged {
+		if err := meta.Put(keyPolicy, []byte(p.opts.Untagged)); err != nil {
+			return err
+		}
+		if old != "" {
+			return p.requeue(tx)
+		}
+	}
+	return nil
+}
+
+// requeue recomputes every node's queue entry (after a policy change).
+func (p *Projection) requeue(tx *bolt.Tx) error {
+	if err := tx.DeleteBucket(bucketQueue); err != nil {
+		return err
+	}
+	if _, err := tx.CreateBucket(bucketQueue); err != nil {
+		return err
+	}
+	t := p.newTxn(tx)
+	err := tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+		n, err := decodeNode(v)
+		if err != nil {
+			return err
+		}
+		n.queuedAt = 0
+		t.cache[string(k)] = n
+		t.dirty[string(k)] = struct{}{}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return t.flush()
+}
+
+// Close closes the file.
+func (p *Projection) Close() error { return p.db.Close() }
+
+// Path returns the file's path.
+func (p *Projection) Path() string { return p.db.Path() }
+
+// Policy returns the untagged policy in force.
+func (p *Projection) Policy() Policy { return p.opts.Untagged }
+
+// Options returns the options in force, with defaults filled in.
+func (p *Projection) Options() Options { return p.opts }
+
+// Cursor returns the last applied stream sequence (0 for a new file).
+func (p *Projection) Cursor() (uint64, error) {
+	var c uint64
+	err := p.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketMeta); b != nil {
+			c = readU64(b.Get(keyCursor))
+		}
+		return nil
+	})
+	return c, err
+}
+
+// Invalid is an event of a batch that was not applied.
+type Invalid struct {
+	Seq uint64
+	ID  string
+	Err error
+}
+
+// Result is what Apply did with a batch.
+type Result struct {
+	Applied int       // events applied
+	Skipped int       // events at or below the cursor
+	Invalid []Invalid // events refused; the cursor still moved past them
+	Cursor  uint64    // the cursor after the batch
+}
+
+// Apply applies a batch of records in one write transaction that also
+// stores the last sequence. Records at or below the cursor are skipped;
+// a record with Err set, or whose event does not validate, is reported in
+// Result.Invalid and passed over. A non-nil error means nothing was
+// committed.
+func (p *Projection) Apply(batch []events.Record) (Result, error) {
+	var res Result
+	err := p.db.Update(func(tx *bolt.Tx) error {
+		res = Result{}
+		meta := tx.Bucket(bucketMeta)
+		cursor := readU64(meta.Get(keyCursor))
+		t := p.newTxn(tx)
+		for i := range batch {
+			r := &batch[i]
+			if r.Seq <= cursor {
+				res.Skipped++
+				continue
+			}
+			cursor = r.Seq
+			if r.Err != nil {
+				res.Invalid = append(res.Invalid, Invalid{Seq: r.Seq, ID: r.Event.ID, Err: r.Err})
+				continue
+			}
+			if err := r.Event.Validate(); err != nil {
+				res.Invalid = append(res.Invalid, Invalid{Seq: r.Seq, ID: r.Event.ID, Err: err})
+				continue
+			}
+			if err := t.apply(r.Seq, &r.Event); err != nil {
+				return fmt.Errorf("refcount: apply seq %d (%s): %w", r.Seq, r.Event.ID, err)
+			}
+			res.Applied++
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+		res.Cursor = cursor
+		return meta.Put(keyCursor, u64(cursor))
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	return res, nil
+}
+
+// txn is one write transaction's working set: node records are decoded
+// once, changed in memory, and written back by flush.
+type txn struct {
+	p     *Projection
+	tx    *bolt.Tx
+	nodes *bolt.Bucket
+	in    *bolt.Bucket
+	refs  *bolt.Bucket
+	queue *bolt.Bucket
+	cache map[string]*node
+	dirty map[string]struct{}
+	now   int64  // the current event's time, unix ns
+	seq   uint64 // the current event's sequence
+	err   error
+}
+
+func (p *Projection) newTxn(tx *bolt.Tx) *txn {
+	return &txn{p: p, tx: tx, nodes: tx.Bucket(bucketNodes), in: tx.Bucket(bucketIn),
+		refs: tx.Bucket(bucketReferrers), queue: tx.Bucket(bucketQueue),
+		cache: make(map[string]*node), dirty: make(map[string]struct{})}
+}
+
+// get returns the node record for k, a new empty one if there is none.
+func (t *txn) get(k []byte) *node {
+	if n, ok := t.cache[string(k)]; ok {
+		return n
+	}
+	n := &node{}
+	if v := t.nodes.Get(k); v != nil {
+		d, err := decodeNode(v)
+		if err != nil {
+			t.fail(fmt.Errorf("node %q: %w", k, err))
+		} else {
+			n = d
+		}
+	}
+	t.cache[string(k)] = n
+	return n
+}
+
+// exists reports whether k has a record (or a pending one in the cache).
+func (t *txn) exists(k []byte) bool {
+	if n, ok := t.cache[string(k)]; ok {
+		return n.alive() || n.active()
+	}
+	return t.nodes.Get(k) != nil
+}
+
+func (t *txn) fail(err error) {
+	if t.err == nil {
+		t.err = err
+	}
+}
+
+// touch marks n changed: it keeps zeroSince in step with the count.
+func (t *txn) touch(k []byte, n *node) {
+	if n.count > 0 {
+		n.zeroSince = 0
+	} else if n.zeroSince == 0 {
+		n.zeroSince = t.now
+	}
+	t.dirty[string(k)] = struct{}{}
+}
+
+func (t *txn) named(k []byte, n *node) {
+	if t.seq > n.lastSeq {
+		n.lastSeq = t.seq
+	}
+	t.touch(k, n)
+}
+
+func (t *txn) lease(k []byte, n *node) {
+	if until := t.now + int64(t.p.opts.Grace); until > n.lease {
+		n.lease = until
+	}
+	t.named(k, n)
+}
+
+func (t *txn) put(b *bolt.Bucket, k, v []byte) {
+	if err := b.Put(k, v); err != nil {
+		t.fail(err)
+	}
+}
+
+func (t *txn) del(b *bolt.Bucket, k []byte) {
+	if err := b.Delete(k); err != nil {
+		t.fail(err)
+	}
+}
+
+// addEdge records from → to and counts it.
+func (t *txn) addEdge(from, to []byte, kind byte) {
+	k := pairKey(to, from)
+	if t.in.Get(k) != nil {
+		return
+	}
+	t.put(t.in, k, []byte{kind})
+	n := t.get(to)
+	n.count++
+	t.touch(to, n)
+	t.refresh(to, n)
+}
+
+// removeEdge removes from → to and uncounts it.
+func (t *txn) removeEdge(from, to []byte) {
+	k := pairKey(to, from)
+	if t.in.Get(k) == nil {
+		return
+	}
+	t.del(t.in, k)
+	n := t.get(to)
+	if n.count > 0 {
+		n.count--
+	}
+	t.touch(to, n)
+	t.refresh(to, n)
+}
+
+// refresh brings a node's edges in line with whether it is alive.
+func (t *txn) refresh(k []byte, n *node) {
+	switch {
+	case n.alive() && !n.active():
+		n.setFlag(flagActive, true)
+		t.touch(k, n)
+		for _, e := range n.decl {
+			t.link(k, e)
+		}
+		t.forReferrers(k, func(r []byte) { t.addEdge(k, r, edgeSubject) })
+	case !n.alive() && n.active():
+		n.setFlag(flagActive, false)
+		t.touch(k, n)
+		for _, e := range n.decl {
+			t.unlink(k, e)
+		}
+		t.forReferrers(k, func(r []byte) { t.removeEdge(k, r) })
+		if k[0] == kManifest {
+			t.del(t.tx.Bucket(bucketManifests), k)
+		}
+	}
+}
+
+// link makes one declared edge of the active node k real.
+func (t *txn) link(k []byte, e edge) {
+	if e.kind == edgeSubject {
+		t.put(t.refs, pairKey(e.to, k), nil)
+		if s := t.get(e.to); s.alive() {
+			t.addEdge(e.to, k, edgeSubject)
+		}
+		return
+	}
+	t.addEdge(k, e.to, e.kind)
+}
+
+func (t *txn) unlink(k []byte, e edge) {
+	if e.kind == edgeSubject {
+		t.del(t.refs, pairKey(e.to, k))
+		t.removeEdge(e.to, k)
+		return
+	}
+	t.removeEdge(k, e.to)
+}
+
+// forReferrers calls fn for each referrer declaring k as its subject.
+func (t *txn) forReferrers(k []byte, fn func(r []byte)) {
+	var rs [][]byte
+	prefix := pairPrefix(k)
+	c := t.refs.Cursor()
+	for ck, _ := c.Seek(prefix); ck != nil && bytes.HasPrefix(ck, prefix); ck, _ = c.Next() {
+		_, r, err := splitPair(ck)
+		if err != nil {
+			t.fail(err)
+			return
+		}
+		rs = append(rs, append([]byte(nil), r...))
+	}
+	for _, r := range rs {
+		fn(r)
+	}
+}
+
+// setDecl replaces a node's declared edges, changing only what differs.
+func (t *txn) setDecl(k []byte, n *node, decl []edge) {
+	if n.active() {
+		for _, e := range n.decl {
+			if !hasEdge(decl, e) {
+				t.unlink(k, e)
+			}
+		}
+		for _, e := range decl {
+			if !hasEdge(n.decl, e) {
+				t.link(k, e)
+			}
+		}
+	}
+	n.decl = decl
+	t.touch(k, n)
+}
+
+func hasEdge(es []edge, e edge) bool {
+	for _, x := range es {
+		if x.kind == e.kind && bytes.Equal(x.to, e.to) {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *txn) setPresent(k []byte, n *node, on bool) {
+	n.setFlag(flagPresent, on)
+	t.touch(k, n)
+	t.refresh(k, n)
+}
+
+// isRoot reports whether a present node is never collected.
+func (t *txn) isRoot(k []byte) bool {
+	return k[0] == kTag || (k[0] == kManifest && t.p.opts.Untagged == PolicyKeep)
+}
+
+// eligibleAt is when a present, unheld node may be collected.
+func (p *Projection) eligibleAt(k []byte, n *node) int64 {
+	wait := p.opts.Grace
+	if k[0] == kBlob && p.opts.Retention > wait {
+		wait = p.opts.Retention
+	}
+	at := n.zeroSince + int64(wait)
+	if n.lease > at {
+		at = n.lease
+	}
+	return at
+}
+
+// flush writes every changed node back, keeping the queue in step.
+func (t *txn) flush() error {
+	if t.err != nil {
+		return t.err
+	}
+	for ks := range t.dirty {
+		k := []byte(ks)
+		n := t.cache[ks]
+		var want int64
+		if n.present() && n.count == 0 && !t.isRoot(k) {
+			want = t.p.eligibleAt(k, n)
+			if want == 0 {
+				want = 1
+			}
+		}
+		if n.queuedAt != want {
+			if n.queuedAt != 0 {
+				t.del(t.queue, queueKey(n.queuedAt, k))
+			}
+			if want != 0 {
+				t.put(t.queue, queueKey(want, k), nil)
+			}
+			n.queuedAt = want
+		}
+		if !n.alive() && !n.active() {
+			t.del(t.nodes, k)
+		} else {
+			t.put(t.nodes, k, n.encode())
+		}
+	}
+	clear(t.dirty)
+	clear(t.cache)
+	return t.err
+}
+
+func (t *txn) putJSON(b *bolt.Bucket, k []byte, v any) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	t.put(b, k, data)
+}
+
+// errStop ends a ForEach early.
+var errStop = errors.New("stop")

@@ -1,0 +1,343 @@
+package refcount
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/refgc/refgc/events"
+)
+
+// Candidate is a node that nothing holds and whose lease has expired.
+type Candidate struct {
+	Node events.NodeRef
+	// Since is when the node became unheld.
+	Since time.Time
+	// EligibleAt is when it became collectable (after lease and grace).
+	EligibleAt time.Time
+	Size       int64
+}
+
+// Candidates returns up to limit nodes eligible for collection at now,
+// oldest first.
+func (p *Projection) Candidates(now time.Time, limit int) ([]Candidate, error) {
+	var out []Candidate
+	err := p.db.View(func(tx *bolt.Tx) error {
+		nodes := tx.Bucket(bucketNodes)
+		c := tx.Bucket(bucketQueue).Cursor()
+		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+			if len(k) < 9 {
+				return fmt.Errorf("%w: queue key", ErrCorrupt)
+			}
+			at := int64(binary.BigEndian.Uint64(k))
+			if at > now.UnixNano() {
+				break
+			}
+			nk := k[8:]
+			ref, err := parseNodeKey(nk)
+			if err != nil {
+				return err
+			}
+			n, err := decodeNode(nodes.Get(nk))
+			if err != nil {
+				return err
+			}
+			out = append(out, Candidate{Node: ref, Since: time.Unix(0, n.zeroSince).UTC(),
+				EligibleAt: time.Unix(0, at).UTC(), Size: n.size})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Holder is one incoming edge of a node.
+type Holder struct {
+	Node events.NodeRef `json:"node"`
+	Edge string         `json:"edge"`
+}
+
+// NodeInfo is everything the projection knows about one node.
+type NodeInfo struct {
+	Node      events.NodeRef   `json:"node"`
+	Present   bool             `json:"present"`
+	Count     uint64           `json:"count"`
+	Holders   []Holder         `json:"holders,omitempty"`
+	Holds     []events.NodeRef `json:"holds,omitempty"`
+	Lease     *time.Time       `json:"lease,omitempty"`
+	Since     *time.Time       `json:"since,omitempty"`
+	Eligible  *time.Time       `json:"eligible,omitempty"`
+	LastSeq   uint64           `json:"lastSeq"`
+	Size      int64            `json:"size,omitempty"`
+	MediaType string           `json:"mediaType,omitempty"`
+}
+
+func timePtr(ns int64) *time.Time {
+	if ns == 0 {
+		return nil
+	}
+	t := time.Unix(0, ns).UTC()
+	return &t
+}
+
+func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
+	ref, err := parseNodeKey(k)
+	if err != nil {
+		return NodeInfo{}, err
+	}
+	ni := NodeInfo{Node: ref, Present: n.present(), Count: n.count, Lease: timePtr(n.lease),
+		Eligible: timePtr(n.queuedAt), LastSeq: n.lastSeq, Size: n.size, MediaType: n.mediaType}
+	if n.count == 0 {
+		ni.Since = timePtr(n.zeroSince)
+	}
+	prefix := pairPrefix(k)
+	c := tx.Bucket(bucketIn).Cursor()
+	for ek, v := c.Seek(prefix); ek != nil && bytes.HasPrefix(ek, prefix); ek, v = c.Next() {
+		_, from, err := splitPair(ek)
+		if err != nil {
+			return ni, err
+		}
+		h, err := parseNodeKey(from)
+		if err != nil {
+			return ni, err
+		}
+		var kind byte
+		if len(v) == 1 {
+			kind = v[0]
+		}
+		ni.Holders = append(ni.Holders, Holder{Node: h, Edge: edgeNames[kind]})
+	}
+	for _, e := range n.decl {
+		if r, err := parseNodeKey(e.to); err == nil && e.kind != edgeSubject {
+			ni.Holds = append(ni.Holds, r)
+		}
+	}
+	return ni, nil
+}
+
+// Get returns what the projection knows about a node; ok is false when it
+// has no record of it.
+func (p *Projection) Get(ref events.NodeRef) (ni NodeInfo, ok bool, err error) {
+	k := nodeKey(ref)
+	if k == nil {
+		return ni, false, fmt.Errorf("refcount: unknown node kind %q", ref.Kind)
+	}
+	err = p.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketNodes).Get(k)
+		if v == nil {
+			return nil
+		}
+		n, err := decodeNode(v)
+		if err != nil {
+			return err
+		}
+		ok = true
+		ni, err = p.info(tx, k, n)
+		return err
+	})
+	return ni, ok, err
+}
+
+// Dump writes every node as one JSON line, in key order: kind, identity,
+// count, holders and lease. Two projections of the same log dump the same
+// bytes.
+func (p *Projection) Dump(w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+			n, err := decodeNode(v)
+			if err != nil {
+				return err
+			}
+			ni, err := p.info(tx, k, n)
+			if err != nil {
+				return err
+			}
+			ni.LastSeq = 0 // reconciler bookkeeping, not graph state
+			return enc.Encode(ni)
+		})
+	})
+	if err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// Mismatch is one difference Check found between a stored value and the
+// value recomputed from the declarations.
+type Mismatch struct {
+	Node   events.NodeRef `json:"node"`
+	What   string         `json:"what"`
+	Stored uint64         `json:"stored"`
+	Want   uint64         `json:"want"`
+}
+
+func (m Mismatch) String() string {
+	return fmt.Sprintf("%s: %s stored %d, recounted %d", m.Node, m.What, m.Stored, m.Want)
+}
+
+// Check recounts every node from the declared edges of the alive nodes and
+// returns every mismatch: counts, edges in in/, and queue entries.
+func (p *Projection) Check() ([]Mismatch, error) {
+	var out []Mismatch
+	err := p.db.View(func(tx *bolt.Tx) error {
+		nodes := map[string]*node{}
+		if err := tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+			n, err := decodeNode(v)
+			if err != nil {
+				return err
+			}
+			nodes[string(k)] = n
+			return nil
+		}); err != nil {
+			return err
+		}
+		alive := func(k []byte) bool { n := nodes[string(k)]; return n != nil && n.alive() }
+		want := map[string]map[string]bool{} // to → from
+		add := func(from, to []byte) {
+			m := want[string(to)]
+			if m == nil {
+				m = map[string]bool{}
+				want[string(to)] = m
+			}
+			m[string(from)] = true
+		}
+		for ks, n := range nodes {
+			if !n.alive() {
+				continue
+			}
+			for _, e := range n.decl {
+				if e.kind == edgeSubject {
+					if alive(e.to) {
+						add(e.to, []byte(ks))
+					}
+				} else {
+					add([]byte(ks), e.to)
+				}
+			}
+		}
+		stored := map[string]map[string]bool{}
+		if err := tx.Bucket(bucketIn).ForEach(func(k, _ []byte) error {
+			to, from, err := splitPair(k)
+			if err != nil {
+				return err
+			}
+			m := stored[string(to)]
+			if m == nil {
+				m = map[string]bool{}
+				stored[string(to)] = m
+			}
+			m[string(from)] = true
+			return nil
+		}); err != nil {
+			return err
+		}
+		queued := map[string]int64{}
+		if err := tx.Bucket(bucketQueue).ForEach(func(k, _ []byte) error {
+			if len(k) < 9 {
+				return fmt.Errorf("%w: queue key", ErrCorrupt)
+			}
+			queued[string(k[8:])] = int64(binary.BigEndian.Uint64(k))
+			return nil
+		}); err != nil {
+			return err
+		}
+		keys := make([]string, 0, len(nodes)+len(want))
+		for k := range nodes {
+			keys = append(keys, k)
+		}
+		for k := range want {
+			if nodes[k] == nil {
+				keys = append(keys, k)
+			}
+		}
+		slices.Sort(keys)
+		t := &txn{p: p}
+		for _, ks := range keys {
+			k := []byte(ks)
+			ref, err := parseNodeKey(k)
+			if err != nil {
+				return err
+			}
+			n := nodes[ks]
+			if n == nil {
+				n = &node{}
+			}
+			w := uint64(len(want[ks]))
+			if n.count != w {
+				out = append(out, Mismatch{Node: ref, What: "count", Stored: n.count, Want: w})
+			}
+			var missing, extra uint64
+			for f := range want[ks] {
+				if !stored[ks][f] {
+					missing++
+				}
+			}
+			for f := range stored[ks] {
+				if !want[ks][f] {
+					extra++
+				}
+			}
+			if missing+extra > 0 {
+				out = append(out, Mismatch{Node: ref, What: "edges", Stored: uint64(len(stored[ks])), Want: w})
+			}
+			shouldQueue := n.present() && w == 0 && !t.isRoot(k)
+			if _, isQueued := queued[ks]; isQueued != shouldQueue {
+				out = append(out, Mismatch{Node: ref, What: "queued", Stored: b2u(isQueued), Want: b2u(shouldQueue)})
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func b2u(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// TagsOf returns every tag that ever pointed at the manifest (its history
+// index entries in storage), so the collector can remove them with the
+// revision without scanning the repository's tags.
+func (p *Projection) TagsOf(repo string, d events.NodeRef) ([]string, error) {
+	var tags []string
+	err := p.db.View(func(tx *bolt.Tx) error {
+		prefix := pairPrefix(nodeKey(d))
+		c := tx.Bucket(bucketHistory).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			_, tk, err := splitPair(k)
+			if err != nil {
+				return err
+			}
+			ref, err := parseNodeKey(tk)
+			if err != nil {
+				return err
+			}
+			tags = append(tags, ref.Name)
+		}
+		return nil
+	})
+	return tags, err
+}
+
+// Manifest returns what a manifest revision references, if the projection holds it.
+func (p *Projection) Manifest(ref events.NodeRef) (m events.Manifest, ok bool, err error) {
+	err = p.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketManifests).Get(nodeKey(ref))
+		if raw == nil {
+			return nil
+		}
+		ok = true
+		return json.Unmarshal(raw, &m)
+	})
+	return m, ok, err
+}

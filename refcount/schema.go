@@ -1,0 +1,236 @@
+// Package refcount is the reference-count projection of the event log: the
+// reference graph of a registry, folded from events into one bbolt file.
+//
+// # Schema
+//
+//	meta/
+//	  schema   → uint64 schema version (SchemaVersion)
+//	  cursor   → uint64 last applied stream sequence
+//	  policy   → "delete" | "keep"
+//	nodes/
+//	  <node key> → node record (flags, count, lease, zero-since, queue time,
+//	               last event sequence, size, media type, declared edges)
+//	in/
+//	  <u16 len(to)><to key><from key> → edge kind   (incoming edges: holders)
+//	referrers/
+//	  <u16 len(subject)><subject key><referrer key> → ∅  (referrers declaring a subject)
+//	queue/
+//	  <u64 eligible-at ns><node key> → ∅   (the zero-ref queue, oldest first)
+//	manifests/
+//	  <manifest key> → JSON events.Manifest (what the revision references)
+//	history/
+//	  <u16 len(manifest)><manifest key><tag key> → state byte (tags that ever pointed here)
+//	trash/
+//	  <manifest key> → JSON TrashEntry (unlinked, not yet purged; restorable)
+//	intents/
+//	  <intent id> → JSON Intent (collector work recorded before a storage operation)
+//
+// Node keys are a kind byte followed by the node's identity: 't' repo 0x00
+// tag, 'm' repo 0x00 digest, 'l' repo 0x00 digest (a layer link), 'b' digest,
+// 'a' repo 0x00 label, 'g' repo 0x00 legacy image id. Validated names never
+// hold 0x00, so keys are unambiguous and a repository's nodes of one kind
+// share the prefix kind repo 0x00.
+//
+// # Invariants
+//
+//   - A node is alive when it is present in storage or something holds it
+//     (count > 0). Exactly the alive nodes have their declared edges in in/;
+//     a node that is neither present nor held has no record.
+//   - A node's count equals the number of its incoming edges in in/. Check
+//     recomputes every count from the declarations of alive nodes and
+//     reports any difference.
+//   - A subject → referrer edge exists while both are alive: a referrer lives
+//     as long as its subject does.
+//   - The queue holds exactly the present, unheld nodes that are not roots
+//     (tags; and manifests under the keep policy), keyed by the time they
+//     become eligible for collection: the latest of their lease and the time
+//     they became unheld plus the grace (plus the trash retention for blob
+//     data).
+//   - The cursor is written in the same transaction as the state it
+//     describes; events at or below it are skipped, so applying a batch
+//     twice changes nothing.
+//   - Apply is deterministic: it reads no clock. Leases and queue times come
+//     from the events' own times, so replaying the log rebuilds the same file.
+package refcount
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/refgc/refgc/events"
+)
+
+// SchemaVersion is the layout version this package writes.
+const SchemaVersion = 1
+
+// Bucket and meta keys, declared once.
+var (
+	bucketMeta      = []byte("meta")
+	bucketNodes     = []byte("nodes")
+	bucketIn        = []byte("in")
+	bucketReferrers = []byte("referrers")
+	bucketQueue     = []byte("queue")
+	bucketManifests = []byte("manifests")
+	bucketHistory   = []byte("history")
+	bucketTrash     = []byte("trash")
+	bucketIntents   = []byte("intents")
+
+	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketIn, bucketReferrers, bucketQueue,
+		bucketManifests, bucketHistory, bucketTrash, bucketIntents}
+
+	keySchema = []byte("schema")
+	keyCursor = []byte("cursor")
+	keyPolicy = []byte("policy")
+)
+
+// Node key kind bytes.
+const (
+	kTag      byte = 't'
+	kManifest byte = 'm'
+	kLayer    byte = 'l'
+	kBlob     byte = 'b'
+	kLabel    byte = 'a'
+	kLegacy   byte = 'g'
+)
+
+// Edge kinds, stored as the value of an in/ entry.
+const (
+	edgeTag     byte = 'T' // tag → manifest
+	edgeChild   byte = 'C' // index → child manifest
+	edgeLink    byte = 'L' // manifest → layer link (config or layer)
+	edgeContent byte = 'B' // manifest → its own content blob; layer link → blob
+	edgeSubject byte = 'S' // subject → referrer
+	edgeLabel   byte = 'A' // manifest → label
+	edgeLegacy  byte = 'G' // manifest → legacy image; legacy → parent
+	edgeData    byte = 'D' // legacy image → storage and derived blobs
+)
+
+var edgeNames = map[byte]string{edgeTag: "tag", edgeChild: "child", edgeLink: "link",
+	edgeContent: "content", edgeSubject: "subject", edgeLabel: "label", edgeLegacy: "legacy", edgeData: "data"}
+
+// History states.
+const (
+	histPointed byte = 1 // the tag pointed here and has since moved
+	histCurrent byte = 2 // the tag points here now
+	histDeleted byte = 3 // the tag was deleted while pointing here
+)
+
+// ErrCorrupt is returned when the file holds a record this package cannot read.
+var ErrCorrupt = errors.New("refcount: corrupt record")
+
+// ErrNewerSchema is returned by Open for a file written by a newer refgc.
+var ErrNewerSchema = errors.New("refcount: file has a newer schema")
+
+// Migration upgrades a file from schema version From to From+1 inside one
+// write transaction. Register them in migrations.
+type Migration struct {
+	From  uint64
+	Apply func(tx *bolt.Tx) error
+}
+
+// migrations is the migration hook: Open runs, in order, every migration
+// whose From is at or above the file's version and below SchemaVersion.
+var migrations []Migration
+
+func nodeKey(n events.NodeRef) []byte {
+	switch n.Kind {
+	case events.NodeTag:
+		return key2(kTag, n.Repo, n.Name)
+	case events.NodeManifest:
+		return key2(kManifest, n.Repo, string(n.Digest))
+	case events.NodeLayer:
+		return key2(kLayer, n.Repo, string(n.Digest))
+	case events.NodeBlob:
+		return append([]byte{kBlob}, n.Digest...)
+	case events.NodeLabel:
+		return key2(kLabel, n.Repo, n.Name)
+	case events.NodeLegacy:
+		return key2(kLegacy, n.Repo, n.Name)
+	}
+	return nil
+}
+
+func key2(kind byte, repo, name string) []byte {
+	b := make([]byte, 0, 2+len(repo)+len(name))
+	b = append(b, kind)
+	b = append(b, repo...)
+	b = append(b, 0)
+	return append(b, name...)
+}
+
+func tagKey(repo, tag string) []byte                  { return key2(kTag, repo, tag) }
+func manifestKey(repo string, d digest.Digest) []byte { return key2(kManifest, repo, string(d)) }
+func layerKey(repo string, d digest.Digest) []byte    { return key2(kLayer, repo, string(d)) }
+func blobKey(d digest.Digest) []byte                  { return append([]byte{kBlob}, d...) }
+
+// repoPrefix is the prefix shared by every node of kind in repo.
+func repoPrefix(kind byte, repo string) []byte { return key2(kind, repo, "") }
+
+// parseNodeKey turns a node key back into a NodeRef.
+func parseNodeKey(k []byte) (events.NodeRef, error) {
+	if len(k) < 2 {
+		return events.NodeRef{}, fmt.Errorf("%w: node key %q", ErrCorrupt, k)
+	}
+	if k[0] == kBlob {
+		return events.NodeRef{Kind: events.NodeBlob, Digest: digest.Digest(k[1:])}, nil
+	}
+	repo, rest, ok := strings.Cut(string(k[1:]), "\x00")
+	if !ok {
+		return events.NodeRef{}, fmt.Errorf("%w: node key %q", ErrCorrupt, k)
+	}
+	switch k[0] {
+	case kTag:
+		return events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: rest}, nil
+	case kManifest:
+		return events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: digest.Digest(rest)}, nil
+	case kLayer:
+		return events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: digest.Digest(rest)}, nil
+	case kLabel:
+		return events.NodeRef{Kind: events.NodeLabel, Repo: repo, Name: rest}, nil
+	case kLegacy:
+		return events.NodeRef{Kind: events.NodeLegacy, Repo: repo, Name: rest}, nil
+	}
+	return events.NodeRef{}, fmt.Errorf("%w: node kind %q", ErrCorrupt, k[0])
+}
+
+// pairKey joins two node keys so that all pairs sharing a first key are
+// one prefix: <u16 len(a)> a b.
+func pairKey(a, b []byte) []byte {
+	k := make([]byte, 2, 2+len(a)+len(b))
+	binary.BigEndian.PutUint16(k, uint16(len(a)))
+	k = append(k, a...)
+	return append(k, b...)
+}
+
+func pairPrefix(a []byte) []byte { return pairKey(a, nil) }
+
+func splitPair(k []byte) (a, b []byte, err error) {
+	if len(k) < 2 {
+		return nil, nil, fmt.Errorf("%w: pair key", ErrCorrupt)
+	}
+	n := int(binary.BigEndian.Uint16(k))
+	if len(k) < 2+n {
+		return nil, nil, fmt.Errorf("%w: pair key", ErrCorrupt)
+	}
+	return k[2 : 2+n], k[2+n:], nil
+}
+
+func queueKey(at int64, node []byte) []byte {
+	k := make([]byte, 8, 8+len(node))
+	binary.BigEndian.PutUint64(k, uint64(at))
+	return append(k, node...)
+}
+
+func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+func readU64(b []byte) uint64 {
+	if len(b) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
+}
