@@ -362,14 +362,12 @@ func (t *txn) refresh(k []byte, n *node) {
 		for _, e := range n.decl {
 			t.link(k, e)
 		}
-		t.forReferrers(k, func(r []byte) { t.addEdge(k, r, edgeSubject) })
 	case !n.alive() && n.active():
 		n.setFlag(flagActive, false)
 		t.touch(k, n)
 		for _, e := range n.decl {
 			t.unlink(k, e)
 		}
-		t.forReferrers(k, func(r []byte) { t.removeEdge(k, r) })
 		if k[0] == kManifest {
 			t.del(t.tx.Bucket(bucketManifests), k)
 		}
@@ -380,7 +378,7 @@ func (t *txn) refresh(k []byte, n *node) {
 func (t *txn) link(k []byte, e edge) {
 	if e.kind == edgeSubject {
 		t.put(t.refs, pairKey(e.to, k), nil)
-		if s := t.get(e.to); s.alive() {
+		if s := t.get(e.to); s.present() && t.get(k).present() {
 			t.addEdge(e.to, k, edgeSubject)
 		}
 		return
@@ -442,10 +440,39 @@ func hasEdge(es []edge, e edge) bool {
 	return false
 }
 
+// setPresent records whether the object exists in storage. A present
+// manifest holds the present referrers that declare it as their subject:
+// the subject edge follows presence, not liveness, so an explicit delete of
+// a referrer is honoured and no cycle of references can hold itself up.
 func (t *txn) setPresent(k []byte, n *node, on bool) {
+	was := n.present()
 	n.setFlag(flagPresent, on)
 	t.touch(k, n)
-	t.refresh(k, n)
+	if on {
+		t.refresh(k, n)
+	}
+	if was != on && k[0] == kManifest {
+		t.forReferrers(k, func(r []byte) {
+			if on && t.get(r).present() {
+				t.addEdge(k, r, edgeSubject)
+			} else if !on {
+				t.removeEdge(k, r)
+			}
+		})
+		for _, e := range n.decl {
+			if e.kind != edgeSubject {
+				continue
+			}
+			if on && t.get(e.to).present() {
+				t.addEdge(e.to, k, edgeSubject)
+			} else if !on {
+				t.removeEdge(e.to, k)
+			}
+		}
+	}
+	if !on {
+		t.refresh(k, n)
+	}
 }
 
 // isRoot reports whether a present node is never collected.

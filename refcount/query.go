@@ -150,7 +150,19 @@ func (p *Projection) Get(ref events.NodeRef) (ni NodeInfo, ok bool, err error) {
 func (p *Projection) Dump(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
-	err := p.db.View(func(tx *bolt.Tx) error {
+	err := p.forEachInfo(func(ni NodeInfo) error {
+		ni.LastSeq = 0 // reconciler bookkeeping, not graph state
+		return enc.Encode(ni)
+	})
+	if err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// forEachInfo calls fn for every node, in key order, in one read transaction.
+func (p *Projection) forEachInfo(fn func(NodeInfo) error) error {
+	return p.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
 			n, err := decodeNode(v)
 			if err != nil {
@@ -160,14 +172,9 @@ func (p *Projection) Dump(w io.Writer) error {
 			if err != nil {
 				return err
 			}
-			ni.LastSeq = 0 // reconciler bookkeeping, not graph state
-			return enc.Encode(ni)
+			return fn(ni)
 		})
 	})
-	if err != nil {
-		return err
-	}
-	return bw.Flush()
 }
 
 // Mismatch is one difference Check found between a stored value and the
@@ -199,7 +206,7 @@ func (p *Projection) Check() ([]Mismatch, error) {
 		}); err != nil {
 			return err
 		}
-		alive := func(k []byte) bool { n := nodes[string(k)]; return n != nil && n.alive() }
+		present := func(k []byte) bool { n := nodes[string(k)]; return n != nil && n.present() }
 		want := map[string]map[string]bool{} // to → from
 		add := func(from, to []byte) {
 			m := want[string(to)]
@@ -215,7 +222,7 @@ func (p *Projection) Check() ([]Mismatch, error) {
 			}
 			for _, e := range n.decl {
 				if e.kind == edgeSubject {
-					if alive(e.to) {
+					if present(e.to) && n.present() {
 						add(e.to, []byte(ks))
 					}
 				} else {

@@ -39,8 +39,10 @@
 //   - A node's count equals the number of its incoming edges in in/. Check
 //     recomputes every count from the declarations of alive nodes and
 //     reports any difference.
-//   - A subject → referrer edge exists while both are alive: a referrer lives
-//     as long as its subject does.
+//   - A subject → referrer edge exists while both are present: a referrer
+//     lives as long as its subject does. Presence, not liveness, so that an
+//     explicit delete of a referrer is honoured and no cycle of references
+//     can hold itself up.
 //   - The queue holds exactly the present, unheld nodes that are not roots
 //     (tags; and manifests under the keep policy), keyed by the time they
 //     become eligible for collection: the latest of their lease and the time
