@@ -376,7 +376,6 @@ func (f *Follower) Run(ctx context.Context) (err error) {
 	cons, err := s.OrderedConsumer(runCtx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:   cursor + 1,
-		NamePrefix:    "refgc_follower",
 	})
 	if err != nil {
 		return fmt.Errorf("events: follower: create consumer on %s: %w", f.cfg.Stream, err)
@@ -459,7 +458,8 @@ func (f *Follower) watch(ctx context.Context, stop context.CancelCauseFunc) {
 		cancel()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrStreamNotFound) {
-				stop(fmt.Errorf("events: follower: stream %s was deleted: %w", f.cfg.Stream, err))
+				stop(fmt.Errorf("%w: the projection at sequence %d cannot follow stream %s, which was deleted: "+
+					"rebuild the projection with `refgc rebuild` once the stream exists again", ErrCursorGap, before, f.cfg.Stream))
 				return
 			}
 			f.log.Debug("follower: stream info", "err", err)
