@@ -1,0 +1,255 @@
+// Package regtest is test support: an in-process CNCF Distribution v3.1.2
+// registry behind httptest, client helpers over go-containerregistry that
+// push, mount, delete and pull, and an oracle that computes, straight from
+// the filesystem layout, what a correct garbage collector must keep.
+//
+// Invariants:
+//   - A registry started here stores on the filesystem driver under its
+//     Root, runs with deletes enabled, without the blob descriptor cache and
+//     without upload purging, so the storage is exactly what the API did.
+//   - Everything is torn down by t.Cleanup. Notifications go through a relay
+//     owned by this package; once the test ends the relay acknowledges and
+//     drops whatever the registry still sends, so the registry's notification
+//     goroutines (which App.Shutdown does not stop) go idle instead of
+//     retrying forever.
+//   - The oracle (Reachable, Present) reads the layout with package os only,
+//     never through package store, so it can judge store and the collector
+//     independently.
+package regtest
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the driver tests use
+	"github.com/sirupsen/logrus"
+)
+
+// Options configures Start.
+type Options struct {
+	// Root is the filesystem storage root; default t.TempDir().
+	Root string
+	// NotifyURL, if set, receives the registry's notifications (with
+	// includereferences true).
+	NotifyURL string
+	// NotifyToken, if set, is sent as "Authorization: Bearer <token>".
+	NotifyToken string
+	// Configure, if set, may change the configuration last, before start.
+	Configure func(*configuration.Configuration)
+}
+
+// Registry is a running in-process registry.
+type Registry struct {
+	// URL is the base URL, "http://127.0.0.1:<port>".
+	URL string
+	// Host is "127.0.0.1:<port>", for image references.
+	Host string
+	// Root is the filesystem storage root directory.
+	Root string
+	// Driver is a filesystem storage driver on Root, separate from the
+	// registry's own instance but over the same files.
+	Driver storagedriver.StorageDriver
+	// App is the registry application.
+	App *handlers.App
+	// Config is the configuration the registry runs with.
+	Config *configuration.Configuration
+
+	server *httptest.Server
+}
+
+var quietOnce sync.Once
+
+// quiet lowers the registry's logrus level once per process: request logs
+// at info level would drown test output.
+func quiet() {
+	quietOnce.Do(func() { logrus.SetLevel(logrus.WarnLevel) })
+}
+
+// Config returns the configuration Start uses, before Options.Configure.
+func Config(root string) *configuration.Configuration {
+	cfg := &configuration.Configuration{}
+	cfg.Log.Level = "warn"
+	cfg.HTTP.Secret = "regtest-http-secret"
+	cfg.Storage = configuration.Storage{
+		"filesystem": configuration.Parameters{"rootdirectory": root},
+		"delete":     configuration.Parameters{"enabled": true},
+		// The app type-asserts nested maintenance values as map[any]any.
+		"maintenance": configuration.Parameters{
+			"uploadpurging": map[any]any{"enabled": false},
+		},
+	}
+	return cfg
+}
+
+// Start runs a registry for the duration of the test.
+func Start(t testing.TB, opts Options) *Registry {
+	t.Helper()
+	if opts.Root == "" {
+		opts.Root = t.TempDir()
+	}
+	cfg := Config(opts.Root)
+	if opts.NotifyURL != "" {
+		cfg.Notifications = configuration.Notifications{
+			EventConfig: configuration.Events{IncludeReferences: true},
+			Endpoints:   []configuration.Endpoint{{Name: "refgc"}},
+		}
+	}
+	if opts.Configure != nil {
+		opts.Configure(cfg)
+	}
+	return start(t, cfg, opts)
+}
+
+// StartFromConfigFile runs a registry from a registry configuration file
+// (such as a deployment's), overriding what a test must own: storage goes
+// to the filesystem driver under opts.Root (the file's other storage keys,
+// such as delete and maintenance, are kept), the listener is httptest's,
+// and, if opts.NotifyURL is set, every notification endpoint of the file
+// posts to it (with opts.NotifyToken, if set).
+func StartFromConfigFile(t testing.TB, path string, opts Options) *Registry {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("regtest: %v", err)
+	}
+	defer f.Close()
+	cfg, err := configuration.Parse(f)
+	if err != nil {
+		t.Fatalf("regtest: parse %s: %v", path, err)
+	}
+	if opts.Root == "" {
+		opts.Root = t.TempDir()
+	}
+	storage := configuration.Storage{"filesystem": configuration.Parameters{"rootdirectory": opts.Root}}
+	for k, v := range cfg.Storage {
+		switch k {
+		case "delete", "maintenance", "cache", "redirect", "tag":
+			storage[k] = v
+		}
+	}
+	cfg.Storage = storage
+	cfg.HTTP.Addr = ""
+	cfg.HTTP.Host = ""
+	cfg.HTTP.TLS = configuration.TLS{}
+	if cfg.HTTP.Secret == "" {
+		cfg.HTTP.Secret = "regtest-http-secret"
+	}
+	if opts.NotifyURL == "" {
+		cfg.Notifications.Endpoints = nil
+	}
+	if opts.Configure != nil {
+		opts.Configure(cfg)
+	}
+	return start(t, cfg, opts)
+}
+
+func start(t testing.TB, cfg *configuration.Configuration, opts Options) *Registry {
+	t.Helper()
+	quiet()
+	ctx := context.Background()
+
+	if opts.NotifyURL != "" {
+		relay := newRelay(opts.NotifyURL)
+		t.Cleanup(relay.stop)
+		for i := range cfg.Notifications.Endpoints {
+			e := &cfg.Notifications.Endpoints[i]
+			e.URL = relay.url
+			if e.Headers == nil {
+				e.Headers = http.Header{}
+			}
+			if opts.NotifyToken != "" {
+				e.Headers.Set("Authorization", "Bearer "+opts.NotifyToken)
+			}
+			if e.Timeout == 0 {
+				e.Timeout = 5 * time.Second
+			}
+			if e.Backoff == 0 {
+				e.Backoff = 50 * time.Millisecond
+			}
+			if e.Threshold == 0 {
+				e.Threshold = 1000
+			}
+		}
+	}
+
+	app := handlers.NewApp(ctx, cfg)
+	srv := httptest.NewServer(app)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatalf("regtest: %v", err)
+	}
+	drv, err := factory.Create(ctx, "filesystem", map[string]any{"rootdirectory": opts.Root})
+	if err != nil {
+		t.Fatalf("regtest: filesystem driver: %v", err)
+	}
+	r := &Registry{URL: srv.URL, Host: u.Host, Root: opts.Root, Driver: drv, App: app, Config: cfg, server: srv}
+	t.Cleanup(r.close)
+	return r
+}
+
+func (r *Registry) close() {
+	r.server.CloseClientConnections()
+	r.server.Close()
+	_ = r.App.Shutdown()
+}
+
+// relay forwards the registry's notifications to the test's endpoint while
+// the test runs, and acknowledges and drops them afterwards.
+type relay struct {
+	url     string
+	target  string
+	stopped atomic.Bool
+	client  *http.Client
+}
+
+func newRelay(target string) *relay {
+	r := &relay{target: target, client: &http.Client{Timeout: 10 * time.Second}}
+	// The relay's listener is never closed: the registry's notification
+	// goroutines outlive the test and must keep finding a 2xx answer.
+	srv := httptest.NewServer(http.HandlerFunc(r.serve))
+	r.url = srv.URL
+	return r
+}
+
+func (r *relay) stop() { r.stopped.Store(true) }
+
+func (r *relay) serve(w http.ResponseWriter, req *http.Request) {
+	body, err := io.ReadAll(req.Body)
+	if err != nil || r.stopped.Load() {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	out, err := http.NewRequestWithContext(req.Context(), req.Method, r.target, bytes.NewReader(body))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	for k, v := range req.Header {
+		out.Header[k] = v
+	}
+	resp, err := r.client.Do(out)
+	if err != nil {
+		if r.stopped.Load() {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	w.WriteHeader(resp.StatusCode)
+}
