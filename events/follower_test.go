@@ -190,9 +190,9 @@ func TestFollowerRidesOutServerRestart(t *testing.T) {
 
 func TestFollowerCursorGap(t *testing.T) {
 	tests := []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T, js jetstream.JetStream, s jetstream.Stream)
-		want  string
+		want   string
 	}{
 		{"purged past the cursor", func(t *testing.T, _ jetstream.JetStream, s jetstream.Stream) {
 			if err := s.Purge(ctxT(t, 10*time.Second), jetstream.WithPurgeSequence(80)); err != nil {
