@@ -1,0 +1,486 @@
+package events
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// recordingSink records what the webhook hands it; failPublish and
+// failDead make the respective calls fail.
+type recordingSink struct {
+	mu          sync.Mutex
+	events      []Event
+	dead        []DeadLetter
+	failPublish error
+	failDead    error
+}
+
+func (s *recordingSink) PublishBatch(_ context.Context, evs []Event) ([]PubResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failPublish != nil {
+		return nil, s.failPublish
+	}
+	res := make([]PubResult, len(evs))
+	for i, e := range evs {
+		for _, old := range s.events {
+			if old.ID == e.ID {
+				res[i].Duplicate = true
+			}
+		}
+		if !res[i].Duplicate {
+			s.events = append(s.events, e)
+		}
+	}
+	return res, nil
+}
+
+func (s *recordingSink) DeadLetter(_ context.Context, d DeadLetter) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failDead != nil {
+		return s.failDead
+	}
+	s.dead = append(s.dead, d)
+	return nil
+}
+
+const testToken = "s3cret-token"
+
+type webhookFixture struct {
+	h    http.Handler
+	sink *recordingSink
+	reg  *prometheus.Registry
+}
+
+func newWebhookFixture(t testing.TB, mod func(*WebhookConfig)) *webhookFixture {
+	t.Helper()
+	f := &webhookFixture{sink: &recordingSink{}, reg: prometheus.NewRegistry()}
+	cfg := WebhookConfig{
+		Sink: f.sink, Token: testToken, Registerer: f.reg,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	f.h = NewWebhook(cfg)
+	return f
+}
+
+func (f *webhookFixture) post(t testing.TB, body []byte, hdr map[string]string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodPost, "/v1/distribution/events", bytes.NewReader(body))
+	req.Header.Set("Content-Type", DistributionEventsMediaType)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	for k, v := range hdr {
+		if v == "" {
+			req.Header.Del(k)
+		} else {
+			req.Header.Set(k, v)
+		}
+	}
+	w := httptest.NewRecorder()
+	f.h.ServeHTTP(w, req)
+	return w
+}
+
+func decodeResponse(t testing.TB, w *httptest.ResponseRecorder) WebhookResponse {
+	t.Helper()
+	var r WebhookResponse
+	if err := json.Unmarshal(w.Body.Bytes(), &r); err != nil {
+		t.Fatalf("response %q: %v", w.Body.String(), err)
+	}
+	return r
+}
+
+func TestWebhookStatus(t *testing.T) {
+	good := readFixture(t, "events/001.json")
+	tests := []struct {
+		name     string
+		mod      func(*WebhookConfig)
+		method   string
+		body     []byte
+		hdr      map[string]string
+		code     int
+		accepted int
+	}{
+		{name: "authorized", body: good, code: 200, accepted: 1},
+		{name: "lower-case scheme", body: good, hdr: map[string]string{"Authorization": "bearer " + testToken}, code: 200, accepted: 1},
+		{name: "missing token", body: good, hdr: map[string]string{"Authorization": ""}, code: 401},
+		{name: "wrong token", body: good, hdr: map[string]string{"Authorization": "Bearer nope"}, code: 401},
+		{name: "token prefix only", body: good, hdr: map[string]string{"Authorization": "Bearer " + testToken[:5]}, code: 401},
+		{name: "basic instead of bearer", body: good, hdr: map[string]string{"Authorization": "Basic " + testToken}, code: 401},
+		{name: "auth disabled", mod: func(c *WebhookConfig) { c.Token = "" }, body: good, hdr: map[string]string{"Authorization": ""}, code: 200, accepted: 1},
+		{name: "application/json", body: good, hdr: map[string]string{"Content-Type": "application/json; charset=utf-8"}, code: 200, accepted: 1},
+		{name: "wrong content type", body: good, hdr: map[string]string{"Content-Type": "text/plain"}, code: 415},
+		{name: "no content type", body: good, hdr: map[string]string{"Content-Type": ""}, code: 415},
+		{name: "body too large", mod: func(c *WebhookConfig) { c.MaxBodyBytes = 512 }, body: good, code: 413},
+		{name: "body at the limit", mod: func(c *WebhookConfig) { c.MaxBodyBytes = int64(len(good)) }, body: good, code: 200, accepted: 1},
+		{name: "GET", method: http.MethodGet, code: 405},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newWebhookFixture(t, tt.mod)
+			var w *httptest.ResponseRecorder
+			if tt.method != "" {
+				req := httptest.NewRequest(tt.method, "/v1/distribution/events", nil)
+				w = httptest.NewRecorder()
+				f.h.ServeHTTP(w, req)
+			} else {
+				w = f.post(t, tt.body, tt.hdr)
+			}
+			if w.Code != tt.code {
+				t.Fatalf("code %d (%s), want %d", w.Code, w.Body, tt.code)
+			}
+			if len(f.sink.events) != tt.accepted {
+				t.Errorf("%d events published, want %d", len(f.sink.events), tt.accepted)
+			}
+			if tt.code == 200 && decodeResponse(t, w).Accepted != tt.accepted {
+				t.Errorf("response %s", w.Body)
+			}
+			if got := testutil.ToFloat64(f.m(t).requests.WithLabelValues(strconv.Itoa(tt.code))); got != 1 {
+				t.Errorf("refgc_webhook_requests_total{code=%d} = %v", tt.code, got)
+			}
+			wantUnauth := 0.0
+			if tt.code == 401 {
+				wantUnauth = 1
+				if w.Header().Get("WWW-Authenticate") == "" {
+					t.Error("401 without WWW-Authenticate")
+				}
+			}
+			if got := testutil.ToFloat64(f.m(t).unauthorized); got != wantUnauth {
+				t.Errorf("refgc_webhook_unauthorized_total = %v, want %v", got, wantUnauth)
+			}
+		})
+	}
+}
+
+// m digs the metrics out of the handler.
+func (f *webhookFixture) m(t testing.TB) *webhookMetrics {
+	t.Helper()
+	h, ok := f.h.(*webhook)
+	if !ok || h.m == nil {
+		t.Fatal("handler without metrics")
+	}
+	return h.m
+}
+
+func TestWebhookMalformedIsDeadLettered(t *testing.T) {
+	f := newWebhookFixture(t, nil)
+	body := []byte(`{"events": [ {"id": "x", `)
+	w := f.post(t, body, nil)
+	if w.Code != 200 {
+		t.Fatalf("code %d, want 200", w.Code)
+	}
+	if r := decodeResponse(t, w); r.DeadLettered != 1 || r.Accepted != 0 {
+		t.Errorf("response %+v", r)
+	}
+	if len(f.sink.dead) != 1 || f.sink.dead[0].Reason != ReasonMalformedJSON || !bytes.Equal(f.sink.dead[0].Body, body) ||
+		f.sink.dead[0].Detail == "" || f.sink.dead[0].ID == "" || f.sink.dead[0].Time.IsZero() {
+		t.Errorf("dead letters %+v", f.sink.dead)
+	}
+	if got := testutil.ToFloat64(f.m(t).deadLettered.WithLabelValues(ReasonMalformedJSON)); got != 1 {
+		t.Errorf("dead-lettered metric = %v", got)
+	}
+	if got := testutil.ToFloat64(f.m(t).received.WithLabelValues("malformed")); got != 1 {
+		t.Errorf("received{malformed} = %v", got)
+	}
+}
+
+func TestWebhookMixedEnvelope(t *testing.T) {
+	f := newWebhookFixture(t, nil)
+	good1 := rawEvent("g1", "push", "demo", blobTarget(dL1))
+	bad1 := rawEvent("b1", "push", "Demo", blobTarget(dL1))
+	good2 := rawEvent("g2", "delete", "demo", map[string]any{"tag": "v1"})
+	bad2 := rawEvent("b2", "teleport", "demo", blobTarget(dL1))
+	drop := rawEvent("d1", "pull", "demo", map[string]any{"tag": "v1"})
+	bad3 := `[]`
+	w := f.post(t, envelope(good1, bad1, good2, bad2, drop, bad3), nil)
+	if w.Code != 200 {
+		t.Fatalf("code %d (%s)", w.Code, w.Body)
+	}
+	want := WebhookResponse{Accepted: 2, DeadLettered: 3, Dropped: 1}
+	if r := decodeResponse(t, w); r != want {
+		t.Errorf("response %+v, want %+v", r, want)
+	}
+	var ids []string
+	for _, e := range f.sink.events {
+		ids = append(ids, e.ID)
+	}
+	if !reflect.DeepEqual(ids, []string{"g1", "g2"}) {
+		t.Errorf("published %v", ids)
+	}
+	var reasons []string
+	for _, d := range f.sink.dead {
+		reasons = append(reasons, d.ID+"="+d.Reason)
+		if !json.Valid(d.Body) {
+			t.Errorf("dead letter body %q", d.Body)
+		}
+	}
+	if !strings.HasPrefix(reasons[2], "raw:") {
+		t.Errorf("unreadable event id %q", reasons[2])
+	}
+	reasons[2] = "raw=" + strings.SplitN(reasons[2], "=", 2)[1]
+	if !reflect.DeepEqual(reasons, []string{"b1=invalid_event", "b2=unknown_action", "raw=malformed_json"}) {
+		t.Errorf("dead letters %v", reasons)
+	}
+	m := f.m(t)
+	for label, want := range map[string]float64{"push": 2, "delete": 1, "pull": 1, "unknown": 1, "malformed": 1} {
+		if got := testutil.ToFloat64(m.received.WithLabelValues(label)); got != want {
+			t.Errorf("received{%s} = %v, want %v", label, got, want)
+		}
+	}
+}
+
+func TestWebhookSinkFailure(t *testing.T) {
+	body := envelope(rawEvent("g1", "push", "demo", blobTarget(dL1)), `"bad"`)
+	boom := errors.New("nats: no responders")
+	for _, tt := range []struct {
+		name string
+		set  func(*recordingSink)
+	}{
+		{"publish fails", func(s *recordingSink) { s.failPublish = boom }},
+		{"dead letter fails", func(s *recordingSink) { s.failDead = boom }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newWebhookFixture(t, func(c *WebhookConfig) { c.RetryAfter = 1500 * time.Millisecond })
+			tt.set(f.sink)
+			w := f.post(t, body, nil)
+			if w.Code != http.StatusServiceUnavailable {
+				t.Fatalf("code %d, want 503", w.Code)
+			}
+			if w.Header().Get("Retry-After") != "2" {
+				t.Errorf("Retry-After = %q", w.Header().Get("Retry-After"))
+			}
+			if strings.Contains(w.Body.String(), "accepted") {
+				t.Errorf("503 body claims acceptance: %s", w.Body)
+			}
+			if got := testutil.ToFloat64(f.m(t).deadLettered.WithLabelValues(ReasonMalformedJSON)); got != 0 {
+				t.Errorf("dead letter counted although not acknowledged")
+			}
+			// The registry retries once the log is back: same ids, so no duplicates.
+			f.sink.failPublish, f.sink.failDead = nil, nil
+			if w := f.post(t, body, nil); w.Code != 200 {
+				t.Fatalf("retry: code %d", w.Code)
+			}
+			if w := f.post(t, body, nil); w.Code != 200 || decodeResponse(t, w).Duplicates != 1 {
+				t.Fatalf("second retry: %d %s", w.Code, w.Body)
+			}
+			if len(f.sink.events) != 1 {
+				t.Errorf("%d events stored", len(f.sink.events))
+			}
+		})
+	}
+}
+
+func TestWebhookEnrichmentFailureCounted(t *testing.T) {
+	f := newWebhookFixture(t, func(c *WebhookConfig) {
+		c.Translate.Reader = &mapReader{err: errors.New("registry down")}
+	})
+	if w := f.post(t, readFixture(t, "events/030.json"), nil); w.Code != 200 {
+		t.Fatalf("code %d", w.Code)
+	}
+	if got := testutil.ToFloat64(f.m(t).enrichFail); got != 1 {
+		t.Errorf("enrichment failures = %v", got)
+	}
+	if len(f.sink.events) != 1 || f.sink.events[0].Manifest.Subject != nil {
+		t.Errorf("events %+v", f.sink.events)
+	}
+}
+
+// TestWebhookReplayFixtures posts every capture, in order, and checks what
+// reaches the sink; then the registry's redeliveries, twice.
+func TestWebhookReplayFixtures(t *testing.T) {
+	f := newWebhookFixture(t, func(c *WebhookConfig) { c.Translate.Reader = fixtureReader(t) })
+	files := fixtureFiles(t)
+	for _, name := range files {
+		if w := f.post(t, readFixture(t, name), nil); w.Code != 200 {
+			t.Fatalf("%s: code %d (%s)", name, w.Code, w.Body)
+		}
+	}
+	if len(f.sink.events) != len(files) || len(f.sink.dead) != 0 {
+		t.Fatalf("%d events, %d dead letters; want %d events", len(f.sink.events), len(f.sink.dead), len(files))
+	}
+	for i, name := range files {
+		got := summary(f.sink.events[i])
+		want := fixtureWants[name]
+		want.enrich = false
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: got %+v\nwant %+v", name, got, want)
+		}
+	}
+	// Redelivery: the same ids again are duplicates.
+	for _, name := range files[len(files)-4:] {
+		w := f.post(t, readFixture(t, name), nil)
+		if w.Code != 200 || decodeResponse(t, w).Duplicates != 1 {
+			t.Fatalf("%s redelivered: %d %s", name, w.Code, w.Body)
+		}
+	}
+	if got := testutil.ToFloat64(f.m(t).requests.WithLabelValues("200")); got != float64(len(files)+4) {
+		t.Errorf("requests{200} = %v", got)
+	}
+	if n := testutil.CollectAndCount(f.m(t).duration); n != 1 {
+		t.Errorf("duration histogram: %d series", n)
+	}
+	// The index push (026) could not be read from this reader: counted.
+	if got := testutil.ToFloat64(f.m(t).enrichFail); got != 1 {
+		t.Errorf("enrichment failures = %v, want 1", got)
+	}
+}
+
+func TestWebhookSharedRegistry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	for range 2 {
+		NewWebhook(WebhookConfig{Sink: &recordingSink{}, Registerer: reg})
+	}
+	names := map[string]bool{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	// Only the metrics without labels appear before any observation.
+	for _, n := range []string{"refgc_webhook_unauthorized_total", "refgc_webhook_request_duration_seconds", "refgc_webhook_enrichment_failures_total"} {
+		if !names[n] {
+			t.Errorf("metric %s missing (have %v)", n, names)
+		}
+	}
+}
+
+// TestWebhookIntoJetStream runs the handler over the real Publisher and an
+// embedded JetStream server: the fixtures land in the event log once each,
+// redeliveries dedupe, dead letters land in their stream, and with the
+// server gone the handler answers 503.
+func TestWebhookIntoJetStream(t *testing.T) {
+	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := Connect(srv.ClientURL(), ConnectOptions{Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	stream, err := EnsureStream(ctx, js, StreamConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := NewWebhook(WebhookConfig{
+		Sink:      NewPublisher(js, PublisherConfig{}),
+		Token:     testToken,
+		Translate: TranslateOptions{Reader: fixtureReader(t)},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// Short, so that the outage below answers well within the client's wait.
+		PublishTimeout: 500 * time.Millisecond,
+	})
+	hs := httptest.NewServer(h)
+	t.Cleanup(hs.Close)
+	post := func(body []byte) *http.Response {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, hs.URL+"/v1/distribution/events", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", DistributionEventsMediaType)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := hs.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	files := fixtureFiles(t)
+	for _, name := range append(files, files...) { // everything delivered twice
+		if resp := post(readFixture(t, name)); resp.StatusCode != 200 {
+			t.Fatalf("%s: %s", name, resp.Status)
+		}
+	}
+	if resp := post([]byte(`not json`)); resp.StatusCode != 200 {
+		t.Fatalf("malformed: %s", resp.Status)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != uint64(len(files)) {
+		t.Errorf("event log holds %d events, want %d", info.State.Msgs, len(files))
+	}
+	// Read the log back: the events in delivery order, decoded and valid.
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(len(files), jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for msg := range batch.Messages() {
+		e, err := Decode(msg.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.Subject() != Subject(e) {
+			t.Errorf("subject %s for %s", msg.Subject(), e.ID)
+		}
+		got = append(got, e.ID)
+	}
+	if len(got) != len(files) {
+		t.Fatalf("read %d events", len(got))
+	}
+	for i, name := range files {
+		var env struct{ Events []DistributionEvent }
+		_ = json.Unmarshal(readFixture(t, name), &env)
+		if got[i] != env.Events[0].ID {
+			t.Errorf("event %d is %s, want %s (%s)", i, got[i], env.Events[0].ID, name)
+		}
+	}
+	dl, err := js.Stream(ctx, DefaultDeadLetterStreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dinfo, err := dl.Info(ctx); err != nil || dinfo.State.Msgs != 1 {
+		t.Errorf("dead letters: %+v %v", dinfo, err)
+	}
+
+	// The event log goes away: 503, so that the registry keeps the event.
+	srv.Shutdown()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, hs.URL, bytes.NewReader(readFixture(t, "events/001.json")))
+	req.Header.Set("Content-Type", DistributionEventsMediaType)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := hs.Client().Do(req)
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("with the log down: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+	}
+}
