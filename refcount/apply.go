@@ -192,9 +192,18 @@ func (t *txn) blobPresent(d digest.Digest, size int64, leased bool) {
 // deduplicated, protects it from an imminent purge.
 func (t *txn) touched(repo string, d digest.Digest) {
 	for _, k := range [][]byte{manifestKey(repo, d), layerKey(repo, d), blobKey(d)} {
-		if t.exists(k) {
-			t.lease(k, t.get(k))
+		if !t.exists(k) {
+			continue
 		}
+		n := t.get(k)
+		// Pulls are most of a registry's traffic: a lease with at least 7/8
+		// of the grace still to run is left as it is, so that pulls of hot
+		// content write nothing. observedAbsent ignores leased nodes, so the
+		// sequence it would have recorded is not needed.
+		if n.lease-int64(t.p.opts.Grace)/8*7 >= t.now {
+			continue
+		}
+		t.lease(k, n)
 	}
 }
 
@@ -262,14 +271,15 @@ func (t *txn) legacyCreated(l *events.LegacyImage) {
 }
 
 // observedAbsent applies the reconciler's finding that a node is not in
-// storage, unless an event named the node after the walk began.
+// storage, unless an event named the node after the walk began or its
+// lease still runs.
 func (t *txn) observedAbsent(o *events.Observation) {
 	k := nodeKey(o.Node)
 	if !t.exists(k) {
 		return
 	}
 	n := t.get(k)
-	if n.lastSeq > o.AsOf || !n.present() {
+	if n.lastSeq > o.AsOf || !n.present() || n.lease > t.now {
 		return
 	}
 	t.named(k, n)

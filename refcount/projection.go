@@ -313,7 +313,13 @@ func (t *txn) lease(k []byte, n *node) {
 	t.named(k, n)
 }
 
+// putHook, when set (benchmarks only), sees every put Apply makes.
+var putHook func(bucket *bolt.Bucket, k, v []byte)
+
 func (t *txn) put(b *bolt.Bucket, k, v []byte) {
+	if putHook != nil {
+		putHook(b, k, v)
+	}
 	if err := b.Put(k, v); err != nil {
 		t.fail(err)
 	}

@@ -175,6 +175,7 @@ func TestEventKinds(t *testing.T) {
 			f.apply(pushB("app", "l"))
 			f.apply(events.Event{Kind: events.ObservedAbsent, Absent: &events.Observation{Node: layN("app", "l"), AsOf: asOf}})
 			f.expect(layN("app", "l"), 0, true)
+			f.advance(2 * hour) // and once its lease ran out
 			asOf, _ = f.p.Cursor()
 			f.apply(events.Event{Kind: events.ObservedAbsent, Absent: &events.Observation{Node: layN("app", "l"), AsOf: asOf}})
 			f.expect(layN("app", "l"), -1, false)
