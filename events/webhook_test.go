@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -482,5 +483,64 @@ func TestWebhookIntoJetStream(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("with the log down: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+	}
+}
+
+// noopSink acknowledges everything at once.
+type noopSink struct{}
+
+func (noopSink) PublishBatch(_ context.Context, evs []Event) ([]PubResult, error) {
+	return make([]PubResult, len(evs)), nil
+}
+func (noopSink) DeadLetter(context.Context, DeadLetter) error { return nil }
+
+// BenchmarkWebhook measures single-event requests through the handler (auth,
+// limits, translation, metrics) with a no-op sink, reporting p50 and p99
+// latency. "baseline" is a handler that only reads the body and answers 200.
+func BenchmarkWebhook(b *testing.B) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	full := func(reader ManifestReader) http.Handler {
+		return NewWebhook(WebhookConfig{Sink: noopSink{}, Token: testToken, Registerer: prometheus.NewRegistry(),
+			Logger: quiet, Translate: TranslateOptions{Reader: reader}})
+	}
+	baseline := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(http.MaxBytesReader(w, r.Body, DefaultMaxBodySize))
+		w.WriteHeader(http.StatusOK)
+	})
+	cases := []struct {
+		name, file string
+		h          http.Handler
+	}{
+		{"baseline", "events/003.json", baseline},
+		{"blob-push", "events/001.json", full(nil)},
+		{"pull", "events/009.json", full(nil)},
+		{"manifest-push", "events/003.json", full(nil)},
+		{"manifest-push-enriched", "events/030.json", full(fixtureReader(b))},
+		{"tag-delete", "events/031.json", full(nil)},
+	}
+	for _, c := range cases {
+		body := readFixture(b, c.file)
+		b.Run(c.name, func(b *testing.B) {
+			lat := make([]time.Duration, 0, b.N)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				req := httptest.NewRequest(http.MethodPost, "/v1/distribution/events", bytes.NewReader(body))
+				req.Header.Set("Content-Type", DistributionEventsMediaType)
+				req.Header.Set("Authorization", "Bearer "+testToken)
+				w := httptest.NewRecorder()
+				start := time.Now()
+				c.h.ServeHTTP(w, req)
+				lat = append(lat, time.Since(start))
+				if w.Code != http.StatusOK {
+					b.Fatalf("code %d", w.Code)
+				}
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+		})
 	}
 }
