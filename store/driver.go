@@ -1,0 +1,522 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"slices"
+	"strings"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/refgc/refgc/events"
+)
+
+// DefaultConcurrency bounds the storage calls one walk has in flight.
+const DefaultConcurrency = 16
+
+// Driver implements Store over a Distribution storage driver.
+type Driver struct {
+	d           storagedriver.StorageDriver
+	concurrency int
+	log         *slog.Logger
+}
+
+// Option configures a Driver.
+type Option func(*Driver)
+
+// WithConcurrency bounds the storage calls one walk has in flight (at least 1).
+func WithConcurrency(n int) Option {
+	return func(s *Driver) {
+		if n >= 1 {
+			s.concurrency = n
+		}
+	}
+}
+
+// WithLogger sets the logger; the default is slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Driver) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
+
+// FromDriver returns a Driver acting on an existing storage driver.
+func FromDriver(d storagedriver.StorageDriver, opts ...Option) *Driver {
+	s := &Driver{d: d, concurrency: DefaultConcurrency, log: slog.Default()}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// StorageDriver returns the underlying Distribution storage driver.
+func (s *Driver) StorageDriver() storagedriver.StorageDriver { return s.d }
+
+func isNotFound(err error) bool {
+	var nf storagedriver.PathNotFoundError
+	var nfp *storagedriver.PathNotFoundError
+	return errors.As(err, &nf) || errors.As(err, &nfp)
+}
+
+// del deletes a path; an absent path is success.
+func (s *Driver) del(ctx context.Context, p string) error {
+	if err := s.d.Delete(ctx, p); err != nil && !isNotFound(err) {
+		return fmt.Errorf("store: delete %s: %w", p, err)
+	}
+	return nil
+}
+
+func (s *Driver) putLink(ctx context.Context, p string, d digest.Digest) error {
+	if err := s.d.PutContent(ctx, p, []byte(d.String())); err != nil {
+		return fmt.Errorf("store: write link %s: %w", p, err)
+	}
+	return nil
+}
+
+// readLink reads a link file. found is false when it does not exist.
+func (s *Driver) readLink(ctx context.Context, p string) (d digest.Digest, found bool, err error) {
+	b, err := s.d.GetContent(ctx, p)
+	if err != nil {
+		if isNotFound(err) {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("store: read link %s: %w", p, err)
+	}
+	d = digest.Digest(b)
+	if err := events.ValidateDigest(d); err != nil {
+		return "", false, fmt.Errorf("%w: %s: %w", ErrCorrupt, p, err)
+	}
+	return d, true, nil
+}
+
+func (s *Driver) list(ctx context.Context, dir string) ([]string, error) {
+	children, err := s.d.List(ctx, dir)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("store: list %s: %w", dir, err)
+	}
+	out := children[:0]
+	for _, c := range children {
+		c = path.Clean(c)
+		if path.Dir(c) == dir {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// DeleteTag implements Store.
+func (s *Driver) DeleteTag(ctx context.Context, repo, tag string) error {
+	p, err := tagDir(repo, tag)
+	if err != nil {
+		return err
+	}
+	return s.del(ctx, p)
+}
+
+// DeleteRevision implements Store. History entries go first, the revision
+// last, as Distribution's own vacuum does.
+func (s *Driver) DeleteRevision(ctx context.Context, repo string, d digest.Digest, tags []string) error {
+	rev, err := revisionDir(repo, d)
+	if err != nil {
+		return err
+	}
+	entries := make([]string, 0, len(tags))
+	for _, t := range tags {
+		p, err := tagIndexEntryDir(repo, t, d)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(entries, p) {
+			entries = append(entries, p)
+		}
+	}
+	for _, p := range entries {
+		if err := s.del(ctx, p); err != nil {
+			return err
+		}
+	}
+	return s.del(ctx, rev)
+}
+
+// DeleteLayerLink implements Store.
+func (s *Driver) DeleteLayerLink(ctx context.Context, repo string, d digest.Digest) error {
+	p, err := layerDir(repo, d)
+	if err != nil {
+		return err
+	}
+	return s.del(ctx, p)
+}
+
+// PurgeBlob implements Store.
+func (s *Driver) PurgeBlob(ctx context.Context, d digest.Digest) error {
+	p, err := blobDir(d)
+	if err != nil {
+		return err
+	}
+	return s.del(ctx, p)
+}
+
+var errStop = errors.New("stop")
+
+// DeleteRepository implements Store. The emptiness check and the removal are
+// not atomic: a push into the repository between them would lose its links.
+// The caller must only delete a repository that nothing has touched within
+// its lease (the collector's rule for every object).
+func (s *Driver) DeleteRepository(ctx context.Context, repo string) error {
+	manifests, err := repoPath(repo, "_manifests")
+	if err != nil {
+		return err
+	}
+	layers, _ := repoPath(repo, "_layers")
+	uploads, _ := repoPath(repo, "_uploads")
+
+	stop := func(...any) error { return errStop }
+	checks := []func() error{
+		func() error { return s.Tags(ctx, repo, func(string, digest.Digest) error { return stop() }) },
+		func() error { return s.Revisions(ctx, repo, func(digest.Digest) error { return stop() }) },
+		func() error { return s.LayerLinks(ctx, repo, func(digest.Digest) error { return stop() }) },
+		func() error {
+			up, err := s.list(ctx, uploads)
+			if err == nil && len(up) > 0 {
+				return errStop
+			}
+			return err
+		},
+	}
+	for _, check := range checks {
+		switch err := check(); {
+		case errors.Is(err, errStop):
+			return fmt.Errorf("%w: %s", ErrNotEmpty, repo)
+		case err != nil:
+			return err
+		}
+	}
+	for _, p := range []string{uploads, layers, manifests} {
+		if err := s.del(ctx, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// requireBlob gives ErrNotFound when the blob's data is gone: a link to
+// missing data would be a broken object, so restores refuse it.
+func (s *Driver) requireBlob(ctx context.Context, d digest.Digest) error {
+	_, err := s.StatBlob(ctx, d)
+	return err
+}
+
+// LinkTag implements Store. It gives ErrNotFound if the blob data is gone.
+func (s *Driver) LinkTag(ctx context.Context, repo, tag string, d digest.Digest) error {
+	entry, err := tagIndexEntryDir(repo, tag, d)
+	if err != nil {
+		return err
+	}
+	current, err := tagCurrentLink(repo, tag)
+	if err != nil {
+		return err
+	}
+	if err := s.requireBlob(ctx, d); err != nil {
+		return err
+	}
+	if err := s.putLink(ctx, entry+"/link", d); err != nil {
+		return err
+	}
+	return s.putLink(ctx, current, d)
+}
+
+// LinkRevision implements Store. It gives ErrNotFound if the blob data is gone.
+func (s *Driver) LinkRevision(ctx context.Context, repo string, d digest.Digest) error {
+	dir, err := revisionDir(repo, d)
+	if err != nil {
+		return err
+	}
+	if err := s.requireBlob(ctx, d); err != nil {
+		return err
+	}
+	return s.putLink(ctx, dir+"/link", d)
+}
+
+// LinkLayer implements Store. It gives ErrNotFound if the blob data is gone.
+func (s *Driver) LinkLayer(ctx context.Context, repo string, d digest.Digest) error {
+	dir, err := layerDir(repo, d)
+	if err != nil {
+		return err
+	}
+	if err := s.requireBlob(ctx, d); err != nil {
+		return err
+	}
+	return s.putLink(ctx, dir+"/link", d)
+}
+
+// Repositories implements Store. It lists the name hierarchy directory by
+// directory (one List per directory, never the link files below
+// _manifests or _layers), with bounded concurrency.
+func (s *Driver) Repositories(ctx context.Context, fn func(repo string) error) error {
+	f := newFanout(ctx, s.concurrency)
+	var visit func(ctx context.Context, dir string) error
+	visit = func(ctx context.Context, dir string) error {
+		children, err := s.list(ctx, dir)
+		if err != nil {
+			return err
+		}
+		isRepo := false
+		for _, c := range children {
+			base := path.Base(c)
+			if base == "_manifests" {
+				isRepo = true
+				continue
+			}
+			if strings.HasPrefix(base, "_") {
+				continue // _layers, _uploads: never part of a name
+			}
+			f.do(func(ctx context.Context) error { return visit(ctx, c) })
+		}
+		if isRepo && dir != reposRoot {
+			name := strings.TrimPrefix(dir, reposRoot+"/")
+			if err := events.ValidateRepo(name); err != nil {
+				s.log.Debug("store: skipping repository with an invalid name", "name", name, "err", err)
+				return nil
+			}
+			return f.emit(func() error { return fn(name) })
+		}
+		return nil
+	}
+	f.do(func(ctx context.Context) error { return visit(ctx, reposRoot) })
+	return f.wait()
+}
+
+// Tags implements Store. Tag directories without a current link (which the
+// registry does not serve) are skipped.
+func (s *Driver) Tags(ctx context.Context, repo string, fn func(tag string, current digest.Digest) error) error {
+	dir, err := repoPath(repo, "_manifests", "tags")
+	if err != nil {
+		return err
+	}
+	children, err := s.list(ctx, dir)
+	if err != nil {
+		return err
+	}
+	f := newFanout(ctx, s.concurrency)
+	for _, c := range children {
+		tag := path.Base(c)
+		current, err := tagCurrentLink(repo, tag)
+		if err != nil {
+			s.log.Debug("store: skipping tag with an invalid name", "repo", repo, "tag", tag, "err", err)
+			continue
+		}
+		f.do(func(ctx context.Context) error {
+			d, found, err := s.readLink(ctx, current)
+			if err != nil || !found {
+				return err
+			}
+			return f.emit(func() error { return fn(tag, d) })
+		})
+		if f.failed() {
+			break
+		}
+	}
+	return f.wait()
+}
+
+// walkLinks walks dir for <alg>/<hex>/link files and calls fn with each
+// digest, serially. found is false if dir does not exist.
+func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Digest) error) (found bool, err error) {
+	var fnErr error
+	err = s.d.Walk(ctx, dir, func(fi storagedriver.FileInfo) error {
+		rel, ok := strings.CutPrefix(path.Clean(fi.Path()), dir+"/")
+		if !ok {
+			return nil
+		}
+		parts := strings.Split(rel, "/")
+		if fi.IsDir() {
+			if len(parts) > 2 {
+				return storagedriver.ErrSkipDir
+			}
+			return nil
+		}
+		if len(parts) != 3 || parts[2] != "link" {
+			return nil
+		}
+		d, ok := digestFromDir(parts[0], parts[1])
+		if !ok {
+			s.log.Debug("store: skipping link with an invalid digest path", "path", fi.Path())
+			return nil
+		}
+		fnErr = fn(d)
+		return fnErr
+	})
+	if fnErr != nil {
+		// Drivers wrap what the walk function returns; give it back as is.
+		return true, fnErr
+	}
+	if err != nil {
+		if isNotFound(err) {
+			return false, nil
+		}
+		return true, err
+	}
+	return true, nil
+}
+
+// TagHistory implements Store. It gives ErrNotFound if the tag has no
+// history index.
+func (s *Driver) TagHistory(ctx context.Context, repo, tag string) ([]digest.Digest, error) {
+	dir, err := tagIndexDir(repo, tag)
+	if err != nil {
+		return nil, err
+	}
+	var out []digest.Digest
+	found, err := s.walkLinks(ctx, dir, func(d digest.Digest) error {
+		out = append(out, d)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: history of %s:%s", ErrNotFound, repo, tag)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Revisions implements Store: one walk of _manifests/revisions (a single
+// paginated listing on object stores).
+func (s *Driver) Revisions(ctx context.Context, repo string, fn func(d digest.Digest) error) error {
+	dir, err := revisionsDir(repo)
+	if err != nil {
+		return err
+	}
+	_, err = s.walkLinks(ctx, dir, fn)
+	return err
+}
+
+// LayerLinks implements Store: one walk of _layers.
+func (s *Driver) LayerLinks(ctx context.Context, repo string, fn func(d digest.Digest) error) error {
+	dir, err := layersDir(repo)
+	if err != nil {
+		return err
+	}
+	_, err = s.walkLinks(ctx, dir, fn)
+	return err
+}
+
+// Blobs implements Store. It lists the algorithms and their two-hex prefix
+// directories, then walks the prefixes concurrently (bounded).
+func (s *Driver) Blobs(ctx context.Context, fn func(d digest.Digest) error) error {
+	algs, err := s.list(ctx, blobsRoot)
+	if err != nil {
+		return err
+	}
+	f := newFanout(ctx, s.concurrency)
+	for _, algDir := range algs {
+		alg := path.Base(algDir)
+		if !digest.Algorithm(alg).Available() {
+			s.log.Debug("store: skipping unknown blob algorithm", "dir", algDir)
+			continue
+		}
+		prefixes, err := s.list(ctx, algDir)
+		if err != nil {
+			f.fail(err)
+			break
+		}
+		for _, prefixDir := range prefixes {
+			prefix := path.Base(prefixDir)
+			f.do(func(ctx context.Context) error {
+				var fnErr error
+				err := s.d.Walk(ctx, prefixDir, func(fi storagedriver.FileInfo) error {
+					rel, ok := strings.CutPrefix(path.Clean(fi.Path()), prefixDir+"/")
+					if !ok {
+						return nil
+					}
+					parts := strings.Split(rel, "/")
+					if fi.IsDir() {
+						if len(parts) > 1 {
+							return storagedriver.ErrSkipDir
+						}
+						return nil
+					}
+					if len(parts) != 2 || parts[1] != "data" || !strings.HasPrefix(parts[0], prefix) {
+						return nil
+					}
+					d, ok := digestFromDir(alg, parts[0])
+					if !ok {
+						s.log.Debug("store: skipping blob with an invalid digest path", "path", fi.Path())
+						return nil
+					}
+					fnErr = f.emit(func() error { return fn(d) })
+					return fnErr
+				})
+				if fnErr != nil {
+					return fnErr // as is, not as the driver wrapped it
+				}
+				if isNotFound(err) {
+					return nil
+				}
+				return err
+			})
+			if f.failed() {
+				break
+			}
+		}
+	}
+	return f.wait()
+}
+
+// StatBlob implements Store.
+func (s *Driver) StatBlob(ctx context.Context, d digest.Digest) (int64, error) {
+	p, err := blobDataPath(d)
+	if err != nil {
+		return 0, err
+	}
+	fi, err := s.d.Stat(ctx, p)
+	if err != nil {
+		if isNotFound(err) {
+			return 0, fmt.Errorf("%w: blob %s", ErrNotFound, d)
+		}
+		return 0, fmt.Errorf("store: stat blob %s: %w", d, err)
+	}
+	if fi.IsDir() {
+		return 0, fmt.Errorf("%w: blob %s", ErrNotFound, d)
+	}
+	return fi.Size(), nil
+}
+
+// ReadBlob implements Store.
+func (s *Driver) ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error) {
+	size, err := s.StatBlob(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	if size > max {
+		return nil, fmt.Errorf("%w: blob %s has %d bytes, limit %d", ErrTooLarge, d, size, max)
+	}
+	p, _ := blobDataPath(d)
+	r, err := s.d.Reader(ctx, p, 0)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("%w: blob %s", ErrNotFound, d)
+		}
+		return nil, fmt.Errorf("store: read blob %s: %w", d, err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("store: read blob %s: %w", d, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%w: blob %s is over the limit %d", ErrTooLarge, d, max)
+	}
+	return b, nil
+}
