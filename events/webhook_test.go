@@ -18,8 +18,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 // recordingSink records what the webhook hands it; failPublish and
@@ -543,4 +545,105 @@ func BenchmarkWebhook(b *testing.B) {
 			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
 		})
 	}
+}
+
+// TestWebhookWithRegistry runs a real Distribution registry whose
+// notifications reach the handler, which reads pushed OCI manifests back
+// from the same registry: a referrer's subject is found, every event
+// translates, and the manifest reader verifies what it reads.
+func TestWebhookWithRegistry(t *testing.T) {
+	sink := &recordingSink{}
+	reg := prometheus.NewRegistry()
+	var reader RegistryManifestReader
+	hs := httptest.NewServer(NewWebhook(WebhookConfig{
+		Sink: sink, Token: testToken, Registerer: reg,
+		Translate: TranslateOptions{Reader: &reader},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}))
+	t.Cleanup(hs.Close)
+	r := regtest.Start(t, regtest.Options{NotifyURL: hs.URL + "/v1/distribution/events", NotifyToken: testToken})
+	reader.BaseURL = r.URL
+
+	img := regtest.OCI(regtest.RandomImage(t, 2))
+	imgDigest := digest.Digest(r.Push(t, "app:v1", img).String())
+	subject := regtest.Describe(t, img)
+	art := r.PushReferrer(t, "app", subject, "application/vnd.example.sbom")
+	r.DeleteTag(t, "app", "v1")
+
+	artDigest := digest.Digest(art.Digest.String())
+	find := func() (img, ref, del *Event) {
+		sink.mu.Lock()
+		defer sink.mu.Unlock()
+		for i := range sink.events {
+			e := &sink.events[i]
+			switch {
+			case e.Kind == ManifestPushed && e.Manifest.Digest == imgDigest:
+				img = e
+			case e.Kind == ManifestPushed && e.Manifest.Digest == artDigest:
+				ref = e
+			case e.Kind == TagDeleted && e.Tag.Repo == "app" && e.Tag.Name == "v1":
+				del = e
+			}
+		}
+		return img, ref, del
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var imgEv, refEv, delEv *Event
+	for {
+		if imgEv, refEv, delEv = find(); imgEv != nil && refEv != nil && delEv != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("events not delivered: image %v, referrer %v, tag delete %v", imgEv != nil, refEv != nil, delEv != nil)
+		}
+		time.Sleep(10 * time.Millisecond) // polling for delivery, with a deadline
+	}
+
+	if imgEv.Manifest.Tag != "v1" || imgEv.Manifest.MediaType != MediaTypeOCIManifest || len(imgEv.Manifest.Blobs) != 3 || imgEv.Manifest.Subject != nil {
+		t.Errorf("image push: %+v", imgEv.Manifest)
+	}
+	wantSubject := &Descriptor{MediaType: string(subject.MediaType), Digest: imgDigest, Size: subject.Size}
+	if !reflect.DeepEqual(refEv.Manifest.Subject, wantSubject) {
+		t.Errorf("referrer subject %+v, want %+v", refEv.Manifest.Subject, wantSubject)
+	}
+	wantBlobs := []digest.Digest{digest.Digest(art.Config.String()), digest.Digest(art.Layer.String())}
+	if len(refEv.Manifest.Blobs) != 2 || refEv.Manifest.Blobs[0].Digest != wantBlobs[0] || refEv.Manifest.Blobs[1].Digest != wantBlobs[1] {
+		t.Errorf("referrer blobs %+v, want %v", refEv.Manifest.Blobs, wantBlobs)
+	}
+	sink.mu.Lock()
+	nDead := len(sink.dead)
+	sink.mu.Unlock()
+	if nDead != 0 {
+		t.Errorf("%d dead letters", nDead)
+	}
+	h := mustGather(t, reg, "refgc_webhook_enrichment_failures_total")
+	if h != 0 {
+		t.Errorf("enrichment failures %v", h)
+	}
+
+	// The reader on its own: the exact bytes, the media type, and a 404.
+	ctx := context.Background()
+	body, mt, err := reader.ReadManifest(ctx, "app", artDigest)
+	if err != nil || string(body) != string(art.Manifest) || mt != MediaTypeOCIManifest {
+		t.Errorf("ReadManifest: %q, %d bytes, %v", mt, len(body), err)
+	}
+	if _, _, err := reader.ReadManifest(ctx, "app", digest.FromString("absent")); !errors.Is(err, ErrManifestNotFound) {
+		t.Errorf("absent manifest: %v", err)
+	}
+}
+
+// mustGather returns the value of a counter without labels.
+func mustGather(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
 }
