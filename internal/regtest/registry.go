@@ -72,10 +72,11 @@ type Registry struct {
 
 var quietOnce sync.Once
 
-// quiet lowers the registry's logrus level once per process: request logs
-// at info level would drown test output.
+// quiet lowers the registry's logrus level once per process: the registry
+// logs every request, and every 404 at error level, which would drown test
+// output. Failures still reach the test as HTTP statuses.
 func quiet() {
-	quietOnce.Do(func() { logrus.SetLevel(logrus.WarnLevel) })
+	quietOnce.Do(func() { logrus.SetLevel(logrus.FatalLevel) })
 }
 
 // Config returns the configuration Start uses, before Options.Configure.
