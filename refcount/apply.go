@@ -291,9 +291,6 @@ func (t *txn) observedAbsent(o *events.Observation) {
 // is held again: then the removal raced with a new reference, the node
 // stays, and the collector restores what it unlinked.
 func (t *txn) collected(c *events.CollectedRef, at time.Time) {
-	if c.Intent != "" {
-		t.del(t.tx.Bucket(bucketIntents), []byte(c.Intent))
-	}
 	k := nodeKey(c.Node)
 	if !t.exists(k) {
 		return

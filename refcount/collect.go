@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -48,6 +49,39 @@ type Intent struct {
 func (p *Projection) BeginCollect(id string, ref events.NodeRef, now time.Time, minCursor uint64) (Intent, error) {
 	var in Intent
 	err := p.db.Update(func(tx *bolt.Tx) error {
+		var err error
+		in, err = p.beginCollect(tx, id, ref, now, minCursor)
+		return err
+	})
+	return in, err
+}
+
+// BeginCollectBatch is BeginCollect for many candidates in one transaction.
+// It returns the intents recorded and, for each refused candidate, why.
+func (p *Projection) BeginCollectBatch(ids []string, refs []events.NodeRef, now time.Time, minCursor uint64) ([]Intent, map[events.NodeRef]error, error) {
+	var out []Intent
+	refused := map[events.NodeRef]error{}
+	err := p.db.Update(func(tx *bolt.Tx) error {
+		out, refused = out[:0], map[events.NodeRef]error{}
+		for i, ref := range refs {
+			in, err := p.beginCollect(tx, ids[i], ref, now, minCursor)
+			switch {
+			case errors.Is(err, ErrNotEligible):
+				refused[ref] = err
+			case err != nil:
+				return err
+			default:
+				out = append(out, in)
+			}
+		}
+		return nil
+	})
+	return out, refused, err
+}
+
+func (p *Projection) beginCollect(tx *bolt.Tx, id string, ref events.NodeRef, now time.Time, minCursor uint64) (Intent, error) {
+	var in Intent
+	err := func() error {
 		cursor := readU64(tx.Bucket(bucketMeta).Get(keyCursor))
 		if cursor < minCursor {
 			return fmt.Errorf("%w: %w: at %d, need %d", ErrNotEligible, ErrBehind, cursor, minCursor)
@@ -89,7 +123,7 @@ func (p *Projection) BeginCollect(id string, ref events.NodeRef, now time.Time, 
 			}
 		}
 		return putIntent(tx, in)
-	})
+	}()
 	return in, err
 }
 
@@ -241,4 +275,21 @@ func (p *Projection) Stats() (Stats, error) {
 		})
 	})
 	return s, err
+}
+
+// Snapshot writes a consistent copy of the file to path (for dry runs and
+// for reading beside a running daemon).
+func (p *Projection) Snapshot(path string) error {
+	return p.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(path, 0o600) })
+}
+
+// WriteTo streams a consistent copy of the file to w.
+func (p *Projection) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	err := p.db.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
 }

@@ -1,0 +1,466 @@
+// Package collector deletes what the projection says nothing references, a
+// little at a time, while the registry keeps serving; and restores what it
+// unlinked, until the data is purged.
+//
+// # The drain
+//
+// One pass repeats rounds until a round changes nothing:
+//
+//  1. Catch up: wait until the projection has applied everything the event
+//     log held at that moment (Log.CatchUp), and remember that sequence.
+//  2. Take up to BatchSize candidates, oldest first.
+//  3. Re-check them all in one write transaction against the projection at
+//     or past that sequence, and record an intent for each one still
+//     eligible (refcount.BeginCollectBatch).
+//  4. Act on storage, concurrently and rate-limited: unlink manifest
+//     revisions (with their tags' history entries) and layer links; purge
+//     blob data. Blob purges have their own round, with a fresh catch-up
+//     right before it.
+//  5. Publish one Collected event per intent through the log, wait until
+//     the projection applied them (the cascading releases follow), and then
+//     drop the intents.
+//
+// # Invariants
+//
+//   - Nothing is deleted that the projection, caught up with the log as of
+//     the re-check, does not show as unheld, unleased and past its grace.
+//   - Deleting happens in two steps: unlinking removes an object from the
+//     registry's API; its data is purged only after the trash retention,
+//     and any push, mount or pull of the digest since (a new lease) cancels
+//     the purge. Until the purge, Restore brings a manifest back whole.
+//   - Every storage operation is idempotent and preceded by a durable
+//     intent. A crash anywhere leaves intents that Recover finishes: an
+//     intent whose node is still collectable is done again; one whose node
+//     was re-referenced in the meantime is undone (its links restored); one
+//     already committed is dropped.
+//   - The collector never changes the projection directly: every change
+//     travels through the log, so replaying the log rebuilds the same state.
+package collector
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/refcount"
+)
+
+// Storage is what the collector does to registry storage. Every method is
+// idempotent. store.Driver implements it.
+type Storage interface {
+	DeleteRevision(ctx context.Context, repo string, d digest.Digest, tags []string) error
+	DeleteLayerLink(ctx context.Context, repo string, d digest.Digest) error
+	PurgeBlob(ctx context.Context, d digest.Digest) error
+	LinkTag(ctx context.Context, repo, tag string, d digest.Digest) error
+	LinkRevision(ctx context.Context, repo string, d digest.Digest) error
+	LinkLayer(ctx context.Context, repo string, d digest.Digest) error
+	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
+}
+
+// Log is the event log as the collector uses it.
+type Log interface {
+	// Publish appends the events durably (deduplicated by event id).
+	Publish(ctx context.Context, evs []events.Event) error
+	// CatchUp waits until the projection has applied everything the log
+	// held when it was called, and returns that sequence.
+	CatchUp(ctx context.Context) (uint64, error)
+}
+
+// ErrNotInTrash is returned by Restore for a manifest that is not unlinked
+// and restorable (never unlinked, already restored, or purged).
+var ErrNotInTrash = errors.New("collector: manifest not in trash")
+
+// ErrDataGone is returned by Restore when data the manifest needs was purged.
+var ErrDataGone = errors.New("collector: data already purged")
+
+// Config configures a Collector.
+type Config struct {
+	Projection *refcount.Projection
+	Storage    Storage
+	Log        Log
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// BatchSize bounds the candidates of one round (default 256).
+	BatchSize int
+	// Concurrency bounds storage operations in flight (default 8).
+	Concurrency int
+	// RateLimit bounds storage operations per second (0: unlimited).
+	RateLimit float64
+	// DryRun reports what a pass would delete without deleting anything.
+	DryRun bool
+	// Source names this collector in the events it publishes.
+	Source     string
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Collector drains the zero-ref queue.
+type Collector struct {
+	cfg     Config
+	limiter *rate.Limiter
+	m       *metrics
+	mu      sync.Mutex // one pass at a time
+}
+
+// New returns a collector.
+func New(cfg Config) (*Collector, error) {
+	if cfg.Projection == nil || cfg.Log == nil || (cfg.Storage == nil && !cfg.DryRun) {
+		return nil, errors.New("collector: Projection, Log and Storage are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 256
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 8
+	}
+	if cfg.Source == "" {
+		cfg.Source = "refgc-collector"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer)}
+	if cfg.RateLimit > 0 {
+		burst := int(cfg.RateLimit)
+		if burst < 1 {
+			burst = 1
+		}
+		c.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), burst)
+	}
+	return c, nil
+}
+
+// Removal is one object a pass removed (or, in a dry run, would remove).
+type Removal struct {
+	Node  events.NodeRef `json:"node"`
+	Purge bool           `json:"purge,omitempty"`
+	Bytes int64          `json:"bytes,omitempty"`
+}
+
+// Report is what a pass did.
+type Report struct {
+	Removed  []Removal     `json:"removed,omitempty"`
+	Unlinked int           `json:"unlinked"`
+	Purged   int           `json:"purged"`
+	Bytes    int64         `json:"bytes"`
+	Refused  int           `json:"refused"`  // candidates the re-check turned down
+	Restored int           `json:"restored"` // removals undone because they raced
+	Errors   int           `json:"errors"`
+	Rounds   int           `json:"rounds"`
+	Duration time.Duration `json:"duration"`
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Pass drains the queue until a round changes nothing. In a dry run it
+// only lists the candidates eligible now.
+func (c *Collector) Pass(ctx context.Context) (Report, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	start := time.Now()
+	var rep Report
+	defer func() {
+		rep.Duration = time.Since(start)
+		c.m.passSeconds.Observe(rep.Duration.Seconds())
+	}()
+	if c.cfg.DryRun {
+		return c.plan(ctx, &rep)
+	}
+	if err := c.recover(ctx, &rep); err != nil {
+		return rep, err
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		rep.Rounds++
+		unlinked, err := c.round(ctx, &rep, false)
+		if err != nil {
+			return rep, err
+		}
+		purged, err := c.round(ctx, &rep, true)
+		if err != nil {
+			return rep, err
+		}
+		if unlinked+purged == 0 {
+			break
+		}
+	}
+	if _, err := c.cfg.Projection.PruneTrash(c.cfg.Now().Add(-c.cfg.Projection.Options().Retention)); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// plan lists what a pass would remove now, with sizes.
+func (c *Collector) plan(ctx context.Context, rep *Report) (Report, error) {
+	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
+		return *rep, err
+	}
+	cands, err := c.cfg.Projection.Candidates(c.cfg.Now(), 1<<30)
+	if err != nil {
+		return *rep, err
+	}
+	for _, cd := range cands {
+		r := Removal{Node: cd.Node, Purge: cd.Node.Kind == events.NodeBlob, Bytes: cd.Size}
+		rep.Removed = append(rep.Removed, r)
+		rep.Bytes += cd.Size
+		if r.Purge {
+			rep.Purged++
+		} else {
+			rep.Unlinked++
+		}
+	}
+	return *rep, nil
+}
+
+// round does one catch-up, re-check, act, commit cycle over either the
+// unlink candidates or the purge candidates, and returns how many it removed.
+func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, error) {
+	seq, err := c.cfg.Log.CatchUp(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("collector: catch up: %w", err)
+	}
+	now := c.cfg.Now()
+	cands, err := c.cfg.Projection.Candidates(now, c.cfg.BatchSize*4)
+	if err != nil {
+		return 0, err
+	}
+	var refs []events.NodeRef
+	var ids []string
+	for _, cd := range cands {
+		if (cd.Node.Kind == events.NodeBlob) != purge {
+			continue
+		}
+		refs = append(refs, cd.Node)
+		ids = append(ids, newID())
+		if len(refs) == c.cfg.BatchSize {
+			break
+		}
+	}
+	if len(refs) == 0 {
+		return 0, nil
+	}
+	intents, refused, err := c.cfg.Projection.BeginCollectBatch(ids, refs, now, seq)
+	if err != nil {
+		return 0, err
+	}
+	rep.Refused += len(refused)
+	done := c.act(ctx, intents, rep)
+	if err := c.commit(ctx, done, rep); err != nil {
+		return 0, err
+	}
+	return len(done), nil
+}
+
+// act does the storage operation of each intent and returns the ones done.
+func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Report) []refcount.Intent {
+	var mu sync.Mutex
+	var done []refcount.Intent
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.cfg.Concurrency)
+	for _, in := range intents {
+		g.Go(func() error {
+			if err := c.storageOp(gctx, in); err != nil {
+				c.m.errors.WithLabelValues(string(in.Node.Kind)).Inc()
+				c.cfg.Logger.Warn("storage operation failed; the intent stays for the next pass",
+					"node", in.Node.String(), "err", err)
+				mu.Lock()
+				rep.Errors++
+				mu.Unlock()
+				return nil
+			}
+			mu.Lock()
+			done = append(done, in)
+			mu.Unlock()
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return done
+}
+
+func (c *Collector) storageOp(ctx context.Context, in refcount.Intent) error {
+	if c.limiter != nil {
+		if err := c.limiter.Wait(ctx); err != nil {
+			return err
+		}
+	}
+	n := in.Node
+	switch n.Kind {
+	case events.NodeManifest:
+		return c.cfg.Storage.DeleteRevision(ctx, n.Repo, n.Digest, in.Tags)
+	case events.NodeLayer:
+		return c.cfg.Storage.DeleteLayerLink(ctx, n.Repo, n.Digest)
+	case events.NodeBlob:
+		return c.cfg.Storage.PurgeBlob(ctx, n.Digest)
+	}
+	// Labels and legacy images have no storage of their own in a
+	// Distribution registry: removing them is bookkeeping only.
+	return nil
+}
+
+// commit publishes a Collected event per intent, waits for the projection
+// to apply them, undoes the removals that raced, and drops the intents.
+func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Report) error {
+	if len(done) == 0 {
+		return nil
+	}
+	evs := make([]events.Event, len(done))
+	now := c.cfg.Now().UTC()
+	for i, in := range done {
+		evs[i] = events.Event{V: events.Version, ID: "gc-" + in.ID, Time: now, Source: c.cfg.Source,
+			Kind: events.Collected, Collected: &events.CollectedRef{Node: in.Node, Purged: in.Purge, Intent: in.ID, AsOf: in.AsOf}}
+	}
+	if err := c.cfg.Log.Publish(ctx, evs); err != nil {
+		return fmt.Errorf("collector: publish removals (intents stay for recovery): %w", err)
+	}
+	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
+		return fmt.Errorf("collector: catch up after removals: %w", err)
+	}
+	for _, in := range done {
+		raced, err := c.settle(ctx, in)
+		if err != nil {
+			rep.Errors++
+			c.cfg.Logger.Error("settling a removal failed; the intent stays", "node", in.Node.String(), "err", err)
+			continue
+		}
+		if raced {
+			rep.Restored++
+			continue
+		}
+		kind := string(in.Node.Kind)
+		op := "unlink"
+		if in.Purge {
+			op = "purge"
+			rep.Purged++
+			rep.Bytes += in.Size
+			c.m.bytes.WithLabelValues(kind).Add(float64(in.Size))
+		} else {
+			rep.Unlinked++
+		}
+		c.m.deletions.WithLabelValues(kind, op).Inc()
+		rep.Removed = append(rep.Removed, Removal{Node: in.Node, Purge: in.Purge, Bytes: in.Size})
+	}
+	return nil
+}
+
+// settle looks at a node after its Collected event was applied: if the
+// projection kept it (the removal raced with a new reference), the links
+// are put back. Then the intent is dropped.
+func (c *Collector) settle(ctx context.Context, in refcount.Intent) (raced bool, err error) {
+	ni, ok, err := c.cfg.Projection.Get(in.Node)
+	if err != nil {
+		return false, err
+	}
+	if ok && ni.Present {
+		raced = true
+		c.m.races.WithLabelValues(string(in.Node.Kind)).Inc()
+		if err := c.undo(ctx, in); err != nil {
+			return true, err
+		}
+		c.cfg.Logger.Warn("a removal raced with a new reference; restored", "node", in.Node.String())
+	}
+	return raced, c.cfg.Projection.DropIntent(in.ID)
+}
+
+// undo puts back what an intent's storage operation removed.
+func (c *Collector) undo(ctx context.Context, in refcount.Intent) error {
+	n := in.Node
+	switch n.Kind {
+	case events.NodeManifest:
+		return c.cfg.Storage.LinkRevision(ctx, n.Repo, n.Digest)
+	case events.NodeLayer:
+		return c.cfg.Storage.LinkLayer(ctx, n.Repo, n.Digest)
+	case events.NodeBlob:
+		if _, err := c.cfg.Storage.StatBlob(ctx, n.Digest); err != nil {
+			// The data went and something references it again: only a
+			// re-upload can bring it back. The reconciler will record its
+			// absence; say it loudly.
+			c.cfg.Logger.Error("blob purged while being re-referenced", "digest", n.Digest.String())
+			return nil
+		}
+	}
+	return nil
+}
+
+// recover finishes the intents a crash left behind.
+func (c *Collector) recover(ctx context.Context, rep *Report) error {
+	intents, err := c.cfg.Projection.Intents()
+	if err != nil || len(intents) == 0 {
+		return err
+	}
+	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
+		return err
+	}
+	var redo []refcount.Intent
+	for _, in := range intents {
+		ni, ok, err := c.cfg.Projection.Get(in.Node)
+		if err != nil {
+			return err
+		}
+		switch {
+		case !ok || !ni.Present:
+			// Committed before the crash.
+			if err := c.cfg.Projection.DropIntent(in.ID); err != nil {
+				return err
+			}
+		case ni.Count == 0 && ni.Eligible != nil && !ni.Eligible.After(c.cfg.Now()) && ni.LastSeq <= in.AsOf:
+			redo = append(redo, in)
+		default:
+			// Re-referenced since the intent: undo whatever was done.
+			if err := c.undo(ctx, in); err != nil {
+				return err
+			}
+			rep.Restored++
+			if err := c.cfg.Projection.DropIntent(in.ID); err != nil {
+				return err
+			}
+		}
+	}
+	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(redo), "total", len(intents))
+	return c.commit(ctx, c.act(ctx, redo, rep), rep)
+}
+
+// Run makes a pass at once and then every interval until ctx ends. A
+// failed pass is logged and retried at the next tick.
+func (c *Collector) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		rep, err := c.Pass(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			c.cfg.Logger.Error("collector pass failed", "err", err)
+		} else if rep.Unlinked+rep.Purged+rep.Errors+rep.Restored > 0 {
+			c.cfg.Logger.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged,
+				"bytes", rep.Bytes, "refused", rep.Refused, "restored", rep.Restored, "errors", rep.Errors,
+				"duration", rep.Duration)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

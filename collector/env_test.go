@@ -1,0 +1,217 @@
+package collector_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/regtest"
+	"github.com/refgc/refgc/refcount"
+	"github.com/refgc/refgc/store"
+)
+
+const (
+	testGrace     = time.Hour
+	testRetention = 3 * time.Hour
+	testToken     = "test-token"
+)
+
+// env is a real registry whose notifications go through the real webhook
+// into a projection, a store over the same files, and a collector on a
+// clock that the test moves forward.
+type env struct {
+	t      *testing.T
+	reg    *regtest.Registry
+	proj   *refcount.Projection
+	store  *store.Driver
+	log    *sinkLog
+	offset atomic.Int64
+	col    *collector.Collector
+	keep   bool
+	// kept are objects that refgc keeps on purpose beyond what the oracle
+	// marks (a child deleted while its index lives keeps its data).
+	kept map[string]bool
+}
+
+// sinkLog is the webhook's sink and the collector's log at once: events go
+// straight into the projection through a DirectLog.
+type sinkLog struct {
+	collector.DirectLog
+	mu      sync.Mutex
+	cond    *sync.Cond
+	touches map[string]int
+	dead    []events.DeadLetter
+}
+
+func (s *sinkLog) PublishBatch(ctx context.Context, evs []events.Event) ([]events.PubResult, error) {
+	if err := s.Publish(ctx, evs); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	for _, e := range evs {
+		if e.Kind == events.Touched {
+			s.touches[e.Ref.Repo]++
+		}
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	return make([]events.PubResult, len(evs)), nil
+}
+
+func (s *sinkLog) DeadLetter(_ context.Context, d events.DeadLetter) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dead = append(s.dead, d)
+	return nil
+}
+
+func newEnv(t *testing.T, policy refcount.Policy) *env {
+	t.Helper()
+	proj, err := refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
+		refcount.Options{Untagged: policy, Grace: testGrace, Retention: testRetention, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proj.Close() })
+	e := &env{t: t, proj: proj, keep: policy == refcount.PolicyKeep}
+	e.log = &sinkLog{DirectLog: collector.DirectLog{P: proj}, touches: map[string]int{}}
+	e.log.cond = sync.NewCond(&e.log.mu)
+
+	root := t.TempDir()
+	e.store, err = store.New(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := httptest.NewServer(events.NewWebhook(events.WebhookConfig{Sink: e.log, Token: testToken,
+		Translate: events.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
+	t.Cleanup(hook.Close)
+	e.reg = regtest.Start(t, regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken})
+	e.col, err = collector.New(collector.Config{Projection: proj, Storage: e.store, Log: e.log,
+		Now: e.now, Concurrency: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A marker image whose pulls tell when every earlier notification arrived.
+	e.reg.PushRandom(t, "marker:m", 1)
+	e.settle()
+	return e
+}
+
+func (e *env) now() time.Time { return time.Now().Add(time.Duration(e.offset.Load())) }
+
+// advance moves the collector's clock forward.
+func (e *env) advance(d time.Duration) { e.offset.Add(int64(d)) }
+
+// settle waits until the registry has delivered every notification so far:
+// the registry sends them in order, so the pull of the marker comes last.
+func (e *env) settle() {
+	e.t.Helper()
+	e.log.mu.Lock()
+	want := e.log.touches["marker"] + 1
+	e.log.mu.Unlock()
+	if code := e.reg.ManifestStatus(e.t, "marker", "m"); code != http.StatusOK {
+		e.t.Fatalf("marker pull: %d", code)
+	}
+	deadline := time.AfterFunc(30*time.Second, func() {
+		e.log.mu.Lock()
+		e.log.cond.Broadcast()
+		e.log.mu.Unlock()
+	})
+	defer deadline.Stop()
+	start := time.Now()
+	e.log.mu.Lock()
+	defer e.log.mu.Unlock()
+	for e.log.touches["marker"] < want {
+		if time.Since(start) > 30*time.Second {
+			e.t.Fatal("notifications did not arrive within 30 s")
+		}
+		e.log.cond.Wait()
+	}
+	if len(e.log.dead) > 0 {
+		e.t.Fatalf("dead letters: %+v", e.log.dead)
+	}
+}
+
+// drain runs passes while moving the clock past grace and retention, so
+// that every cascade completes.
+func (e *env) drain() collector.Report {
+	e.t.Helper()
+	var total collector.Report
+	for _, step := range []time.Duration{2 * testGrace, 2 * testGrace, 2 * testGrace, testRetention + testGrace, testRetention + testGrace} {
+		e.advance(step)
+		rep, err := e.col.Pass(context.Background())
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if rep.Errors > 0 {
+			e.t.Fatalf("pass had %d errors", rep.Errors)
+		}
+		total.Unlinked += rep.Unlinked
+		total.Purged += rep.Purged
+		total.Bytes += rep.Bytes
+	}
+	return total
+}
+
+// collectAndVerify computes the reachable set with the independent oracle,
+// drains, and checks that exactly the reachable objects remain.
+func (e *env) collectAndVerify() collector.Report {
+	e.t.Helper()
+	e.settle()
+	before, err := regtest.Reachable(e.reg.Root, e.keep)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	rep := e.drain()
+	after, err := regtest.Present(e.reg.Root)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if lost := before.Minus(after); len(lost) > 0 {
+		e.t.Errorf("reachable objects deleted: %v", lost)
+	}
+	var left []string
+	for _, k := range after.Minus(before) {
+		if !e.kept[k] {
+			left = append(left, k)
+		}
+	}
+	if len(left) > 0 {
+		e.t.Errorf("garbage left behind: %v", left)
+	}
+	if ms, err := e.proj.Check(); err != nil || len(ms) > 0 {
+		e.t.Errorf("projection check: %v %v", ms, err)
+	}
+	return rep
+}
+
+func (e *env) mustPull(ref string) {
+	e.t.Helper()
+	if err := e.reg.TryPull(e.t, ref); err != nil {
+		e.t.Errorf("pull %s: %v", ref, err)
+	}
+}
+
+func (e *env) mustNotFind(repo, ref string) {
+	e.t.Helper()
+	if code := e.reg.ManifestStatus(e.t, repo, ref); code != http.StatusNotFound {
+		e.t.Errorf("%s:%s answers %d, want 404", repo, ref, code)
+	}
+}
+
+func sorted(s []string) []string { slices.Sort(s); return s }
+
+func manifestRef(repo string, d v1.Hash) events.NodeRef {
+	return events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: digest.Digest(d.String())}
+}

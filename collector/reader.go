@@ -1,0 +1,25 @@
+package collector
+
+import (
+	"context"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// MaxManifestBytes bounds a manifest read from storage.
+const MaxManifestBytes = 4 << 20
+
+// StoreManifestReader reads manifests straight from registry storage, for
+// the webhook's enrichment (events.ManifestReader) when refgc shares the
+// registry's storage. The media type is left to the manifest's own field.
+type StoreManifestReader struct {
+	Store interface {
+		ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
+	}
+}
+
+// ReadManifest returns the manifest's bytes.
+func (r StoreManifestReader) ReadManifest(ctx context.Context, _ string, d digest.Digest) ([]byte, string, error) {
+	b, err := r.Store.ReadBlob(ctx, d, MaxManifestBytes)
+	return b, "", err
+}
