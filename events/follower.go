@@ -487,23 +487,68 @@ func (f *Follower) watch(ctx context.Context, stop context.CancelCauseFunc) {
 	}
 }
 
+// chunk is a batch of records read ahead, or the error that ends reading.
+type chunk struct {
+	recs []Record
+	err  error
+}
+
+// loop applies what read decodes: the next batch is read and decoded while
+// the current one is being applied.
 func (f *Follower) loop(ctx context.Context, it jetstream.MessagesContext) error {
-	batch := make([]Record, 0, f.cfg.MaxBatch)
+	readCtx, cancel := context.WithCancel(ctx)
+	ch := make(chan chunk, 1)
+	go func() {
+		defer close(ch)
+		f.read(readCtx, it, ch)
+	}()
+	defer func() {
+		cancel()
+		for range ch { // let read finish
+		}
+	}()
+	for c := range ch {
+		if len(c.recs) > 0 {
+			if err := f.apply(ctx, c.recs); err != nil {
+				return err
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if c.err != nil {
+			return c.err
+		}
+	}
+	return nil
+}
+
+// read takes messages from it into batches of at most MaxBatch records,
+// waiting up to MaxWait after a batch's first message for more, and sends
+// them on ch; it returns when ctx ends or after sending an error.
+func (f *Follower) read(ctx context.Context, it jetstream.MessagesContext, ch chan<- chunk) {
 	next := f.Applied() + 1 // the sequence the next record must carry
+	send := func(c chunk) bool {
+		select {
+		case ch <- c:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	for {
-		batch = batch[:0]
-		var gap error
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return fmt.Errorf("events: follower: %w", err)
+				send(chunk{err: fmt.Errorf("events: follower: %w", err)})
+				return
 			}
 			f.log.Warn("follower: next message", "err", err)
 			if !sleepCtx(ctx, 100*time.Millisecond) {
-				return nil
+				return
 			}
 			continue
 		}
@@ -511,6 +556,8 @@ func (f *Follower) loop(ctx context.Context, it jetstream.MessagesContext) error
 		if f.cfg.MaxWait > 0 {
 			deadline = time.Now().Add(f.cfg.MaxWait)
 		}
+		batch := make([]Record, 0, min(f.cfg.MaxBatch, 64))
+		var gap error
 		for {
 			rec, ok, err := f.record(msg, next)
 			if err != nil {
@@ -533,16 +580,8 @@ func (f *Follower) loop(ctx context.Context, it jetstream.MessagesContext) error
 				break // a timeout, or an error the outer Next sees again
 			}
 		}
-		if len(batch) > 0 {
-			if err := f.apply(ctx, batch); err != nil {
-				return err
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-		}
-		if gap != nil {
-			return gap
+		if !send(chunk{recs: batch, err: gap}) || gap != nil {
+			return
 		}
 	}
 }
