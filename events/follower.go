@@ -69,7 +69,7 @@ var ErrFollowerStopped = errors.New("events: follower stopped")
 // Follower defaults.
 const (
 	DefaultMaxBatch      = 1000
-	DefaultMaxWait       = 2 * time.Millisecond
+	DefaultMaxWait       = time.Millisecond
 	DefaultCheckInterval = 2 * time.Second
 	DefaultApplyRetries  = 8
 )
