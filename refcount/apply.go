@@ -88,7 +88,7 @@ func (t *txn) manifestPushed(m *events.Manifest) {
 	n.size, n.mediaType = m.Size, m.MediaType
 	body := *m
 	body.Tag = ""
-	t.putJSON(t.tx.Bucket(bucketManifests), k, body)
+	t.putJSON(t.nodes, subKey(k, subBody, nil), body)
 	t.del(t.tx.Bucket(bucketTrash), k)
 	t.setDecl(k, n, decl)
 	t.lease(k, n)
@@ -109,13 +109,12 @@ func (t *txn) tagSet(repo, tag string, d digest.Digest) {
 	k := tagKey(repo, tag)
 	n := t.get(k)
 	mk := manifestKey(repo, d)
-	hist := t.tx.Bucket(bucketHistory)
 	for _, e := range n.decl {
 		if e.kind == edgeTag && !bytes.Equal(e.to, mk) {
-			t.put(hist, pairKey(e.to, k), []byte{histPointed})
+			t.put(t.nodes, subKey(e.to, subHistory, k), []byte{histPointed})
 		}
 	}
-	t.put(hist, pairKey(mk, k), []byte{histCurrent})
+	t.put(t.nodes, subKey(mk, subHistory, k), []byte{histCurrent})
 	t.setDecl(k, n, []edge{{edgeTag, mk}})
 	t.named(k, n)
 	t.setPresent(k, n, true)
@@ -127,10 +126,9 @@ func (t *txn) tagDeleted(repo, tag string) {
 		return
 	}
 	n := t.get(k)
-	hist := t.tx.Bucket(bucketHistory)
 	for _, e := range n.decl {
 		if e.kind == edgeTag {
-			t.put(hist, pairKey(e.to, k), []byte{histDeleted})
+			t.put(t.nodes, subKey(e.to, subHistory, k), []byte{histDeleted})
 		}
 	}
 	t.named(k, n)
@@ -216,7 +214,9 @@ func (t *txn) repositoryDeleted(repo string) {
 		var keys [][]byte
 		c := t.nodes.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			keys = append(keys, append([]byte(nil), k...))
+			if !isSub(k) {
+				keys = append(keys, append([]byte(nil), k...))
+			}
 		}
 		for _, k := range keys {
 			n := t.get(k)
@@ -309,31 +309,28 @@ func (t *txn) collected(c *events.CollectedRef, at time.Time) {
 // trash records an unlinked manifest for Restore and drops its tag history.
 func (t *txn) trash(k []byte, ref events.NodeRef, at time.Time) {
 	entry := TrashEntry{Node: ref, UnlinkedAt: at.UTC()}
-	if raw := t.tx.Bucket(bucketManifests).Get(k); raw != nil {
+	if raw := t.nodes.Get(subKey(k, subBody, nil)); raw != nil {
 		if err := json.Unmarshal(raw, &entry.Manifest); err != nil {
 			t.fail(err)
 			return
 		}
 	}
-	hist := t.tx.Bucket(bucketHistory)
-	prefix := pairPrefix(k)
 	var drop [][]byte
-	c := hist.Cursor()
-	for hk, v := c.Seek(prefix); hk != nil && bytes.HasPrefix(hk, prefix); hk, v = c.Next() {
-		drop = append(drop, append([]byte(nil), hk...))
-		_, tk, err := splitPair(hk)
-		if err != nil {
-			t.fail(err)
-			return
-		}
+	err := forSub(t.nodes.Cursor(), k, subHistory, func(tk, v []byte) error {
+		drop = append(drop, subKey(k, subHistory, tk))
 		if len(v) == 1 && v[0] == histDeleted {
 			if tr, err := parseNodeKey(tk); err == nil {
 				entry.Tags = append(entry.Tags, tr.Name)
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		t.fail(err)
+		return
 	}
 	for _, hk := range drop {
-		t.del(hist, hk)
+		t.del(t.nodes, hk)
 	}
 	t.putJSON(t.tx.Bucket(bucketTrash), k, entry)
 }

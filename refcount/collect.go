@@ -114,7 +114,7 @@ func (p *Projection) beginCollect(tx *bolt.Tx, id string, ref events.NodeRef, no
 				return err
 			}
 			in.Tags = tags
-			if raw := tx.Bucket(bucketManifests).Get(k); raw != nil {
+			if raw := tx.Bucket(bucketNodes).Get(subKey(k, subBody, nil)); raw != nil {
 				var m events.Manifest
 				if err := json.Unmarshal(raw, &m); err != nil {
 					return err
@@ -129,20 +129,15 @@ func (p *Projection) beginCollect(tx *bolt.Tx, id string, ref events.NodeRef, no
 
 func historyTags(tx *bolt.Tx, mk []byte) ([]string, error) {
 	var tags []string
-	prefix := pairPrefix(mk)
-	c := tx.Bucket(bucketHistory).Cursor()
-	for k, _ := c.Seek(prefix); k != nil && len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
-		_, tk, err := splitPair(k)
-		if err != nil {
-			return nil, err
-		}
+	err := forSub(tx.Bucket(bucketNodes).Cursor(), mk, subHistory, func(tk, _ []byte) error {
 		ref, err := parseNodeKey(tk)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		tags = append(tags, ref.Name)
-	}
-	return tags, nil
+		return nil
+	})
+	return tags, err
 }
 
 func putIntent(tx *bolt.Tx, in Intent) error {
@@ -255,6 +250,9 @@ func (p *Projection) Stats() (Stats, error) {
 		s.Intents = tx.Bucket(bucketIntents).Stats().KeyN
 		s.Trash = tx.Bucket(bucketTrash).Stats().KeyN
 		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+			if isSub(k) {
+				return nil
+			}
 			ref, err := parseNodeKey(k)
 			if err != nil {
 				return err

@@ -137,6 +137,9 @@ func (p *Projection) requeue(tx *bolt.Tx) error {
 	}
 	t := p.newTxn(tx)
 	err := tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+		if isSub(k) {
+			return nil
+		}
 		n, err := decodeNode(v)
 		if err != nil {
 			return err
@@ -241,8 +244,6 @@ type txn struct {
 	p     *Projection
 	tx    *bolt.Tx
 	nodes *bolt.Bucket
-	in    *bolt.Bucket
-	refs  *bolt.Bucket
 	queue *bolt.Bucket
 	cache map[string]*node
 	dirty map[string]struct{}
@@ -252,8 +253,7 @@ type txn struct {
 }
 
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {
-	return &txn{p: p, tx: tx, nodes: tx.Bucket(bucketNodes), in: tx.Bucket(bucketIn),
-		refs: tx.Bucket(bucketReferrers), queue: tx.Bucket(bucketQueue),
+	return &txn{p: p, tx: tx, nodes: tx.Bucket(bucketNodes), queue: tx.Bucket(bucketQueue),
 		cache: make(map[string]*node), dirty: make(map[string]struct{})}
 }
 
@@ -333,11 +333,11 @@ func (t *txn) del(b *bolt.Bucket, k []byte) {
 
 // addEdge records from → to and counts it.
 func (t *txn) addEdge(from, to []byte, kind byte) {
-	k := pairKey(to, from)
-	if t.in.Get(k) != nil {
+	k := subKey(to, subIn, from)
+	if t.nodes.Get(k) != nil {
 		return
 	}
-	t.put(t.in, k, []byte{kind})
+	t.put(t.nodes, k, []byte{kind})
 	n := t.get(to)
 	n.count++
 	t.touch(to, n)
@@ -346,11 +346,11 @@ func (t *txn) addEdge(from, to []byte, kind byte) {
 
 // removeEdge removes from → to and uncounts it.
 func (t *txn) removeEdge(from, to []byte) {
-	k := pairKey(to, from)
-	if t.in.Get(k) == nil {
+	k := subKey(to, subIn, from)
+	if t.nodes.Get(k) == nil {
 		return
 	}
-	t.del(t.in, k)
+	t.del(t.nodes, k)
 	n := t.get(to)
 	if n.count > 0 {
 		n.count--
@@ -375,7 +375,7 @@ func (t *txn) refresh(k []byte, n *node) {
 			t.unlink(k, e)
 		}
 		if k[0] == kManifest {
-			t.del(t.tx.Bucket(bucketManifests), k)
+			t.del(t.nodes, subKey(k, subBody, nil))
 		}
 	}
 }
@@ -383,7 +383,7 @@ func (t *txn) refresh(k []byte, n *node) {
 // link makes one declared edge of the active node k real.
 func (t *txn) link(k []byte, e edge) {
 	if e.kind == edgeSubject {
-		t.put(t.refs, pairKey(e.to, k), nil)
+		t.put(t.nodes, subKey(e.to, subReferrer, k), nil)
 		if s := t.get(e.to); s.present() && t.get(k).present() {
 			t.addEdge(e.to, k, edgeSubject)
 		}
@@ -394,7 +394,7 @@ func (t *txn) link(k []byte, e edge) {
 
 func (t *txn) unlink(k []byte, e edge) {
 	if e.kind == edgeSubject {
-		t.del(t.refs, pairKey(e.to, k))
+		t.del(t.nodes, subKey(e.to, subReferrer, k))
 		t.removeEdge(e.to, k)
 		return
 	}
@@ -404,15 +404,13 @@ func (t *txn) unlink(k []byte, e edge) {
 // forReferrers calls fn for each referrer declaring k as its subject.
 func (t *txn) forReferrers(k []byte, fn func(r []byte)) {
 	var rs [][]byte
-	prefix := pairPrefix(k)
-	c := t.refs.Cursor()
-	for ck, _ := c.Seek(prefix); ck != nil && bytes.HasPrefix(ck, prefix); ck, _ = c.Next() {
-		_, r, err := splitPair(ck)
-		if err != nil {
-			t.fail(err)
-			return
-		}
+	err := forSub(t.nodes.Cursor(), k, subReferrer, func(r, _ []byte) error {
 		rs = append(rs, append([]byte(nil), r...))
+		return nil
+	})
+	if err != nil {
+		t.fail(err)
+		return
 	}
 	for _, r := range rs {
 		fn(r)

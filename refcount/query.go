@@ -2,7 +2,6 @@ package refcount
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -96,22 +95,20 @@ func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
 	if n.count == 0 {
 		ni.Since = timePtr(n.zeroSince)
 	}
-	prefix := pairPrefix(k)
-	c := tx.Bucket(bucketIn).Cursor()
-	for ek, v := c.Seek(prefix); ek != nil && bytes.HasPrefix(ek, prefix); ek, v = c.Next() {
-		_, from, err := splitPair(ek)
-		if err != nil {
-			return ni, err
-		}
+	err = forSub(tx.Bucket(bucketNodes).Cursor(), k, subIn, func(from, v []byte) error {
 		h, err := parseNodeKey(from)
 		if err != nil {
-			return ni, err
+			return err
 		}
 		var kind byte
 		if len(v) == 1 {
 			kind = v[0]
 		}
 		ni.Holders = append(ni.Holders, Holder{Node: h, Edge: edgeNames[kind]})
+		return nil
+	})
+	if err != nil {
+		return ni, err
 	}
 	for _, e := range n.decl {
 		if r, err := parseNodeKey(e.to); err == nil && e.kind != edgeSubject {
@@ -164,6 +161,9 @@ func (p *Projection) Dump(w io.Writer) error {
 func (p *Projection) forEachInfo(fn func(NodeInfo) error) error {
 	return p.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+			if isSub(k) {
+				return nil
+			}
 			n, err := decodeNode(v)
 			if err != nil {
 				return err
@@ -196,7 +196,21 @@ func (p *Projection) Check() ([]Mismatch, error) {
 	var out []Mismatch
 	err := p.db.View(func(tx *bolt.Tx) error {
 		nodes := map[string]*node{}
+		stored := map[string]map[string]bool{}
 		if err := tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+			if isSub(k) {
+				to, typ, from, err := splitSub(k)
+				if err != nil || typ != subIn {
+					return err
+				}
+				m := stored[string(to)]
+				if m == nil {
+					m = map[string]bool{}
+					stored[string(to)] = m
+				}
+				m[string(from)] = true
+				return nil
+			}
 			n, err := decodeNode(v)
 			if err != nil {
 				return err
@@ -229,22 +243,6 @@ func (p *Projection) Check() ([]Mismatch, error) {
 					add([]byte(ks), e.to)
 				}
 			}
-		}
-		stored := map[string]map[string]bool{}
-		if err := tx.Bucket(bucketIn).ForEach(func(k, _ []byte) error {
-			to, from, err := splitPair(k)
-			if err != nil {
-				return err
-			}
-			m := stored[string(to)]
-			if m == nil {
-				m = map[string]bool{}
-				stored[string(to)] = m
-			}
-			m[string(from)] = true
-			return nil
-		}); err != nil {
-			return err
 		}
 		queued := map[string]int64{}
 		if err := tx.Bucket(bucketQueue).ForEach(func(k, _ []byte) error {
@@ -318,20 +316,9 @@ func b2u(b bool) uint64 {
 func (p *Projection) TagsOf(repo string, d events.NodeRef) ([]string, error) {
 	var tags []string
 	err := p.db.View(func(tx *bolt.Tx) error {
-		prefix := pairPrefix(nodeKey(d))
-		c := tx.Bucket(bucketHistory).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			_, tk, err := splitPair(k)
-			if err != nil {
-				return err
-			}
-			ref, err := parseNodeKey(tk)
-			if err != nil {
-				return err
-			}
-			tags = append(tags, ref.Name)
-		}
-		return nil
+		var err error
+		tags, err = historyTags(tx, nodeKey(d))
+		return err
 	})
 	return tags, err
 }
@@ -339,7 +326,7 @@ func (p *Projection) TagsOf(repo string, d events.NodeRef) ([]string, error) {
 // Manifest returns what a manifest revision references, if the projection holds it.
 func (p *Projection) Manifest(ref events.NodeRef) (m events.Manifest, ok bool, err error) {
 	err = p.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketManifests).Get(nodeKey(ref))
+		raw := tx.Bucket(bucketNodes).Get(subKey(nodeKey(ref), subBody, nil))
 		if raw == nil {
 			return nil
 		}

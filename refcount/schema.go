@@ -8,18 +8,15 @@
 //	  cursor   → uint64 last applied stream sequence
 //	  policy   → "delete" | "keep"
 //	nodes/
-//	  <node key> → node record (flags, count, lease, zero-since, queue time,
-//	               last event sequence, size, media type, declared edges)
-//	in/
-//	  <u16 len(to)><to key><from key> → edge kind   (incoming edges: holders)
-//	referrers/
-//	  <u16 len(subject)><subject key><referrer key> → ∅  (referrers declaring a subject)
+//	  <node key>                    → node record (flags, count, lease, zero-since,
+//	                                  queue time, last event sequence, size, media
+//	                                  type, declared edges)
+//	  <node key> 0x01 'i' <from key>     → edge kind   (an incoming edge: a holder)
+//	  <node key> 0x01 'r' <referrer key> → ∅           (a referrer declaring it as subject)
+//	  <node key> 0x01 'h' <tag key>      → state byte  (a tag that pointed at this manifest)
+//	  <node key> 0x01 'j'                → JSON events.Manifest (what the revision references)
 //	queue/
 //	  <u64 eligible-at ns><node key> → ∅   (the zero-ref queue, oldest first)
-//	manifests/
-//	  <manifest key> → JSON events.Manifest (what the revision references)
-//	history/
-//	  <u16 len(manifest)><manifest key><tag key> → state byte (tags that ever pointed here)
 //	trash/
 //	  <manifest key> → JSON TrashEntry (unlinked, not yet purged; restorable)
 //	intents/
@@ -28,8 +25,11 @@
 // Node keys are a kind byte followed by the node's identity: 't' repo 0x00
 // tag, 'm' repo 0x00 digest, 'l' repo 0x00 digest (a layer link), 'b' digest,
 // 'a' repo 0x00 label, 'g' repo 0x00 legacy image id. Validated names never
-// hold 0x00, so keys are unambiguous and a repository's nodes of one kind
-// share the prefix kind repo 0x00.
+// hold 0x00 or 0x01, so keys are unambiguous and a repository's nodes of one
+// kind share the prefix kind repo 0x00. A node's edges, referrers, tag
+// history and manifest body sit right after its record, under the node key
+// and 0x01: what one event changes about a node is on one page, so a batch
+// dirties (and a commit writes) as few pages as the keys allow.
 //
 // # Invariants
 //
@@ -56,6 +56,7 @@
 package refcount
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -72,18 +73,13 @@ const SchemaVersion = 1
 
 // Bucket and meta keys, declared once.
 var (
-	bucketMeta      = []byte("meta")
-	bucketNodes     = []byte("nodes")
-	bucketIn        = []byte("in")
-	bucketReferrers = []byte("referrers")
-	bucketQueue     = []byte("queue")
-	bucketManifests = []byte("manifests")
-	bucketHistory   = []byte("history")
-	bucketTrash     = []byte("trash")
-	bucketIntents   = []byte("intents")
+	bucketMeta    = []byte("meta")
+	bucketNodes   = []byte("nodes")
+	bucketQueue   = []byte("queue")
+	bucketTrash   = []byte("trash")
+	bucketIntents = []byte("intents")
 
-	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketIn, bucketReferrers, bucketQueue,
-		bucketManifests, bucketHistory, bucketTrash, bucketIntents}
+	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketQueue, bucketTrash, bucketIntents}
 
 	keySchema = []byte("schema")
 	keyCursor = []byte("cursor")
@@ -200,26 +196,45 @@ func parseNodeKey(k []byte) (events.NodeRef, error) {
 	return events.NodeRef{}, fmt.Errorf("%w: node kind %q", ErrCorrupt, k[0])
 }
 
-// pairKey joins two node keys so that all pairs sharing a first key are
-// one prefix: <u16 len(a)> a b.
-func pairKey(a, b []byte) []byte {
-	k := make([]byte, 2, 2+len(a)+len(b))
-	binary.BigEndian.PutUint16(k, uint16(len(a)))
-	k = append(k, a...)
-	return append(k, b...)
+// Sub-key types: what follows <node key> 0x01.
+const (
+	subIn       byte = 'i' // <from key>: an incoming edge
+	subReferrer byte = 'r' // <referrer key>: a referrer declaring this subject
+	subHistory  byte = 'h' // <tag key>: a tag that pointed at this manifest
+	subBody     byte = 'j' // the manifest's references, JSON
+)
+
+// subKey is <node> 0x01 <typ> <rest>.
+func subKey(node []byte, typ byte, rest []byte) []byte {
+	k := make([]byte, 0, len(node)+2+len(rest))
+	k = append(k, node...)
+	k = append(k, 1, typ)
+	return append(k, rest...)
 }
 
-func pairPrefix(a []byte) []byte { return pairKey(a, nil) }
+func subPrefix(node []byte, typ byte) []byte { return subKey(node, typ, nil) }
 
-func splitPair(k []byte) (a, b []byte, err error) {
-	if len(k) < 2 {
-		return nil, nil, fmt.Errorf("%w: pair key", ErrCorrupt)
+// isSub reports whether a key of nodes/ is a sub-key rather than a record.
+func isSub(k []byte) bool { return bytes.IndexByte(k, 1) >= 0 }
+
+// splitSub splits a sub-key into its node key, type and rest.
+func splitSub(k []byte) (node []byte, typ byte, rest []byte, err error) {
+	i := bytes.IndexByte(k, 1)
+	if i < 0 || i+1 >= len(k) {
+		return nil, 0, nil, fmt.Errorf("%w: sub-key %q", ErrCorrupt, k)
 	}
-	n := int(binary.BigEndian.Uint16(k))
-	if len(k) < 2+n {
-		return nil, nil, fmt.Errorf("%w: pair key", ErrCorrupt)
+	return k[:i], k[i+1], k[i+2:], nil
+}
+
+// forSub calls fn with the rest of every sub-key of node of type typ.
+func forSub(c *bolt.Cursor, node []byte, typ byte, fn func(rest, v []byte) error) error {
+	prefix := subPrefix(node, typ)
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		if err := fn(k[len(prefix):], v); err != nil {
+			return err
+		}
 	}
-	return k[2 : 2+n], k[2+n:], nil
+	return nil
 }
 
 func queueKey(at int64, node []byte) []byte {
