@@ -1,0 +1,104 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/refgc/refgc/internal/daemon"
+)
+
+// envName is the environment variable that stands for a flag:
+// --collect-interval is REFGC_COLLECT_INTERVAL.
+func envName(flag string) string {
+	return "REFGC_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// serveFlags binds the serve flags to cfg, whose values are the defaults.
+func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string) {
+	fs.StringVarP(file, "config", "c", "", "YAML configuration file (keys as in the README; `storage:` as in the registry's config)")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the projection and the embedded NATS store")
+	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "HTTP listen address (webhook, /metrics, /healthz, /readyz, admin)")
+	fs.StringVar(storageRoot, "storage-root", "", "registry filesystem storage root (shorthand for a filesystem `storage:` section)")
+
+	fs.StringVar(&cfg.NATS.URL, "nats", cfg.NATS.URL, "external NATS URL; empty runs an embedded server")
+	fs.StringVar(&cfg.NATS.Listen, "nats-listen", cfg.NATS.Listen, "embedded NATS listen address")
+	fs.StringVar(&cfg.NATS.Token, "nats-token", cfg.NATS.Token, "NATS token (required by the embedded server, sent to an external one)")
+	fs.StringVar(&cfg.NATS.User, "nats-user", cfg.NATS.User, "NATS user")
+	fs.StringVar(&cfg.NATS.Password, "nats-password", cfg.NATS.Password, "NATS password")
+	fs.StringVar(&cfg.NATS.CredsFile, "nats-creds", cfg.NATS.CredsFile, "NATS credentials file (.creds)")
+	fs.StringVar(&cfg.NATS.NKeyFile, "nats-nkey", cfg.NATS.NKeyFile, "NATS nkey seed file")
+	fs.StringVar(&cfg.NATS.TLSCA, "nats-tls-ca", cfg.NATS.TLSCA, "CA file for the NATS server's certificate")
+	fs.StringVar(&cfg.NATS.TLSCert, "nats-tls-cert", cfg.NATS.TLSCert, "client certificate file for NATS")
+	fs.StringVar(&cfg.NATS.TLSKey, "nats-tls-key", cfg.NATS.TLSKey, "client key file for NATS")
+	fs.IntVar(&cfg.NATS.Replicas, "nats-replicas", cfg.NATS.Replicas, "stream replicas (JetStream clusters)")
+
+	fs.StringVar(&cfg.Webhook.Token, "webhook-token", cfg.Webhook.Token, "bearer token the registry sends with notifications")
+	fs.Int64Var(&cfg.Webhook.MaxBodyBytes, "webhook-max-body", cfg.Webhook.MaxBodyBytes, "largest notification body in bytes (0: 1 MiB)")
+	fs.StringVar(&cfg.Webhook.RegistryURL, "registry-url", cfg.Webhook.RegistryURL, "registry to read manifests from when no storage is configured")
+	fs.StringVar(&cfg.Webhook.RegistryToken, "registry-token", cfg.Webhook.RegistryToken, "bearer token for --registry-url")
+	fs.StringVar(&cfg.Webhook.RegistryUser, "registry-user", cfg.Webhook.RegistryUser, "basic-auth user for --registry-url")
+	fs.StringVar(&cfg.Webhook.RegistryPassword, "registry-password", cfg.Webhook.RegistryPassword, "basic-auth password for --registry-url")
+
+	fs.DurationVar(&cfg.Collector.Interval, "collect-interval", cfg.Collector.Interval, "time between collector passes (0: only on POST /v1/collect)")
+	fs.DurationVar(&cfg.Collector.Grace, "grace", cfg.Collector.Grace, "how long a push protects content, and an unheld node waits")
+	fs.DurationVar(&cfg.Collector.Retention, "retention", cfg.Collector.Retention, "how long unlinked blob data stays restorable")
+	fs.StringVar(&cfg.Collector.Untagged, "untagged", cfg.Collector.Untagged, "untagged manifests: delete or keep")
+	fs.IntVar(&cfg.Collector.Concurrency, "concurrency", cfg.Collector.Concurrency, "storage operations in flight")
+	fs.Float64Var(&cfg.Collector.RateLimit, "rate-limit", cfg.Collector.RateLimit, "storage operations per second (0: unlimited)")
+	fs.IntVar(&cfg.Collector.BatchSize, "batch-size", cfg.Collector.BatchSize, "candidates per collector round")
+	fs.BoolVar(&cfg.Collector.DryRun, "dry-run", cfg.Collector.DryRun, "report what would be deleted, delete nothing")
+
+	fs.DurationVar(&cfg.StatsInterval, "stats-interval", cfg.StatsInterval, "refresh period of the projection gauges")
+	fs.Uint64Var(&cfg.ReadyMaxLag, "ready-max-lag", cfg.ReadyMaxLag, "largest follower lag /readyz accepts")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "json or text")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+}
+
+// resolve applies the precedence flags > environment > file > defaults.
+// The flag set holds the defaults and any flags given; the file and the
+// environment fill in what was not given on the command line.
+func resolve(cmd *cobra.Command, cfg *daemon.Config, file, storageRoot *string) error {
+	fs := cmd.Flags()
+	given := map[string]string{}
+	fs.Visit(func(f *pflag.Flag) { given[f.Name] = f.Value.String() })
+	if *file == "" {
+		*file = os.Getenv(envName("config"))
+	}
+	if *file != "" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		err = cfg.DecodeYAML(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("config %s: %w", *file, err)
+		}
+	}
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Name == "config" {
+			return
+		}
+		v, ok := given[f.Name]
+		if !ok {
+			v, ok = os.LookupEnv(envName(f.Name))
+		}
+		if ok {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s: %w", f.Name, e)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if *storageRoot != "" {
+		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": *storageRoot}}
+	}
+	return cfg.Validate()
+}

@@ -1,0 +1,180 @@
+package daemon
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"go.yaml.in/yaml/v2"
+
+	"github.com/refgc/refgc/refcount"
+)
+
+// ErrConfig is returned (wrapped) for a configuration that cannot run.
+var ErrConfig = errors.New("daemon: invalid configuration")
+
+// Config is everything the daemon needs. Its YAML form is the file that
+// `refgc serve --config` reads; its `storage` key takes a registry's
+// `storage:` section as-is. The command layer fills it from the file, the
+// REFGC_* environment and flags; this package reads none of them.
+type Config struct {
+	// DataDir holds the projection (refs.db) and the embedded NATS store.
+	DataDir string `yaml:"dataDir"`
+	// Addr is the HTTP listen address (webhook, metrics, health, admin).
+	Addr string `yaml:"addr"`
+
+	NATS NATSConfig `yaml:"nats"`
+
+	// Storage is the registry's `storage:` section (filesystem, s3, gcs,
+	// azure ...). Required unless the collector is disabled (CollectInterval
+	// negative and no admin collect).
+	Storage map[string]any `yaml:"storage"`
+
+	Webhook WebhookConfig `yaml:"webhook"`
+
+	Collector CollectorConfig `yaml:"collector"`
+
+	// StatsInterval is how often the projection's gauges are refreshed.
+	StatsInterval time.Duration `yaml:"statsInterval"`
+	// ReadyMaxLag is the largest follower lag /readyz accepts.
+	ReadyMaxLag uint64 `yaml:"readyMaxLag"`
+
+	// LogFormat is "json" or "text"; LogLevel one of debug, info, warn, error.
+	LogFormat string `yaml:"logFormat"`
+	LogLevel  string `yaml:"logLevel"`
+
+	// Now is the collector's clock (tests); time.Now if nil.
+	Now func() time.Time `yaml:"-"`
+	// Logger overrides LogFormat/LogLevel (tests, dev); built from them if nil.
+	Logger *slog.Logger `yaml:"-"`
+	// NoSync skips fsync in the projection (tests and benchmarks only).
+	NoSync bool `yaml:"-"`
+}
+
+// NATSConfig chooses between the embedded server and an external one.
+type NATSConfig struct {
+	// URL of an external NATS server; empty runs the embedded one.
+	URL string `yaml:"url"`
+	// Listen is the embedded server's address (host:port; port -1 picks a free one).
+	Listen string `yaml:"listen"`
+	// Token is required of clients by the embedded server, and sent to an
+	// external one.
+	Token     string `yaml:"token"`
+	User      string `yaml:"user"`
+	Password  string `yaml:"password"`
+	CredsFile string `yaml:"credsFile"`
+	NKeyFile  string `yaml:"nkeyFile"`
+	TLSCA     string `yaml:"tlsCA"`
+	TLSCert   string `yaml:"tlsCert"`
+	TLSKey    string `yaml:"tlsKey"`
+	// Replicas of the streams (external clusters only).
+	Replicas int `yaml:"replicas"`
+}
+
+// WebhookConfig configures the Distribution notification endpoint.
+type WebhookConfig struct {
+	// Token is the bearer token the registry sends; empty disables
+	// authentication (development only).
+	Token        string `yaml:"token"`
+	MaxBodyBytes int64  `yaml:"maxBodyBytes"`
+	// RegistryURL is where manifests are read for enrichment when no
+	// storage is configured.
+	RegistryURL      string `yaml:"registryURL"`
+	RegistryToken    string `yaml:"registryToken"`
+	RegistryUser     string `yaml:"registryUser"`
+	RegistryPassword string `yaml:"registryPassword"`
+}
+
+// CollectorConfig configures the collector loop.
+type CollectorConfig struct {
+	// Interval between passes; zero or negative disables the loop (passes
+	// then run only through POST /v1/collect).
+	Interval  time.Duration `yaml:"interval"`
+	Grace     time.Duration `yaml:"grace"`
+	Retention time.Duration `yaml:"retention"`
+	// Untagged is "delete" or "keep".
+	Untagged    string  `yaml:"untagged"`
+	Concurrency int     `yaml:"concurrency"`
+	RateLimit   float64 `yaml:"rateLimit"`
+	BatchSize   int     `yaml:"batchSize"`
+	DryRun      bool    `yaml:"dryRun"`
+}
+
+// Defaults returns the configuration `refgc serve` starts from.
+func Defaults() Config {
+	return Config{
+		DataDir: "./data/refgc",
+		Addr:    ":8080",
+		NATS:    NATSConfig{Listen: "127.0.0.1:4222"},
+		Collector: CollectorConfig{
+			Interval: time.Minute, Grace: time.Hour, Retention: 24 * time.Hour,
+			Untagged: string(refcount.PolicyDelete), Concurrency: 8, BatchSize: 256,
+		},
+		StatsInterval: 15 * time.Second,
+		ReadyMaxLag:   1000,
+		LogFormat:     "json",
+		LogLevel:      "info",
+	}
+}
+
+// DecodeYAML overlays the YAML document r on c: keys absent from the
+// document keep their value. Unknown keys are refused.
+func (c *Config) DecodeYAML(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("daemon: read config: %w", err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.SetStrict(true)
+	if err := dec.Decode(c); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return nil
+}
+
+// Validate checks what can be checked before starting.
+func (c *Config) Validate() error {
+	bad := func(f string, a ...any) error { return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(f, a...)) }
+	switch {
+	case c.DataDir == "":
+		return bad("dataDir is empty")
+	case c.Addr == "":
+		return bad("addr is empty")
+	case c.Collector.Untagged != string(refcount.PolicyDelete) && c.Collector.Untagged != string(refcount.PolicyKeep):
+		return bad("untagged must be delete or keep, not %q", c.Collector.Untagged)
+	case c.Collector.Grace <= 0:
+		return bad("grace must be positive")
+	case c.Collector.Retention < 0:
+		return bad("retention must not be negative")
+	case c.Collector.Concurrency < 0 || c.Collector.BatchSize < 0 || c.Collector.RateLimit < 0:
+		return bad("concurrency, batch size and rate limit must not be negative")
+	case c.LogFormat != "json" && c.LogFormat != "text":
+		return bad("log format must be json or text, not %q", c.LogFormat)
+	}
+	if c.NATS.URL == "" && c.NATS.Listen == "" {
+		return bad("nats: set url or listen")
+	}
+	return nil
+}
+
+// NewLogger builds the slog logger LogFormat and LogLevel describe.
+func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("%w: log level: %w", ErrConfig, err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json", "":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("%w: log format %q", ErrConfig, format)
+}

@@ -1,0 +1,380 @@
+// Package daemon wires refgc's parts into one process: the event log on NATS
+// JetStream (an embedded server or an external one), the follower that folds
+// it into the reference-count projection, the Distribution webhook that feeds
+// it, the collector loop, and the HTTP surface (webhook, metrics, health,
+// admin).
+//
+// Invariants:
+//   - Nothing here reads flags, files or the environment: a Config is given.
+//   - At most one collector pass runs at a time, whether started by the loop
+//     or by POST /v1/collect.
+//   - Shutdown stops in dependency order: HTTP first (no new events), then
+//     the collector and the follower, then the projection is closed and
+//     the NATS connection and the embedded server are stopped.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/refcount"
+	"github.com/refgc/refgc/store"
+)
+
+// ProjectionFile is the projection's file name under the data directory.
+const ProjectionFile = "refs.db"
+
+// ErrNoStorage is returned by collection and restore when the daemon was
+// started without a storage section.
+var ErrNoStorage = errors.New("daemon: no registry storage configured")
+
+// Daemon is a running refgc.
+type Daemon struct {
+	cfg    Config
+	log    *slog.Logger
+	now    func() time.Time
+	emb    *events.Embedded
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	proj   *refcount.Projection
+	fol    *events.Follower
+	pub    *events.Publisher
+	store  *store.Driver
+	col    *collector.Collector
+	jslog  *collector.JetStreamLog
+	reg    *prometheus.Registry
+	gauges *gauges
+	ln     net.Listener
+	srv    *http.Server
+
+	passMu sync.Mutex // one pass at a time
+
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	followerErr atomic.Pointer[error]
+	followerUp  atomic.Bool
+	done        chan struct{}
+	doneOnce    sync.Once
+	shutOnce    sync.Once
+	shutErr     error
+}
+
+// Start starts every part and begins serving HTTP on cfg.Addr. On error
+// whatever was started is stopped again.
+func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: cfg.Logger, now: cfg.Now, done: make(chan struct{})}
+	if d.log == nil {
+		if d.log, err = NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel); err != nil {
+			return nil, err
+		}
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("daemon: data dir: %w", err)
+	}
+	d.reg = prometheus.NewRegistry()
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if err := d.connect(); err != nil {
+		return nil, err
+	}
+	if _, err := events.EnsureStream(ctx, d.js, events.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	d.proj, err = refcount.Open(filepath.Join(cfg.DataDir, ProjectionFile), refcount.Options{
+		Untagged: refcount.Policy(cfg.Collector.Untagged), Grace: cfg.Collector.Grace,
+		Retention: cfg.Collector.Retention, NoSync: cfg.NoSync,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: projection: %w", err)
+	}
+	d.fol, err = events.NewFollower(d.js, events.FollowerConfig{
+		Cursor: d.proj.Cursor,
+		Apply: func(b []events.Record) error {
+			_, err := d.proj.Apply(b)
+			return err
+		},
+		Logger: d.log, Registerer: d.reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: follower: %w", err)
+	}
+	d.pub = events.NewPublisher(d.js, events.PublisherConfig{Registerer: d.reg})
+	d.jslog = &collector.JetStreamLog{Publisher: d.pub, Follower: d.fol}
+
+	var reader events.ManifestReader
+	if cfg.Storage != nil {
+		d.store, err = store.FromConfig(ctx, cfg.Storage, store.WithLogger(d.log))
+		if err != nil {
+			return nil, fmt.Errorf("daemon: storage: %w", err)
+		}
+		reader = collector.StoreManifestReader{Store: d.store}
+		d.col, err = d.newCollector(cfg.Collector.DryRun, d.reg)
+		if err != nil {
+			return nil, err
+		}
+	} else if cfg.Webhook.RegistryURL != "" {
+		reader = &events.RegistryManifestReader{BaseURL: cfg.Webhook.RegistryURL,
+			Token: cfg.Webhook.RegistryToken, Username: cfg.Webhook.RegistryUser, Password: cfg.Webhook.RegistryPassword}
+	}
+	if cfg.Storage == nil {
+		d.log.Warn("no storage configured: events are recorded, nothing is collected")
+	}
+	hook := events.NewWebhook(events.WebhookConfig{
+		Sink: d.pub, Token: cfg.Webhook.Token, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
+		Translate: events.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
+	})
+	if cfg.Webhook.Token == "" {
+		d.log.Warn("webhook token empty: notifications are not authenticated")
+	}
+	d.gauges = newGauges(d.reg, d)
+
+	d.ln, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: listen: %w", err)
+	}
+	d.srv = &http.Server{Handler: d.routes(hook), ReadHeaderTimeout: 10 * time.Second}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	d.followerUp.Store(true)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		err := d.fol.Run(runCtx)
+		d.followerUp.Store(false)
+		if err != nil {
+			d.followerErr.Store(&err)
+			d.log.Error("follower stopped", "err", err)
+			d.finish()
+		}
+	}()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.gauges.loop(runCtx, cfg.StatsInterval)
+	}()
+	if d.col != nil && cfg.Collector.Interval > 0 {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.collectLoop(runCtx, cfg.Collector.Interval)
+		}()
+	}
+	go func() {
+		if err := d.srv.Serve(d.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("http server", "err", err)
+			d.finish()
+		}
+	}()
+	d.log.Info("refgc started", "addr", d.ln.Addr().String(), "nats", d.nc.ConnectedUrlRedacted(),
+		"dataDir", cfg.DataDir, "grace", cfg.Collector.Grace, "retention", cfg.Collector.Retention,
+		"untagged", cfg.Collector.Untagged, "interval", cfg.Collector.Interval, "dryRun", cfg.Collector.DryRun)
+	return d, nil
+}
+
+func (d *Daemon) connect() error {
+	cfg := d.cfg.NATS
+	url := cfg.URL
+	if url == "" {
+		host, port, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("%w: nats listen: %w", ErrConfig, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return fmt.Errorf("%w: nats listen port: %w", ErrConfig, err)
+		}
+		d.emb, err = events.StartEmbedded(events.EmbeddedConfig{
+			StoreDir: filepath.Join(d.cfg.DataDir, "nats"), Host: host, Port: p,
+			Token: cfg.Token, Logger: d.log.With("component", "nats"),
+		})
+		if err != nil {
+			return fmt.Errorf("daemon: embedded nats: %w", err)
+		}
+		url = d.emb.ClientURL()
+	}
+	nc, err := events.Connect(url, events.ConnectOptions{
+		Token: cfg.Token, User: cfg.User, Password: cfg.Password, CredsFile: cfg.CredsFile,
+		NKeySeedFile: cfg.NKeyFile, TLSCAFile: cfg.TLSCA, TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey,
+		Name: "refgc", Logger: d.log.With("component", "nats-client"),
+	})
+	if err != nil {
+		return fmt.Errorf("daemon: nats: %w", err)
+	}
+	d.nc = nc
+	d.js, err = jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("daemon: jetstream: %w", err)
+	}
+	return nil
+}
+
+func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collector.Collector, error) {
+	cc := d.cfg.Collector
+	c, err := collector.New(collector.Config{
+		Projection: d.proj, Storage: d.store, Log: d.jslog, Now: d.now,
+		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
+		DryRun: dryRun, Source: "refgc", Logger: d.log, Registerer: reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: collector: %w", err)
+	}
+	return c, nil
+}
+
+func (d *Daemon) collectLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if _, err := d.Collect(ctx, false); err != nil && ctx.Err() == nil {
+			d.log.Error("collector pass failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Collect runs one collector pass now (a dry run if dryRun, or if the
+// daemon runs in dry-run mode) and returns its report.
+func (d *Daemon) Collect(ctx context.Context, dryRun bool) (collector.Report, error) {
+	if d.store == nil {
+		return collector.Report{}, ErrNoStorage
+	}
+	c := d.col
+	if dryRun && !d.cfg.Collector.DryRun {
+		var err error
+		if c, err = d.newCollector(true, nil); err != nil {
+			return collector.Report{}, err
+		}
+	}
+	d.passMu.Lock()
+	defer d.passMu.Unlock()
+	rep, err := c.Pass(ctx)
+	if err == nil && (rep.Unlinked > 0 || rep.Purged > 0 || rep.Errors > 0) {
+		d.log.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged, "bytes", rep.Bytes,
+			"refused", rep.Refused, "errors", rep.Errors, "dryRun", dryRun || d.cfg.Collector.DryRun)
+	}
+	return rep, err
+}
+
+// Restore brings back an unlinked manifest revision (see collector.Restore).
+func (d *Daemon) Restore(ctx context.Context, repo string, dg string) (collector.Restored, error) {
+	if d.store == nil {
+		return collector.Restored{}, ErrNoStorage
+	}
+	parsed, err := parseDigest(dg)
+	if err != nil {
+		return collector.Restored{}, err
+	}
+	d.passMu.Lock()
+	defer d.passMu.Unlock()
+	return d.col.Restore(ctx, repo, parsed)
+}
+
+// URL is the daemon's HTTP base URL, such as http://127.0.0.1:8080.
+func (d *Daemon) URL() string {
+	a := d.ln.Addr().(*net.TCPAddr)
+	host := a.IP.String()
+	if a.IP.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, strconv.Itoa(a.Port))
+}
+
+// WebhookURL is where a registry posts its notifications.
+func (d *Daemon) WebhookURL() string { return d.URL() + WebhookPath }
+
+// NATSURL is the client URL of the NATS server in use.
+func (d *Daemon) NATSURL() string { return d.nc.ConnectedUrlRedacted() }
+
+// Projection is the daemon's projection (read it; do not close it).
+func (d *Daemon) Projection() *refcount.Projection { return d.proj }
+
+// Follower is the daemon's follower.
+func (d *Daemon) Follower() *events.Follower { return d.fol }
+
+// Registry is the daemon's metrics registry.
+func (d *Daemon) Registry() *prometheus.Registry { return d.reg }
+
+// Done is closed when the daemon stops on its own (a fatal error) or is shut down.
+func (d *Daemon) Done() <-chan struct{} { return d.done }
+
+// Err returns the fatal error that stopped the follower, if any.
+func (d *Daemon) Err() error {
+	if p := d.followerErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (d *Daemon) finish() { d.doneOnce.Do(func() { close(d.done) }) }
+
+// Shutdown stops HTTP (waiting for requests in flight until ctx ends), then
+// the loops, the projection and NATS. It is safe to call more than once.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.shutOnce.Do(func() {
+		if d.srv != nil {
+			if err := d.srv.Shutdown(ctx); err != nil {
+				d.shutErr = fmt.Errorf("daemon: http shutdown: %w", err)
+				_ = d.srv.Close()
+			}
+		}
+		d.close()
+		d.finish()
+		d.log.Info("refgc stopped")
+	})
+	return d.shutErr
+}
+
+// close stops whatever Start started, in reverse order.
+func (d *Daemon) close() {
+	if d.cancel != nil {
+		d.cancel()
+	}
+	d.wg.Wait()
+	if d.ln != nil && d.srv == nil {
+		_ = d.ln.Close()
+	}
+	if d.proj != nil {
+		if err := d.proj.Close(); err != nil {
+			d.log.Error("close projection", "err", err)
+		}
+	}
+	if d.nc != nil {
+		d.nc.Close()
+	}
+	if d.emb != nil {
+		d.emb.Shutdown()
+	}
+}

@@ -1,0 +1,136 @@
+package daemon
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/refgc/refgc/events"
+)
+
+// HTTP paths the daemon serves.
+const (
+	WebhookPath = "/v1/distribution/events"
+	DumpPath    = "/v1/dump"
+	NodesPath   = "/v1/nodes"
+	RestorePath = "/v1/restore"
+	CollectPath = "/v1/collect"
+)
+
+func (d *Daemon) routes(hook http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST "+WebhookPath, hook)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", d.readyz)
+	mux.HandleFunc("GET "+DumpPath, d.dump)
+	mux.HandleFunc("GET "+NodesPath, d.nodes)
+	mux.HandleFunc("POST "+RestorePath, d.restore)
+	mux.HandleFunc("POST "+CollectPath, d.collect)
+	return mux
+}
+
+// Ready reports why the daemon is not ready, or nil: the follower must be
+// running with a lag of at most ReadyMaxLag, and NATS connected.
+func (d *Daemon) Ready() error {
+	switch {
+	case !d.followerUp.Load():
+		return errors.New("follower not running")
+	case d.nc.Status() != nats.CONNECTED:
+		return fmt.Errorf("event log unreachable: nats %s", d.nc.Status())
+	case d.fol.Lag() > d.cfg.ReadyMaxLag:
+		return fmt.Errorf("follower lag %d over %d", d.fol.Lag(), d.cfg.ReadyMaxLag)
+	}
+	return nil
+}
+
+func (d *Daemon) readyz(w http.ResponseWriter, _ *http.Request) {
+	if err := d.Ready(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+func (d *Daemon) dump(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	bw := bufio.NewWriter(w)
+	if err := d.proj.Dump(bw); err != nil {
+		d.log.Error("dump", "err", err)
+		return
+	}
+	_ = bw.Flush()
+}
+
+// nodes answers GET /v1/nodes?kind=&repo=&name=&digest= with one node's
+// NodeInfo, or /v1/nodes?stats with the projection's Stats.
+func (d *Daemon) nodes(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("kind") == "" {
+		st, err := d.proj.Stats()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+		return
+	}
+	ref := events.NodeRef{Kind: events.NodeKind(q.Get("kind")), Repo: q.Get("repo"), Name: q.Get("name"),
+		Digest: digest.Digest(q.Get("digest"))}
+	ni, ok, err := d.proj.Get(ref)
+	switch {
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	case !ok:
+		http.Error(w, "no such node", http.StatusNotFound)
+	default:
+		writeJSON(w, http.StatusOK, ni)
+	}
+}
+
+func (d *Daemon) restore(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	res, err := d.Restore(r.Context(), q.Get("repo"), q.Get("digest"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (d *Daemon) collect(w http.ResponseWriter, r *http.Request) {
+	dry, _ := strconv.ParseBool(r.URL.Query().Get("dry_run"))
+	rep, err := d.Collect(r.Context(), dry)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrNoStorage) {
+			code = http.StatusConflict
+		}
+		http.Error(w, err.Error(), code)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func parseDigest(s string) (digest.Digest, error) {
+	d, err := digest.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("daemon: digest %q: %w", s, err)
+	}
+	return d, nil
+}
