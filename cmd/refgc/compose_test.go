@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/distribution/distribution/v3/configuration"
+
+	"github.com/refgc/refgc/internal/daemon"
+)
+
+const repoRoot = "../.."
+
+func loadCompose(t *testing.T) *types.Project {
+	t.Helper()
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(repoRoot, "docker-compose.yml")},
+		cli.WithWorkingDirectory(repoRoot), cli.WithResolvedPaths(true), cli.WithEnv(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := cli.ProjectFromOptions(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	return p
+}
+
+// mountOf returns the volume or bind mount of svc at target.
+func mountOf(svc types.ServiceConfig, target string) (types.ServiceVolumeConfig, bool) {
+	for _, v := range svc.Volumes {
+		if v.Target == target {
+			return v, true
+		}
+	}
+	return types.ServiceVolumeConfig{}, false
+}
+
+func TestComposeFile(t *testing.T) {
+	p := loadCompose(t)
+	want := []string{"nats", "prometheus", "refgc", "registry"}
+	if got := p.ServiceNames(); !slices.Equal(sortedCopy(got), want) {
+		t.Fatalf("services %v, want %v", got, want)
+	}
+	svc := func(name string) types.ServiceConfig {
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	t.Run("nats runs JetStream", func(t *testing.T) {
+		n := svc("nats")
+		if !strings.HasPrefix(n.Image, "nats:2") || !slices.Contains(n.Command, "-js") {
+			t.Errorf("nats: image %q command %v", n.Image, n.Command)
+		}
+	})
+	t.Run("refgc is built here", func(t *testing.T) {
+		r := svc("refgc")
+		if r.Build == nil || filepath.Base(r.Build.Dockerfile) != "Dockerfile" {
+			t.Fatalf("refgc build: %+v", r.Build)
+		}
+		if _, err := os.Stat(filepath.Join(repoRoot, "Dockerfile")); err != nil {
+			t.Error(err)
+		}
+		if r.Environment["REFGC_WEBHOOK_TOKEN"] == nil {
+			t.Error("refgc has no REFGC_WEBHOOK_TOKEN")
+		}
+	})
+	t.Run("registry and refgc share the storage volume", func(t *testing.T) {
+		reg, ok := mountOf(svc("registry"), "/var/lib/registry")
+		if !ok || reg.Type != types.VolumeTypeVolume {
+			t.Fatalf("registry storage mount: %+v", reg)
+		}
+		ref, ok := mountOf(svc("refgc"), "/var/lib/registry")
+		if !ok || ref.Source != reg.Source {
+			t.Fatalf("refgc storage mount %+v, registry's %+v", ref, reg)
+		}
+		if _, ok := p.Volumes[reg.Source]; !ok {
+			t.Errorf("volume %q not declared", reg.Source)
+		}
+	})
+	t.Run("mounted config files exist", func(t *testing.T) {
+		for _, c := range []struct{ svc, target string }{
+			{"registry", "/etc/distribution/config.yml"},
+			{"refgc", "/etc/refgc/refgc.yml"},
+			{"prometheus", "/etc/prometheus/prometheus.yml"},
+		} {
+			m, ok := mountOf(svc(c.svc), c.target)
+			if !ok || m.Type != types.VolumeTypeBind {
+				t.Errorf("%s: no bind mount at %s", c.svc, c.target)
+				continue
+			}
+			if _, err := os.Stat(m.Source); err != nil {
+				t.Errorf("%s: %v", c.svc, err)
+			}
+		}
+	})
+	t.Run("registry config notifies refgc with the token", func(t *testing.T) {
+		f, err := os.Open(filepath.Join(repoRoot, "deploy", "registry.yml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cfg, err := configuration.Parse(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !cfg.Notifications.EventConfig.IncludeReferences || len(cfg.Notifications.Endpoints) != 1 {
+			t.Fatalf("notifications: %+v", cfg.Notifications)
+		}
+		ep := cfg.Notifications.Endpoints[0]
+		token := *svc("refgc").Environment["REFGC_WEBHOOK_TOKEN"]
+		if ep.URL != "http://refgc:8080"+daemon.WebhookPath || ep.Headers.Get("Authorization") != "Bearer "+token {
+			t.Errorf("endpoint %s %v, want the webhook with token %q", ep.URL, ep.Headers, token)
+		}
+		if _, ok := cfg.Storage["cache"]; ok {
+			t.Error("the registry must run without a blob descriptor cache")
+		}
+		if del, _ := cfg.Storage["delete"]["enabled"].(bool); !del {
+			t.Error("deletes are not enabled")
+		}
+	})
+	t.Run("refgc config is valid and names the shared storage", func(t *testing.T) {
+		f, err := os.Open(filepath.Join(repoRoot, "deploy", "refgc.yml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cfg := daemon.Defaults()
+		if err := cfg.DecodeYAML(f); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		fs, _ := cfg.Storage["filesystem"].(map[any]any)
+		if fs["rootdirectory"] != "/var/lib/registry" || cfg.NATS.URL != "nats://nats:4222" {
+			t.Errorf("refgc.yml: storage %v nats %q", cfg.Storage, cfg.NATS.URL)
+		}
+	})
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
