@@ -1,0 +1,759 @@
+package collector
+
+// # Reconciliation
+//
+// A Reconciler walks the registry storage, computes the graph it really
+// holds, compares it with the projection and, when asked to, publishes
+// corrections through the event log. One pass:
+//
+//  1. AsOf = Log.CatchUp(): the projection holds everything the log held
+//     when the walk began.
+//  2. Walk repositories in parallel (bounded by Concurrency): per
+//     repository its tags with their current targets, its manifest revisions
+//     (each manifest read from storage and parsed with events.ParseManifest)
+//     and its layer links; then every blob with data. Each object is looked
+//     up in the projection as it is seen.
+//  3. Iterate the projection: every present tag, revision, layer link and
+//     blob that the walk did not see is missing from storage.
+//  4. With apply: confirm each presence correction against storage once
+//     more, publish the corrections, and catch up.
+//
+// Invariants:
+//   - The walk never deletes or writes storage. Its only output is events.
+//   - A node that an event named after AsOf (NodeInfo.LastSeq > AsOf) is
+//     never corrected: the registry said something newer than the walk
+//     knows, and the next pass judges it.
+//   - Absence is published as ObservedAbsent{Node, AsOf}, which the
+//     projection ignores for a node named after AsOf or still leased; so a
+//     push racing with the walk can never be undone by it.
+//   - Presence is published as the ordinary state events (ManifestPushed
+//     with the references parsed from storage, TagSet, BlobObserved with a
+//     repository for a layer link, BlobObserved without one for blob data),
+//     each confirmed against storage right before publishing. Blob data
+//     that nothing links becomes a leased candidate: the collector, not the
+//     walk, removes it once its lease and grace have passed.
+//   - Event ids are deterministic for a walk ("reconcile-<asOf>-<hash>"), so
+//     a retried publish is deduplicated by the log.
+//   - Nodes with a pending collector intent are left alone: the collector
+//     finishes or undoes its own work.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/refcount"
+	"github.com/refgc/refgc/store"
+)
+
+// Drift types: the keys of Drift.Counts and Drift.Examples, and the values
+// of the type label of refgc_reconcile_drift.
+const (
+	// DriftMissingFromProjection: storage holds an object (tag, revision,
+	// layer link, linked blob data) that the projection lacks, or holds
+	// differently (a tag pointing elsewhere, a revision with other references).
+	DriftMissingFromProjection = "missing_from_projection"
+	// DriftMissingFromStorage: the projection shows present an object that
+	// storage does not hold.
+	DriftMissingFromStorage = "missing_from_storage"
+	// DriftCountMismatch: refcount.Check found a stored count, edge set or
+	// queue entry that the declarations contradict. Only a rebuild mends it.
+	DriftCountMismatch = "count_mismatch"
+	// DriftOrphanData: blob data that no layer link or revision links,
+	// unknown to the projection.
+	DriftOrphanData = "orphan_data"
+	// DriftUnreadableManifest: a revision whose manifest could not be read
+	// or parsed. Reported, never corrected.
+	DriftUnreadableManifest = "unreadable_manifest"
+)
+
+// DriftTypes lists the drift types in a stable order.
+var DriftTypes = []string{DriftMissingFromProjection, DriftMissingFromStorage,
+	DriftCountMismatch, DriftOrphanData, DriftUnreadableManifest}
+
+// ErrNoLog is returned by Reconcile with apply when the reconciler has no Log.
+var ErrNoLog = errors.New("collector: reconcile with apply needs a Log")
+
+// ReconcileStore is what the reconciler reads from registry storage.
+// store.Driver implements it.
+type ReconcileStore interface {
+	Repositories(ctx context.Context, fn func(repo string) error) error
+	Tags(ctx context.Context, repo string, fn func(tag string, current digest.Digest) error) error
+	Revisions(ctx context.Context, repo string, fn func(d digest.Digest) error) error
+	LayerLinks(ctx context.Context, repo string, fn func(d digest.Digest) error) error
+	Blobs(ctx context.Context, fn func(d digest.Digest) error) error
+	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
+	ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
+}
+
+// ReconcilerConfig configures a Reconciler.
+type ReconcilerConfig struct {
+	Projection *refcount.Projection
+	Store      ReconcileStore
+	// Log receives the corrections. Verify only needs its CatchUp, and works
+	// without a Log (AsOf is then the projection's cursor).
+	Log Log
+	// Concurrency bounds the repositories walked and the manifests read at
+	// once (default 8).
+	Concurrency int
+	// Examples bounds the examples kept per drift type (default 10).
+	Examples int
+	// BatchSize bounds the events of one publish (default 256).
+	BatchSize int
+	// Source names the reconciler in its events (default "refgc-reconciler").
+	Source     string
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Now is the clock (default time.Now). It stamps the corrections, whose
+	// leases and the projection's lease checks follow it.
+	Now func() time.Time
+}
+
+// Reconciler compares registry storage with the projection and corrects
+// the projection through the log. One pass runs at a time.
+type Reconciler struct {
+	cfg ReconcilerConfig
+	m   *reconcileMetrics
+	mu  sync.Mutex
+}
+
+// NewReconciler returns a reconciler.
+func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
+	if cfg.Projection == nil || cfg.Store == nil {
+		return nil, errors.New("collector: reconciler needs Projection and Store")
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 8
+	}
+	if cfg.Examples <= 0 {
+		cfg.Examples = 10
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 256
+	}
+	if cfg.Source == "" {
+		cfg.Source = "refgc-reconciler"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Reconciler{cfg: cfg, m: newReconcileMetrics(cfg.Registerer)}, nil
+}
+
+// Drift is what one pass found, and what it published.
+type Drift struct {
+	// AsOf is the log sequence the projection had caught up to when the walk began.
+	AsOf uint64 `json:"asOf"`
+	// Counts holds every drift type, zero included.
+	Counts map[string]int `json:"counts"`
+	// Examples holds up to ReconcilerConfig.Examples descriptions per type.
+	Examples map[string][]string `json:"examples,omitempty"`
+	// Scanned counts what the walk saw: repositories, tags, revisions, layers, blobs.
+	Scanned map[string]int `json:"scanned"`
+	// Published is the number of correction events published.
+	Published int           `json:"published"`
+	Duration  time.Duration `json:"duration"`
+}
+
+// Clean reports whether the pass found no drift at all.
+func (d Drift) Clean() bool {
+	for _, n := range d.Counts {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Total is the sum of the drift counts.
+func (d Drift) Total() int {
+	n := 0
+	for _, c := range d.Counts {
+		n += c
+	}
+	return n
+}
+
+// Verify compares storage with the projection and publishes nothing: a
+// clean Drift means the projection matches storage.
+func (r *Reconciler) Verify(ctx context.Context) (Drift, error) { return r.Reconcile(ctx, false) }
+
+// Reconcile runs one pass; with apply it publishes the corrections through
+// the log and waits until the projection has applied them.
+func (r *Reconciler) Reconcile(ctx context.Context, apply bool) (Drift, error) {
+	if apply && r.cfg.Log == nil {
+		return Drift{}, ErrNoLog
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	start := time.Now()
+	d, err := r.pass(ctx, apply)
+	d.Duration = time.Since(start)
+	if err != nil {
+		return d, err
+	}
+	r.m.passes.Inc()
+	r.m.duration.Observe(d.Duration.Seconds())
+	for _, typ := range DriftTypes {
+		r.m.drift.WithLabelValues(typ).Set(float64(d.Counts[typ]))
+	}
+	r.cfg.Logger.Info("reconcile pass", "asOf", d.AsOf, "apply", apply, "drift", d.Total(),
+		"published", d.Published, "duration", d.Duration)
+	return d, nil
+}
+
+// fix is one correction: a drift finding and the event that mends it.
+type fix struct {
+	node events.NodeRef
+	ev   events.Event // without id and time
+}
+
+// walk is the state of one pass.
+type walk struct {
+	r    *Reconciler
+	asOf uint64
+	now  time.Time
+	sem  chan struct{} // bounds manifest reads
+
+	mu        sync.Mutex
+	drift     Drift
+	tags      map[string]digest.Digest // repo 0x00 tag → current
+	revisions map[string]struct{}      // repo 0x00 digest
+	layers    map[string]struct{}      // repo 0x00 digest
+	blobs     map[digest.Digest]struct{}
+	linked    map[digest.Digest]struct{} // digests some layer link or revision names
+	fixes     []fix
+	busy      map[events.NodeRef]bool // nodes with a pending collector intent
+}
+
+func repoKey(repo, name string) string { return repo + "\x00" + name }
+
+func (r *Reconciler) pass(ctx context.Context, apply bool) (Drift, error) {
+	w := &walk{r: r, now: r.cfg.Now(), sem: make(chan struct{}, r.cfg.Concurrency),
+		tags: map[string]digest.Digest{}, revisions: map[string]struct{}{}, layers: map[string]struct{}{},
+		blobs: map[digest.Digest]struct{}{}, linked: map[digest.Digest]struct{}{}, busy: map[events.NodeRef]bool{}}
+	w.drift = Drift{Counts: map[string]int{}, Examples: map[string][]string{}, Scanned: map[string]int{}}
+	for _, typ := range DriftTypes {
+		w.drift.Counts[typ] = 0
+	}
+	var err error
+	if r.cfg.Log != nil {
+		w.asOf, err = r.cfg.Log.CatchUp(ctx)
+	} else {
+		w.asOf, err = r.cfg.Projection.Cursor()
+	}
+	if err != nil {
+		return w.drift, fmt.Errorf("collector: reconcile: catch up: %w", err)
+	}
+	w.drift.AsOf = w.asOf
+	if err := w.markBusy(); err != nil {
+		return w.drift, err
+	}
+	if err := w.walkRepos(ctx); err != nil {
+		return w.drift, err
+	}
+	if err := w.walkBlobs(ctx); err != nil {
+		return w.drift, err
+	}
+	if err := w.markBusy(); err != nil { // intents recorded during the walk
+		return w.drift, err
+	}
+	if err := w.absent(); err != nil {
+		return w.drift, err
+	}
+	ms, err := r.cfg.Projection.Check()
+	if err != nil {
+		return w.drift, fmt.Errorf("collector: reconcile: check: %w", err)
+	}
+	for _, m := range ms {
+		w.note(DriftCountMismatch, m.String(), nil)
+	}
+	if !apply || len(w.fixes) == 0 {
+		return w.drift, nil
+	}
+	fixes, err := w.confirm(ctx)
+	if err != nil {
+		return w.drift, err
+	}
+	if err := w.publish(ctx, fixes); err != nil {
+		return w.drift, err
+	}
+	return w.drift, nil
+}
+
+func (w *walk) markBusy() error {
+	ins, err := w.r.cfg.Projection.Intents()
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: intents: %w", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, in := range ins {
+		w.busy[in.Node] = true
+	}
+	return nil
+}
+
+// note records one finding and, if f is not nil, its correction.
+func (w *walk) note(typ, example string, f *fix) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.drift.Counts[typ]++
+	if len(w.drift.Examples[typ]) < w.r.cfg.Examples {
+		w.drift.Examples[typ] = append(w.drift.Examples[typ], example)
+	}
+	if f != nil {
+		w.fixes = append(w.fixes, *f)
+	}
+}
+
+func (w *walk) scanned(what string) {
+	w.mu.Lock()
+	w.drift.Scanned[what]++
+	w.mu.Unlock()
+}
+
+// lookup returns the projection's view of a node; changed is true when an
+// event named it after the walk began (the walk's view may be stale).
+func (w *walk) lookup(n events.NodeRef) (ni refcount.NodeInfo, ok, changed bool, err error) {
+	ni, ok, err = w.r.cfg.Projection.Get(n)
+	if err != nil {
+		return ni, ok, false, fmt.Errorf("collector: reconcile: projection %s: %w", n, err)
+	}
+	return ni, ok, ok && ni.LastSeq > w.asOf, nil
+}
+
+func (w *walk) walkRepos(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(w.r.cfg.Concurrency)
+	err := w.r.cfg.Store.Repositories(gctx, func(repo string) error {
+		w.scanned("repositories")
+		g.Go(func() error { return w.repo(gctx, repo) })
+		return nil
+	})
+	if gerr := g.Wait(); gerr != nil {
+		return gerr
+	}
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: list repositories: %w", err)
+	}
+	return nil
+}
+
+// repo walks one repository: tags, revisions (manifests read concurrently,
+// bounded by the pass's semaphore), layer links.
+func (w *walk) repo(ctx context.Context, repo string) error {
+	st := w.r.cfg.Store
+	err := st.Tags(ctx, repo, func(tag string, cur digest.Digest) error {
+		w.scanned("tags")
+		w.mu.Lock()
+		w.tags[repoKey(repo, tag)] = cur
+		w.mu.Unlock()
+		return w.checkTag(repo, tag, cur)
+	})
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: tags of %s: %w", repo, err)
+	}
+	var revs []digest.Digest
+	err = st.Revisions(ctx, repo, func(d digest.Digest) error {
+		revs = append(revs, d)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: revisions of %s: %w", repo, err)
+	}
+	w.mu.Lock()
+	for _, d := range revs {
+		w.revisions[repoKey(repo, string(d))] = struct{}{}
+		w.linked[d] = struct{}{}
+	}
+	w.drift.Scanned["revisions"] += len(revs)
+	w.mu.Unlock()
+	g, gctx := errgroup.WithContext(ctx)
+	for _, d := range revs {
+		select {
+		case w.sem <- struct{}{}:
+		case <-gctx.Done():
+			return errors.Join(g.Wait(), gctx.Err())
+		}
+		g.Go(func() error {
+			defer func() { <-w.sem }()
+			return w.checkRevision(gctx, repo, d)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	err = st.LayerLinks(ctx, repo, func(d digest.Digest) error {
+		w.scanned("layers")
+		w.mu.Lock()
+		w.layers[repoKey(repo, string(d))] = struct{}{}
+		w.linked[d] = struct{}{}
+		w.mu.Unlock()
+		return w.checkLayer(repo, d)
+	})
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: layer links of %s: %w", repo, err)
+	}
+	return nil
+}
+
+func (w *walk) checkTag(repo, tag string, cur digest.Digest) error {
+	n := events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: tag}
+	ni, ok, changed, err := w.lookup(n)
+	if err != nil || changed {
+		return err
+	}
+	target := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: cur}
+	if ok && ni.Present && len(ni.Holds) == 1 && ni.Holds[0] == target {
+		return nil
+	}
+	what := "absent"
+	if ok && ni.Present && len(ni.Holds) > 0 {
+		what = "points at " + ni.Holds[0].Digest.String()
+	}
+	w.note(DriftMissingFromProjection, fmt.Sprintf("%s → %s (projection: %s)", n, cur, what), &fix{node: n,
+		ev: events.Event{Kind: events.TagSet, Tag: &events.Tag{Repo: repo, Name: tag, Digest: cur}}})
+	return nil
+}
+
+func (w *walk) checkRevision(ctx context.Context, repo string, d digest.Digest) error {
+	n := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}
+	ni, ok, changed, err := w.lookup(n)
+	if err != nil || changed {
+		return err
+	}
+	b, err := w.r.cfg.Store.ReadBlob(ctx, d, MaxManifestBytes)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		w.note(DriftUnreadableManifest, fmt.Sprintf("%s: %v", n, err), nil)
+		return nil
+	}
+	refs, err := events.ParseManifest("", b)
+	if err != nil {
+		w.note(DriftUnreadableManifest, fmt.Sprintf("%s: %v", n, err), nil)
+		return nil
+	}
+	m := events.Manifest{Repo: repo, Digest: d, MediaType: refs.MediaType, Size: int64(len(b)),
+		Blobs: refs.Blobs, Children: refs.Children, Subject: refs.Subject}
+	if ok && ni.Present {
+		held, hok, err := w.r.cfg.Projection.Manifest(n)
+		if err != nil {
+			return fmt.Errorf("collector: reconcile: projection %s: %w", n, err)
+		}
+		if hok && sameRefs(held, m) {
+			return nil
+		}
+		w.note(DriftMissingFromProjection, fmt.Sprintf("%s: references differ from storage", n),
+			&fix{node: n, ev: events.Event{Kind: events.ManifestPushed, Manifest: &m}})
+		return nil
+	}
+	w.note(DriftMissingFromProjection, n.String(),
+		&fix{node: n, ev: events.Event{Kind: events.ManifestPushed, Manifest: &m}})
+	return nil
+}
+
+// sameRefs compares what two manifest bodies reference, as sets.
+func sameRefs(a, b events.Manifest) bool {
+	return sameDigests(a.Blobs, b.Blobs) && sameDigests(a.Children, b.Children) &&
+		(a.Subject == nil) == (b.Subject == nil) && (a.Subject == nil || a.Subject.Digest == b.Subject.Digest)
+}
+
+func sameDigests(a, b []events.Descriptor) bool {
+	set := make(map[digest.Digest]bool, len(a))
+	for _, d := range a {
+		set[d.Digest] = true
+	}
+	other := make(map[digest.Digest]bool, len(b))
+	for _, d := range b {
+		if !set[d.Digest] {
+			return false
+		}
+		other[d.Digest] = true
+	}
+	return len(other) == len(set)
+}
+
+func (w *walk) checkLayer(repo string, d digest.Digest) error {
+	n := events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: d}
+	ni, ok, changed, err := w.lookup(n)
+	if err != nil || changed || (ok && ni.Present) {
+		return err
+	}
+	w.note(DriftMissingFromProjection, n.String(), &fix{node: n,
+		ev: events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Repo: repo, Digest: d}}})
+	return nil
+}
+
+func (w *walk) walkBlobs(ctx context.Context) error {
+	err := w.r.cfg.Store.Blobs(ctx, func(d digest.Digest) error {
+		w.mu.Lock()
+		w.blobs[d] = struct{}{}
+		w.drift.Scanned["blobs"]++
+		_, linked := w.linked[d]
+		w.mu.Unlock()
+		n := events.NodeRef{Kind: events.NodeBlob, Digest: d}
+		ni, ok, changed, err := w.lookup(n)
+		if err != nil || changed || (ok && ni.Present) {
+			return err
+		}
+		typ := DriftMissingFromProjection
+		if !linked {
+			typ = DriftOrphanData
+		}
+		w.note(typ, n.String(), &fix{node: n,
+			ev: events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Digest: d}}})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: list blobs: %w", err)
+	}
+	return nil
+}
+
+// absent finds the nodes the projection shows present that the walk did
+// not see.
+func (w *walk) absent() error {
+	err := w.r.cfg.Projection.ForEach(func(ni refcount.NodeInfo) error {
+		if !ni.Present || ni.LastSeq > w.asOf || w.busy[ni.Node] {
+			return nil
+		}
+		n := ni.Node
+		var seen bool
+		switch n.Kind {
+		case events.NodeTag:
+			_, seen = w.tags[repoKey(n.Repo, n.Name)]
+		case events.NodeManifest:
+			_, seen = w.revisions[repoKey(n.Repo, string(n.Digest))]
+		case events.NodeLayer:
+			_, seen = w.layers[repoKey(n.Repo, string(n.Digest))]
+		case events.NodeBlob:
+			_, seen = w.blobs[n.Digest]
+		default: // labels and legacy images have no storage object of their own
+			return nil
+		}
+		if seen {
+			return nil
+		}
+		example := n.String()
+		if ni.Lease != nil && ni.Lease.After(w.now) {
+			example += " (leased: ignored until " + ni.Lease.Format(time.RFC3339) + ")"
+		}
+		// note takes w.mu; the sets are not written any more.
+		w.note(DriftMissingFromStorage, example, &fix{node: n, ev: events.Event{Kind: events.ObservedAbsent,
+			Absent: &events.Observation{Node: n, AsOf: w.asOf}}})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: iterate projection: %w", err)
+	}
+	return nil
+}
+
+// confirm re-reads storage for every presence correction and keeps those
+// that still hold, with the blob sizes filled in; and drops every
+// correction for a node that an event named since the walk began.
+func (w *walk) confirm(ctx context.Context) ([]fix, error) {
+	st := w.r.cfg.Store
+	type repoState struct {
+		tags                           map[string]digest.Digest
+		revs, layers                   map[digest.Digest]bool
+		wantTags, wantRevs, wantLayers bool
+	}
+	repos := map[string]*repoState{}
+	for _, f := range w.fixes {
+		if f.node.Kind == events.NodeBlob || f.ev.Kind == events.ObservedAbsent {
+			continue
+		}
+		rs := repos[f.node.Repo]
+		if rs == nil {
+			rs = &repoState{}
+			repos[f.node.Repo] = rs
+		}
+		switch f.node.Kind {
+		case events.NodeTag:
+			rs.wantTags = true
+		case events.NodeManifest:
+			rs.wantRevs = true
+		case events.NodeLayer:
+			rs.wantLayers = true
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(w.r.cfg.Concurrency)
+	for repo, rs := range repos {
+		g.Go(func() error {
+			rs.tags, rs.revs, rs.layers = map[string]digest.Digest{}, map[digest.Digest]bool{}, map[digest.Digest]bool{}
+			if rs.wantTags {
+				if err := st.Tags(gctx, repo, func(tag string, cur digest.Digest) error {
+					rs.tags[tag] = cur
+					return nil
+				}); err != nil {
+					return fmt.Errorf("collector: reconcile: confirm tags of %s: %w", repo, err)
+				}
+			}
+			if rs.wantRevs {
+				if err := st.Revisions(gctx, repo, func(d digest.Digest) error {
+					rs.revs[d] = true
+					return nil
+				}); err != nil {
+					return fmt.Errorf("collector: reconcile: confirm revisions of %s: %w", repo, err)
+				}
+			}
+			if rs.wantLayers {
+				if err := st.LayerLinks(gctx, repo, func(d digest.Digest) error {
+					rs.layers[d] = true
+					return nil
+				}); err != nil {
+					return fmt.Errorf("collector: reconcile: confirm layer links of %s: %w", repo, err)
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	out := make([]fix, 0, len(w.fixes))
+	for _, f := range w.fixes {
+		keep := true
+		switch {
+		case f.ev.Kind == events.ObservedAbsent:
+		case f.node.Kind == events.NodeTag:
+			keep = repos[f.node.Repo].tags[f.node.Name] == f.ev.Tag.Digest
+		case f.node.Kind == events.NodeManifest:
+			keep = repos[f.node.Repo].revs[f.node.Digest]
+		case f.node.Kind == events.NodeLayer, f.node.Kind == events.NodeBlob:
+			if f.node.Kind == events.NodeLayer && !repos[f.node.Repo].layers[f.node.Digest] {
+				keep = false
+				break
+			}
+			size, err := st.StatBlob(ctx, f.node.Digest)
+			switch {
+			case err == nil:
+				f.ev.Blob.Size = size
+			case errors.Is(err, store.ErrNotFound):
+				keep = f.node.Kind == events.NodeLayer // a dangling link is still a link
+			default:
+				return nil, fmt.Errorf("collector: reconcile: confirm %s: %w", f.node, err)
+			}
+		}
+		if !keep {
+			continue
+		}
+		if _, _, changed, err := w.lookup(f.node); err != nil {
+			return nil, err
+		} else if changed {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// publish sends the corrections in batches and waits until the projection
+// applied them.
+func (w *walk) publish(ctx context.Context, fixes []fix) error {
+	evs := make([]events.Event, len(fixes))
+	for i, f := range fixes {
+		e := f.ev
+		e.V = events.Version
+		e.ID = correctionID(w.asOf, f)
+		e.Time = w.now
+		e.Source = w.r.cfg.Source
+		evs[i] = e
+	}
+	for len(evs) > 0 {
+		n := min(len(evs), w.r.cfg.BatchSize)
+		if err := w.r.cfg.Log.Publish(ctx, evs[:n]); err != nil {
+			return fmt.Errorf("collector: reconcile: publish corrections: %w", err)
+		}
+		for _, e := range evs[:n] {
+			w.r.m.corrections.WithLabelValues(string(e.Kind)).Inc()
+		}
+		w.drift.Published += n
+		evs = evs[n:]
+	}
+	if _, err := w.r.cfg.Log.CatchUp(ctx); err != nil {
+		return fmt.Errorf("collector: reconcile: catch up after publishing: %w", err)
+	}
+	return nil
+}
+
+// correctionID names a correction deterministically within a walk.
+func correctionID(asOf uint64, f fix) string {
+	h := sha256.New()
+	h.Write([]byte(f.ev.Kind))
+	h.Write([]byte{0})
+	h.Write([]byte(f.node.String()))
+	if f.ev.Tag != nil {
+		h.Write([]byte{0})
+		h.Write([]byte(f.ev.Tag.Digest))
+	}
+	return fmt.Sprintf("reconcile-%d-%s", asOf, hex.EncodeToString(h.Sum(nil)[:12]))
+}
+
+// sortedExamples returns the examples of a drift type, sorted (the walk
+// finds them in no particular order).
+func (d Drift) sortedExamples(typ string) []string {
+	s := slices.Clone(d.Examples[typ])
+	slices.Sort(s)
+	return s
+}
+
+// String summarises the drift on one line.
+func (d Drift) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "asOf %d:", d.AsOf)
+	for _, typ := range DriftTypes {
+		fmt.Fprintf(&b, " %s=%d", typ, d.Counts[typ])
+	}
+	fmt.Fprintf(&b, " published=%d", d.Published)
+	for _, typ := range DriftTypes {
+		for _, ex := range d.sortedExamples(typ) {
+			fmt.Fprintf(&b, "\n  %s: %s", typ, ex)
+		}
+	}
+	return b.String()
+}
+
+type reconcileMetrics struct {
+	drift       *prometheus.GaugeVec
+	passes      prometheus.Counter
+	duration    prometheus.Histogram
+	corrections *prometheus.CounterVec
+}
+
+func newReconcileMetrics(reg prometheus.Registerer) *reconcileMetrics {
+	m := &reconcileMetrics{
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "refgc_reconcile_drift",
+			Help: "Differences between storage and the projection found by the last reconcile pass, by type."}, []string{"type"}),
+		passes: prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_reconcile_passes_total",
+			Help: "Reconcile passes completed (verify included)."}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "refgc_reconcile_duration_seconds",
+			Help: "Duration of reconcile passes.", Buckets: prometheus.ExponentialBuckets(0.01, 4, 10)}),
+		corrections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refgc_reconcile_corrections_total",
+			Help: "Correction events published by the reconciler, by event kind."}, []string{"kind"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.drift, m.passes, m.duration, m.corrections)
+	}
+	return m
+}

@@ -1,0 +1,287 @@
+package collector
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/refcount"
+)
+
+// ErrLogTruncated is returned by a Replay when the event log no longer
+// starts at sequence 1 (events were aged out or purged): a projection
+// replayed from it would miss history, so Rebuild walks storage instead.
+var ErrLogTruncated = errors.New("collector: event log does not start at sequence 1")
+
+// ErrRebuildTarget is returned by Rebuild when the target file already exists.
+var ErrRebuildTarget = errors.New("collector: rebuild target exists")
+
+// Replay feeds the whole event log, in order from sequence 1, to apply, in
+// batches. It returns ErrLogTruncated (wrapped) if the log does not reach
+// back to sequence 1.
+type Replay func(ctx context.Context, apply func([]events.Record) error) error
+
+// StreamReplay returns a Replay over a JetStream stream: an ordered
+// consumer from sequence 1 up to the stream's last sequence when the
+// replay starts. Undecodable messages become records with Err set, as the
+// follower makes them.
+func StreamReplay(s jetstream.Stream, batch int) Replay {
+	if batch <= 0 {
+		batch = events.DefaultMaxBatch
+	}
+	return func(ctx context.Context, apply func([]events.Record) error) error {
+		info, err := s.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("collector: replay: stream info: %w", err)
+		}
+		st := info.State
+		if st.LastSeq == 0 {
+			return nil
+		}
+		if st.FirstSeq > 1 {
+			return fmt.Errorf("%w: stream %s starts at %d", ErrLogTruncated, info.Config.Name, st.FirstSeq)
+		}
+		cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+		if err != nil {
+			return fmt.Errorf("collector: replay: consumer: %w", err)
+		}
+		it, err := cons.Messages()
+		if err != nil {
+			return fmt.Errorf("collector: replay: messages: %w", err)
+		}
+		defer it.Stop()
+		recs := make([]events.Record, 0, batch)
+		for {
+			msg, err := it.Next(jetstream.NextContext(ctx))
+			if err != nil {
+				return fmt.Errorf("collector: replay: next: %w", err)
+			}
+			md, err := msg.Metadata()
+			if err != nil {
+				return fmt.Errorf("collector: replay: metadata: %w", err)
+			}
+			seq := md.Sequence.Stream
+			if seq > st.LastSeq {
+				break
+			}
+			rec := events.Record{Seq: seq}
+			if ev, err := events.Decode(msg.Data()); err != nil {
+				rec.Err = fmt.Errorf("collector: replay: sequence %d: %w", seq, err)
+			} else {
+				rec.Event = ev
+			}
+			recs = append(recs, rec)
+			if len(recs) == batch || seq == st.LastSeq {
+				if err := apply(recs); err != nil {
+					return err
+				}
+				recs = recs[:0]
+			}
+			if seq == st.LastSeq {
+				break
+			}
+		}
+		if len(recs) > 0 {
+			return apply(recs)
+		}
+		return nil
+	}
+}
+
+// RebuildFromLog writes a fresh projection at path, which must not exist,
+// by replaying the whole log. It returns the projection, open.
+func RebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay Replay) (*refcount.Projection, error) {
+	p, err := openFresh(path, opts)
+	if err != nil {
+		return nil, err
+	}
+	err = replay(ctx, func(recs []events.Record) error {
+		_, err := p.Apply(recs)
+		return err
+	})
+	if err != nil {
+		p.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	return p, nil
+}
+
+// RebuildFromStorage writes a fresh projection at path, which must not
+// exist, from a walk of storage: the presence events of a reconcile pass
+// against an empty projection, applied directly. Its cursor counts those
+// events; it is not a position in the log, so such a file is for
+// comparison and for recovery after the log was lost, not for following
+// the log. It returns the projection, open, and the walk's drift.
+func (r *Reconciler) RebuildFromStorage(ctx context.Context, path string) (*refcount.Projection, Drift, error) {
+	opts := r.cfg.Projection.Options()
+	p, err := openFresh(path, opts)
+	if err != nil {
+		return nil, Drift{}, err
+	}
+	cfg := r.cfg
+	cfg.Projection, cfg.Log, cfg.Registerer = p, &DirectLog{P: p}, nil
+	fresh, err := NewReconciler(cfg)
+	if err == nil {
+		var d Drift
+		d, err = fresh.Reconcile(ctx, true)
+		if err == nil {
+			return p, d, nil
+		}
+	}
+	p.Close()
+	os.Remove(path)
+	return nil, Drift{}, err
+}
+
+func openFresh(path string, opts refcount.Options) (*refcount.Projection, error) {
+	if _, err := os.Stat(path); err == nil {
+		return nil, fmt.Errorf("%w: %s", ErrRebuildTarget, path)
+	}
+	opts.ReadOnly = false
+	return refcount.Open(path, opts)
+}
+
+// RebuildReport is what Rebuild did, and how the rebuilt projection
+// compares with the live one.
+type RebuildReport struct {
+	Path string `json:"path"`
+	// From is "log" (replayed from sequence 1) or "storage" (walked).
+	From string `json:"from"`
+	// Cursor is the rebuilt projection's cursor; LiveCursor the live one's
+	// when the comparison ran. A log rebuild compares equal only when they match.
+	Cursor     uint64 `json:"cursor"`
+	LiveCursor uint64 `json:"liveCursor"`
+	Nodes      int    `json:"nodes"`
+	// Differences counts the nodes whose dump lines differ (present in one
+	// projection only, or different); Examples shows the first few.
+	Differences int           `json:"differences"`
+	Examples    []string      `json:"examples,omitempty"`
+	Drift       *Drift        `json:"drift,omitempty"` // the walk's, for a storage rebuild
+	Duration    time.Duration `json:"duration"`
+}
+
+// Rebuild writes a fresh projection at path, which must not exist: from the
+// log when replay is not nil and the log reaches back to sequence 1, else
+// from a walk of storage. It then compares the result with the live
+// projection, dump for dump (ignoring leases and times for a storage
+// rebuild, which cannot know them), and closes the rebuilt file.
+func (r *Reconciler) Rebuild(ctx context.Context, path string, replay Replay) (RebuildReport, error) {
+	start := time.Now()
+	rep := RebuildReport{Path: path, From: "log"}
+	var p *refcount.Projection
+	var err error
+	if replay != nil {
+		p, err = RebuildFromLog(ctx, path, r.cfg.Projection.Options(), replay)
+	}
+	if replay == nil || errors.Is(err, ErrLogTruncated) {
+		if err != nil {
+			r.cfg.Logger.Warn("rebuild: the log is truncated, walking storage instead", "err", err)
+		}
+		rep.From = "storage"
+		var d Drift
+		p, d, err = r.RebuildFromStorage(ctx, path)
+		rep.Drift = &d
+	}
+	if err != nil {
+		return rep, err
+	}
+	defer p.Close()
+	if rep.Cursor, err = p.Cursor(); err != nil {
+		return rep, err
+	}
+	if rep.LiveCursor, err = r.cfg.Projection.Cursor(); err != nil {
+		return rep, err
+	}
+	cmp, err := CompareProjections(r.cfg.Projection, p, rep.From == "storage", r.cfg.Examples)
+	if err != nil {
+		return rep, err
+	}
+	rep.Nodes, rep.Differences, rep.Examples = cmp.Nodes, cmp.Differences, cmp.Examples
+	rep.Duration = time.Since(start)
+	return rep, nil
+}
+
+// Comparison is the result of CompareProjections.
+type Comparison struct {
+	Nodes       int      // nodes of the second projection
+	Differences int      // nodes whose lines differ or that only one side holds
+	Examples    []string // the first differences, "-" for the first projection, "+" for the second
+}
+
+// CompareProjections compares two projections dump line by dump line, by
+// node. With ignoreTimes, leases, times, sizes and media types are left out
+// (what a storage walk cannot know or knows differently). At most max
+// examples are kept.
+func CompareProjections(a, b *refcount.Projection, ignoreTimes bool, max int) (Comparison, error) {
+	var cmp Comparison
+	lines := func(p *refcount.Projection) (map[string][]byte, []string, error) {
+		m := map[string][]byte{}
+		var order []string
+		var buf bytes.Buffer
+		if err := p.Dump(&buf); err != nil {
+			return nil, nil, err
+		}
+		sc := bufio.NewScanner(&buf)
+		sc.Buffer(make([]byte, 0, 1<<16), events.MaxEncodedSize*4)
+		for sc.Scan() {
+			line := append([]byte(nil), sc.Bytes()...)
+			var ni refcount.NodeInfo
+			if err := json.Unmarshal(line, &ni); err != nil {
+				return nil, nil, fmt.Errorf("collector: compare: %w", err)
+			}
+			if ignoreTimes {
+				ni.Lease, ni.Since, ni.Eligible, ni.LastSeq, ni.Size, ni.MediaType = nil, nil, nil, 0, 0, ""
+				var err error
+				if line, err = json.Marshal(ni); err != nil {
+					return nil, nil, err
+				}
+			}
+			k := ni.Node.String()
+			m[k] = line
+			order = append(order, k)
+		}
+		return m, order, sc.Err()
+	}
+	am, aorder, err := lines(a)
+	if err != nil {
+		return cmp, err
+	}
+	bm, border, err := lines(b)
+	if err != nil {
+		return cmp, err
+	}
+	cmp.Nodes = len(border)
+	diff := func(s string) {
+		cmp.Differences++
+		if len(cmp.Examples) < max {
+			cmp.Examples = append(cmp.Examples, s)
+		}
+	}
+	for _, k := range aorder {
+		bl, ok := bm[k]
+		switch {
+		case !ok:
+			diff("- " + string(am[k]))
+		case !bytes.Equal(am[k], bl):
+			diff("- " + string(am[k]))
+			if len(cmp.Examples) < max {
+				cmp.Examples = append(cmp.Examples, "+ "+string(bl))
+			}
+		}
+	}
+	for _, k := range border {
+		if _, ok := am[k]; !ok {
+			diff("+ " + string(bm[k]))
+		}
+	}
+	return cmp, nil
+}
