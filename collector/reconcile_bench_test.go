@@ -1,0 +1,219 @@
+package collector_test
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/metrics"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/storage"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/refcount"
+	"github.com/refgc/refgc/store"
+)
+
+var (
+	benchManifests = flag.Int("reconcile.manifests", 10000, "manifests in the reconcile benchmark's storage")
+	benchRepos     = flag.Int("reconcile.repos", 100, "repositories in the reconcile benchmark's storage")
+)
+
+// benchLayout writes a registry's storage directly on disk: repos
+// repositories with manifests/repos OCI image manifests each; every
+// manifest has its own config and layer and one layer shared within its
+// repository; every other manifest is tagged.
+func benchLayout(b *testing.B, root string, repos, manifests int) {
+	b.Helper()
+	base := filepath.Join(root, "docker/registry/v2")
+	write := func(p string, content []byte) error {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(p, content, 0o644)
+	}
+	blob := func(content []byte) (digest.Digest, error) {
+		d := digest.FromBytes(content)
+		return d, write(filepath.Join(base, "blobs/sha256", d.Encoded()[:2], d.Encoded(), "data"), content)
+	}
+	link := func(p string, d digest.Digest) error { return write(p, []byte(d.String())) }
+	type desc struct {
+		MediaType string        `json:"mediaType"`
+		Digest    digest.Digest `json:"digest"`
+		Size      int64         `json:"size"`
+	}
+	per := manifests / repos
+	var g errgroup.Group
+	g.SetLimit(8)
+	for r := range repos {
+		g.Go(func() error {
+			repo := filepath.Join(base, "repositories", fmt.Sprintf("team%d/app%d", r%10, r))
+			var shared []desc
+			for s := range 8 {
+				c := []byte(fmt.Sprintf("shared layer %d of repository %d", s, r))
+				d, err := blob(c)
+				if err != nil {
+					return err
+				}
+				shared = append(shared, desc{"application/vnd.oci.image.layer.v1.tar", d, int64(len(c))})
+			}
+			for i := range per {
+				var ds []desc
+				for _, c := range [][]byte{
+					[]byte(fmt.Sprintf(`{"architecture":"amd64","os":"linux","n":"%d-%d"}`, r, i)),
+					[]byte(fmt.Sprintf("layer %d of repository %d", i, r)),
+				} {
+					d, err := blob(c)
+					if err != nil {
+						return err
+					}
+					ds = append(ds, desc{"application/vnd.oci.image.layer.v1.tar", d, int64(len(c))})
+				}
+				ds[0].MediaType = "application/vnd.oci.image.config.v1+json"
+				layers := []desc{shared[i%len(shared)], ds[1]}
+				m, err := json.Marshal(map[string]any{"schemaVersion": 2,
+					"mediaType": "application/vnd.oci.image.manifest.v1+json", "config": ds[0], "layers": layers})
+				if err != nil {
+					return err
+				}
+				md, err := blob(m)
+				if err != nil {
+					return err
+				}
+				if err := link(filepath.Join(repo, "_manifests/revisions/sha256", md.Encoded(), "link"), md); err != nil {
+					return err
+				}
+				for _, l := range append(layers, ds[0]) {
+					if err := link(filepath.Join(repo, "_layers/sha256", l.Digest.Encoded(), "link"), l.Digest); err != nil {
+						return err
+					}
+				}
+				if i%2 == 0 {
+					tag := filepath.Join(repo, "_manifests/tags", fmt.Sprintf("v%d", i))
+					if err := link(filepath.Join(tag, "index/sha256", md.Encoded(), "link"), md); err != nil {
+						return err
+					}
+					if err := link(filepath.Join(tag, "current/link"), md); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// peakHeap samples the live heap while fn runs and returns its peak above
+// the heap at the start.
+func peakHeap(fn func()) uint64 {
+	runtime.GC()
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	read := func() uint64 { metrics.Read(sample); return sample[0].Value.Uint64() }
+	start := read()
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			if v := read(); v > peak.Load() {
+				peak.Store(v)
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	fn()
+	close(stop)
+	wg.Wait()
+	if v := read(); v > peak.Load() {
+		peak.Store(v)
+	}
+	if peak.Load() < start {
+		return 0
+	}
+	return peak.Load() - start
+}
+
+// BenchmarkReconcilePass compares one read-only reconcile pass (Verify: the
+// full walk, every manifest read and parsed, the projection compared both
+// ways and recounted) with Distribution's own mark and sweep in dry-run
+// mode on the same filesystem storage.
+func BenchmarkReconcilePass(b *testing.B) {
+	ctx := context.Background()
+	root := b.TempDir()
+	start := time.Now()
+	benchLayout(b, root, *benchRepos, *benchManifests)
+	st, err := store.New(ctx, "filesystem", map[string]any{"rootdirectory": root})
+	if err != nil {
+		b.Fatal(err)
+	}
+	proj, err := refcount.Open(filepath.Join(b.TempDir(), "refs.db"), refcount.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer proj.Close()
+	r, err := collector.NewReconciler(collector.ReconcilerConfig{Projection: proj, Store: st,
+		Log: &collector.DirectLog{P: proj}, Logger: quietLogger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fill the projection from the walk itself: afterwards it matches
+	// storage, and a pass is the steady-state check.
+	if d, err := r.Reconcile(ctx, true); err != nil || d.Published == 0 {
+		b.Fatalf("fill: %v %v", d, err)
+	}
+	b.Logf("storage and projection of %d manifests ready in %s", *benchManifests, time.Since(start).Round(time.Millisecond))
+
+	b.Run("reconcile", func(b *testing.B) {
+		b.ReportAllocs()
+		var peak uint64
+		for b.Loop() {
+			peak = max(peak, peakHeap(func() {
+				d, err := r.Verify(ctx)
+				if err != nil || !d.Clean() {
+					b.Fatalf("verify: %v %v", d, err)
+				}
+				if d.Scanned["revisions"] != *benchManifests {
+					b.Fatalf("scanned %v", d.Scanned)
+				}
+			}))
+		}
+		b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+	})
+	b.Run("markandsweep", func(b *testing.B) {
+		b.ReportAllocs()
+		drv := st.StorageDriver()
+		var peak uint64
+		for b.Loop() {
+			peak = max(peak, peakHeap(func() {
+				reg, err := storage.NewRegistry(ctx, drv)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := storage.MarkAndSweep(ctx, drv, reg, storage.GCOpts{DryRun: true, RemoveUntagged: true, Quiet: true}); err != nil {
+					b.Fatal(err)
+				}
+			}))
+		}
+		b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+	})
+}
