@@ -1,0 +1,443 @@
+package collector_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/regtest"
+	"github.com/refgc/refgc/refcount"
+	"github.com/refgc/refgc/store"
+)
+
+// opsFlag sets the number of operations of the randomized tests (0: each
+// test's default). The long form is -collector.ops=100000.
+var opsFlag = flag.Int("collector.ops", 0, "operations of the randomized collector tests (0: default)")
+
+// seedFlag fixes the seed of the randomized tests (0: a new one, logged).
+var seedFlag = flag.Uint64("collector.seed", 0, "seed of the randomized collector tests (0: random)")
+
+func seed(t *testing.T) uint64 {
+	s := *seedFlag
+	if s == 0 {
+		s = rand.Uint64()
+	}
+	t.Logf("seed %d (rerun with -collector.seed=%d)", s, s)
+	return s
+}
+
+const (
+	mtImage = "application/vnd.oci.image.manifest.v1+json"
+	mtIndex = "application/vnd.oci.image.index.v1+json"
+	mtLayer = "application/vnd.oci.image.layer.v1.tar"
+	mtConf  = "application/vnd.oci.image.config.v1+json"
+)
+
+// world is registry storage written directly in Distribution's layout,
+// with the events the registry would have sent applied through a
+// DirectLog, and a collector over both on a clock the test moves.
+type world struct {
+	t     testing.TB
+	root  string
+	store *store.Driver
+	proj  *refcount.Projection
+	log   *collector.DirectLog
+	col   *collector.Collector
+	clock time.Time
+	seq   int
+}
+
+func newWorld(t testing.TB, concurrency int) *world {
+	t.Helper()
+	w := &world{t: t, root: t.TempDir(), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	var err error
+	w.proj, err = refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
+		refcount.Options{Untagged: refcount.PolicyDelete, Grace: testGrace, Retention: testRetention, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.proj.Close() })
+	w.store, err = store.New(context.Background(), "filesystem", map[string]any{"rootdirectory": w.root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.log = &collector.DirectLog{P: w.proj}
+	w.col, err = collector.New(collector.Config{Projection: w.proj, Storage: w.store, Log: w.log,
+		Now: func() time.Time { return w.clock }, Concurrency: concurrency, BatchSize: 512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// emit applies events as the registry's notifications would arrive.
+func (w *world) emit(evs ...events.Event) {
+	w.t.Helper()
+	for i := range evs {
+		w.seq++
+		evs[i].V, evs[i].ID, evs[i].Time, evs[i].Source = events.Version, fmt.Sprintf("ev-%d", w.seq), w.clock, "test"
+	}
+	if err := w.log.Publish(context.Background(), evs); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) blobPath(d digest.Digest) string {
+	return filepath.Join(w.root, "docker", "registry", "v2", "blobs", "sha256", d.Encoded()[:2], d.Encoded(), "data")
+}
+
+// writeBlob writes blob data as the registry's blob store would.
+func (w *world) writeBlob(b []byte) events.Descriptor {
+	w.t.Helper()
+	sum := sha256.Sum256(b)
+	d := digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(sum[:]))
+	p := w.blobPath(d)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		w.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		w.t.Fatal(err)
+	}
+	return events.Descriptor{Digest: d, Size: int64(len(b))}
+}
+
+func (w *world) hasBlob(d digest.Digest) bool {
+	_, err := os.Stat(w.blobPath(d))
+	return err == nil
+}
+
+func (w *world) hasRevision(repo string, d digest.Digest) bool {
+	_, err := os.Stat(filepath.Join(w.repoDir(repo), "_manifests", "revisions", "sha256", d.Encoded(), "link"))
+	return err == nil
+}
+
+func (w *world) repoDir(repo string) string {
+	return filepath.Join(w.root, "docker", "registry", "v2", "repositories", filepath.FromSlash(repo))
+}
+
+// writeLink writes a link file as the registry does (the digest, no
+// newline), without the fsync of Distribution's driver, to go fast.
+func (w *world) writeLink(d digest.Digest, elem ...string) {
+	w.t.Helper()
+	p := filepath.Join(elem...)
+	w.must(os.MkdirAll(filepath.Dir(p), 0o755))
+	w.must(os.WriteFile(p, []byte(d.String()), 0o644))
+}
+
+func (w *world) linkLayer(repo string, d digest.Digest) {
+	w.writeLink(d, w.repoDir(repo), "_layers", "sha256", d.Encoded(), "link")
+}
+
+func (w *world) linkRevision(repo string, d digest.Digest) {
+	w.writeLink(d, w.repoDir(repo), "_manifests", "revisions", "sha256", d.Encoded(), "link")
+}
+
+func (w *world) linkTag(repo, tag string, d digest.Digest) {
+	w.writeLink(d, w.repoDir(repo), "_manifests", "tags", tag, "index", "sha256", d.Encoded(), "link")
+	w.writeLink(d, w.repoDir(repo), "_manifests", "tags", tag, "current", "link")
+}
+
+func (w *world) must(err error) {
+	w.t.Helper()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// pushBlob uploads new random data into repo (BlobPushed).
+func (w *world) pushBlob(r *rand.Rand, repo, mediaType string, size int) events.Descriptor {
+	b := make([]byte, size)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	desc := w.writeBlob(b)
+	desc.MediaType = mediaType
+	w.linkLayer(repo, desc.Digest)
+	w.emit(events.Event{Kind: events.BlobPushed, Blob: &events.Blob{Repo: repo, Digest: desc.Digest, Size: desc.Size}})
+	return desc
+}
+
+// mountBlob links existing data into repo (BlobMounted).
+func (w *world) mountBlob(repo, from string, desc events.Descriptor) {
+	w.linkLayer(repo, desc.Digest)
+	w.emit(events.Event{Kind: events.BlobMounted, Blob: &events.Blob{Repo: repo, Digest: desc.Digest, Size: desc.Size, From: from}})
+}
+
+type descJSON struct {
+	MediaType string        `json:"mediaType"`
+	Digest    digest.Digest `json:"digest"`
+	Size      int64         `json:"size"`
+}
+
+func dj(d events.Descriptor) descJSON { return descJSON{d.MediaType, d.Digest, d.Size} }
+
+// putManifest writes a manifest (image or index) with its revision link
+// and, if tag is set, the tag; blobs must already be linked in repo.
+func (w *world) putManifest(repo, tag string, blobs, children []events.Descriptor, subject *events.Descriptor) events.Descriptor {
+	w.t.Helper()
+	body := map[string]any{"schemaVersion": 2}
+	mt := mtImage
+	if children != nil {
+		mt = mtIndex
+		ms := []descJSON{}
+		for _, c := range children {
+			ms = append(ms, dj(c))
+		}
+		body["manifests"] = ms
+	} else {
+		body["config"] = dj(blobs[0])
+		ls := []descJSON{}
+		for _, l := range blobs[1:] {
+			ls = append(ls, dj(l))
+		}
+		body["layers"] = ls
+	}
+	body["mediaType"] = mt
+	if subject != nil {
+		body["subject"] = dj(*subject)
+	}
+	raw, err := json.Marshal(body)
+	w.must(err)
+	desc := w.writeBlob(raw)
+	desc.MediaType = mt
+	w.linkRevision(repo, desc.Digest)
+	if tag != "" {
+		w.linkTag(repo, tag, desc.Digest)
+	}
+	m := &events.Manifest{Repo: repo, Digest: desc.Digest, MediaType: mt, Size: desc.Size,
+		Blobs: blobs, Children: children, Subject: subject, Tag: tag}
+	w.emit(events.Event{Kind: events.ManifestPushed, Manifest: m})
+	return desc
+}
+
+// pass runs one collector pass and checks that everything reachable
+// before it is still on disk after it.
+func (w *world) pass() collector.Report {
+	w.t.Helper()
+	before, err := regtest.Reachable(w.root, false)
+	w.must(err)
+	rep, err := w.col.Pass(context.Background())
+	w.must(err)
+	if rep.Errors > 0 {
+		w.t.Fatalf("pass had %d errors", rep.Errors)
+	}
+	after, err := regtest.Present(w.root)
+	w.must(err)
+	if lost := before.Minus(after); len(lost) > 0 {
+		w.t.Fatalf("reachable objects deleted by a pass: %v", lost)
+	}
+	return rep
+}
+
+// finish drains with every lease and retention long past and checks that
+// exactly the reachable objects remain.
+func (w *world) finish() collector.Report {
+	w.t.Helper()
+	before, err := regtest.Reachable(w.root, false)
+	w.must(err)
+	var total collector.Report
+	for range 6 {
+		w.clock = w.clock.Add(testRetention + testGrace)
+		rep := w.pass()
+		total.Unlinked += rep.Unlinked
+		total.Purged += rep.Purged
+	}
+	after, err := regtest.Present(w.root)
+	w.must(err)
+	if lost := before.Minus(after); len(lost) > 0 {
+		w.t.Errorf("reachable objects deleted: %v", lost)
+	}
+	if left := after.Minus(before); len(left) > 0 {
+		w.t.Errorf("garbage left behind: %v", left)
+	}
+	if ms, err := w.proj.Check(); err != nil || len(ms) > 0 {
+		w.t.Errorf("projection check: %v %v", ms, err)
+	}
+	if ins, err := w.proj.Intents(); err != nil || len(ins) > 0 {
+		w.t.Errorf("intents left: %v %v", ins, err)
+	}
+	return total
+}
+
+// pushed is a manifest the test pushed, as the test remembers it.
+type pushed struct {
+	repo     string
+	desc     events.Descriptor
+	blobs    []events.Descriptor
+	children []digest.Digest
+	index    bool
+}
+
+// TestRandomDirect drives the projection and the collector with random
+// registry activity written straight into storage, the events built by
+// hand, and checks each pass against the on-disk reachability oracle.
+func TestRandomDirect(t *testing.T) {
+	ops := 10000
+	if *opsFlag > 0 {
+		ops = *opsFlag
+	}
+	r := rand.New(rand.NewPCG(seed(t), 7))
+	w := newWorld(t, 4)
+	repos := []string{"a", "b", "c", "d/e"}
+	tags := []string{"v1", "v2", "v3", "latest"}
+	var ms []*pushed
+	counts := map[string]int{}
+	start := time.Now()
+
+	livePick := func(repo string, indexOK bool) *pushed {
+		for range 8 {
+			if len(ms) == 0 {
+				return nil
+			}
+			m := ms[r.IntN(len(ms))]
+			if (repo == "" || m.repo == repo) && (indexOK || !m.index) && w.hasRevision(m.repo, m.desc.Digest) {
+				return m
+			}
+		}
+		return nil
+	}
+	isChild := func(m *pushed) bool {
+		for _, x := range ms {
+			if x.index && x.repo == m.repo && w.hasRevision(x.repo, x.desc.Digest) {
+				for _, c := range x.children {
+					if c == m.desc.Digest {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	}
+	tagsOf := func(repo string, d digest.Digest) []string {
+		var out []string
+		for _, tag := range tags {
+			b, err := os.ReadFile(filepath.Join(w.root, "docker", "registry", "v2", "repositories", repo, "_manifests", "tags", tag, "current", "link"))
+			if err == nil && string(b) == d.String() {
+				out = append(out, tag)
+			}
+		}
+		return out
+	}
+	image := func(repo, tag string, subject *events.Descriptor) *pushed {
+		cfg := w.pushBlob(r, repo, mtConf, 16+r.IntN(32))
+		var layer events.Descriptor
+		if src := livePick("", false); src != nil && r.IntN(3) == 0 && w.hasBlob(src.blobs[1].Digest) {
+			layer = src.blobs[1]
+			w.mountBlob(repo, src.repo, layer)
+			counts["mount"]++
+		} else {
+			layer = w.pushBlob(r, repo, mtLayer, 32+r.IntN(256))
+		}
+		blobs := []events.Descriptor{cfg, layer}
+		m := &pushed{repo: repo, blobs: blobs, desc: w.putManifest(repo, tag, blobs, nil, subject)}
+		ms = append(ms, m)
+		return m
+	}
+	ctx := context.Background()
+	for i := 0; i < ops; i++ {
+		repo, tag := repos[r.IntN(len(repos))], tags[r.IntN(len(tags))]
+		op := r.IntN(100)
+		switch {
+		case op < 10:
+			if r.IntN(4) == 0 {
+				tag = ""
+			}
+			image(repo, tag, nil)
+			counts["push"]++
+		case op < 16:
+			if m := livePick(repo, true); m != nil {
+				w.linkTag(repo, tag, m.desc.Digest)
+				w.emit(events.Event{Kind: events.TagSet, Tag: &events.Tag{Repo: repo, Name: tag, Digest: m.desc.Digest}})
+				counts["tag"]++
+			}
+		case op < 22:
+			w.must(w.store.DeleteTag(ctx, repo, tag))
+			w.emit(events.Event{Kind: events.TagDeleted, Tag: &events.Tag{Repo: repo, Name: tag}})
+			counts["untag"]++
+		case op < 26:
+			// A delete by digest also removes the tags that point at it,
+			// as the registry does. Children of a live index are left
+			// alone: refgc keeps their data on purpose, the oracle not.
+			if m := livePick(repo, true); m != nil && !isChild(m) {
+				for _, tg := range tagsOf(repo, m.desc.Digest) {
+					w.must(w.store.DeleteTag(ctx, repo, tg))
+					w.emit(events.Event{Kind: events.TagDeleted, Tag: &events.Tag{Repo: repo, Name: tg}})
+				}
+				w.must(w.store.DeleteRevision(ctx, repo, m.desc.Digest, nil))
+				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.Ref{Repo: repo, Digest: m.desc.Digest}})
+				counts["delete manifest"]++
+			}
+		case op < 28:
+			// Delete a layer link that no live manifest of the repository
+			// uses (a stray upload).
+			d := w.pushBlob(r, repo, mtLayer, 64).Digest
+			if r.IntN(2) == 0 {
+				w.must(w.store.DeleteLayerLink(ctx, repo, d))
+				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.Ref{Repo: repo, Digest: d}})
+				counts["delete blob"]++
+			}
+		case op < 30:
+			var children []events.Descriptor
+			var cds []digest.Digest
+			for range 1 + r.IntN(2) {
+				c := livePick(repo, false)
+				if c == nil || r.IntN(2) == 0 {
+					c = image(repo, "", nil)
+				}
+				children = append(children, c.desc)
+				cds = append(cds, c.desc.Digest)
+			}
+			desc := w.putManifest(repo, tag, nil, children, nil)
+			ms = append(ms, &pushed{repo: repo, desc: desc, children: cds, index: true})
+			counts["index"]++
+		case op < 32:
+			if m := livePick(repo, true); m != nil {
+				subj := m.desc
+				image(repo, "", &subj)
+				counts["referrer"]++
+			}
+		case op < 77:
+			if m := livePick("", true); m != nil {
+				w.emit(events.Event{Kind: events.Touched, Ref: &events.Ref{Repo: m.repo, Digest: m.desc.Digest}})
+				counts["pull"]++
+			}
+		case op < 98:
+			w.clock = w.clock.Add(time.Duration(r.Int64N(int64(testGrace / 4))))
+			counts["clock"]++
+		default:
+			rep := w.pass()
+			counts["pass"]++
+			counts["unlinked"] += rep.Unlinked
+			counts["purged"] += rep.Purged
+		}
+		// Forget manifests that are gone for good.
+		if i%500 == 499 {
+			kept := ms[:0]
+			for _, m := range ms {
+				if w.hasBlob(m.desc.Digest) {
+					kept = append(kept, m)
+				}
+			}
+			ms = kept
+		}
+	}
+	rep := w.finish()
+	counts["unlinked"] += rep.Unlinked
+	counts["purged"] += rep.Purged
+	t.Logf("%d operations in %s: %v", ops, time.Since(start).Round(time.Millisecond), counts)
+	if counts["purged"] == 0 || counts["unlinked"] == 0 {
+		t.Errorf("nothing collected: %v", counts)
+	}
+}
