@@ -20,6 +20,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/distribution/distribution/v3/registry/storage"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/internal/daemon"
@@ -345,19 +348,39 @@ func TestAdminCollectAndRestore(t *testing.T) {
 // The two cases in which `registry garbage-collect` breaks images.
 func TestStockCollectorBreakages(t *testing.T) {
 	t.Run("untagged-only repository keeps its layer links under keep", func(t *testing.T) {
-		// garbage-collect without --delete-untagged marks the manifests of
-		// repositories with no tags but sweeps their layer links: a pull by
-		// digest then fails on every layer.
+		// garbage-collect --delete-untagged finds no tags directory in a
+		// repository that was only ever pushed by digest, skips its
+		// manifests without marking them, and sweeps their layer links and
+		// blobs: the registry still serves the manifest, but no pull works.
+		// refgc under --untagged keep keeps such images whole.
 		e := newEnv(t, envOpts{policy: refcount.PolicyKeep})
 		d := e.reg.PushByDigest(t, "untagged", regtest.RandomImage(t, 2))
 		e.reg.PushRandom(t, "other:v1", 1)
 		e.reg.DeleteTag(t, "other", "v1")
+		e.settle()
+		stock := stockGC(t, e.reg.Root, true)
+		left, err := regtest.Present(stock.Root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := left.Revisions["untagged@"+d.String()]; !ok {
+			t.Error("stock: the revision link is gone, so nothing is broken")
+		}
+		if _, ok := left.Blobs[d.String()]; ok {
+			t.Error("stock: the manifest's data survived")
+		}
+		if err := stock.TryPull(t, "untagged@"+d.String()); err == nil {
+			t.Error("the stock collector kept this image whole: the comparison no longer holds")
+		} else {
+			t.Logf("after registry garbage-collect --delete-untagged: %v", err)
+		}
 		e.collectAndVerify()
 		e.mustPull("untagged@" + d.String())
 	})
 	t.Run("a child deleted while listed in a live index keeps its layers", func(t *testing.T) {
 		// garbage-collect stops marking at the missing revision and deletes
-		// the child's blobs while the index still lists it.
+		// the child's blobs while the index still lists it: restoring the
+		// child is then impossible. refgc keeps them while the index lives.
 		e := newEnv(t, envOpts{})
 		a, b := regtest.RandomImage(t, 2), regtest.RandomImage(t, 1)
 		e.reg.PushIndex(t, "app", "multi", a, b)
@@ -366,6 +389,17 @@ func TestStockCollectorBreakages(t *testing.T) {
 		for _, l := range regtest.BlobDigests(t, a) {
 			e.kept["layer app@"+l.String()] = true
 			e.kept["blob "+l.String()] = true
+		}
+		e.settle()
+		stock := stockGC(t, e.reg.Root, false)
+		lost := 0
+		for _, l := range regtest.BlobDigests(t, a) {
+			if stock.BlobStatus(t, "app", l) != 200 {
+				lost++
+			}
+		}
+		if lost == 0 {
+			t.Error("the stock collector kept the child's blobs: the comparison no longer holds")
 		}
 		e.collectAndVerify()
 		for _, l := range regtest.BlobDigests(t, a) {
@@ -383,7 +417,7 @@ func TestStockCollectorBreakages(t *testing.T) {
 // Pushes and pulls while the daemon's own collector loop runs passes
 // continuously on a short real-time grace.
 func TestPushPullWhileCollecting(t *testing.T) {
-	e := newEnv(t, envOpts{grace: 3 * time.Second, collectInterval: 10 * time.Millisecond})
+	e := newEnv(t, envOpts{grace: 4 * time.Second, collectInterval: 10 * time.Millisecond})
 	base := regtest.RandomImage(t, 2)
 	e.reg.Push(t, "app:base", base)
 	for i := range 30 {
@@ -523,4 +557,28 @@ func postEvents(t testing.TB, url string, body []byte) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("webhook: %d %s", resp.StatusCode, b)
 	}
+}
+
+// stockGC runs Distribution's own mark and sweep (`registry
+// garbage-collect`, with --delete-untagged if removeUntagged) on a copy of
+// root, and serves the result from a second registry.
+func stockGC(t *testing.T, root string, removeUntagged bool) *regtest.Registry {
+	t.Helper()
+	ctx := context.Background()
+	dst := t.TempDir()
+	if err := os.CopyFS(dst, os.DirFS(root)); err != nil {
+		t.Fatal(err)
+	}
+	drv, err := factory.Create(ctx, "filesystem", map[string]any{"rootdirectory": dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := storage.NewRegistry(ctx, drv, storage.EnableDelete)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.MarkAndSweep(ctx, drv, ns, storage.GCOpts{RemoveUntagged: removeUntagged, Quiet: true}); err != nil {
+		t.Fatal(err)
+	}
+	return regtest.Start(t, regtest.Options{Root: dst})
 }
