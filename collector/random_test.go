@@ -8,11 +8,17 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/collector"
@@ -59,12 +65,15 @@ type world struct {
 	seq   int
 }
 
-func newWorld(t testing.TB, concurrency int) *world {
+func newWorld(t testing.TB, concurrency int) *world { return newWorldSync(t, concurrency, false) }
+
+// newWorldSync is newWorld with the projection's fsyncs on or off.
+func newWorldSync(t testing.TB, concurrency int, sync bool) *world {
 	t.Helper()
 	w := &world{t: t, root: t.TempDir(), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	var err error
 	w.proj, err = refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
-		refcount.Options{Untagged: refcount.PolicyDelete, Grace: testGrace, Retention: testRetention, NoSync: true})
+		refcount.Options{Untagged: refcount.PolicyDelete, Grace: testGrace, Retention: testRetention, NoSync: !sync})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +84,7 @@ func newWorld(t testing.TB, concurrency int) *world {
 	}
 	w.log = &collector.DirectLog{P: w.proj}
 	w.col, err = collector.New(collector.Config{Projection: w.proj, Storage: w.store, Log: w.log,
-		Now: func() time.Time { return w.clock }, Concurrency: concurrency, BatchSize: 512})
+		Now: func() time.Time { return w.clock }, Concurrency: concurrency})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,5 +448,161 @@ func TestRandomDirect(t *testing.T) {
 	t.Logf("%d operations in %s: %v", ops, time.Since(start).Round(time.Millisecond), counts)
 	if counts["purged"] == 0 || counts["unlinked"] == 0 {
 		t.Errorf("nothing collected: %v", counts)
+	}
+}
+
+// TestRandomRegistry drives a real registry over HTTP, its notifications
+// through the real webhook, with random pushes, tags, deletes, indexes,
+// referrers, mounts and pulls, interleaved with clock advances and
+// collector passes. Every pass is checked against the oracle computed
+// right before it; a final drain must leave exactly the reachable objects.
+// Registry operations are slow under the race detector: the default is
+// sized to run in about a minute; -collector.ops sets the count.
+func TestRandomRegistry(t *testing.T) {
+	ops := 1000
+	if *opsFlag > 0 {
+		ops = *opsFlag
+	}
+	r := rand.New(rand.NewPCG(seed(t), 11))
+	e := newEnv(t, refcount.PolicyDelete)
+	repos := []string{"a", "b", "c/d"}
+	tagNames := []string{"v1", "v2", "latest"}
+	tags := map[string]v1.Image{} // "repo:tag" -> image, as far as the test knows
+	children := map[string]bool{} // "repo@digest" of index children: never deleted by digest
+	var images []struct {         // images pushed, to push again under another tag
+		repo string
+		img  v1.Image
+	}
+	counts := map[string]int{}
+	start := time.Now()
+	pickTag := func() (string, v1.Image) {
+		if len(tags) == 0 {
+			return "", nil
+		}
+		keys := make([]string, 0, len(tags))
+		for k := range tags {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		k := keys[r.IntN(len(keys))]
+		return k, tags[k]
+	}
+	forgetDigest := func(repo string, d v1.Hash) {
+		for k, img := range tags {
+			if strings.HasPrefix(k, repo+":") && regtest.Digest(t, img) == d {
+				delete(tags, k)
+			}
+		}
+	}
+	for i := 0; i < ops; i++ {
+		repo, tag := repos[r.IntN(len(repos))], tagNames[r.IntN(len(tagNames))]
+		switch op := r.IntN(100); {
+		case op < 12:
+			img := regtest.RandomImage(t, 1)
+			e.reg.Push(t, repo+":"+tag, img)
+			tags[repo+":"+tag] = img
+			images = append(images, struct {
+				repo string
+				img  v1.Image
+			}{repo, img})
+			counts["push"]++
+		case op < 17:
+			if len(images) > 0 {
+				im := images[r.IntN(len(images))]
+				e.reg.Push(t, im.repo+":"+tag, im.img) // blobs it lost are uploaded again
+				tags[im.repo+":"+tag] = im.img
+				counts["tag"]++
+			}
+		case op < 23:
+			if k, _ := pickTag(); k != "" {
+				rp, tg, _ := strings.Cut(k, ":")
+				e.reg.DeleteTag(t, rp, tg)
+				delete(tags, k)
+				counts["untag"]++
+			}
+		case op < 26:
+			if k, img := pickTag(); k != "" {
+				rp, _, _ := strings.Cut(k, ":")
+				d := regtest.Digest(t, img)
+				if !children[rp+"@"+d.String()] {
+					e.reg.DeleteManifest(t, rp, d) // the registry untags it too
+					forgetDigest(rp, d)
+					counts["delete manifest"]++
+				}
+			}
+		case op < 28:
+			layer, err := random.Layer(64, "application/vnd.oci.image.layer.v1.tar")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.WriteLayer(e.reg.Repo(t, repo), layer); err != nil {
+				t.Fatal(err)
+			}
+			if r.IntN(2) == 0 {
+				d, _ := layer.Digest()
+				e.reg.DeleteBlob(t, repo, d)
+				counts["delete blob"]++
+			}
+		case op < 30:
+			a, b := regtest.RandomImage(t, 1), regtest.RandomImage(t, 1)
+			e.reg.PushIndex(t, repo, tag, a, b)
+			delete(tags, repo+":"+tag)
+			children[repo+"@"+regtest.Digest(t, a).String()] = true
+			children[repo+"@"+regtest.Digest(t, b).String()] = true
+			counts["index"]++
+		case op < 32:
+			if k, img := pickTag(); k != "" {
+				rp, _, _ := strings.Cut(k, ":")
+				e.reg.PushReferrer(t, rp, regtest.Describe(t, img), "application/vnd.example.sig")
+				counts["referrer"]++
+			}
+		case op < 35:
+			if k, img := pickTag(); k != "" && !strings.HasPrefix(k, repo+":") {
+				e.reg.Mount(t, k, repo+":"+tag)
+				tags[repo+":"+tag] = img
+				counts["mount"]++
+			}
+		case op < 60:
+			if k, _ := pickTag(); k != "" {
+				rp, tg, _ := strings.Cut(k, ":")
+				if code := e.reg.ManifestStatus(t, rp, tg); code != http.StatusOK {
+					t.Fatalf("%s answers %d", k, code)
+				}
+				counts["pull"]++
+			}
+		case op < 97:
+			e.advance(time.Duration(r.Int64N(int64(testGrace))))
+			counts["clock"]++
+		default:
+			e.settle()
+			before, err := regtest.Reachable(e.reg.Root, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := e.col.Pass(context.Background())
+			if err != nil || rep.Errors > 0 {
+				t.Fatalf("pass: %v (%d errors)", err, rep.Errors)
+			}
+			after, err := regtest.Present(e.reg.Root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lost := before.Minus(after); len(lost) > 0 {
+				t.Fatalf("reachable objects deleted by a pass: %v", lost)
+			}
+			counts["pass"]++
+			counts["unlinked"] += rep.Unlinked
+			counts["purged"] += rep.Purged
+		}
+	}
+	rep := e.collectAndVerify()
+	counts["unlinked"] += rep.Unlinked
+	counts["purged"] += rep.Purged
+	for k := range tags {
+		e.mustPull(k)
+	}
+	t.Logf("%d operations in %s: %v", ops, time.Since(start).Round(time.Millisecond), counts)
+	if counts["purged"] == 0 {
+		t.Errorf("nothing purged: %v", counts)
 	}
 }
