@@ -504,7 +504,7 @@ func (f *Follower) loop(ctx context.Context, it jetstream.MessagesContext) error
 	}()
 	defer func() {
 		cancel()
-		it.Stop() // Next may be inside the consumer's reconnect loop, which only Stop ends
+		it.Stop()      // Next may be inside the consumer's reconnect loop, which only Stop ends
 		for range ch { // let read finish
 		}
 	}()
