@@ -29,9 +29,9 @@ package collector
 //   - Presence is published as the ordinary state events (ManifestPushed
 //     with the references parsed from storage, TagSet, BlobObserved with a
 //     repository for a layer link, BlobObserved without one for blob data),
-//     each confirmed against storage right before publishing. Blob data
-//     that nothing links becomes a leased candidate: the collector, not the
-//     walk, removes it once its lease and grace have passed.
+//     each confirmed against storage right before publishing, as is every
+//     absence. Blob data that nothing links becomes a leased candidate: the
+//     collector, not the walk, removes it once its lease and grace passed.
 //   - Event ids are deterministic for a walk ("reconcile-<asOf>-<hash>"), so
 //     a retried publish is deduplicated by the log.
 //   - Nodes with a pending collector intent are left alone: the collector
@@ -567,9 +567,11 @@ func (w *walk) absent() error {
 	return nil
 }
 
-// confirm re-reads storage for every presence correction and keeps those
-// that still hold, with the blob sizes filled in; and drops every
-// correction for a node that an event named since the walk began.
+// confirm re-reads storage for every correction and keeps those that
+// still hold: presence that is still there (with blob sizes filled in), and
+// absence that is still absent (so that a listing which missed an object
+// cannot have it collected). It drops every correction for a node that an
+// event named since the walk began.
 func (w *walk) confirm(ctx context.Context) ([]fix, error) {
 	st := w.r.cfg.Store
 	type repoState struct {
@@ -579,12 +581,12 @@ func (w *walk) confirm(ctx context.Context) ([]fix, error) {
 	}
 	repos := map[string]*repoState{}
 	for _, f := range w.fixes {
-		if f.node.Kind == events.NodeBlob || f.ev.Kind == events.ObservedAbsent {
+		if f.node.Kind == events.NodeBlob {
 			continue
 		}
 		rs := repos[f.node.Repo]
 		if rs == nil {
-			rs = &repoState{}
+			rs = &repoState{tags: map[string]digest.Digest{}, revs: map[digest.Digest]bool{}, layers: map[digest.Digest]bool{}}
 			repos[f.node.Repo] = rs
 		}
 		switch f.node.Kind {
@@ -596,32 +598,37 @@ func (w *walk) confirm(ctx context.Context) ([]fix, error) {
 			rs.wantLayers = true
 		}
 	}
+	tolerate := func(err error) error {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(w.r.cfg.Concurrency)
 	for repo, rs := range repos {
 		g.Go(func() error {
-			rs.tags, rs.revs, rs.layers = map[string]digest.Digest{}, map[digest.Digest]bool{}, map[digest.Digest]bool{}
 			if rs.wantTags {
-				if err := st.Tags(gctx, repo, func(tag string, cur digest.Digest) error {
+				if err := tolerate(st.Tags(gctx, repo, func(tag string, cur digest.Digest) error {
 					rs.tags[tag] = cur
 					return nil
-				}); err != nil {
+				})); err != nil {
 					return fmt.Errorf("collector: reconcile: confirm tags of %s: %w", repo, err)
 				}
 			}
 			if rs.wantRevs {
-				if err := st.Revisions(gctx, repo, func(d digest.Digest) error {
+				if err := tolerate(st.Revisions(gctx, repo, func(d digest.Digest) error {
 					rs.revs[d] = true
 					return nil
-				}); err != nil {
+				})); err != nil {
 					return fmt.Errorf("collector: reconcile: confirm revisions of %s: %w", repo, err)
 				}
 			}
 			if rs.wantLayers {
-				if err := st.LayerLinks(gctx, repo, func(d digest.Digest) error {
+				if err := tolerate(st.LayerLinks(gctx, repo, func(d digest.Digest) error {
 					rs.layers[d] = true
 					return nil
-				}); err != nil {
+				})); err != nil {
 					return fmt.Errorf("collector: reconcile: confirm layer links of %s: %w", repo, err)
 				}
 			}
@@ -633,30 +640,38 @@ func (w *walk) confirm(ctx context.Context) ([]fix, error) {
 	}
 	out := make([]fix, 0, len(w.fixes))
 	for _, f := range w.fixes {
-		keep := true
-		switch {
-		case f.ev.Kind == events.ObservedAbsent:
-		case f.node.Kind == events.NodeTag:
-			keep = repos[f.node.Repo].tags[f.node.Name] == f.ev.Tag.Digest
-		case f.node.Kind == events.NodeManifest:
-			keep = repos[f.node.Repo].revs[f.node.Digest]
-		case f.node.Kind == events.NodeLayer, f.node.Kind == events.NodeBlob:
-			if f.node.Kind == events.NodeLayer && !repos[f.node.Repo].layers[f.node.Digest] {
-				keep = false
-				break
-			}
+		absent := f.ev.Kind == events.ObservedAbsent
+		var there bool
+		switch f.node.Kind {
+		case events.NodeTag:
+			cur, ok := repos[f.node.Repo].tags[f.node.Name]
+			there = ok && (absent || cur == f.ev.Tag.Digest)
+		case events.NodeManifest:
+			there = repos[f.node.Repo].revs[f.node.Digest]
+		case events.NodeLayer:
+			there = repos[f.node.Repo].layers[f.node.Digest]
+		case events.NodeBlob:
 			size, err := st.StatBlob(ctx, f.node.Digest)
 			switch {
 			case err == nil:
-				f.ev.Blob.Size = size
-			case errors.Is(err, store.ErrNotFound):
-				keep = f.node.Kind == events.NodeLayer // a dangling link is still a link
-			default:
+				there = true
+				if !absent {
+					f.ev.Blob.Size = size
+				}
+			case !errors.Is(err, store.ErrNotFound):
 				return nil, fmt.Errorf("collector: reconcile: confirm %s: %w", f.node, err)
 			}
 		}
-		if !keep {
+		if there == absent {
 			continue
+		}
+		if f.node.Kind == events.NodeLayer && !absent {
+			// A dangling link is still a link: its size stays unknown.
+			if size, err := st.StatBlob(ctx, f.node.Digest); err == nil {
+				f.ev.Blob.Size = size
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return nil, fmt.Errorf("collector: reconcile: confirm %s: %w", f.node, err)
+			}
 		}
 		if _, _, changed, err := w.lookup(f.node); err != nil {
 			return nil, err

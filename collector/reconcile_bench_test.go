@@ -199,6 +199,20 @@ func BenchmarkReconcilePass(b *testing.B) {
 		}
 		b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
 	})
+	// The projection's own recount, which a pass includes, alone: it holds
+	// every node record in memory at once.
+	b.Run("check-only", func(b *testing.B) {
+		b.ReportAllocs()
+		var peak uint64
+		for b.Loop() {
+			peak = max(peak, peakHeap(func() {
+				if ms, err := proj.Check(); err != nil || len(ms) > 0 {
+					b.Fatalf("check: %v %v", ms, err)
+				}
+			}))
+		}
+		b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+	})
 	b.Run("markandsweep", func(b *testing.B) {
 		b.ReportAllocs()
 		drv := st.StorageDriver()
