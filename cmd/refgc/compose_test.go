@@ -13,6 +13,7 @@ import (
 	"github.com/distribution/distribution/v3/configuration"
 
 	"github.com/refgc/refgc/internal/daemon"
+	"github.com/refgc/refgc/store"
 )
 
 const repoRoot = "../.."
@@ -139,6 +140,9 @@ func TestComposeFile(t *testing.T) {
 		}
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
+		}
+		if _, err := store.FromConfig(context.Background(), cfg.Storage); err != nil {
+			t.Errorf("storage section: %v", err)
 		}
 		fs, _ := cfg.Storage["filesystem"].(map[any]any)
 		if fs["rootdirectory"] != "/var/lib/registry" || cfg.NATS.URL != "nats://nats:4222" {
