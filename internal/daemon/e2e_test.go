@@ -417,7 +417,7 @@ func TestStockCollectorBreakages(t *testing.T) {
 // Pushes and pulls while the daemon's own collector loop runs passes
 // continuously on a short real-time grace.
 func TestPushPullWhileCollecting(t *testing.T) {
-	e := newEnv(t, envOpts{grace: 4 * time.Second, collectInterval: 10 * time.Millisecond})
+	e := newEnv(t, envOpts{grace: 10 * time.Second, collectInterval: 10 * time.Millisecond})
 	base := regtest.RandomImage(t, 2)
 	e.reg.Push(t, "app:base", base)
 	for i := range 30 {
