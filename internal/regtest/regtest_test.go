@@ -5,6 +5,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -188,5 +190,77 @@ func TestNotify(t *testing.T) {
 		if a != "Bearer s3cret" {
 			t.Errorf("authorization header %q", a)
 		}
+	}
+}
+
+// TestStartFromConfigFile runs a registry from a deployment-style file:
+// storage moves under the test's root, notifications go to the test.
+func TestStartFromConfigFile(t *testing.T) {
+	var mu sync.Mutex
+	var hdr []string
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		mu.Lock()
+		hdr = append(hdr, req.Header.Get("X-Test")+" "+req.Header.Get("Authorization"))
+		mu.Unlock()
+	}))
+	t.Cleanup(sink.Close)
+
+	cfg := filepath.Join(t.TempDir(), "config.yml")
+	if err := os.WriteFile(cfg, []byte(`version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: /nonexistent/registry
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:5055
+  secret: testsecret
+notifications:
+  events:
+    includereferences: true
+  endpoints:
+    - name: gc
+      url: http://127.0.0.1:1/events
+      headers:
+        X-Test: [hello]
+      timeout: 2s
+      threshold: 3
+      backoff: 1s
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	r := StartFromConfigFile(t, cfg, Options{Root: root, NotifyURL: sink.URL, NotifyToken: "tok"})
+	img := r.PushRandom(t, "app:v1", 1)
+	r.DeleteManifest(t, "app", Digest(t, img)) // delete must be enabled, as the file says
+	p, err := Present(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Blobs.Len() == 0 {
+		t.Fatal("nothing stored under the test's root")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		mu.Lock()
+		n := len(hdr)
+		mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no notification reached the test")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if hdr[0] != "hello Bearer tok" {
+		t.Errorf("headers %q", hdr[0])
 	}
 }
