@@ -38,7 +38,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore())
+	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact())
 	return root
 }
 
@@ -206,6 +206,40 @@ func newRestore() *cobra.Command {
 			}
 			q := url.Values{"repo": {repo}, "digest": {dg}}
 			return callPrint(cmd, http.MethodPost, addr+daemon.RestorePath+"?"+q.Encode())
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
+	return cmd
+}
+
+func newWhy() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:   "why REF",
+		Short: "Show the chain of references that keeps an object alive (REF: repo:tag, repo@digest, layer:repo@digest, blob:digest)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := daemon.ParseRef(args[0]); err != nil {
+				return err
+			}
+			return callPrint(cmd, http.MethodGet, addr+daemon.WhyPath+"?"+url.Values{"ref": {args[0]}}.Encode())
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
+	return cmd
+}
+
+func newImpact() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:   "impact REF",
+		Short: "Show what deleting a tag (repo:tag) or a revision (repo@digest) would free, with bytes",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := daemon.ParseRef(args[0]); err != nil {
+				return err
+			}
+			return callPrint(cmd, http.MethodGet, addr+daemon.ImpactPath+"?"+url.Values{"ref": {args[0]}}.Encode())
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")

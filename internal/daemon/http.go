@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/refcount"
 )
 
 // HTTP paths the daemon serves.
@@ -22,6 +25,8 @@ const (
 	NodesPath   = "/v1/nodes"
 	RestorePath = "/v1/restore"
 	CollectPath = "/v1/collect"
+	WhyPath     = "/v1/why"
+	ImpactPath  = "/v1/impact"
 )
 
 func (d *Daemon) routes(hook http.Handler) http.Handler {
@@ -36,6 +41,8 @@ func (d *Daemon) routes(hook http.Handler) http.Handler {
 	mux.HandleFunc("GET "+NodesPath, d.nodes)
 	mux.HandleFunc("POST "+RestorePath, d.restore)
 	mux.HandleFunc("POST "+CollectPath, d.collect)
+	mux.HandleFunc("GET "+WhyPath, d.why)
+	mux.HandleFunc("GET "+ImpactPath, d.impact)
 	return mux
 }
 
@@ -119,6 +126,72 @@ func (d *Daemon) collect(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// ParseRef reads a node reference as operators write it: "repo:tag",
+// "repo@digest" (a manifest revision), "layer:repo@digest" or
+// "blob:digest".
+func ParseRef(s string) (events.NodeRef, error) {
+	var ref events.NodeRef
+	switch {
+	case strings.HasPrefix(s, "blob:"):
+		ref = events.NodeRef{Kind: events.NodeBlob, Digest: digest.Digest(strings.TrimPrefix(s, "blob:"))}
+	case strings.HasPrefix(s, "layer:"):
+		repo, d, _ := strings.Cut(strings.TrimPrefix(s, "layer:"), "@")
+		ref = events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: digest.Digest(d)}
+	case strings.Contains(s, "@"):
+		repo, d, _ := strings.Cut(s, "@")
+		ref = events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: digest.Digest(d)}
+	default:
+		i := strings.LastIndex(s, ":")
+		if i < 0 {
+			return ref, fmt.Errorf("daemon: reference %q: want repo:tag, repo@digest, layer:repo@digest or blob:digest", s)
+		}
+		ref = events.NodeRef{Kind: events.NodeTag, Repo: s[:i], Name: s[i+1:]}
+	}
+	ev := events.Event{V: events.Version, ID: "ref", Time: time.Unix(1, 0), Kind: events.ObservedAbsent,
+		Absent: &events.Observation{Node: ref}}
+	if err := ev.Validate(); err != nil {
+		return ref, fmt.Errorf("daemon: reference %q: %w", s, err)
+	}
+	return ref, nil
+}
+
+// why answers GET /v1/why?ref=… with the chain that keeps a node alive.
+func (d *Daemon) why(w http.ResponseWriter, r *http.Request) {
+	ref, err := ParseRef(r.URL.Query().Get("ref"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	res, err := d.proj.Why(ref)
+	switch {
+	case errors.Is(err, refcount.ErrUnknownNode):
+		http.Error(w, err.Error(), http.StatusNotFound)
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	default:
+		writeJSON(w, http.StatusOK, res)
+	}
+}
+
+// impact answers GET /v1/impact?ref=… with what deleting a tag or a
+// manifest revision would free.
+func (d *Daemon) impact(w http.ResponseWriter, r *http.Request) {
+	ref, err := ParseRef(r.URL.Query().Get("ref"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	res, err := d.proj.Impact(ref, time.Now())
+	switch {
+	case errors.Is(err, refcount.ErrUnknownNode):
+		http.Error(w, err.Error(), http.StatusNotFound)
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusBadRequest)
+	default:
+		writeJSON(w, http.StatusOK, res)
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -1,0 +1,84 @@
+package daemon_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/daemon"
+	"github.com/refgc/refgc/internal/regtest"
+	"github.com/refgc/refgc/refcount"
+)
+
+func TestAdminWhyAndImpact(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	img := e.reg.PushRandom(t, "app:v1", 2)
+	e.settle()
+	get := func(path, ref string, out any) int {
+		t.Helper()
+		resp, err := http.Get(e.d.URL() + path + "?" + url.Values{"ref": {ref}}.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b, _ := io.ReadAll(resp.Body)
+			t.Logf("GET %s %s: %d %s", path, ref, resp.StatusCode, b)
+			return resp.StatusCode
+		}
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatal(err)
+		}
+		return 200
+	}
+	layer := regtest.BlobDigests(t, img)[1]
+	var why refcount.Why
+	if code := get(daemon.WhyPath, "blob:"+layer.String(), &why); code != 200 {
+		t.Fatalf("why: %d", code)
+	}
+	if why.Root != "tag" || len(why.Chain) != 4 || why.Chain[0].Node != (events.NodeRef{Kind: events.NodeTag, Repo: "app", Name: "v1"}) {
+		t.Fatalf("why: %+v", why)
+	}
+	var im refcount.Impact
+	if code := get(daemon.ImpactPath, "app:v1", &im); code != 200 {
+		t.Fatalf("impact: %d", code)
+	}
+	// The tag, the manifest, its content blob, and config + 2 layers as links and blobs.
+	if im.Nodes != 9 || im.Bytes == 0 {
+		t.Fatalf("impact: %+v", im)
+	}
+	if code := get(daemon.WhyPath, "app:nope", &why); code != http.StatusNotFound {
+		t.Fatalf("why of an unknown tag: %d", code)
+	}
+	if code := get(daemon.ImpactPath, "../etc:x", &im); code != http.StatusBadRequest {
+		t.Fatalf("impact of a bad name: %d", code)
+	}
+	e.mustPull("app:v1") // nothing changed
+}
+
+func TestParseRef(t *testing.T) {
+	good := map[string]events.NodeKind{
+		"app:v1":                    events.NodeTag,
+		"registry.local/app:v1":     events.NodeTag,
+		"app@sha256:" + hex64:       events.NodeManifest,
+		"layer:a/b@sha256:" + hex64: events.NodeLayer,
+		"blob:sha256:" + hex64:      events.NodeBlob,
+		"team/app.x:latest":         events.NodeTag,
+	}
+	for s, kind := range good {
+		ref, err := daemon.ParseRef(s)
+		if err != nil || ref.Kind != kind {
+			t.Errorf("ParseRef(%q) = %+v, %v", s, ref, err)
+		}
+	}
+	for _, s := range []string{"app", "../x:v1", "App:v1", "app@sha256:zz", "blob:nope", "a/../../b:v1", "app:\x00"} {
+		if _, err := daemon.ParseRef(s); err == nil {
+			t.Errorf("ParseRef(%q) accepted", s)
+		}
+	}
+}
+
+const hex64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
