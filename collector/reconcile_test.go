@@ -452,16 +452,37 @@ func TestRebuildFromStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := collector.NewReconciler(collector.ReconcilerConfig{Projection: live, Store: st, Logger: quietLogger})
+	// The storage holds only the shared layers' data: a reconcile through
+	// the log observes every other present node absent, and its corrections
+	// are in the stream, so the rebuild below replays them too.
+	for i := range 13 {
+		d := digest.FromString(fmt.Sprintf("layer-%d", i))
+		if err := st.StorageDriver().PutContent(ctx, blobDataPath(d), []byte("layer")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jslog := &collector.JetStreamLog{Publisher: pub, Follower: f}
+	r, err := collector.NewReconciler(collector.ReconcilerConfig{Projection: live, Store: st, Log: jslog, Logger: quietLogger})
 	if err != nil {
 		t.Fatal(err)
 	}
+	d, err := r.Reconcile(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.AsOf != 600 || d.Published == 0 || d.Published != d.Counts[collector.DriftMissingFromStorage] {
+		t.Fatalf("reconcile against empty storage: %s", d)
+	}
+	if d, err := r.Verify(ctx); err != nil || !d.Clean() {
+		t.Fatalf("verify after reconcile: %s, %v", d, err)
+	}
+	last := 600 + uint64(d.Published)
 	path := filepath.Join(t.TempDir(), "rebuilt.db")
 	rep, err := r.Rebuild(ctx, path, collector.StreamReplay(stream, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.From != "log" || rep.Cursor != 600 || rep.Differences != 0 || rep.Nodes == 0 {
+	if rep.From != "log" || rep.Cursor != last || rep.LiveCursor != last || rep.Differences != 0 || rep.Nodes < 13 {
 		t.Fatalf("rebuild: %+v", rep)
 	}
 	rebuilt, err := refcount.Open(path, refcount.Options{NoSync: true})
