@@ -161,7 +161,8 @@ type Drift struct {
 	AsOf uint64 `json:"asOf"`
 	// Counts holds every drift type, zero included.
 	Counts map[string]int `json:"counts"`
-	// Examples holds up to ReconcilerConfig.Examples descriptions per type.
+	// Examples holds up to ReconcilerConfig.Examples descriptions per type,
+	// sorted; which ones are kept when there are more depends on the walk's order.
 	Examples map[string][]string `json:"examples,omitempty"`
 	// Scanned counts what the walk saw: repositories, tags, revisions, layers, blobs.
 	Scanned map[string]int `json:"scanned"`
@@ -204,6 +205,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, apply bool) (Drift, error) {
 	start := time.Now()
 	d, err := r.pass(ctx, apply)
 	d.Duration = time.Since(start)
+	for typ := range d.Examples {
+		slices.Sort(d.Examples[typ]) // found concurrently, in no particular order
+	}
 	if err != nil {
 		return d, err
 	}
@@ -725,14 +729,6 @@ func correctionID(asOf uint64, f fix) string {
 	return fmt.Sprintf("reconcile-%d-%s", asOf, hex.EncodeToString(h.Sum(nil)[:12]))
 }
 
-// sortedExamples returns the examples of a drift type, sorted (the walk
-// finds them in no particular order).
-func (d Drift) sortedExamples(typ string) []string {
-	s := slices.Clone(d.Examples[typ])
-	slices.Sort(s)
-	return s
-}
-
 // String summarises the drift on one line.
 func (d Drift) String() string {
 	var b strings.Builder
@@ -742,7 +738,7 @@ func (d Drift) String() string {
 	}
 	fmt.Fprintf(&b, " published=%d", d.Published)
 	for _, typ := range DriftTypes {
-		for _, ex := range d.sortedExamples(typ) {
+		for _, ex := range d.Examples[typ] {
 			fmt.Fprintf(&b, "\n  %s: %s", typ, ex)
 		}
 	}
