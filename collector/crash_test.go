@@ -244,10 +244,7 @@ func TestCrashAndRestart(t *testing.T) {
 					e.advance(step)
 					_, err := col.Pass(context.Background())
 					if cr.isDead() {
-						if err == nil {
-							t.Logf("the pass ended without noticing the crash")
-						}
-						break
+						break // the pass may or may not have seen it: the process is gone
 					}
 					if err != nil {
 						t.Fatalf("pass before the crash: %v", err)

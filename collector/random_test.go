@@ -294,6 +294,9 @@ type pushed struct {
 // hand, and checks each pass against the on-disk reachability oracle.
 func TestRandomDirect(t *testing.T) {
 	ops := 10000
+	if testing.Short() {
+		ops /= 10
+	}
 	if *opsFlag > 0 {
 		ops = *opsFlag
 	}
@@ -422,8 +425,8 @@ func TestRandomDirect(t *testing.T) {
 				w.emit(events.Event{Kind: events.Touched, Ref: &events.Ref{Repo: m.repo, Digest: m.desc.Digest}})
 				counts["pull"]++
 			}
-		case op < 98:
-			w.clock = w.clock.Add(time.Duration(r.Int64N(int64(testGrace / 4))))
+		case op < 99:
+			w.clock = w.clock.Add(time.Duration(r.Int64N(int64(testGrace / 3))))
 			counts["clock"]++
 		default:
 			rep := w.pass()
@@ -460,6 +463,9 @@ func TestRandomDirect(t *testing.T) {
 // sized to run in about a minute; -collector.ops sets the count.
 func TestRandomRegistry(t *testing.T) {
 	ops := 1000
+	if testing.Short() {
+		ops /= 10
+	}
 	if *opsFlag > 0 {
 		ops = *opsFlag
 	}
