@@ -20,6 +20,7 @@ type fixture struct {
 	p   *Projection
 	seq uint64
 	now time.Time
+	log []events.Record // what applyTwice applied
 }
 
 func newFixture(t *testing.T, opts Options) *fixture {

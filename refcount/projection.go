@@ -260,6 +260,14 @@ func (p *Projection) newTxn(tx *bolt.Tx) *txn {
 // get returns the node record for k, a new empty one if there is none.
 func (t *txn) get(k []byte) *node {
 	if n, ok := t.cache[string(k)]; ok {
+		if n.alive() || n.active() {
+			return n
+		}
+		// Dead since it was cached: flush would delete its record, so it
+		// comes back as new, exactly as it would in a later batch. It is
+		// reset in place, since callers may hold it; the old queue entry
+		// is kept in view for flush to remove.
+		*n = node{queuedAt: n.queuedAt}
 		return n
 	}
 	n := &node{}
