@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"testing"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -405,5 +406,35 @@ func (m *marker) follow(repo string, d digest.Digest, from string) {
 	}
 	for _, r := range m.referrers[k] {
 		m.follow(repo, r, "subject "+k)
+	}
+}
+
+// VerifyCollection checks a collection against the oracle: it computes
+// what is reachable under root, runs collect, and then requires that every
+// reachable object is still present and that nothing else is, except the
+// objects named in kept (keys as Sets.Minus gives them, such as
+// "layer repo@sha256:…" or "blob sha256:…").
+func VerifyCollection(t testing.TB, root string, keepUntagged bool, kept map[string]bool, collect func()) {
+	t.Helper()
+	before, err := Reachable(root, keepUntagged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	collect()
+	after, err := Present(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost := before.Minus(after); len(lost) > 0 {
+		t.Errorf("reachable objects deleted: %v", lost)
+	}
+	var left []string
+	for _, k := range after.Minus(before) {
+		if !kept[k] {
+			left = append(left, k)
+		}
+	}
+	if len(left) > 0 {
+		t.Errorf("garbage left behind: %v", left)
 	}
 }
