@@ -336,6 +336,13 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
 		return fmt.Errorf("collector: catch up after removals: %w", err)
 	}
+	settled := make([]string, 0, len(done))
+	defer func() {
+		// One transaction (one fsync) for the whole round's intents.
+		if err := c.cfg.Projection.DropIntents(settled); err != nil {
+			c.cfg.Logger.Error("dropping settled intents failed; recovery will drop them", "err", err)
+		}
+	}()
 	for _, in := range done {
 		raced, err := c.settle(ctx, in)
 		if err != nil {
@@ -343,6 +350,7 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 			c.cfg.Logger.Error("settling a removal failed; the intent stays", "node", in.Node.String(), "err", err)
 			continue
 		}
+		settled = append(settled, in.ID)
 		if raced {
 			rep.Restored++
 			continue
@@ -365,7 +373,7 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 
 // settle looks at a node after its Collected event was applied: if the
 // projection kept it (the removal raced with a new reference), the links
-// are put back. Then the intent is dropped.
+// are put back. The caller then drops the intent.
 func (c *Collector) settle(ctx context.Context, in refcount.Intent) (raced bool, err error) {
 	ni, ok, err := c.cfg.Projection.Get(in.Node)
 	if err != nil {
@@ -379,7 +387,7 @@ func (c *Collector) settle(ctx context.Context, in refcount.Intent) (raced bool,
 		}
 		c.cfg.Logger.Warn("a removal raced with a new reference; restored", "node", in.Node.String())
 	}
-	return raced, c.cfg.Projection.DropIntent(in.ID)
+	return raced, nil
 }
 
 // undo puts back what an intent's storage operation removed.

@@ -170,8 +170,22 @@ func (p *Projection) SetIntent(in Intent) error {
 }
 
 // DropIntent removes an intent.
-func (p *Projection) DropIntent(id string) error {
-	return p.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketIntents).Delete([]byte(id)) })
+func (p *Projection) DropIntent(id string) error { return p.DropIntents([]string{id}) }
+
+// DropIntents removes intents in one transaction.
+func (p *Projection) DropIntents(ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	return p.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIntents)
+		for _, id := range ids {
+			if err := b.Delete([]byte(id)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Trash returns the unlinked, restorable manifest revisions, oldest first.

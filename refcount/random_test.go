@@ -275,7 +275,7 @@ func TestRandomAgainstModel(t *testing.T) {
 							for _, e := range batch {
 								m.do(e)
 								m.state()
-					m.state() // forget, event by event, what died
+								m.state() // forget, event by event, what died
 							}
 							ops += len(batch)
 							batch = nil
