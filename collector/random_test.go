@@ -392,8 +392,15 @@ func TestRandomDirect(t *testing.T) {
 				counts["delete manifest"]++
 			}
 		case op < 28:
-			// Delete a layer link that no live manifest of the repository
-			// uses (a stray upload).
+			// Delete a layer link: one that a live image uses (the image
+			// breaks, its blob stays reachable), or a stray upload.
+			if m := livePick(repo, false); m != nil && r.IntN(2) == 0 {
+				d := m.blobs[1].Digest
+				w.must(w.store.DeleteLayerLink(ctx, repo, d))
+				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.Ref{Repo: repo, Digest: d}})
+				counts["delete used layer"]++
+				break
+			}
 			d := w.pushBlob(r, repo, mtLayer, 64).Digest
 			if r.IntN(2) == 0 {
 				w.must(w.store.DeleteLayerLink(ctx, repo, d))
@@ -479,8 +486,14 @@ func TestRandomRegistry(t *testing.T) {
 		repo string
 		img  v1.Image
 	}
+	broken := map[string]bool{} // "repo@digest" of images with a layer unlinked
 	counts := map[string]int{}
 	start := time.Now()
+	push := func(ref string, img v1.Image) {
+		e.reg.Push(t, ref, img) // blobs it lost are uploaded again
+		rp, _, _ := strings.Cut(ref, ":")
+		delete(broken, rp+"@"+regtest.Digest(t, img).String())
+	}
 	pickTag := func() (string, v1.Image) {
 		if len(tags) == 0 {
 			return "", nil
@@ -505,7 +518,7 @@ func TestRandomRegistry(t *testing.T) {
 		switch op := r.IntN(100); {
 		case op < 12:
 			img := regtest.RandomImage(t, 1)
-			e.reg.Push(t, repo+":"+tag, img)
+			push(repo+":"+tag, img)
 			tags[repo+":"+tag] = img
 			images = append(images, struct {
 				repo string
@@ -515,7 +528,7 @@ func TestRandomRegistry(t *testing.T) {
 		case op < 17:
 			if len(images) > 0 {
 				im := images[r.IntN(len(images))]
-				e.reg.Push(t, im.repo+":"+tag, im.img) // blobs it lost are uploaded again
+				push(im.repo+":"+tag, im.img)
 				tags[im.repo+":"+tag] = im.img
 				counts["tag"]++
 			}
@@ -537,6 +550,18 @@ func TestRandomRegistry(t *testing.T) {
 				}
 			}
 		case op < 28:
+			if k, img := pickTag(); k != "" && r.IntN(2) == 0 {
+				// Unlink a layer a live image uses: the image breaks, its
+				// data stays reachable.
+				rp, _, _ := strings.Cut(k, ":")
+				l := regtest.BlobDigests(t, img)[1]
+				if code := e.reg.BlobStatus(t, rp, l); code == http.StatusOK {
+					e.reg.DeleteBlob(t, rp, l)
+					broken[rp+"@"+regtest.Digest(t, img).String()] = true
+					counts["delete used layer"]++
+				}
+				break
+			}
 			layer, err := random.Layer(64, "application/vnd.oci.image.layer.v1.tar")
 			if err != nil {
 				t.Fatal(err)
@@ -563,9 +588,11 @@ func TestRandomRegistry(t *testing.T) {
 				counts["referrer"]++
 			}
 		case op < 35:
-			if k, img := pickTag(); k != "" && !strings.HasPrefix(k, repo+":") {
+			if k, img := pickTag(); k != "" && !strings.HasPrefix(k, repo+":") &&
+				!broken[strings.SplitN(k, ":", 2)[0]+"@"+regtest.Digest(t, img).String()] {
 				e.reg.Mount(t, k, repo+":"+tag)
 				tags[repo+":"+tag] = img
+				delete(broken, repo+"@"+regtest.Digest(t, img).String())
 				counts["mount"]++
 			}
 		case op < 60:
@@ -604,8 +631,11 @@ func TestRandomRegistry(t *testing.T) {
 	rep := e.collectAndVerify()
 	counts["unlinked"] += rep.Unlinked
 	counts["purged"] += rep.Purged
-	for k := range tags {
-		e.mustPull(k)
+	for k, img := range tags {
+		rp, _, _ := strings.Cut(k, ":")
+		if !broken[rp+"@"+regtest.Digest(t, img).String()] {
+			e.mustPull(k)
+		}
 	}
 	t.Logf("%d operations in %s: %v", ops, time.Since(start).Round(time.Millisecond), counts)
 	if counts["purged"] == 0 {
