@@ -95,6 +95,10 @@ type CollectorConfig struct {
 	Interval  time.Duration `yaml:"interval"`
 	Grace     time.Duration `yaml:"grace"`
 	Retention time.Duration `yaml:"retention"`
+	// ReconcileInterval is the time between reconcile passes, which compare
+	// storage with the projection and publish corrections (default 24h;
+	// zero or negative disables the periodic pass).
+	ReconcileInterval time.Duration `yaml:"reconcileInterval"`
 	// Untagged is "delete" or "keep".
 	Untagged    string  `yaml:"untagged"`
 	Concurrency int     `yaml:"concurrency"`
@@ -112,6 +116,7 @@ func Defaults() Config {
 		Collector: CollectorConfig{
 			Interval: time.Minute, Grace: time.Hour, Retention: 24 * time.Hour,
 			Untagged: string(refcount.PolicyDelete), Concurrency: 8, BatchSize: 256,
+			ReconcileInterval: 24 * time.Hour,
 		},
 		StatsInterval: 15 * time.Second,
 		ReadyMaxLag:   1000,

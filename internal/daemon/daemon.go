@@ -6,8 +6,12 @@
 //
 // Invariants:
 //   - Nothing here reads flags, files or the environment: a Config is given.
-//   - At most one collector pass runs at a time, whether started by the loop
-//     or by POST /v1/collect.
+//   - At most one collector or reconcile pass runs at a time, whether
+//     started by a loop or by an admin endpoint.
+//   - Once the follower stops with events.ErrCursorGap the projection is
+//     stale: no collector pass runs again in this process (the webhook is
+//     still served, so notifications keep reaching the log) until an
+//     operator rebuilds the projection and restarts.
 //   - Shutdown stops in dependency order: HTTP first (no new events), then
 //     the collector and the follower, then the projection is closed and
 //     the NATS connection and the embedded server are stopped.
@@ -59,6 +63,8 @@ type Daemon struct {
 	store  *store.Driver
 	col    *collector.Collector
 	jslog  *collector.JetStreamLog
+	stream jetstream.Stream
+	rec    *collector.Reconciler // nil without storage
 	reg    *prometheus.Registry
 	gauges *gauges
 	ln     net.Listener
@@ -70,6 +76,7 @@ type Daemon struct {
 	wg          sync.WaitGroup
 	followerErr atomic.Pointer[error]
 	followerUp  atomic.Bool
+	halted      atomic.Pointer[string] // why collection stopped for good
 	done        chan struct{}
 	doneOnce    sync.Once
 	shutOnce    sync.Once
@@ -105,7 +112,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.connect(); err != nil {
 		return nil, err
 	}
-	if _, err := events.EnsureStream(ctx, d.js, events.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
+	if d.stream, err = events.EnsureStream(ctx, d.js, events.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	d.proj, err = refcount.Open(filepath.Join(cfg.DataDir, ProjectionFile), refcount.Options{
@@ -140,6 +147,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		if err != nil {
 			return nil, err
 		}
+		if d.rec, err = d.newReconciler(d.jslog, d.reg); err != nil {
+			return nil, err
+		}
 	} else if cfg.Webhook.RegistryURL != "" {
 		reader = &events.RegistryManifestReader{BaseURL: cfg.Webhook.RegistryURL,
 			Token: cfg.Webhook.RegistryToken, Username: cfg.Webhook.RegistryUser, Password: cfg.Webhook.RegistryPassword}
@@ -170,6 +180,11 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		defer d.wg.Done()
 		err := d.fol.Run(runCtx)
 		d.followerUp.Store(false)
+		if err != nil && errors.Is(err, events.ErrCursorGap) && runCtx.Err() == nil {
+			d.followerErr.Store(&err)
+			d.cursorGap(runCtx, err)
+			return
+		}
 		if err != nil {
 			d.followerErr.Store(&err)
 			d.log.Error("follower stopped", "err", err)
@@ -181,6 +196,11 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		defer d.wg.Done()
 		d.gauges.loop(runCtx, cfg.StatsInterval)
 	}()
+	if d.rec != nil {
+		if err := d.startReconcile(runCtx); err != nil {
+			return nil, err
+		}
+	}
 	if d.col != nil && cfg.Collector.Interval > 0 {
 		d.wg.Add(1)
 		go func() {
@@ -271,6 +291,9 @@ func (d *Daemon) Collect(ctx context.Context, dryRun bool) (collector.Report, er
 	if d.store == nil {
 		return collector.Report{}, ErrNoStorage
 	}
+	if why := d.halted.Load(); why != nil {
+		return collector.Report{}, fmt.Errorf("%w: %s", ErrCollectionHalted, *why)
+	}
 	c := d.col
 	if dryRun && !d.cfg.Collector.DryRun {
 		var err error
@@ -280,6 +303,9 @@ func (d *Daemon) Collect(ctx context.Context, dryRun bool) (collector.Report, er
 	}
 	d.passMu.Lock()
 	defer d.passMu.Unlock()
+	if why := d.halted.Load(); why != nil { // halted while waiting for the lock
+		return collector.Report{}, fmt.Errorf("%w: %s", ErrCollectionHalted, *why)
+	}
 	rep, err := c.Pass(ctx)
 	if err == nil && (rep.Unlinked > 0 || rep.Purged > 0 || rep.Errors > 0) {
 		d.log.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged, "bytes", rep.Bytes,

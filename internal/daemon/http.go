@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -14,19 +15,23 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/refcount"
 )
 
 // HTTP paths the daemon serves.
 const (
-	WebhookPath = "/v1/distribution/events"
-	DumpPath    = "/v1/dump"
-	NodesPath   = "/v1/nodes"
-	RestorePath = "/v1/restore"
-	CollectPath = "/v1/collect"
-	WhyPath     = "/v1/why"
-	ImpactPath  = "/v1/impact"
+	WebhookPath   = "/v1/distribution/events"
+	DumpPath      = "/v1/dump"
+	NodesPath     = "/v1/nodes"
+	RestorePath   = "/v1/restore"
+	CollectPath   = "/v1/collect"
+	WhyPath       = "/v1/why"
+	ImpactPath    = "/v1/impact"
+	VerifyPath    = "/v1/verify"
+	ReconcilePath = "/v1/reconcile"
+	RebuildPath   = "/v1/rebuild"
 )
 
 func (d *Daemon) routes(hook http.Handler) http.Handler {
@@ -43,6 +48,9 @@ func (d *Daemon) routes(hook http.Handler) http.Handler {
 	mux.HandleFunc("POST "+CollectPath, d.collect)
 	mux.HandleFunc("GET "+WhyPath, d.why)
 	mux.HandleFunc("GET "+ImpactPath, d.impact)
+	mux.HandleFunc("GET "+VerifyPath, d.verify)
+	mux.HandleFunc("POST "+ReconcilePath, d.reconcile)
+	mux.HandleFunc("POST "+RebuildPath, d.rebuild)
 	return mux
 }
 
@@ -118,11 +126,60 @@ func (d *Daemon) collect(w http.ResponseWriter, r *http.Request) {
 	dry, _ := strconv.ParseBool(r.URL.Query().Get("dry_run"))
 	rep, err := d.Collect(r.Context(), dry)
 	if err != nil {
-		code := http.StatusInternalServerError
-		if errors.Is(err, ErrNoStorage) {
-			code = http.StatusConflict
+		http.Error(w, err.Error(), errorCode(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// errorCode is 409 for what the daemon's state refuses, 500 otherwise.
+func errorCode(err error) int {
+	if errors.Is(err, ErrNoStorage) || errors.Is(err, ErrCollectionHalted) || errors.Is(err, collector.ErrRebuildTarget) {
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+// verify answers GET /v1/verify with the Drift of a pass that changes
+// nothing (200 whether or not it is clean).
+func (d *Daemon) verify(w http.ResponseWriter, r *http.Request) {
+	drift, err := d.Verify(r.Context())
+	if err != nil {
+		http.Error(w, err.Error(), errorCode(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, drift)
+}
+
+// reconcile answers POST /v1/reconcile?apply=bool (a dry run by default).
+func (d *Daemon) reconcile(w http.ResponseWriter, r *http.Request) {
+	apply := false
+	if v := r.URL.Query().Get("apply"); v != "" {
+		var err error
+		if apply, err = strconv.ParseBool(v); err != nil {
+			http.Error(w, "apply: "+err.Error(), http.StatusBadRequest)
+			return
 		}
-		http.Error(w, err.Error(), code)
+	}
+	drift, err := d.Reconcile(r.Context(), apply)
+	if err != nil {
+		http.Error(w, err.Error(), errorCode(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, drift)
+}
+
+// rebuild answers POST /v1/rebuild?out=PATH, PATH being an absolute path
+// on the daemon's machine that does not exist yet.
+func (d *Daemon) rebuild(w http.ResponseWriter, r *http.Request) {
+	out := r.URL.Query().Get("out")
+	if out == "" || !filepath.IsAbs(out) {
+		http.Error(w, "out: want an absolute path", http.StatusBadRequest)
+		return
+	}
+	rep, err := d.Rebuild(r.Context(), out)
+	if err != nil {
+		http.Error(w, err.Error(), errorCode(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, rep)

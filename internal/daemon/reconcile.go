@@ -1,0 +1,172 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/refgc/refgc/collector"
+)
+
+// ErrCollectionHalted is returned (wrapped) by Collect once the follower
+// stopped with events.ErrCursorGap: the projection no longer follows the
+// log, and a pass acting on it could delete what it never heard of.
+var ErrCollectionHalted = errors.New("daemon: collection halted, the projection is stale")
+
+func (d *Daemon) newReconciler(log collector.Log, reg prometheus.Registerer) (*collector.Reconciler, error) {
+	r, err := collector.NewReconciler(collector.ReconcilerConfig{
+		Projection: d.proj, Store: d.store, Log: log, Concurrency: d.cfg.Collector.Concurrency,
+		Logger: d.log, Registerer: reg, Now: d.now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: reconciler: %w", err)
+	}
+	return r, nil
+}
+
+// startReconcile starts the reconcile loop. When the projection is empty
+// (cursor 0: a new or deleted refs.db) the first pass runs at once, and the
+// pass lock is taken here, before any collector pass can start, so that no
+// collector pass acts on a projection that has not yet seen storage.
+func (d *Daemon) startReconcile(ctx context.Context) error {
+	cursor, err := d.proj.Cursor()
+	if err != nil {
+		return fmt.Errorf("daemon: projection cursor: %w", err)
+	}
+	first := cursor == 0
+	if first {
+		d.passMu.Lock()
+	}
+	every := d.cfg.Collector.ReconcileInterval
+	if !first && every <= 0 {
+		return nil
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if first {
+			d.log.Info("empty projection: reconciling it with storage before any collector pass")
+			d.reconcileLocked(ctx, "start")
+			d.passMu.Unlock()
+		}
+		if every <= 0 {
+			return
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if d.halted.Load() != nil {
+				continue
+			}
+			d.passMu.Lock()
+			d.reconcileLocked(ctx, "interval")
+			d.passMu.Unlock()
+		}
+	}()
+	return nil
+}
+
+// reconcileLocked runs one applying pass; the caller holds passMu.
+func (d *Daemon) reconcileLocked(ctx context.Context, why string) {
+	drift, err := d.rec.Reconcile(ctx, true)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		d.log.Error("reconcile pass failed", "trigger", why, "err", err)
+	case err != nil:
+	case drift.Clean():
+		d.log.Info("reconcile pass: projection matches storage", "trigger", why, "duration", drift.Duration)
+	default:
+		d.log.Warn("reconcile pass corrected drift", "trigger", why, "drift", drift.String(),
+			"published", drift.Published, "examples", drift.Examples)
+	}
+}
+
+// cursorGap is called once the follower stopped because the stream no
+// longer reaches the projection's cursor. Collection stops for good in
+// this process; the webhook stays up so that notifications still reach the
+// log; a verify pass (which needs no follower) reports how far the
+// projection is from storage.
+func (d *Daemon) cursorGap(ctx context.Context, err error) {
+	msg := "the event log no longer reaches the projection's cursor: collection is halted until the projection is rebuilt"
+	d.halted.Store(&msg)
+	d.log.Error("FOLLOWER STOPPED: "+msg, "err", err,
+		"todo", "run `refgc rebuild --out FILE` to compare a rebuilt projection with this one; then stop refgc, "+
+			"move refs.db aside, delete the event stream (the embedded server's nats directory, or `nats stream rm` on "+
+			"an external server) and start refgc again: an empty projection is reconciled from storage before any collector pass")
+	if d.rec == nil {
+		return
+	}
+	v, verr := d.newReconciler(nil, nil)
+	if verr != nil {
+		d.log.Error("verify after the cursor gap", "err", verr)
+		return
+	}
+	d.passMu.Lock()
+	drift, verr := v.Verify(ctx)
+	d.passMu.Unlock()
+	switch {
+	case verr != nil:
+		d.log.Error("verify after the cursor gap", "err", verr)
+	case drift.Clean():
+		d.log.Warn("verify after the cursor gap: the projection still matches storage, collection stays halted")
+	default:
+		d.log.Error("verify after the cursor gap: the projection drifts from storage", "drift", drift.String(),
+			"examples", drift.Examples)
+	}
+}
+
+// Verify compares storage with the projection and changes nothing. Once
+// the follower has stopped it compares with the projection as it stands.
+func (d *Daemon) Verify(ctx context.Context) (collector.Drift, error) {
+	if d.rec == nil {
+		return collector.Drift{}, ErrNoStorage
+	}
+	r := d.rec
+	if !d.followerUp.Load() {
+		var err error
+		if r, err = d.newReconciler(nil, nil); err != nil {
+			return collector.Drift{}, err
+		}
+	}
+	d.passMu.Lock()
+	defer d.passMu.Unlock()
+	return r.Verify(ctx)
+}
+
+// Reconcile runs one reconcile pass now; with apply it publishes the
+// corrections and waits until the projection has applied them.
+func (d *Daemon) Reconcile(ctx context.Context, apply bool) (collector.Drift, error) {
+	if d.rec == nil {
+		return collector.Drift{}, ErrNoStorage
+	}
+	if !apply {
+		return d.Verify(ctx)
+	}
+	if why := d.halted.Load(); why != nil {
+		return collector.Drift{}, fmt.Errorf("%w: %s", ErrCollectionHalted, *why)
+	}
+	d.passMu.Lock()
+	defer d.passMu.Unlock()
+	return d.rec.Reconcile(ctx, apply)
+}
+
+// Rebuild writes a fresh projection at path (which must not exist) by
+// replaying the event stream from sequence 1, or from a walk of storage
+// when the stream no longer starts there, and compares it with the live
+// projection. The live projection is left as it is.
+func (d *Daemon) Rebuild(ctx context.Context, path string) (collector.RebuildReport, error) {
+	if d.rec == nil {
+		return collector.RebuildReport{}, ErrNoStorage
+	}
+	d.passMu.Lock()
+	defer d.passMu.Unlock()
+	return d.rec.Rebuild(ctx, path, collector.StreamReplay(d.stream, 0))
+}

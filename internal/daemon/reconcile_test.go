@@ -1,0 +1,93 @@
+package daemon_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"path/filepath"
+	"testing"
+
+	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/internal/daemon"
+	"github.com/refgc/refgc/internal/regtest"
+)
+
+func adminJSON(t *testing.T, method, url string, want int, out any) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: %d %s", method, url, resp.StatusCode, body)
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			t.Fatalf("%s %s: %v in %s", method, url, err, body)
+		}
+	}
+}
+
+// Pushes the daemon never heard of (a second registry on the same storage,
+// without notifications) show as drift; an applying reconcile pass records
+// them, after which verify is clean and the collector keeps what is tagged.
+func TestReconcileEndpoints(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.reg.PushRandom(t, "app:v1", 2)
+	e.reg.PushRandom(t, "app:old", 1)
+	e.reg.DeleteTag(t, "app", "old")
+	e.settle()
+
+	var drift collector.Drift
+	adminJSON(t, http.MethodGet, e.d.URL()+daemon.VerifyPath, 200, &drift)
+	if !drift.Clean() {
+		t.Fatalf("verify after notified pushes: %v %v", drift, drift.Examples)
+	}
+
+	dark := regtest.Start(t, regtest.Options{Root: e.reg.Root})
+	dark.PushRandom(t, "dark:v1", 2)
+	dark.PushRandom(t, "app:v2", 1)
+	dark.PushRandom(t, "dark:gone", 1)
+	dark.DeleteTag(t, "dark", "gone")
+
+	adminJSON(t, http.MethodGet, e.d.URL()+daemon.VerifyPath, 200, &drift)
+	if drift.Clean() || drift.Counts[collector.DriftMissingFromProjection] == 0 || drift.Published != 0 {
+		t.Fatalf("verify after unnotified pushes: %v", drift)
+	}
+	adminJSON(t, http.MethodPost, e.d.URL()+daemon.ReconcilePath, 200, &drift)
+	if drift.Clean() || drift.Published != 0 {
+		t.Fatalf("dry-run reconcile: %v", drift)
+	}
+	adminJSON(t, http.MethodPost, e.d.URL()+daemon.ReconcilePath+"?apply=maybe", 400, nil)
+	adminJSON(t, http.MethodPost, e.d.URL()+daemon.ReconcilePath+"?apply=true", 200, &drift)
+	if drift.Published == 0 {
+		t.Fatalf("applying reconcile published nothing: %v", drift)
+	}
+	adminJSON(t, http.MethodGet, e.d.URL()+daemon.VerifyPath, 200, &drift)
+	if !drift.Clean() {
+		t.Fatalf("verify after reconcile: %v %v", drift, drift.Examples)
+	}
+	if n := metricSum(t, e.d, "refgc_reconcile_passes_total"); n < 4 {
+		t.Errorf("refgc_reconcile_passes_total = %v", n)
+	}
+
+	var rb collector.RebuildReport
+	out := filepath.Join(t.TempDir(), "rebuilt.db")
+	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out="+out, 200, &rb)
+	if rb.From != "log" || rb.Differences != 0 || rb.Cursor != rb.LiveCursor {
+		t.Fatalf("rebuild: %+v", rb)
+	}
+	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out="+out, 409, nil)
+	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out=relative.db", 400, nil)
+
+	e.collectAndVerify()
+	for _, ref := range []string{"app:v1", "app:v2", "dark:v1"} {
+		e.mustPull(ref)
+	}
+}
