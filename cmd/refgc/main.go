@@ -1,6 +1,9 @@
 // Command refgc is the online garbage collector for OCI registries: `serve`
 // runs the daemon, `dev` a registry and refgc in one process, and `dump`,
-// `collect` and `restore` inspect and drive a running daemon.
+// `collect`, `restore`, `why`, `impact`, `verify`, `reconcile` and `rebuild`
+// inspect and drive a running daemon. Exit status 1 means an error, or for
+// verify, a dry-run reconcile and rebuild, a difference found (the report
+// is printed first).
 //
 // Only this package reads flags, the environment and configuration files.
 package main
@@ -38,7 +41,8 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact())
+	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact(),
+		newVerify(), newReconcile(), newRebuild())
 	return root
 }
 

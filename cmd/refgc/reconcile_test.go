@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+
+	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/internal/daemon"
+	"github.com/refgc/refgc/internal/regtest"
+)
+
+// verify exits cleanly while storage and the projection agree, and with
+// errDrift (exit status 1) and the drift printed once a push bypassed the
+// daemon, through the daemon and, once it is stopped, offline;
+// reconcile --apply mends it.
+func TestVerifyReconcileRebuildCommands(t *testing.T) {
+	dir, root := t.TempDir(), t.TempDir()
+	cfg := daemon.Defaults()
+	cfg.DataDir = dir
+	cfg.Addr = "127.0.0.1:0"
+	cfg.NATS.Listen = "127.0.0.1:-1"
+	cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
+	cfg.Collector.Interval = 0
+	cfg.NoSync = true
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := daemon.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	down := "http://127.0.0.1:1"
+
+	drift := func(out string) collector.Drift {
+		t.Helper()
+		var dr collector.Drift
+		if err := json.Unmarshal([]byte(out), &dr); err != nil {
+			t.Fatalf("%q: %v", out, err)
+		}
+		return dr
+	}
+	if out, err := runCmd(t, "verify", "--addr", d.URL()); err != nil || !drift(out).Clean() {
+		t.Fatalf("verify of an empty registry: %q %v", out, err)
+	}
+
+	// A registry on the same storage, without notifications.
+	regtest.Start(t, regtest.Options{Root: root}).PushRandom(t, "dark:v1", 1)
+	out, err := runCmd(t, "verify", "--addr", d.URL())
+	if !errors.Is(err, errDrift) || drift(out).Clean() {
+		t.Fatalf("verify after an unnotified push: %q %v", out, err)
+	}
+	if out, err := runCmd(t, "reconcile", "--addr", d.URL()); !errors.Is(err, errDrift) || drift(out).Published != 0 {
+		t.Fatalf("dry-run reconcile: %q %v", out, err)
+	}
+	if out, err := runCmd(t, "reconcile", "--apply", "--addr", d.URL()); err != nil || drift(out).Published == 0 {
+		t.Fatalf("reconcile --apply: %q %v", out, err)
+	}
+	if out, err := runCmd(t, "verify", "--addr", d.URL()); err != nil || !drift(out).Clean() {
+		t.Fatalf("verify after reconcile: %q %v", out, err)
+	}
+	if _, err := runCmd(t, "rebuild", "--addr", d.URL(), "--out", filepath.Join(t.TempDir(), "r.db")); err != nil {
+		t.Fatalf("rebuild through the daemon: %v", err)
+	}
+
+	// Offline: the daemon is stopped, the projection and storage are read here.
+	if err := d.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCmd(t, "verify", "--addr", down, "--data-dir", dir, "--storage-root", root); err != nil || !drift(out).Clean() {
+		t.Fatalf("offline verify: %q %v", out, err)
+	}
+	regtest.Start(t, regtest.Options{Root: root}).PushRandom(t, "dark:v2", 1)
+	if out, err := runCmd(t, "verify", "--addr", down, "--data-dir", dir, "--storage-root", root); !errors.Is(err, errDrift) || drift(out).Clean() {
+		t.Fatalf("offline verify after an unnotified push: %q %v", out, err)
+	}
+	out, err = runCmd(t, "rebuild", "--addr", down, "--data-dir", dir, "--storage-root", root, "--out", filepath.Join(t.TempDir(), "r.db"))
+	var rep collector.RebuildReport
+	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || !errors.Is(err, errDrift) || rep.From != "storage" || rep.Differences == 0 {
+		t.Fatalf("offline rebuild: %q %v", out, err)
+	}
+	if _, err := runCmd(t, "verify", "--addr", down, "--data-dir", dir); err == nil {
+		t.Fatal("offline verify without storage: no error")
+	}
+}
