@@ -462,7 +462,7 @@ func (w *walk) checkRevision(ctx context.Context, repo string, d digest.Digest) 
 		if err != nil {
 			return fmt.Errorf("collector: reconcile: projection %s: %w", n, err)
 		}
-		if hok && sameRefs(held, m) {
+		if hok && !held.Unverified && sameRefs(held, m) {
 			return nil
 		}
 		w.note(DriftMissingFromProjection, fmt.Sprintf("%s: references differ from storage", n),

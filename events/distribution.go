@@ -368,6 +368,9 @@ func manifestPushed(ctx context.Context, t *DistributionTarget, opts *TranslateO
 	}
 	refs, err := readRefs(ctx, opts, t.Repository, t.Digest)
 	if err != nil {
+		// Without the manifest its subject is unknown: collecting it as an
+		// unreferenced revision could delete a referrer whose subject lives.
+		m.Unverified = true
 		return m, fmt.Errorf("enrich %s@%s: %w", t.Repository, t.Digest, err)
 	}
 	m.Subject = refs.Subject

@@ -244,7 +244,7 @@ func TestTranslateFixturesExact(t *testing.T) {
 		"events/010.json": {V: 1, ID: "01a2054b-17e8-7843-a4b2-d33f2571a795", Time: ts("2026-11-22T22:05:37.12854304Z"),
 			Source: fxSource, Kind: BlobMounted, Blob: &Blob{Repo: "other", Digest: fxConfig1, Size: 233, From: "demo"}},
 		"events/026.json": {V: 1, ID: "01a2054b-3014-79f9-9ed6-a1d9eca805eb", Time: ts("2026-11-22T22:05:43.316653969Z"), Source: fxSource, Kind: ManifestPushed,
-			Manifest: &Manifest{Repo: "demo", Digest: fxIndex, MediaType: MediaTypeOCIIndex, Size: 541, Tag: "idx",
+			Manifest: &Manifest{Repo: "demo", Digest: fxIndex, MediaType: MediaTypeOCIIndex, Size: 541, Tag: "idx", Unverified: true,
 				Children: []Descriptor{{MediaType: MediaTypeDockerManifest, Digest: fxV1, Size: 423}, {MediaType: MediaTypeDockerManifest, Digest: fxV2, Size: 423}}}},
 		"events/030.json": {V: 1, ID: "01a2054b-58ad-77fa-87f7-fe6c410b0755", Time: ts("2026-11-22T22:05:53.709523445Z"),
 			Source: fxSource, Kind: ManifestPushed, Manifest: &Manifest{Repo: "demo", Digest: fxSigned,
@@ -492,6 +492,9 @@ func TestTranslateEnrichment(t *testing.T) {
 		}
 		if len(r.Events[0].Manifest.Blobs) != 2 {
 			t.Errorf("references from the event lost: %+v", r.Events[0].Manifest)
+		}
+		if !r.Events[0].Manifest.Unverified {
+			t.Errorf("a manifest whose subject could not be read is not marked unverified")
 		}
 	})
 	t.Run("reader serves other bytes", func(t *testing.T) {

@@ -122,6 +122,11 @@ type Manifest struct {
 	Legacy string `json:"legacy,omitempty"`
 	// Tag, if set, is also pointed at this manifest (a push by tag).
 	Tag string `json:"tag,omitempty"`
+	// Unverified says the manifest itself could not be read, so its subject
+	// (which notifications never carry) is unknown: the projection keeps
+	// the revision as a root until a complete statement of it arrives
+	// (a re-push, or the reconciler's reading of storage).
+	Unverified bool `json:"unverified,omitempty"`
 }
 
 // Tag is the body of TagSet and TagDeleted.

@@ -86,6 +86,7 @@ func (t *txn) manifestPushed(m *events.Manifest) {
 		}
 	}
 	n.size, n.mediaType = m.Size, m.MediaType
+	n.setFlag(flagPinned, m.Unverified)
 	body := *m
 	body.Tag = ""
 	t.putJSON(t.nodes, subKey(k, subBody, nil), body)

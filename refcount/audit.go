@@ -68,9 +68,11 @@ func (p *Projection) Why(ref events.NodeRef) (Why, error) {
 			}
 			root := ""
 			switch {
-			case kn.present() && t.isRoot([]byte(k)) && k[0] == kTag:
+			case kn.present() && k[0] == kTag:
 				root = "tag"
-			case kn.present() && t.isRoot([]byte(k)):
+			case kn.present() && kn.flags&flagPinned != 0:
+				root = "unverified manifest (kept until reconciled)"
+			case kn.present() && t.isRoot([]byte(k), kn):
 				root = "untagged revision (keep policy)"
 			case kn.present() && kn.count == 0 && k != string(start):
 				root = "present"

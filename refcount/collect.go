@@ -101,7 +101,7 @@ func (p *Projection) beginCollect(tx *bolt.Tx, id string, ref events.NodeRef, no
 			return fmt.Errorf("%w: %s is not present", ErrNotEligible, ref)
 		case n.count > 0:
 			return fmt.Errorf("%w: %s is held (%d)", ErrNotEligible, ref, n.count)
-		case t.isRoot(k):
+		case t.isRoot(k, n):
 			return fmt.Errorf("%w: %s is a root", ErrNotEligible, ref)
 		case n.queuedAt == 0 || n.queuedAt > now.UnixNano():
 			return fmt.Errorf("%w: %s not eligible until %s", ErrNotEligible, ref, time.Unix(0, n.queuedAt).UTC())

@@ -8,7 +8,8 @@ import (
 // Node record flags.
 const (
 	flagPresent byte = 1 << iota // the object exists in storage
-	flagActive                   // its declared edges are in in/
+	flagActive                   // its declared edges are in place
+	flagPinned                   // a root until stated in full (an unverified manifest)
 )
 
 // edge is one declared outgoing edge.

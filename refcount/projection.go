@@ -488,8 +488,8 @@ func (t *txn) setPresent(k []byte, n *node, on bool) {
 }
 
 // isRoot reports whether a present node is never collected.
-func (t *txn) isRoot(k []byte) bool {
-	return k[0] == kTag || (k[0] == kManifest && t.p.opts.Untagged == PolicyKeep)
+func (t *txn) isRoot(k []byte, n *node) bool {
+	return k[0] == kTag || n.flags&flagPinned != 0 || (k[0] == kManifest && t.p.opts.Untagged == PolicyKeep)
 }
 
 // eligibleAt is when a present, unheld node may be collected.
@@ -514,7 +514,7 @@ func (t *txn) flush() error {
 		k := []byte(ks)
 		n := t.cache[ks]
 		var want int64
-		if n.present() && n.count == 0 && !t.isRoot(k) {
+		if n.present() && n.count == 0 && !t.isRoot(k, n) {
 			want = t.p.eligibleAt(k, n)
 			if want == 0 {
 				want = 1

@@ -150,6 +150,18 @@ func TestEventKinds(t *testing.T) {
 			f.expect(blobN("der"), 1, true)
 			f.expectCandidates(later, lbl, events.NodeRef{Kind: events.NodeLegacy, Repo: "app", Name: "img2"})
 		}},
+		{"an unverified manifest is kept until stated in full", Options{}, func(f *fixture) {
+			ev := pushM("app", "ref", "", []string{"l"}, nil, "")
+			ev.Manifest.Unverified = true
+			f.apply(ev)
+			f.expectCandidates(later)
+			w, err := f.p.Why(manN("app", "ref"))
+			if err != nil || w.Root != "unverified manifest (kept until reconciled)" {
+				f.t.Fatalf("why: %+v %v", w, err)
+			}
+			f.apply(pushM("app", "ref", "", []string{"l"}, nil, ""))
+			f.expectCandidates(later, manN("app", "ref"))
+		}},
 		{"a touch extends the lease", Options{}, func(f *fixture) {
 			f.apply(pushB("app", "l"))
 			f.advance(50 * time.Minute)

@@ -293,7 +293,7 @@ func (p *Projection) Check() ([]Mismatch, error) {
 			if missing+extra > 0 {
 				out = append(out, Mismatch{Node: ref, What: "edges", Stored: uint64(len(stored[ks])), Want: w})
 			}
-			shouldQueue := n.present() && w == 0 && !t.isRoot(k)
+			shouldQueue := n.present() && w == 0 && !t.isRoot(k, n)
 			if _, isQueued := queued[ks]; isQueued != shouldQueue {
 				out = append(out, Mismatch{Node: ref, What: "queued", Stored: b2u(isQueued), Want: b2u(shouldQueue)})
 			}
