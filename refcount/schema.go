@@ -24,9 +24,12 @@
 //
 // Node keys are a kind byte followed by the node's identity: 't' repo 0x00
 // tag, 'm' repo 0x00 digest, 'l' repo 0x00 digest (a layer link), 'b' digest,
-// 'a' repo 0x00 label, 'g' repo 0x00 legacy image id. Validated names never
-// hold 0x00 or 0x01, so keys are unambiguous and a repository's nodes of one
-// kind share the prefix kind repo 0x00. A node's edges, referrers, tag
+// 'a' repo 0x00 label, 'g' repo 0x00 legacy image id. A digest is stored as
+// an algorithm byte (1 sha256, 2 sha384, 3 sha512) and the raw hash, so its
+// length is known from its first byte. Validated names never hold 0x00 or
+// 0x01, so keys are unambiguous, a key's node part has a length known from
+// the key itself, and a repository's nodes of one kind share the prefix
+// kind repo 0x00. A node's edges, referrers, tag
 // history and manifest body sit right after its record, under the node key
 // and 0x01: what one event changes about a node is on one page, so a batch
 // dirties (and a commit writes) as few pages as the keys allow.
@@ -58,9 +61,9 @@ package refcount
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -140,11 +143,11 @@ func nodeKey(n events.NodeRef) []byte {
 	case events.NodeTag:
 		return key2(kTag, n.Repo, n.Name)
 	case events.NodeManifest:
-		return key2(kManifest, n.Repo, string(n.Digest))
+		return manifestKey(n.Repo, n.Digest)
 	case events.NodeLayer:
-		return key2(kLayer, n.Repo, string(n.Digest))
+		return layerKey(n.Repo, n.Digest)
 	case events.NodeBlob:
-		return append([]byte{kBlob}, n.Digest...)
+		return blobKey(n.Digest)
 	case events.NodeLabel:
 		return key2(kLabel, n.Repo, n.Name)
 	case events.NodeLegacy:
@@ -161,37 +164,130 @@ func key2(kind byte, repo, name string) []byte {
 	return append(b, name...)
 }
 
+func keyD(kind byte, repo string, d digest.Digest) []byte {
+	b := make([]byte, 0, 2+len(repo)+66)
+	b = append(b, kind)
+	b = append(b, repo...)
+	b = append(b, 0)
+	return appendDigest(b, d)
+}
+
 func tagKey(repo, tag string) []byte                  { return key2(kTag, repo, tag) }
-func manifestKey(repo string, d digest.Digest) []byte { return key2(kManifest, repo, string(d)) }
-func layerKey(repo string, d digest.Digest) []byte    { return key2(kLayer, repo, string(d)) }
-func blobKey(d digest.Digest) []byte                  { return append([]byte{kBlob}, d...) }
+func manifestKey(repo string, d digest.Digest) []byte { return keyD(kManifest, repo, d) }
+func layerKey(repo string, d digest.Digest) []byte    { return keyD(kLayer, repo, d) }
+func blobKey(d digest.Digest) []byte                  { return appendDigest(append(make([]byte, 0, 66), kBlob), d) }
+
+// Digests are stored in keys as an algorithm byte and the raw hash: half
+// the length of the text form, so more keys fit a page and compare faster.
+// A digest of another form (never one that passed validation) is kept as
+// text behind digestText and its length.
+const digestText byte = 0xFE
+
+var (
+	digestAlgs = [...]digest.Algorithm{1: digest.SHA256, 2: digest.SHA384, 3: digest.SHA512}
+	digestLens = [...]int{1: 32, 2: 48, 3: 64}
+)
+
+func appendDigest(b []byte, d digest.Digest) []byte {
+	for code, alg := range digestAlgs {
+		if code == 0 || d.Algorithm() != alg {
+			continue
+		}
+		raw, err := hex.DecodeString(d.Encoded())
+		if err == nil && len(raw) == digestLens[code] {
+			b = append(b, byte(code))
+			return append(b, raw...)
+		}
+	}
+	b = append(b, digestText, byte(len(d)))
+	return append(b, d...)
+}
+
+// digestLen is the length of the encoded digest at the start of b, or -1.
+func digestLen(b []byte) int {
+	switch {
+	case len(b) == 0:
+		return -1
+	case int(b[0]) < len(digestLens) && b[0] != 0:
+		n := 1 + digestLens[b[0]]
+		if n > len(b) {
+			return -1
+		}
+		return n
+	case b[0] == digestText && len(b) >= 2 && 2+int(b[1]) <= len(b):
+		return 2 + int(b[1])
+	}
+	return -1
+}
+
+func decodeDigest(b []byte) (digest.Digest, error) {
+	if digestLen(b) != len(b) {
+		return "", fmt.Errorf("%w: digest in key", ErrCorrupt)
+	}
+	if b[0] == digestText {
+		return digest.Digest(b[2:]), nil
+	}
+	return digest.NewDigestFromEncoded(digestAlgs[b[0]], hex.EncodeToString(b[1:])), nil
+}
 
 // repoPrefix is the prefix shared by every node of kind in repo.
 func repoPrefix(kind byte, repo string) []byte { return key2(kind, repo, "") }
 
+// nodeKeyLen is the length of the node key at the start of k (a record's
+// key, or the node part of a sub-key), or -1 if k is malformed.
+func nodeKeyLen(k []byte) int {
+	if len(k) < 2 {
+		return -1
+	}
+	if k[0] == kBlob {
+		if n := digestLen(k[1:]); n > 0 {
+			return 1 + n
+		}
+		return -1
+	}
+	i := bytes.IndexByte(k, 0)
+	if i < 0 {
+		return -1
+	}
+	switch k[0] {
+	case kManifest, kLayer:
+		if n := digestLen(k[i+1:]); n > 0 {
+			return i + 1 + n
+		}
+		return -1
+	case kTag, kLabel, kLegacy:
+		if j := bytes.IndexByte(k[i+1:], 1); j >= 0 {
+			return i + 1 + j
+		}
+		return len(k)
+	}
+	return -1
+}
+
 // parseNodeKey turns a node key back into a NodeRef.
 func parseNodeKey(k []byte) (events.NodeRef, error) {
-	if len(k) < 2 {
+	if nodeKeyLen(k) != len(k) {
 		return events.NodeRef{}, fmt.Errorf("%w: node key %q", ErrCorrupt, k)
 	}
 	if k[0] == kBlob {
-		return events.NodeRef{Kind: events.NodeBlob, Digest: digest.Digest(k[1:])}, nil
+		d, err := decodeDigest(k[1:])
+		return events.NodeRef{Kind: events.NodeBlob, Digest: d}, err
 	}
-	repo, rest, ok := strings.Cut(string(k[1:]), "\x00")
-	if !ok {
-		return events.NodeRef{}, fmt.Errorf("%w: node key %q", ErrCorrupt, k)
-	}
+	i := bytes.IndexByte(k, 0)
+	repo, rest := string(k[1:i]), k[i+1:]
 	switch k[0] {
 	case kTag:
-		return events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: rest}, nil
+		return events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: string(rest)}, nil
 	case kManifest:
-		return events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: digest.Digest(rest)}, nil
+		d, err := decodeDigest(rest)
+		return events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}, err
 	case kLayer:
-		return events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: digest.Digest(rest)}, nil
+		d, err := decodeDigest(rest)
+		return events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: d}, err
 	case kLabel:
-		return events.NodeRef{Kind: events.NodeLabel, Repo: repo, Name: rest}, nil
+		return events.NodeRef{Kind: events.NodeLabel, Repo: repo, Name: string(rest)}, nil
 	case kLegacy:
-		return events.NodeRef{Kind: events.NodeLegacy, Repo: repo, Name: rest}, nil
+		return events.NodeRef{Kind: events.NodeLegacy, Repo: repo, Name: string(rest)}, nil
 	}
 	return events.NodeRef{}, fmt.Errorf("%w: node kind %q", ErrCorrupt, k[0])
 }
@@ -215,12 +311,12 @@ func subKey(node []byte, typ byte, rest []byte) []byte {
 func subPrefix(node []byte, typ byte) []byte { return subKey(node, typ, nil) }
 
 // isSub reports whether a key of nodes/ is a sub-key rather than a record.
-func isSub(k []byte) bool { return bytes.IndexByte(k, 1) >= 0 }
+func isSub(k []byte) bool { return nodeKeyLen(k) < len(k) }
 
 // splitSub splits a sub-key into its node key, type and rest.
 func splitSub(k []byte) (node []byte, typ byte, rest []byte, err error) {
-	i := bytes.IndexByte(k, 1)
-	if i < 0 || i+1 >= len(k) {
+	i := nodeKeyLen(k)
+	if i < 0 || i+1 >= len(k) || k[i] != 1 {
 		return nil, 0, nil, fmt.Errorf("%w: sub-key %q", ErrCorrupt, k)
 	}
 	return k[:i], k[i+1], k[i+2:], nil
