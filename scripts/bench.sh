@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every benchmark quoted in docs/BENCHMARKS.md, one after the other
+# (never in parallel: they compete for the same two cores and disk).
+# Usage: scripts/bench.sh [pattern]   e.g. scripts/bench.sh refcount
+set -euo pipefail
+cd "$(dirname "$0")/.."
+only=${1:-}
+run() { # name, command...
+  local name=$1; shift
+  if [ -n "$only" ] && [[ $name != *"$only"* ]]; then return; fi
+  echo "== $name: $*"; uptime
+  "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)' || true
+}
+run refcount      go test ./refcount -run '^$' -bench 'Apply|RawPuts' -benchtime 100x -count 3
+run eventlog      go test ./events -run '^$' -bench BenchmarkEventLog -benchtime 100000x -count 3
+run latency       go test ./events -run '^$' -bench BenchmarkLatency -benchtime 5000x -count 3
+run catchup       go test ./events -run '^$' -bench BenchmarkCatchUp -benchtime 2000x
+run webhook       go test ./events -run '^$' -bench BenchmarkWebhook -benchtime 2s -count 3
+run e2e           go test ./internal/daemon -run '^$' -bench BenchmarkWebhookE2E -benchtime 5000x -count 3
+run collector     go test ./collector -run '^$' -bench BenchmarkCollectorDeletes -benchtime 3x
+run store         go test ./store -run '^$' -bench . -benchtime 2s -count 5
+run reconcile     go test ./collector -run '^$' -bench BenchmarkReconcilePass -benchtime 3x
