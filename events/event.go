@@ -267,4 +267,7 @@ type Record struct {
 	Seq   uint64
 	Event Event
 	Err   error
+	// Valid says Event already passed Validate (Decode validates), so the
+	// projection need not check it again.
+	Valid bool
 }

@@ -613,7 +613,7 @@ func (f *Follower) record(msg jetstream.Msg, next uint64) (Record, bool, error) 
 			f.undecoded.Inc()
 		}
 	} else {
-		rec.Event = ev
+		rec.Event, rec.Valid = ev, true
 	}
 	return rec, true, nil
 }

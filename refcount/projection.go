@@ -196,7 +196,8 @@ type Result struct {
 
 // Apply applies a batch of records in one write transaction that also
 // stores the last sequence. Records at or below the cursor are skipped;
-// a record with Err set, or whose event does not validate, is reported in
+// a record with Err set, or whose event does not validate (checked unless
+// the record is marked Valid, as the follower's decoded records are), is reported in
 // Result.Invalid and passed over. A non-nil error means nothing was
 // committed.
 func (p *Projection) Apply(batch []events.Record) (Result, error) {
@@ -217,7 +218,9 @@ func (p *Projection) Apply(batch []events.Record) (Result, error) {
 				res.Invalid = append(res.Invalid, Invalid{Seq: r.Seq, ID: r.Event.ID, Err: r.Err})
 				continue
 			}
-			if err := r.Event.Validate(); err != nil {
+			if r.Valid {
+				// Decoded and validated by the caller.
+			} else if err := r.Event.Validate(); err != nil {
 				res.Invalid = append(res.Invalid, Invalid{Seq: r.Seq, ID: r.Event.ID, Err: err})
 				continue
 			}
@@ -284,11 +287,10 @@ func (t *txn) get(k []byte) *node {
 }
 
 // exists reports whether k has a record (or a pending one in the cache).
+// exists reports whether k has a record; the record stays cached for get.
 func (t *txn) exists(k []byte) bool {
-	if n, ok := t.cache[string(k)]; ok {
-		return n.alive() || n.active()
-	}
-	return t.nodes.Get(k) != nil
+	n := t.get(k)
+	return n.alive() || n.active()
 }
 
 func (t *txn) fail(err error) {
