@@ -37,6 +37,7 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.IntVar(&cfg.NATS.Replicas, "nats-replicas", cfg.NATS.Replicas, "stream replicas (JetStream clusters)")
 
 	fs.StringVar(&cfg.Webhook.Token, "webhook-token", cfg.Webhook.Token, "bearer token the registry sends with notifications")
+	fs.StringVar(&cfg.AdminToken, "admin-token", cfg.AdminToken, "bearer token the admin endpoints require (empty: open; keep the port private)")
 	fs.Int64Var(&cfg.Webhook.MaxBodyBytes, "webhook-max-body", cfg.Webhook.MaxBodyBytes, "largest notification body in bytes (0: 1 MiB)")
 	fs.StringVar(&cfg.Webhook.RegistryURL, "registry-url", cfg.Webhook.RegistryURL, "registry to read manifests from when no storage is configured")
 	fs.StringVar(&cfg.Webhook.RegistryToken, "registry-token", cfg.Webhook.RegistryToken, "bearer token for --registry-url")

@@ -262,6 +262,9 @@ func call(ctx context.Context, method, u string) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
+	if tok := os.Getenv(envName("admin-token")); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err

@@ -82,3 +82,44 @@ func TestParseRef(t *testing.T) {
 }
 
 const hex64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+func TestAdminToken(t *testing.T) {
+	e := newEnv(t, envOpts{noStorage: true, noRegistry: true, adminToken: "s3cret"})
+	for _, tc := range []struct {
+		name, auth string
+		want       int
+	}{
+		{"no token", "", http.StatusUnauthorized},
+		{"wrong token", "Bearer nope", http.StatusUnauthorized},
+		{"right token", "Bearer s3cret", http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, e.d.URL()+daemon.NodesPath, nil)
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("GET %s with %q: %d, want %d", daemon.NodesPath, tc.auth, resp.StatusCode, tc.want)
+			}
+		})
+	}
+	// Health and metrics stay open for probes and scrapers.
+	for _, p := range []string{"/healthz", "/metrics"} {
+		resp, err := http.Get(e.d.URL() + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d", p, resp.StatusCode)
+		}
+	}
+	if n := metricSum(t, e.d, "refgc_admin_unauthorized_total"); n != 2 {
+		t.Fatalf("refgc_admin_unauthorized_total = %v, want 2", n)
+	}
+}

@@ -25,6 +25,10 @@ type Config struct {
 	DataDir string `yaml:"dataDir"`
 	// Addr is the HTTP listen address (webhook, metrics, health, admin).
 	Addr string `yaml:"addr"`
+	// AdminToken, if set, is the bearer token the admin endpoints (/v1/…
+	// other than the webhook) require. Empty leaves them open: keep the
+	// port private then.
+	AdminToken string `yaml:"adminToken"`
 
 	NATS NATSConfig `yaml:"nats"`
 

@@ -67,8 +67,10 @@ type Daemon struct {
 	rec    *collector.Reconciler // nil without storage
 	reg    *prometheus.Registry
 	gauges *gauges
-	ln     net.Listener
-	srv    *http.Server
+
+	adminUnauthorized prometheus.Counter
+	ln                net.Listener
+	srv               *http.Server
 
 	passMu sync.Mutex // one pass at a time
 
@@ -108,6 +110,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	d.reg = prometheus.NewRegistry()
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.adminUnauthorized = prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_admin_unauthorized_total",
+		Help: "Admin requests refused for a missing or wrong token."})
+	d.reg.MustRegister(d.adminUnauthorized)
 
 	if err := d.connect(); err != nil {
 		return nil, err

@@ -57,6 +57,7 @@ type envOpts struct {
 	noStorage       bool
 	noRegistry      bool
 	collectInterval time.Duration
+	adminToken      string
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -74,6 +75,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	cfg.Addr = "127.0.0.1:0"
 	cfg.NATS.Listen = "127.0.0.1:-1"
 	cfg.Webhook.Token = testToken
+	cfg.AdminToken = o.adminToken
 	if !o.noStorage {
 		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
 	}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bufio"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,16 +43,35 @@ func (d *Daemon) routes(hook http.Handler) http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", d.readyz)
-	mux.HandleFunc("GET "+DumpPath, d.dump)
-	mux.HandleFunc("GET "+NodesPath, d.nodes)
-	mux.HandleFunc("POST "+RestorePath, d.restore)
-	mux.HandleFunc("POST "+CollectPath, d.collect)
-	mux.HandleFunc("GET "+WhyPath, d.why)
-	mux.HandleFunc("GET "+ImpactPath, d.impact)
-	mux.HandleFunc("GET "+VerifyPath, d.verify)
-	mux.HandleFunc("POST "+ReconcilePath, d.reconcile)
-	mux.HandleFunc("POST "+RebuildPath, d.rebuild)
+	admin := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, d.adminOnly(h)) }
+	admin("GET "+DumpPath, d.dump)
+	admin("GET "+NodesPath, d.nodes)
+	admin("POST "+RestorePath, d.restore)
+	admin("POST "+CollectPath, d.collect)
+	admin("GET "+WhyPath, d.why)
+	admin("GET "+ImpactPath, d.impact)
+	admin("GET "+VerifyPath, d.verify)
+	admin("POST "+ReconcilePath, d.reconcile)
+	admin("POST "+RebuildPath, d.rebuild)
 	return mux
+}
+
+// adminOnly requires the admin bearer token, when one is configured.
+func (d *Daemon) adminOnly(h http.HandlerFunc) http.Handler {
+	want := d.cfg.AdminToken
+	if want == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			d.adminUnauthorized.Inc()
+			w.Header().Set("WWW-Authenticate", `Bearer realm="refgc admin"`)
+			http.Error(w, "admin token required", http.StatusUnauthorized)
+			return
+		}
+		h(w, r)
+	})
 }
 
 // Ready reports why the daemon is not ready, or nil: the follower must be
