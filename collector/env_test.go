@@ -78,6 +78,12 @@ func (s *sinkLog) DeadLetter(_ context.Context, d events.DeadLetter) error {
 
 func newEnv(t *testing.T, policy refcount.Policy) *env {
 	t.Helper()
+	return newEnvWith(t, policy, nil)
+}
+
+// newEnvWith is newEnv with the webhook's sink wrapped by wrap (nil: none).
+func newEnvWith(t *testing.T, policy refcount.Policy, wrap func(*sinkLog) events.Sink) *env {
+	t.Helper()
 	proj, err := refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
 		refcount.Options{Untagged: policy, Grace: testGrace, Retention: testRetention, NoSync: true})
 	if err != nil {
@@ -93,7 +99,11 @@ func newEnv(t *testing.T, policy refcount.Policy) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hook := httptest.NewServer(events.NewWebhook(events.WebhookConfig{Sink: e.log, Token: testToken,
+	var sink events.Sink = e.log
+	if wrap != nil {
+		sink = wrap(e.log)
+	}
+	hook := httptest.NewServer(events.NewWebhook(events.WebhookConfig{Sink: sink, Token: testToken,
 		Translate: events.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
 	t.Cleanup(hook.Close)
 	e.reg = regtest.Start(t, regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken})

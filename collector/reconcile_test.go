@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/http/httptest"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -62,33 +61,11 @@ func (d *droppingSink) PublishBatch(ctx context.Context, evs []events.Event) ([]
 // newDroppingEnv is newEnv with a sink that drops events while on.
 func newDroppingEnv(t *testing.T, policy refcount.Policy, rate float64, seed uint64) (*env, *droppingSink) {
 	t.Helper()
-	proj, err := refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
-		refcount.Options{Untagged: policy, Grace: testGrace, Retention: testRetention, NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { proj.Close() })
-	e := &env{t: t, proj: proj, keep: policy == refcount.PolicyKeep}
-	e.log = &sinkLog{DirectLog: collector.DirectLog{P: proj}, touches: map[string]int{}}
-	e.log.cond = sync.NewCond(&e.log.mu)
-	sink := &droppingSink{sinkLog: e.log, rng: rand.New(rand.NewPCG(seed, seed)), rate: rate}
-
-	root := t.TempDir()
-	e.store, err = store.New(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hook := httptest.NewServer(events.NewWebhook(events.WebhookConfig{Sink: sink, Token: testToken,
-		Translate: events.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
-	t.Cleanup(hook.Close)
-	e.reg = regtest.Start(t, regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken})
-	e.col, err = collector.New(collector.Config{Projection: proj, Storage: e.store, Log: e.log,
-		Now: e.now, Concurrency: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.reg.PushRandom(t, "marker:m", 1)
-	e.settle()
+	var sink *droppingSink
+	e := newEnvWith(t, policy, func(l *sinkLog) events.Sink {
+		sink = &droppingSink{sinkLog: l, rng: rand.New(rand.NewPCG(seed, seed)), rate: rate}
+		return sink
+	})
 	return e, sink
 }
 

@@ -77,13 +77,17 @@ func pullHeavy(n int) []events.Event {
 
 // BenchmarkApplyPullHeavy is BenchmarkApply/batch=1000 on pull-heavy traffic.
 func BenchmarkApplyPullHeavy(b *testing.B) {
-	const size = 1000
-	p := benchOpen(b)
-	evs := pullHeavy(size * 64)
+	benchApply(b, benchOpen(b), pullHeavy(1000*64), 1000)
+}
+
+// benchApply applies evs in batches of size, b.N batches, cycling.
+func benchApply(b *testing.B, p *Projection, evs []events.Event, size int) {
+	b.Helper()
 	var seq uint64
+	batches := len(evs) / size
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		j := (i % 64) * size
+		j := (i % batches) * size
 		if _, err := p.Apply(toRecords(evs[j:j+size], &seq)); err != nil {
 			b.Fatal(err)
 		}
@@ -200,14 +204,5 @@ func BenchmarkApplyNoSync(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { p.Close() })
-	evs := benchEvents(size * 64)
-	var seq uint64
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		j := (i % 64) * size
-		if _, err := p.Apply(toRecords(evs[j:j+size], &seq)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "events/s")
+	benchApply(b, p, benchEvents(size*64), size)
 }

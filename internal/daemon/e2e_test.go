@@ -170,27 +170,8 @@ func (e *env) drain() collector.Report {
 func (e *env) collectAndVerify() collector.Report {
 	e.t.Helper()
 	e.settle()
-	before, err := regtest.Reachable(e.reg.Root, e.keep)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	rep := e.drain()
-	after, err := regtest.Present(e.reg.Root)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if lost := before.Minus(after); len(lost) > 0 {
-		e.t.Errorf("reachable objects deleted: %v", lost)
-	}
-	var left []string
-	for _, k := range after.Minus(before) {
-		if !e.kept[k] {
-			left = append(left, k)
-		}
-	}
-	if len(left) > 0 {
-		e.t.Errorf("garbage left behind: %v", left)
-	}
+	var rep collector.Report
+	regtest.VerifyCollection(e.t, e.reg.Root, e.keep, e.kept, func() { rep = e.drain() })
 	if ms, err := e.d.Projection().Check(); err != nil || len(ms) > 0 {
 		e.t.Errorf("projection check: %v %v", ms, err)
 	}
