@@ -35,6 +35,9 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.StringVar(&cfg.NATS.TLSCert, "nats-tls-cert", cfg.NATS.TLSCert, "client certificate file for NATS")
 	fs.StringVar(&cfg.NATS.TLSKey, "nats-tls-key", cfg.NATS.TLSKey, "client key file for NATS")
 	fs.IntVar(&cfg.NATS.Replicas, "nats-replicas", cfg.NATS.Replicas, "stream replicas (JetStream clusters)")
+	fs.BoolVar(&cfg.HA.Enabled, "ha", cfg.HA.Enabled, "elect one active collector among instances sharing the event log; the others are hot standbys")
+	fs.StringVar(&cfg.HA.ID, "ha-id", cfg.HA.ID, "this instance's name in the election (default: host name and pid)")
+	fs.DurationVar(&cfg.HA.TTL, "ha-ttl", cfg.HA.TTL, "how long a dead leader's lease lasts (0: 15s)")
 
 	fs.StringVar(&cfg.Webhook.Token, "webhook-token", cfg.Webhook.Token, "bearer token the registry sends with notifications")
 	fs.StringVar(&cfg.AdminToken, "admin-token", cfg.AdminToken, "bearer token the admin endpoints require (empty: open; keep the port private)")

@@ -41,6 +41,9 @@ type Config struct {
 
 	Collector CollectorConfig `yaml:"collector"`
 
+	// HA elects one active collector among instances sharing the event log.
+	HA HAConfig `yaml:"ha"`
+
 	// StatsInterval is how often the projection's gauges are refreshed.
 	StatsInterval time.Duration `yaml:"statsInterval"`
 	// ReadyMaxLag is the largest follower lag /readyz accepts.
@@ -90,6 +93,17 @@ type WebhookConfig struct {
 	RegistryToken    string `yaml:"registryToken"`
 	RegistryUser     string `yaml:"registryUser"`
 	RegistryPassword string `yaml:"registryPassword"`
+}
+
+// HAConfig configures leader election. Every instance follows the stream
+// into its own projection (a hot standby); only the leader collects and
+// runs applying reconcile passes.
+type HAConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// ID names this instance (default: the host name and process id).
+	ID string `yaml:"id"`
+	// TTL is how long a dead leader's lease lasts (default 15 s).
+	TTL time.Duration `yaml:"ttl"`
 }
 
 // CollectorConfig configures the collector loop.

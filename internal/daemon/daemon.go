@@ -49,6 +49,14 @@ const ProjectionFile = "refs.db"
 // started without a storage section.
 var ErrNoStorage = errors.New("daemon: no registry storage configured")
 
+// ErrNotLeader is returned for a pass that changes storage asked of a
+// standby: only the elected instance collects.
+var ErrNotLeader = errors.New("daemon: this instance is a standby, not the active collector")
+
+// IsLeader reports whether this instance is the active collector (always,
+// without HA).
+func (d *Daemon) IsLeader() bool { return d.leader == nil || d.leader.IsLeader() }
+
 // Daemon is a running refgc.
 type Daemon struct {
 	cfg    Config
@@ -69,6 +77,7 @@ type Daemon struct {
 	gauges *gauges
 
 	adminUnauthorized prometheus.Counter
+	leader            *events.Leader // nil without HA: always the leader
 	ln                net.Listener
 	srv               *http.Server
 
@@ -170,6 +179,25 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		d.log.Warn("webhook token empty: notifications are not authenticated")
 	}
 	d.gauges = newGauges(d.reg, d)
+	if cfg.HA.Enabled {
+		id := cfg.HA.ID
+		if id == "" {
+			host, _ := os.Hostname()
+			id = fmt.Sprintf("%s-%d", host, os.Getpid())
+		}
+		d.leader, err = events.NewLeader(ctx, d.js, events.LeaderConfig{ID: id, TTL: cfg.HA.TTL,
+			Replicas: cfg.NATS.Replicas, Logger: d.log})
+		if err != nil {
+			return nil, fmt.Errorf("daemon: %w", err)
+		}
+	}
+	d.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_leader",
+		Help: "1 while this instance is the active collector."}, func() float64 {
+		if d.IsLeader() {
+			return 1
+		}
+		return 0
+	}))
 
 	d.ln, err = net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -201,6 +229,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		defer d.wg.Done()
 		d.gauges.loop(runCtx, cfg.StatsInterval)
 	}()
+	if d.leader != nil {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			_ = d.leader.Run(runCtx)
+		}()
+	}
 	if d.rec != nil {
 		if err := d.startReconcile(runCtx); err != nil {
 			return nil, err
@@ -279,7 +314,9 @@ func (d *Daemon) collectLoop(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		if _, err := d.Collect(ctx, false); err != nil && ctx.Err() == nil {
+		if !d.IsLeader() {
+			// A standby: it follows the log, and collects once it leads.
+		} else if _, err := d.Collect(ctx, false); err != nil && ctx.Err() == nil {
 			d.log.Error("collector pass failed", "err", err)
 		}
 		select {
@@ -298,6 +335,9 @@ func (d *Daemon) Collect(ctx context.Context, dryRun bool) (collector.Report, er
 	}
 	if why := d.halted.Load(); why != nil {
 		return collector.Report{}, fmt.Errorf("%w: %s", ErrCollectionHalted, *why)
+	}
+	if !dryRun && !d.cfg.Collector.DryRun && !d.IsLeader() {
+		return collector.Report{}, ErrNotLeader
 	}
 	c := d.col
 	if dryRun && !d.cfg.Collector.DryRun {

@@ -154,7 +154,8 @@ func (d *Daemon) collect(w http.ResponseWriter, r *http.Request) {
 
 // errorCode is 409 for what the daemon's state refuses, 500 otherwise.
 func errorCode(err error) int {
-	if errors.Is(err, ErrNoStorage) || errors.Is(err, ErrCollectionHalted) || errors.Is(err, collector.ErrRebuildTarget) {
+	if errors.Is(err, ErrNoStorage) || errors.Is(err, ErrCollectionHalted) || errors.Is(err, ErrNotLeader) ||
+		errors.Is(err, collector.ErrRebuildTarget) {
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -63,7 +63,7 @@ func (d *Daemon) startReconcile(ctx context.Context) error {
 				return
 			case <-t.C:
 			}
-			if d.halted.Load() != nil {
+			if d.halted.Load() != nil || !d.IsLeader() {
 				continue
 			}
 			d.passMu.Lock()
@@ -152,6 +152,9 @@ func (d *Daemon) Reconcile(ctx context.Context, apply bool) (collector.Drift, er
 	}
 	if why := d.halted.Load(); why != nil {
 		return collector.Drift{}, fmt.Errorf("%w: %s", ErrCollectionHalted, *why)
+	}
+	if !d.IsLeader() {
+		return collector.Drift{}, ErrNotLeader
 	}
 	d.passMu.Lock()
 	defer d.passMu.Unlock()

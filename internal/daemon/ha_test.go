@@ -1,0 +1,79 @@
+package daemon_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/daemon"
+)
+
+// Two instances share the event log and the storage: one collects, the
+// other follows as a hot standby and takes over when the first stops.
+func TestHotStandbyTakesOver(t *testing.T) {
+	ctx := context.Background()
+	emb, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Shutdown)
+	root := t.TempDir()
+	start := func(id string) *daemon.Daemon {
+		t.Helper()
+		cfg := daemon.Defaults()
+		cfg.DataDir, cfg.Addr, cfg.NATS.URL = t.TempDir(), "127.0.0.1:0", emb.ClientURL()
+		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
+		cfg.Collector.Interval = 0
+		cfg.HA = daemon.HAConfig{Enabled: true, ID: id, TTL: 600 * time.Millisecond}
+		cfg.NoSync = true
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		d, err := daemon.Start(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+		return d
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(2 * time.Millisecond) // polling a condition
+		}
+	}
+	a := start("a")
+	waitFor("a to lead", a.IsLeader)
+	b := start("b")
+	if b.IsLeader() {
+		t.Fatal("two leaders")
+	}
+	if _, err := b.Collect(ctx, false); !errors.Is(err, daemon.ErrNotLeader) {
+		t.Fatalf("a standby collected: %v", err)
+	}
+	if _, err := b.Collect(ctx, true); err != nil {
+		t.Fatalf("a standby's dry run: %v", err)
+	}
+	if _, err := a.Collect(ctx, false); err != nil {
+		t.Fatalf("the leader's pass: %v", err)
+	}
+	if n := metricSum(t, b, "refgc_leader"); n != 0 {
+		t.Fatalf("standby refgc_leader = %v", n)
+	}
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("b to take over", b.IsLeader)
+	if _, err := b.Collect(ctx, false); err != nil {
+		t.Fatalf("the new leader's pass: %v", err)
+	}
+	if n := metricSum(t, b, "refgc_leader"); n != 1 {
+		t.Fatalf("leader refgc_leader = %v", n)
+	}
+}
