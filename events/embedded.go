@@ -110,9 +110,12 @@ func (e *Embedded) Shutdown() {
 // Server exposes the underlying server, for monitoring and tests.
 func (e *Embedded) Server() *server.Server { return e.srv }
 
+// slogAdapter routes the embedded server's log to slog; its notices (the
+// start-up banner, listening addresses) go to debug, so that refgc's own
+// start-up line is what an operator sees.
 type slogAdapter struct{ l *slog.Logger }
 
-func (a slogAdapter) Noticef(format string, v ...any) { a.l.Info(fmt.Sprintf(format, v...)) }
+func (a slogAdapter) Noticef(format string, v ...any) { a.l.Debug(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Warnf(format string, v ...any)   { a.l.Warn(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Fatalf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
 func (a slogAdapter) Errorf(format string, v ...any)  { a.l.Error(fmt.Sprintf(format, v...)) }
