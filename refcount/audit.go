@@ -1,8 +1,10 @@
 package refcount
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -195,4 +197,112 @@ func (p *Projection) Impact(ref events.NodeRef, now time.Time) (Impact, error) {
 	}
 	im.Nodes = len(im.Deleted)
 	return im, err
+}
+
+// RepoUsage is what one repository holds.
+type RepoUsage struct {
+	Repo      string `json:"repo"`
+	Tags      int    `json:"tags"`
+	Manifests int    `json:"manifests"`
+	Layers    int    `json:"layers"`
+	// Bytes is the data the repository's layer links and revisions point
+	// at; UniqueBytes the part of it no other repository links.
+	Bytes       int64 `json:"bytes"`
+	UniqueBytes int64 `json:"uniqueBytes"`
+	// Reclaimable is the data of its nodes queued for collection.
+	Reclaimable int64 `json:"reclaimableBytes"`
+}
+
+// Usage accounts storage by repository, largest first: what deleting a
+// whole repository would free is its UniqueBytes.
+func (p *Projection) Usage() ([]RepoUsage, error) {
+	repos := map[string]*RepoUsage{}
+	blobRepos := map[string]map[string]bool{} // blob key → repos linking it
+	blobSize := map[string]int64{}
+	get := func(r string) *RepoUsage {
+		u := repos[r]
+		if u == nil {
+			u = &RepoUsage{Repo: r}
+			repos[r] = u
+		}
+		return u
+	}
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+			if isSub(k) {
+				return nil
+			}
+			ref, err := parseNodeKey(k)
+			if err != nil {
+				return err
+			}
+			n, err := decodeNode(v)
+			if err != nil {
+				return err
+			}
+			var bk []byte
+			switch ref.Kind {
+			case events.NodeBlob:
+				blobSize[string(k)] = n.size
+				return nil
+			case events.NodeTag:
+				if n.present() {
+					get(ref.Repo).Tags++
+				}
+				return nil
+			case events.NodeManifest:
+				if !n.present() {
+					return nil
+				}
+				u := get(ref.Repo)
+				u.Manifests++
+				if n.queuedAt != 0 {
+					u.Reclaimable += n.size
+				}
+				bk = blobKey(ref.Digest)
+			case events.NodeLayer:
+				if !n.present() {
+					return nil
+				}
+				u := get(ref.Repo)
+				u.Layers++
+				bk = blobKey(ref.Digest)
+				if n.queuedAt != 0 { // blob keys ('b') sort before layers ('l'): its size is known
+					u.Reclaimable += blobSize[string(bk)]
+				}
+			default:
+				return nil
+			}
+			m := blobRepos[string(bk)]
+			if m == nil {
+				m = map[string]bool{}
+				blobRepos[string(bk)] = m
+			}
+			m[ref.Repo] = true
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	for bk, rs := range blobRepos {
+		for r := range rs {
+			u := repos[r]
+			u.Bytes += blobSize[bk]
+			if len(rs) == 1 {
+				u.UniqueBytes += blobSize[bk]
+			}
+		}
+	}
+	out := make([]RepoUsage, 0, len(repos))
+	for _, u := range repos {
+		out = append(out, *u)
+	}
+	slices.SortFunc(out, func(a, b RepoUsage) int {
+		if a.Bytes != b.Bytes {
+			return cmp.Compare(b.Bytes, a.Bytes)
+		}
+		return cmp.Compare(a.Repo, b.Repo)
+	})
+	return out, nil
 }

@@ -74,3 +74,37 @@ func TestImpact(t *testing.T) {
 		t.Fatalf("impact of a manifest delete: %v", im.Deleted)
 	}
 }
+
+func TestUsage(t *testing.T) {
+	f := newFixture(t, Options{})
+	// "shared" is linked by both repositories; each has its own layer too.
+	f.apply(pushM("a", "ma", "v1", []string{"shared", "only-a"}, nil, ""),
+		pushM("b", "mb", "v1", []string{"shared", "only-b-longer"}, nil, ""),
+		pushB("b", "loose"))
+	us, err := f.p.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(us) != 2 {
+		t.Fatalf("usage: %+v", us)
+	}
+	size := func(ss ...string) (n int64) {
+		for _, s := range ss {
+			n += int64(len(s))
+		}
+		return n
+	}
+	want := map[string]RepoUsage{
+		"a": {Repo: "a", Tags: 1, Manifests: 1, Layers: 2, Bytes: size("shared", "only-a", "ma"), UniqueBytes: size("only-a", "ma")},
+		"b": {Repo: "b", Tags: 1, Manifests: 1, Layers: 3, Bytes: size("shared", "only-b-longer", "mb", "loose"),
+			UniqueBytes: size("only-b-longer", "mb", "loose"), Reclaimable: size("loose")},
+	}
+	for _, u := range us {
+		if u != want[u.Repo] {
+			t.Errorf("usage of %s: %+v, want %+v", u.Repo, u, want[u.Repo])
+		}
+	}
+	if us[0].Repo != "b" {
+		t.Errorf("not largest first: %+v", us)
+	}
+}

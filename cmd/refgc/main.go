@@ -41,7 +41,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact(),
+	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact(), newUsage(),
 		newVerify(), newReconcile(), newRebuild())
 	return root
 }
@@ -244,6 +244,20 @@ func newImpact() *cobra.Command {
 				return err
 			}
 			return callPrint(cmd, http.MethodGet, addr+daemon.ImpactPath+"?"+url.Values{"ref": {args[0]}}.Encode())
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
+	return cmd
+}
+
+func newUsage() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:   "usage",
+		Short: "Storage by repository, largest first: bytes linked, bytes no other repository links, bytes awaiting collection",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return callPrint(cmd, http.MethodGet, addr+daemon.UsagePath)
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")

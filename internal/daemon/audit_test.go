@@ -56,6 +56,24 @@ func TestAdminWhyAndImpact(t *testing.T) {
 	if code := get(daemon.ImpactPath, "../etc:x", &im); code != http.StatusBadRequest {
 		t.Fatalf("impact of a bad name: %d", code)
 	}
+	var us []refcount.RepoUsage
+	resp, err := http.Get(e.d.URL() + daemon.UsagePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&us); err != nil {
+		t.Fatal(err)
+	}
+	var app *refcount.RepoUsage
+	for i := range us {
+		if us[i].Repo == "app" {
+			app = &us[i]
+		}
+	}
+	if app == nil || app.Tags != 1 || app.Manifests != 1 || app.Layers != 3 || app.Bytes != im.Bytes {
+		t.Fatalf("usage of app: %+v (impact bytes %d)", app, im.Bytes)
+	}
 	e.mustPull("app:v1") // nothing changed
 }
 

@@ -30,6 +30,7 @@ const (
 	CollectPath   = "/v1/collect"
 	WhyPath       = "/v1/why"
 	ImpactPath    = "/v1/impact"
+	UsagePath     = "/v1/usage"
 	VerifyPath    = "/v1/verify"
 	ReconcilePath = "/v1/reconcile"
 	RebuildPath   = "/v1/rebuild"
@@ -50,6 +51,7 @@ func (d *Daemon) routes(hook http.Handler) http.Handler {
 	admin("POST "+CollectPath, d.collect)
 	admin("GET "+WhyPath, d.why)
 	admin("GET "+ImpactPath, d.impact)
+	admin("GET "+UsagePath, d.usage)
 	admin("GET "+VerifyPath, d.verify)
 	admin("POST "+ReconcilePath, d.reconcile)
 	admin("POST "+RebuildPath, d.rebuild)
@@ -270,6 +272,16 @@ func (d *Daemon) impact(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, res)
 	}
+}
+
+// usage answers GET /v1/usage with storage accounted by repository.
+func (d *Daemon) usage(w http.ResponseWriter, _ *http.Request) {
+	us, err := d.proj.Usage()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	writeJSON(w, http.StatusOK, us)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
