@@ -228,18 +228,7 @@ func (p *Projection) Usage() ([]RepoUsage, error) {
 		return u
 	}
 	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
-			if isSub(k) {
-				return nil
-			}
-			ref, err := parseNodeKey(k)
-			if err != nil {
-				return err
-			}
-			n, err := decodeNode(v)
-			if err != nil {
-				return err
-			}
+		return forEachNode(tx, func(k []byte, ref events.NodeRef, n *node) error {
 			var bk []byte
 			switch ref.Kind {
 			case events.NodeBlob:

@@ -263,18 +263,7 @@ func (p *Projection) Stats() (Stats, error) {
 		s.Cursor = readU64(tx.Bucket(bucketMeta).Get(keyCursor))
 		s.Intents = tx.Bucket(bucketIntents).Stats().KeyN
 		s.Trash = tx.Bucket(bucketTrash).Stats().KeyN
-		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
-			if isSub(k) {
-				return nil
-			}
-			ref, err := parseNodeKey(k)
-			if err != nil {
-				return err
-			}
-			n, err := decodeNode(v)
-			if err != nil {
-				return err
-			}
+		return forEachNode(tx, func(_ []byte, ref events.NodeRef, n *node) error {
 			s.Nodes[ref.Kind]++
 			if n.present() {
 				s.Present[ref.Kind]++
@@ -304,4 +293,22 @@ func (p *Projection) WriteTo(w io.Writer) (int64, error) {
 		return err
 	})
 	return n, err
+}
+
+// forEachNode calls fn for every node record, in key order.
+func forEachNode(tx *bolt.Tx, fn func(k []byte, ref events.NodeRef, n *node) error) error {
+	return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
+		if isSub(k) {
+			return nil
+		}
+		ref, err := parseNodeKey(k)
+		if err != nil {
+			return err
+		}
+		n, err := decodeNode(v)
+		if err != nil {
+			return err
+		}
+		return fn(k, ref, n)
+	})
 }

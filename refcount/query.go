@@ -160,14 +160,7 @@ func (p *Projection) Dump(w io.Writer) error {
 // forEachInfo calls fn for every node, in key order, in one read transaction.
 func (p *Projection) forEachInfo(fn func(NodeInfo) error) error {
 	return p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
-			if isSub(k) {
-				return nil
-			}
-			n, err := decodeNode(v)
-			if err != nil {
-				return err
-			}
+		return forEachNode(tx, func(k []byte, _ events.NodeRef, n *node) error {
 			ni, err := p.info(tx, k, n)
 			if err != nil {
 				return err

@@ -216,52 +216,45 @@ func newRestore() *cobra.Command {
 	return cmd
 }
 
-func newWhy() *cobra.Command {
+// refQuery is a command that asks the daemon's admin API about one node
+// (REF: repo:tag, repo@digest, layer:repo@digest, blob:digest), or about
+// everything when path takes no REF.
+func refQuery(use, short, path string, takesRef bool) *cobra.Command {
 	var addr string
+	args := cobra.NoArgs
+	if takesRef {
+		args = cobra.ExactArgs(1)
+	}
 	cmd := &cobra.Command{
-		Use:   "why REF",
-		Short: "Show the chain of references that keeps an object alive (REF: repo:tag, repo@digest, layer:repo@digest, blob:digest)",
-		Args:  cobra.ExactArgs(1),
+		Use: use, Short: short, Args: args,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := daemon.ParseRef(args[0]); err != nil {
-				return err
+			u := addr + path
+			if takesRef {
+				if _, err := daemon.ParseRef(args[0]); err != nil {
+					return err
+				}
+				u += "?" + url.Values{"ref": {args[0]}}.Encode()
 			}
-			return callPrint(cmd, http.MethodGet, addr+daemon.WhyPath+"?"+url.Values{"ref": {args[0]}}.Encode())
+			return callPrint(cmd, http.MethodGet, u)
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
 	return cmd
+}
+
+func newWhy() *cobra.Command {
+	return refQuery("why REF", "Show the chain of references that keeps an object alive (REF: repo:tag, repo@digest, layer:repo@digest, blob:digest)",
+		daemon.WhyPath, true)
 }
 
 func newImpact() *cobra.Command {
-	var addr string
-	cmd := &cobra.Command{
-		Use:   "impact REF",
-		Short: "Show what deleting a tag (repo:tag) or a revision (repo@digest) would free, with bytes",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := daemon.ParseRef(args[0]); err != nil {
-				return err
-			}
-			return callPrint(cmd, http.MethodGet, addr+daemon.ImpactPath+"?"+url.Values{"ref": {args[0]}}.Encode())
-		},
-	}
-	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
-	return cmd
+	return refQuery("impact REF", "Show what deleting a tag (repo:tag) or a revision (repo@digest) would free, with bytes",
+		daemon.ImpactPath, true)
 }
 
 func newUsage() *cobra.Command {
-	var addr string
-	cmd := &cobra.Command{
-		Use:   "usage",
-		Short: "Storage by repository, largest first: bytes linked, bytes no other repository links, bytes awaiting collection",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return callPrint(cmd, http.MethodGet, addr+daemon.UsagePath)
-		},
-	}
-	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
-	return cmd
+	return refQuery("usage", "Storage by repository, largest first: bytes linked, bytes no other repository links, bytes awaiting collection",
+		daemon.UsagePath, false)
 }
 
 func envOr(flag, def string) string {
