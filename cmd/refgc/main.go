@@ -41,7 +41,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
-	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact(), newUsage(),
+	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact(), newUsage(), newDeadLetters(),
 		newVerify(), newReconcile(), newRebuild())
 	return root
 }
@@ -255,6 +255,22 @@ func newImpact() *cobra.Command {
 func newUsage() *cobra.Command {
 	return refQuery("usage", "Storage by repository, largest first: bytes linked, bytes no other repository links, bytes awaiting collection",
 		daemon.UsagePath, false)
+}
+
+func newDeadLetters() *cobra.Command {
+	var addr string
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "deadletters",
+		Short: "The newest notifications the webhook could not turn into events, with the reason and the raw body",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return callPrint(cmd, http.MethodGet, fmt.Sprintf("%s%s?limit=%d", addr, daemon.DeadPath, limit))
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
+	cmd.Flags().IntVar(&limit, "limit", 20, "how many, newest last")
+	return cmd
 }
 
 func envOr(flag, def string) string {

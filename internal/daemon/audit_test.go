@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/refgc/refgc/events"
@@ -139,5 +140,42 @@ func TestAdminToken(t *testing.T) {
 	}
 	if n := metricSum(t, e.d, "refgc_admin_unauthorized_total"); n != 2 {
 		t.Fatalf("refgc_admin_unauthorized_total = %v, want 2", n)
+	}
+}
+
+func TestDeadLettersEndpoint(t *testing.T) {
+	e := newEnv(t, envOpts{noStorage: true, noRegistry: true})
+	body := `{"events":[{"id":"bad-1","timestamp":"2026-11-22T22:05:20Z","action":"push",` +
+		`"target":{"mediaType":"application/octet-stream","digest":"sha256:nothex","size":1,"repository":"../etc"}}]}`
+	req, _ := http.NewRequest(http.MethodPost, e.d.WebhookURL(), strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/vnd.docker.distribution.events.v2+json")
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("webhook: %d (a bad event must still get 200)", resp.StatusCode)
+	}
+	resp, err = http.Get(e.d.URL() + daemon.DeadPath + "?limit=5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var dls []events.StoredDeadLetter
+	if err := json.NewDecoder(resp.Body).Decode(&dls); err != nil {
+		t.Fatal(err)
+	}
+	if len(dls) != 1 || dls[0].ID != "bad-1" || dls[0].Reason != events.ReasonInvalidEvent || !strings.Contains(dls[0].Body, "../etc") {
+		t.Fatalf("dead letters: %+v", dls)
+	}
+	r2, err := http.Get(e.d.URL() + daemon.DeadPath + "?limit=-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2.Body.Close()
+	if r2.StatusCode != http.StatusBadRequest {
+		t.Fatalf("a bad limit: %d", r2.StatusCode)
 	}
 }

@@ -31,6 +31,7 @@ const (
 	WhyPath       = "/v1/why"
 	ImpactPath    = "/v1/impact"
 	UsagePath     = "/v1/usage"
+	DeadPath      = "/v1/deadletters"
 	VerifyPath    = "/v1/verify"
 	ReconcilePath = "/v1/reconcile"
 	RebuildPath   = "/v1/rebuild"
@@ -52,6 +53,7 @@ func (d *Daemon) routes(hook http.Handler) http.Handler {
 	admin("GET "+WhyPath, d.why)
 	admin("GET "+ImpactPath, d.impact)
 	admin("GET "+UsagePath, d.usage)
+	admin("GET "+DeadPath, d.deadLetters)
 	admin("GET "+VerifyPath, d.verify)
 	admin("POST "+ReconcilePath, d.reconcile)
 	admin("POST "+RebuildPath, d.rebuild)
@@ -282,6 +284,29 @@ func (d *Daemon) usage(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, us)
+}
+
+// deadLetters answers GET /v1/deadletters?limit=N with the newest
+// notifications that could not become events, and why.
+func (d *Daemon) deadLetters(w http.ResponseWriter, r *http.Request) {
+	limit := 100
+	if s := r.URL.Query().Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 || n > 10000 {
+			http.Error(w, "limit: a number from 1 to 10000", http.StatusBadRequest)
+			return
+		}
+		limit = n
+	}
+	dls, err := events.ReadDeadLetters(r.Context(), d.js, "", limit)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	if dls == nil {
+		dls = []events.StoredDeadLetter{}
+	}
+	writeJSON(w, http.StatusOK, dls)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
