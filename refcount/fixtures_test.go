@@ -8,7 +8,7 @@ import (
 	"github.com/refgc/refgc/events"
 )
 
-// The sequence of ../shared/fixtures/distribution-v3.1.2/events, written as
+// The sequence of events/testdata/distribution-v3.1.2/events, written as
 // domain events by hand (the digests are the real ones).
 var (
 	fxL1 = digest.Digest("sha256:90a0fb77ceecf1d9b55ba1685c51cd320b12383aac98d2aff7882949ac06165e")
