@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 func TestLeaderTakeover(t *testing.T) {
@@ -43,16 +44,7 @@ func TestLeaderTakeover(t *testing.T) {
 				t.Cleanup(func() { cancel(); <-done })
 				return inst{l, nc, cancel, done}
 			}
-			waitFor := func(what string, cond func() bool) {
-				t.Helper()
-				deadline := time.Now().Add(20 * time.Second)
-				for !cond() {
-					if time.Now().After(deadline) {
-						t.Fatalf("timed out waiting for %s", what)
-					}
-					time.Sleep(2 * time.Millisecond) // polling a condition
-				}
-			}
+			waitFor := func(what string, cond func() bool) { t.Helper(); regtest.WaitFor(t, what, cond) }
 			a := start("a")
 			waitFor("a to lead", a.l.IsLeader)
 			b := start("b")

@@ -178,19 +178,9 @@ func (e *env) collectAndVerify() collector.Report {
 	return rep
 }
 
-func (e *env) mustPull(ref string) {
-	e.t.Helper()
-	if err := e.reg.TryPull(e.t, ref); err != nil {
-		e.t.Errorf("pull %s: %v", ref, err)
-	}
-}
+func (e *env) mustPull(ref string) { e.t.Helper(); e.reg.MustPull(e.t, ref) }
 
-func (e *env) mustNotFind(repo, ref string) {
-	e.t.Helper()
-	if code := e.reg.ManifestStatus(e.t, repo, ref); code != http.StatusNotFound {
-		e.t.Errorf("%s:%s answers %d, want 404", repo, ref, code)
-	}
-}
+func (e *env) mustNotFind(repo, ref string) { e.t.Helper(); e.reg.MustNotFind(e.t, repo, ref) }
 
 func metricSum(t *testing.T, d *daemon.Daemon, name string) float64 {
 	t.Helper()

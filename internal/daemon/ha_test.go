@@ -10,6 +10,7 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/internal/daemon"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 // Two instances share the event log and the storage: one collects, the
@@ -38,16 +39,7 @@ func TestHotStandbyTakesOver(t *testing.T) {
 		t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
 		return d
 	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(2 * time.Millisecond) // polling a condition
-		}
-	}
+	waitFor := func(what string, cond func() bool) { t.Helper(); regtest.WaitFor(t, what, cond) }
 	a := start("a")
 	waitFor("a to lead", a.IsLeader)
 	b := start("b")

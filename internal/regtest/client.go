@@ -396,3 +396,19 @@ func checkDigest(b []byte, want v1.Hash) error {
 	}
 	return nil
 }
+
+// MustPull reports an error unless ref pulls completely.
+func (r *Registry) MustPull(t testing.TB, ref string) {
+	t.Helper()
+	if err := r.TryPull(t, ref); err != nil {
+		t.Errorf("pull %s: %v", ref, err)
+	}
+}
+
+// MustNotFind reports an error unless the manifest answers 404.
+func (r *Registry) MustNotFind(t testing.TB, repo, ref string) {
+	t.Helper()
+	if code := r.ManifestStatus(t, repo, ref); code != http.StatusNotFound {
+		t.Errorf("%s:%s answers %d, want 404", repo, ref, code)
+	}
+}

@@ -1,0 +1,19 @@
+package regtest
+
+import (
+	"testing"
+	"time"
+)
+
+// WaitFor polls cond until it holds, failing the test after 20 s. It waits
+// for a condition, never for time to pass.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
