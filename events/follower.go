@@ -662,15 +662,17 @@ func (f *Follower) apply(ctx context.Context, batch []Record) error {
 	}
 	f.mu.Lock()
 	f.applied = last
-	close(f.notify)
-	f.notify = make(chan struct{})
 	lag := f.lagLocked()
-	f.mu.Unlock()
+	// Metrics first, then the waiters: whoever WaitApplied releases sees
+	// them already counted.
 	if f.records != nil {
 		f.records.Add(float64(len(batch)))
 		f.appliedG.Set(float64(last))
 		f.lag.Set(float64(lag))
 	}
+	close(f.notify)
+	f.notify = make(chan struct{})
+	f.mu.Unlock()
 	return nil
 }
 
