@@ -420,6 +420,7 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 		return err
 	}
 	var redo []refcount.Intent
+	var drop []string
 	for _, in := range intents {
 		ni, ok, err := c.cfg.Projection.Get(in.Node)
 		if err != nil {
@@ -427,10 +428,7 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 		}
 		switch {
 		case !ok || !ni.Present:
-			// Committed before the crash.
-			if err := c.cfg.Projection.DropIntent(in.ID); err != nil {
-				return err
-			}
+			drop = append(drop, in.ID) // committed before the crash
 		case ni.Count == 0 && ni.Eligible != nil && !ni.Eligible.After(c.cfg.Now()) && ni.LastSeq <= in.AsOf:
 			redo = append(redo, in)
 		default:
@@ -439,10 +437,11 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 				return err
 			}
 			rep.Restored++
-			if err := c.cfg.Projection.DropIntent(in.ID); err != nil {
-				return err
-			}
+			drop = append(drop, in.ID)
 		}
+	}
+	if err := c.cfg.Projection.DropIntents(drop); err != nil {
+		return err
 	}
 	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(redo), "total", len(intents))
 	return c.commit(ctx, c.act(ctx, redo, rep), rep)

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -164,14 +163,6 @@ func (p *Projection) Intents() ([]Intent, error) {
 	return out, err
 }
 
-// SetIntent rewrites an intent (for example to mark it for restore).
-func (p *Projection) SetIntent(in Intent) error {
-	return p.db.Update(func(tx *bolt.Tx) error { return putIntent(tx, in) })
-}
-
-// DropIntent removes an intent.
-func (p *Projection) DropIntent(id string) error { return p.DropIntents([]string{id}) }
-
 // DropIntents removes intents in one transaction.
 func (p *Projection) DropIntents(ids []string) error {
 	if len(ids) == 0 {
@@ -276,23 +267,6 @@ func (p *Projection) Stats() (Stats, error) {
 		})
 	})
 	return s, err
-}
-
-// Snapshot writes a consistent copy of the file to path (for dry runs and
-// for reading beside a running daemon).
-func (p *Projection) Snapshot(path string) error {
-	return p.db.View(func(tx *bolt.Tx) error { return tx.CopyFile(path, 0o600) })
-}
-
-// WriteTo streams a consistent copy of the file to w.
-func (p *Projection) WriteTo(w io.Writer) (int64, error) {
-	var n int64
-	err := p.db.View(func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
-	})
-	return n, err
 }
 
 // forEachNode calls fn for every node record, in key order.

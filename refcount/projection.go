@@ -161,9 +161,6 @@ func (p *Projection) Close() error { return p.db.Close() }
 // Path returns the file's path.
 func (p *Projection) Path() string { return p.db.Path() }
 
-// Policy returns the untagged policy in force.
-func (p *Projection) Policy() Policy { return p.opts.Untagged }
-
 // Options returns the options in force, with defaults filled in.
 func (p *Projection) Options() Options { return p.opts }
 

@@ -303,19 +303,6 @@ func b2u(b bool) uint64 {
 	return 0
 }
 
-// TagsOf returns every tag that ever pointed at the manifest (its history
-// index entries in storage), so the collector can remove them with the
-// revision without scanning the repository's tags.
-func (p *Projection) TagsOf(repo string, d events.NodeRef) ([]string, error) {
-	var tags []string
-	err := p.db.View(func(tx *bolt.Tx) error {
-		var err error
-		tags, err = historyTags(tx, nodeKey(d))
-		return err
-	})
-	return tags, err
-}
-
 // Manifest returns what a manifest revision references, if the projection holds it.
 func (p *Projection) Manifest(ref events.NodeRef) (m events.Manifest, ok bool, err error) {
 	err = p.db.View(func(tx *bolt.Tx) error {
