@@ -157,21 +157,13 @@ func (e *env) settle() {
 // that every cascade completes.
 func (e *env) drain() collector.Report {
 	e.t.Helper()
-	var total collector.Report
-	for _, step := range []time.Duration{2 * testGrace, 2 * testGrace, 2 * testGrace, testRetention + testGrace, testRetention + testGrace} {
-		e.advance(step)
+	return regtest.Drain(e.t, testGrace, testRetention, e.advance, func() collector.Report {
 		rep, err := e.col.Pass(context.Background())
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		if rep.Errors > 0 {
-			e.t.Fatalf("pass had %d errors", rep.Errors)
-		}
-		total.Unlinked += rep.Unlinked
-		total.Purged += rep.Purged
-		total.Bytes += rep.Bytes
-	}
-	return total
+		return rep
+	})
 }
 
 // collectAndVerify computes the reachable set with the independent oracle,

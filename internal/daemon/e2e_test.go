@@ -154,14 +154,7 @@ func (e *env) pass() collector.Report {
 // every cascade completes.
 func (e *env) drain() collector.Report {
 	e.t.Helper()
-	var total collector.Report
-	for _, step := range []time.Duration{2 * testGrace, 2 * testGrace, 2 * testGrace, testRetention + testGrace, testRetention + testGrace} {
-		e.advance(step)
-		rep := e.pass()
-		total.Unlinked += rep.Unlinked
-		total.Purged += rep.Purged
-	}
-	return total
+	return regtest.Drain(e.t, testGrace, testRetention, e.advance, e.pass)
 }
 
 // collectAndVerify compares the filesystem oracle's reachable set before
