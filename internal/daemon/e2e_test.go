@@ -154,7 +154,13 @@ func (e *env) pass() collector.Report {
 // every cascade completes.
 func (e *env) drain() collector.Report {
 	e.t.Helper()
-	return regtest.Drain(e.t, testGrace, testRetention, e.advance, e.pass)
+	var total collector.Report
+	regtest.Drain(e.t, testGrace, testRetention, e.advance, func() {
+		rep := e.pass()
+		total.Unlinked += rep.Unlinked
+		total.Purged += rep.Purged
+	})
+	return total
 }
 
 // collectAndVerify compares the filesystem oracle's reachable set before
