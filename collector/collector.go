@@ -240,21 +240,15 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 		return 0, fmt.Errorf("collector: catch up: %w", err)
 	}
 	now := c.cfg.Now()
-	cands, err := c.cfg.Projection.Candidates(now, c.cfg.BatchSize*4)
+	cands, err := c.cfg.Projection.CandidatesOf(now, c.cfg.BatchSize,
+		func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge })
 	if err != nil {
 		return 0, err
 	}
-	var refs []events.NodeRef
-	var ids []string
-	for _, cd := range cands {
-		if (cd.Node.Kind == events.NodeBlob) != purge {
-			continue
-		}
-		refs = append(refs, cd.Node)
-		ids = append(ids, newID())
-		if len(refs) == c.cfg.BatchSize {
-			break
-		}
+	refs := make([]events.NodeRef, len(cands))
+	ids := make([]string, len(cands))
+	for i, cd := range cands {
+		refs[i], ids[i] = cd.Node, newID()
 	}
 	if len(refs) == 0 {
 		return 0, nil

@@ -27,6 +27,13 @@ type Candidate struct {
 // Candidates returns up to limit nodes eligible for collection at now,
 // oldest first.
 func (p *Projection) Candidates(now time.Time, limit int) ([]Candidate, error) {
+	return p.CandidatesOf(now, limit, nil)
+}
+
+// CandidatesOf is Candidates restricted to the node kinds keep accepts
+// (all of them when keep is nil): the others are passed over, not counted
+// against limit.
+func (p *Projection) CandidatesOf(now time.Time, limit int, keep func(events.NodeKind) bool) ([]Candidate, error) {
 	var out []Candidate
 	err := p.db.View(func(tx *bolt.Tx) error {
 		nodes := tx.Bucket(bucketNodes)
@@ -43,6 +50,9 @@ func (p *Projection) Candidates(now time.Time, limit int) ([]Candidate, error) {
 			ref, err := parseNodeKey(nk)
 			if err != nil {
 				return err
+			}
+			if keep != nil && !keep(ref.Kind) {
+				continue
 			}
 			n, err := decodeNode(nodes.Get(nk))
 			if err != nil {
