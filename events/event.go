@@ -71,12 +71,25 @@ const (
 	ObservedAbsent Kind = "observed.absent"
 	// Collected: the collector removed a node from storage (Collected).
 	Collected Kind = "gc.collected"
+	// Healed: the collector re-linked in storage a node that a late
+	// statement proved live after it was unlinked (Collected, naming the
+	// node; Purged is always false).
+	Healed Kind = "gc.healed"
+	// Refused: ingest could not accept a notification (dead-lettered, over
+	// the size limit, or refused for its credentials), so the projection
+	// may miss what it said (Refused). Collection pauses until a reconcile
+	// that began after it has run.
+	Refused Kind = "notification.refused"
+	// Reconciled: a reconcile pass that began at AsOf has published all its
+	// corrections (Reconciled). Repos names the repositories it walked;
+	// empty means the whole registry.
+	Reconciled Kind = "reconcile.completed"
 )
 
 // Kinds lists every kind, in a stable order.
 var Kinds = []Kind{ManifestPushed, TagSet, TagDeleted, DigestDeleted, BlobPushed,
 	BlobMounted, Touched, RepositoryDeleted, LabelAttached, LabelDetached,
-	LegacyImageCreated, BlobObserved, ObservedAbsent, Collected}
+	LegacyImageCreated, BlobObserved, ObservedAbsent, Collected, Healed, Refused, Reconciled}
 
 // Event is the versioned envelope. Exactly one body pointer is set, the one
 // its Kind names.
@@ -86,16 +99,26 @@ type Event struct {
 	Time   time.Time `json:"time"`
 	Source string    `json:"source,omitempty"`
 	Kind   Kind      `json:"kind"`
+	// Received is when refgc's ingest accepted the event from a registry's
+	// notification queue; zero for events refgc makes itself. Events with
+	// it set move their Source's delivery watermark (see refcount).
+	Received time.Time `json:"received,omitzero"`
+	// Host is the registry host that sent an ingested event (Distribution's
+	// source.addr). A new Source on a known Host is a registry restart: its
+	// in-memory notification queue, and whatever it held, is lost.
+	Host string `json:"host,omitempty"`
 
-	Manifest  *Manifest     `json:"manifest,omitempty"`
-	Tag       *Tag          `json:"tag,omitempty"`
-	Ref       *Ref          `json:"ref,omitempty"`
-	Blob      *Blob         `json:"blob,omitempty"`
-	Repo      *Repo         `json:"repo,omitempty"`
-	Label     *Label        `json:"label,omitempty"`
-	Legacy    *LegacyImage  `json:"legacy,omitempty"`
-	Absent    *Observation  `json:"absent,omitempty"`
-	Collected *CollectedRef `json:"collected,omitempty"`
+	Manifest  *Manifest       `json:"manifest,omitempty"`
+	Tag       *Tag            `json:"tag,omitempty"`
+	Ref       *Ref            `json:"ref,omitempty"`
+	Blob      *Blob           `json:"blob,omitempty"`
+	Repo      *Repo           `json:"repo,omitempty"`
+	Label     *Label          `json:"label,omitempty"`
+	Legacy    *LegacyImage    `json:"legacy,omitempty"`
+	Absent    *Observation    `json:"absent,omitempty"`
+	Collected *CollectedRef   `json:"collected,omitempty"`
+	Refused   *RefusedRef     `json:"refused,omitempty"`
+	Reconcile *Reconciliation `json:"reconcile,omitempty"`
 }
 
 // Descriptor names content by digest, with its media type and size.
@@ -225,6 +248,24 @@ type CollectedRef struct {
 	// node. Any event for the node after it means the removal raced with a
 	// new reference: the node stays, and the collector restores its links.
 	AsOf uint64 `json:"asOf"`
+}
+
+// RefusedRef is the body of Refused.
+type RefusedRef struct {
+	// Reason is a small fixed code (a dead-letter reason, "too_large",
+	// "unauthorized").
+	Reason string `json:"reason"`
+	// Repo is the repository the notification named, when it could be read.
+	Repo string `json:"repo,omitempty"`
+}
+
+// Reconciliation is the body of Reconciled.
+type Reconciliation struct {
+	// AsOf is the stream sequence at which the walk began: everything the
+	// projection applied up to it was compared with storage.
+	AsOf uint64 `json:"asOf"`
+	// Repos are the repositories walked; empty for the whole registry.
+	Repos []string `json:"repos,omitempty"`
 }
 
 // Encode returns the event's JSON encoding, with V set to Version if it was zero.

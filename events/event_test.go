@@ -47,6 +47,14 @@ func validEvents() []Event {
 		with(base(Collected), func(e *Event) {
 			e.Collected = &CollectedRef{Node: NodeRef{Kind: NodeBlob, Digest: dA}, Purged: true, Intent: "i", AsOf: 7}
 		}),
+		with(base(Healed), func(e *Event) {
+			e.Collected = &CollectedRef{Node: NodeRef{Kind: NodeLayer, Repo: "app", Digest: dA}}
+		}),
+		with(base(Refused), func(e *Event) {
+			e.Refused = &RefusedRef{Reason: "too_large", Repo: "app"}
+			e.Host, e.Received = "reg:5000", e.Time.Add(time.Second)
+		}),
+		with(base(Reconciled), func(e *Event) { e.Reconcile = &Reconciliation{AsOf: 9, Repos: []string{"app"}} }),
 	}
 }
 

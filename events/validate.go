@@ -37,6 +37,8 @@ var (
 	tagRE  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 	// Labels and legacy image ids are opaque, but end up in keys: keep them tame.
 	idRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:=-]{0,254}$`)
+	// reasonRE is a refusal code: usable as a metric label.
+	reasonRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 )
 
 // MaxRepoLength is the longest repository name the grammar allows.
@@ -162,12 +164,16 @@ func (e *Event) Validate() error {
 	if e.Time.IsZero() {
 		c.fail("time", "required")
 	}
+	if len(e.Host) > 255 || strings.ContainsAny(e.Host, "\x00\n\r") {
+		c.fail("host", "must be at most 255 characters with no control characters")
+	}
 	if e.V < 0 || e.V > Version {
 		c.fail("v", fmt.Sprintf("unsupported version %d", e.V))
 	}
 	bodies := 0
 	for _, set := range []bool{e.Manifest != nil, e.Tag != nil, e.Ref != nil, e.Blob != nil,
-		e.Repo != nil, e.Label != nil, e.Legacy != nil, e.Absent != nil, e.Collected != nil} {
+		e.Repo != nil, e.Label != nil, e.Legacy != nil, e.Absent != nil, e.Collected != nil,
+		e.Refused != nil, e.Reconcile != nil} {
 		if set {
 			bodies++
 		}
@@ -256,9 +262,24 @@ func (e *Event) Validate() error {
 		if need("absent", e.Absent != nil) {
 			c.node("absent.node", e.Absent.Node)
 		}
-	case Collected:
+	case Collected, Healed:
 		if need("collected", e.Collected != nil) {
 			c.node("collected.node", e.Collected.Node)
+		}
+	case Refused:
+		if need("refused", e.Refused != nil) {
+			if !reasonRE.MatchString(e.Refused.Reason) {
+				c.fail("refused.reason", "must be a short lower-case code")
+			}
+			if e.Refused.Repo != "" {
+				c.repo("refused.repo", e.Refused.Repo)
+			}
+		}
+	case Reconciled:
+		if need("reconcile", e.Reconcile != nil) {
+			for i, r := range e.Reconcile.Repos {
+				c.repo(fmt.Sprintf("reconcile.repos[%d]", i), r)
+			}
 		}
 	case "":
 		c.fail("kind", "required")
