@@ -23,6 +23,9 @@ type TrashEntry struct {
 func (t *txn) apply(seq uint64, e *events.Event) error {
 	t.seq = seq
 	t.now = e.Time.UnixNano()
+	if !e.Received.IsZero() {
+		t.delivered(e)
+	}
 	switch e.Kind {
 	case events.ManifestPushed:
 		t.manifestPushed(e.Manifest)
@@ -54,12 +57,19 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 		t.observedAbsent(e.Absent)
 	case events.Collected:
 		t.collected(e.Collected, e.Time)
+	case events.Healed:
+		t.healed(e.Collected)
+	case events.Refused:
+		t.pause(e.Refused.Repo, "refused_"+e.Refused.Reason)
+	case events.Reconciled:
+		t.reconciled(e.Reconcile)
 	}
 	return t.err
 }
 
 func (t *txn) manifestPushed(m *events.Manifest) {
 	k := manifestKey(m.Repo, m.Digest)
+	t.revive(k)
 	n := t.get(k)
 	decl := make([]edge, 0, len(m.Blobs)+len(m.Children)+2)
 	decl = append(decl, edge{edgeContent, blobKey(m.Digest)})
@@ -72,7 +82,9 @@ func (t *txn) manifestPushed(m *events.Manifest) {
 		decl = appendUnique(decl, edge{edgeLink, lk})
 	}
 	for _, c := range m.Children {
-		decl = appendUnique(decl, edge{edgeChild, manifestKey(m.Repo, c.Digest)})
+		ck := manifestKey(m.Repo, c.Digest)
+		t.revive(ck) // an index is only whole with its children linked
+		decl = appendUnique(decl, edge{edgeChild, ck})
 	}
 	if m.Subject != nil {
 		decl = appendUnique(decl, edge{edgeSubject, manifestKey(m.Repo, m.Subject.Digest)})
@@ -86,11 +98,11 @@ func (t *txn) manifestPushed(m *events.Manifest) {
 		}
 	}
 	n.size, n.mediaType = m.Size, m.MediaType
+	n.heard = t.now
 	n.setFlag(flagPinned, m.Unverified)
 	body := *m
 	body.Tag = ""
 	t.putJSON(t.nodes, subKey(k, subBody, nil), body)
-	t.del(t.tx.Bucket(bucketTrash), k)
 	t.setDecl(k, n, decl)
 	t.lease(k, n)
 	t.setPresent(k, n, true)
@@ -108,8 +120,12 @@ func appendUnique(es []edge, e edge) []edge {
 
 func (t *txn) tagSet(repo, tag string, d digest.Digest) {
 	k := tagKey(repo, tag)
-	n := t.get(k)
+	if !t.tagNewer(k) {
+		return
+	}
 	mk := manifestKey(repo, d)
+	t.revive(mk)
+	n := t.get(k)
 	for _, e := range n.decl {
 		if e.kind == edgeTag && !bytes.Equal(e.to, mk) {
 			t.put(t.nodes, subKey(e.to, subHistory, k), []byte{histPointed})
@@ -123,7 +139,7 @@ func (t *txn) tagSet(repo, tag string, d digest.Digest) {
 
 func (t *txn) tagDeleted(repo, tag string) {
 	k := tagKey(repo, tag)
-	if !t.exists(k) {
+	if !t.tagNewer(k) || !t.exists(k) {
 		return
 	}
 	n := t.get(k)
@@ -140,6 +156,7 @@ func (t *txn) tagDeleted(repo, tag string) {
 // revision if the repository has one, else a layer link.
 func (t *txn) digestDeleted(repo string, d digest.Digest) {
 	for _, k := range [][]byte{manifestKey(repo, d), layerKey(repo, d)} {
+		t.bury(k)
 		if !t.exists(k) {
 			continue
 		}
@@ -160,7 +177,9 @@ func (t *txn) blobLinked(repo string, d digest.Digest, size int64) {
 }
 
 func (t *txn) blobLinkedNoLease(lk []byte, repo string, d digest.Digest, size int64) {
+	t.revive(lk)
 	n := t.get(lk)
+	n.heard = t.now
 	if len(n.decl) == 0 {
 		t.setDecl(lk, n, []edge{{edgeContent, blobKey(d)}})
 	}
@@ -300,8 +319,11 @@ func (t *txn) collected(c *events.CollectedRef, at time.Time) {
 	if n.lastSeq > c.AsOf || n.count > 0 || !n.present() {
 		return
 	}
-	if k[0] == kManifest {
+	switch k[0] {
+	case kManifest:
 		t.trash(k, c.Node, at)
+	case kLayer:
+		t.put(t.tx.Bucket(bucketTombs), k, u64(uint64(at.UnixNano())))
 	}
 	t.named(k, n)
 	t.setPresent(k, n, false)

@@ -208,14 +208,16 @@ func (p *Projection) TrashEntryOf(ref events.NodeRef) (e TrashEntry, ok bool, er
 	return e, ok, err
 }
 
-// PruneTrash forgets trash entries unlinked before the given time: their
-// data is past retention and may be purged.
+// PruneTrash forgets trash entries and layer-link tombstones unlinked
+// before the given time: their data is past retention and may be purged,
+// so a late event can no longer heal them.
 func (p *Projection) PruneTrash(before time.Time) (int, error) {
 	n := 0
 	err := p.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketTrash)
+		n = 0
 		var drop [][]byte
-		if err := b.ForEach(func(k, v []byte) error {
+		trash := tx.Bucket(bucketTrash)
+		if err := trash.ForEach(func(k, v []byte) error {
 			var e TrashEntry
 			if err := json.Unmarshal(v, &e); err != nil || e.UnlinkedAt.Before(before) {
 				drop = append(drop, append([]byte(nil), k...))
@@ -225,11 +227,27 @@ func (p *Projection) PruneTrash(before time.Time) (int, error) {
 			return err
 		}
 		for _, k := range drop {
-			if err := b.Delete(k); err != nil {
+			if err := trash.Delete(k); err != nil {
 				return err
 			}
 		}
-		n = len(drop)
+		n += len(drop)
+		drop = drop[:0]
+		tombs := tx.Bucket(bucketTombs)
+		if err := tombs.ForEach(func(k, v []byte) error {
+			if int64(readU64(v)) < before.UnixNano() {
+				drop = append(drop, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range drop {
+			if err := tombs.Delete(k); err != nil {
+				return err
+			}
+		}
+		n += len(drop)
 		return nil
 	})
 	return n, err

@@ -28,7 +28,11 @@ type node struct {
 	lastSeq   uint64
 	size      int64
 	mediaType string
-	decl      []edge // declared outgoing edges (the subject edge is declared by the referrer and kept here with kind edgeSubject, pointing at the subject)
+	// heard is the time of the newest event that stated the object present
+	// in storage (a push, a mount, the reconciler's observation): the
+	// collector's storage check refuses to unlink a link rewritten after it.
+	heard int64
+	decl  []edge // declared outgoing edges (the subject edge is declared by the referrer and kept here with kind edgeSubject, pointing at the subject)
 }
 
 func (n *node) present() bool { return n.flags&flagPresent != 0 }
@@ -59,6 +63,9 @@ func (n *node) encode() []byte {
 		b = append(b, e.kind)
 		b = binary.AppendUvarint(b, uint64(len(e.to)))
 		b = append(b, e.to...)
+	}
+	if n.heard != 0 { // a trailing field: records written before it have none
+		b = binary.AppendVarint(b, n.heard)
 	}
 	return b
 }
@@ -139,6 +146,12 @@ func decodeNode(b []byte) (*node, error) {
 	for i := uint64(0); i < cnt && d.err == nil; i++ {
 		k := d.byte1()
 		n.decl = append(n.decl, edge{kind: k, to: d.bytes()})
+	}
+	if d.err == nil && len(d.b) > 0 {
+		n.heard = d.varint()
+	}
+	if d.err == nil && len(d.b) > 0 {
+		d.fail()
 	}
 	if d.err != nil {
 		return nil, d.err

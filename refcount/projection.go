@@ -42,6 +42,10 @@ type Options struct {
 	ReadOnly bool
 	// Timeout bounds the wait for the file lock (default 1 s).
 	Timeout time.Duration
+	// Now is the clock of Open (default time.Now): switching the untagged
+	// policy from keep to delete starts every untagged revision's grace
+	// at that moment.
+	Now func() time.Time
 }
 
 func (o *Options) defaults() {
@@ -57,6 +61,9 @@ func (o *Options) defaults() {
 	if o.Timeout <= 0 {
 		o.Timeout = time.Second
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 }
 
 // Projection is the reference-count projection over one bbolt file. It is
@@ -64,6 +71,8 @@ func (o *Options) defaults() {
 type Projection struct {
 	db   *bolt.DB
 	opts Options
+	// policyAt is when the policy last became delete (unix ns; 0: always was).
+	policyAt int64
 }
 
 // Open opens (creating if needed) the projection file at path, runs any
@@ -79,10 +88,19 @@ func Open(path string, opts Options) (*Projection, error) {
 		return nil, fmt.Errorf("refcount: open %s: %w", path, err)
 	}
 	p := &Projection{db: db, opts: opts}
-	if opts.ReadOnly {
-		return p, nil
+	if !opts.ReadOnly {
+		if err := db.Update(p.init); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
-	if err := db.Update(p.init); err != nil {
+	err = db.View(func(tx *bolt.Tx) error {
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			p.policyAt = int64(readU64(meta.Get(keyPolicyAt)))
+		}
+		return nil
+	})
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -119,6 +137,14 @@ func (p *Projection) init(tx *bolt.Tx) error {
 	if old := Policy(meta.Get(keyPolicy)); old != p.opts.Untagged {
 		if err := meta.Put(keyPolicy, []byte(p.opts.Untagged)); err != nil {
 			return err
+		}
+		if old == PolicyKeep && p.opts.Untagged == PolicyDelete {
+			// Revisions kept as roots until now get the whole grace from
+			// the switch on, not from when they were last touched.
+			if err := meta.Put(keyPolicyAt, u64(uint64(p.opts.Now().UnixNano()))); err != nil {
+				return err
+			}
+			p.policyAt = p.opts.Now().UnixNano()
 		}
 		if old != "" {
 			return p.requeue(tx)
@@ -247,14 +273,16 @@ type txn struct {
 	queue *bolt.Bucket
 	cache map[string]*node
 	dirty map[string]struct{}
-	now   int64  // the current event's time, unix ns
-	seq   uint64 // the current event's sequence
-	err   error
+	// sources caches the delivery state of the batch's sources.
+	sources map[string]*SourceState
+	now     int64  // the current event's time, unix ns
+	seq     uint64 // the current event's sequence
+	err     error
 }
 
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {
 	return &txn{p: p, tx: tx, nodes: tx.Bucket(bucketNodes), queue: tx.Bucket(bucketQueue),
-		cache: make(map[string]*node), dirty: make(map[string]struct{})}
+		cache: make(map[string]*node), dirty: make(map[string]struct{}), sources: make(map[string]*SourceState)}
 }
 
 // get returns the node record for k, a new empty one if there is none.
@@ -501,6 +529,9 @@ func (p *Projection) eligibleAt(k []byte, n *node) int64 {
 	if n.lease > at {
 		at = n.lease
 	}
+	if k[0] == kManifest && p.policyAt != 0 && p.policyAt+int64(p.opts.Grace) > at {
+		at = p.policyAt + int64(p.opts.Grace)
+	}
 	return at
 }
 
@@ -536,6 +567,7 @@ func (t *txn) flush() error {
 	}
 	clear(t.dirty)
 	clear(t.cache)
+	t.flushSources()
 	return t.err
 }
 

@@ -276,13 +276,16 @@ func TestPolicyChangeRequeues(t *testing.T) {
 	f.apply(pushM("app", "m", "", []string{"l"}, nil, ""))
 	f.expectCandidates(t0.Add(48 * hour))
 	p.Close()
-	p, err = Open(path, Options{Untagged: PolicyDelete, NoSync: true})
+	// The switch starts the revision's grace afresh (default grace 1 h).
+	switched := t0.Add(24 * hour)
+	p, err = Open(path, Options{Untagged: PolicyDelete, NoSync: true, Now: func() time.Time { return switched }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
 	f.p = p
-	f.expectCandidates(t0.Add(48*hour), manN("app", "m"))
+	f.expectCandidates(switched.Add(30 * time.Minute))
+	f.expectCandidates(switched.Add(hour), manN("app", "m"))
 	f.check()
 }
 

@@ -24,10 +24,14 @@ type model struct {
 	refs      map[string]map[digest.Digest]*events.Manifest
 	layers    map[string]map[digest.Digest]bool
 	blobs     map[digest.Digest]bool
+	// trash holds what a collected manifest referenced, and tombs the
+	// collected layer links: a later statement of them heals them.
+	trash map[string]*events.Manifest
+	tombs map[string]bool
 }
 
 func newModel(keep bool) *model {
-	return &model{keep: keep, tags: map[string]map[string]digest.Digest{}, manifests: map[string]map[digest.Digest]bool{},
+	return &model{keep: keep, trash: map[string]*events.Manifest{}, tombs: map[string]bool{}, tags: map[string]map[string]digest.Digest{}, manifests: map[string]map[digest.Digest]bool{},
 		refs: map[string]map[digest.Digest]*events.Manifest{}, layers: map[string]map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}
 }
 
@@ -38,13 +42,38 @@ func sub[K comparable, V any](m map[string]map[K]V, repo string) map[K]V {
 	return m[repo]
 }
 
+// revive brings back a collected manifest that an event names again, as
+// the projection heals it: with its layer links and children.
+func (m *model) revive(repo string, d digest.Digest) {
+	k := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}.String()
+	x, ok := m.trash[k]
+	if !ok {
+		return
+	}
+	delete(m.trash, k)
+	if sub(m.manifests, repo)[d] || x == nil {
+		return
+	}
+	y := *x
+	y.Tag = ""
+	m.do(events.Event{Kind: events.ManifestPushed, Manifest: &y})
+}
+
 func (m *model) do(e events.Event) {
 	switch e.Kind {
 	case events.BlobPushed, events.BlobMounted:
+		delete(m.tombs, events.NodeRef{Kind: events.NodeLayer, Repo: e.Blob.Repo, Digest: e.Blob.Digest}.String())
 		sub(m.layers, e.Blob.Repo)[e.Blob.Digest] = true
 		m.blobs[e.Blob.Digest] = true
 	case events.ManifestPushed:
 		x := e.Manifest
+		delete(m.trash, events.NodeRef{Kind: events.NodeManifest, Repo: x.Repo, Digest: x.Digest}.String())
+		for _, c := range x.Children {
+			m.revive(x.Repo, c.Digest)
+		}
+		for _, b := range x.Blobs {
+			delete(m.tombs, events.NodeRef{Kind: events.NodeLayer, Repo: x.Repo, Digest: b.Digest}.String())
+		}
 		sub(m.manifests, x.Repo)[x.Digest] = true
 		sub(m.refs, x.Repo)[x.Digest] = x
 		m.blobs[x.Digest] = true
@@ -56,10 +85,13 @@ func (m *model) do(e events.Event) {
 			sub(m.tags, x.Repo)[x.Tag] = x.Digest
 		}
 	case events.TagSet:
+		m.revive(e.Tag.Repo, e.Tag.Digest)
 		sub(m.tags, e.Tag.Repo)[e.Tag.Name] = e.Tag.Digest
 	case events.TagDeleted:
 		delete(sub(m.tags, e.Tag.Repo), e.Tag.Name)
 	case events.DigestDeleted:
+		delete(m.trash, events.NodeRef{Kind: events.NodeManifest, Repo: e.Ref.Repo, Digest: e.Ref.Digest}.String())
+		delete(m.tombs, events.NodeRef{Kind: events.NodeLayer, Repo: e.Ref.Repo, Digest: e.Ref.Digest}.String())
 		if sub(m.manifests, e.Ref.Repo)[e.Ref.Digest] {
 			delete(m.manifests[e.Ref.Repo], e.Ref.Digest)
 		} else {
@@ -73,8 +105,10 @@ func (m *model) do(e events.Event) {
 		n := e.Collected.Node
 		switch n.Kind {
 		case events.NodeManifest:
+			m.trash[n.String()] = sub(m.refs, n.Repo)[n.Digest]
 			delete(sub(m.manifests, n.Repo), n.Digest)
 		case events.NodeLayer:
+			m.tombs[n.String()] = true
 			delete(sub(m.layers, n.Repo), n.Digest)
 		case events.NodeBlob:
 			delete(m.blobs, n.Digest)
@@ -207,6 +241,9 @@ func TestRandomAgainstModel(t *testing.T) {
 			repos := []string{"a", "b", "c/d"}
 			tags := []string{"v1", "v2", "latest"}
 			var pushed []string // manifest names, in push order, so children form a DAG
+			// bodies keeps what each repo@name was first pushed with: the
+			// same digest always names the same content.
+			bodies := map[string]*events.Manifest{}
 			blob := func() string { return fmt.Sprintf("blob%d", rng.IntN(12)) }
 			far := t0.Add(1000 * hour)
 			ops := 0
@@ -243,14 +280,18 @@ func TestRandomAgainstModel(t *testing.T) {
 						if rng.IntN(2) == 0 {
 							tag = tags[rng.IntN(len(tags))]
 						}
-						if x := m.refs[repo][dg(name)]; x != nil {
+						if x := bodies[repo+"@"+name]; x != nil {
 							// Content is immutable: a re-push states the same references.
 							e := events.Event{Kind: events.ManifestPushed, Manifest: new(events.Manifest)}
 							*e.Manifest = *x
 							e.Manifest.Tag = tag
 							batch = append(batch, e)
 						} else {
-							batch = append(batch, pushM(repo, name, tag, blobs, children, subject))
+							e := pushM(repo, name, tag, blobs, children, subject)
+							body := *e.Manifest
+							body.Tag = ""
+							bodies[repo+"@"+name] = &body
+							batch = append(batch, e)
 						}
 					case r < 62:
 						if len(pushed) > 0 {

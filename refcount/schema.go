@@ -7,10 +7,12 @@
 //	  schema   → uint64 schema version (SchemaVersion)
 //	  cursor   → uint64 last applied stream sequence
 //	  policy   → "delete" | "keep"
+//	  policyAt → uint64 unix ns when the policy last became "delete" (its grace starts afresh)
+//	  reconciled → uint64 AsOf of the last reconcile of the whole registry
 //	nodes/
 //	  <node key>                    → node record (flags, count, lease, zero-since,
 //	                                  queue time, last event sequence, size, media
-//	                                  type, declared edges)
+//	                                  type, declared edges, last heard present)
 //	  <node key> 0x01 'i' <from key>     → edge kind   (an incoming edge: a holder)
 //	  <node key> 0x01 'r' <referrer key> → ∅           (a referrer declaring it as subject)
 //	  <node key> 0x01 'h' <tag key>      → state byte  (a tag that pointed at this manifest)
@@ -19,6 +21,18 @@
 //	  <u64 eligible-at ns><node key> → ∅   (the zero-ref queue, oldest first)
 //	trash/
 //	  <manifest key> → JSON TrashEntry (unlinked, not yet purged; restorable)
+//	tombs/
+//	  <layer key> → uint64 unix ns (a layer link the collector unlinked; healable until pruned)
+//	heals/
+//	  <node key> → JSON Heal (an unlinked node a later event proved live: re-link it)
+//	stamps/
+//	  <tag key> → uint64 unix ns (registry time of the tag's last change; kept after a delete)
+//	sources/
+//	  <source> → JSON SourceState (delivery watermark of one registry instance)
+//	hosts/
+//	  <host> → <source> (the instance a registry host runs now)
+//	pauses/
+//	  <repo> → JSON Pause (a view that may be incomplete; "" for the whole registry)
 //	intents/
 //	  <intent id> → JSON Intent (collector work recorded before a storage operation)
 //
@@ -54,6 +68,20 @@
 //   - The cursor is written in the same transaction as the state it
 //     describes; events at or below it are skipped, so applying a batch
 //     twice changes nothing.
+//   - A node the collector unlinked keeps a tombstone (its trash entry, for
+//     a manifest; tombs/, for a layer link) until its data may be purged.
+//     An event that states it present or referenced again removes the
+//     tombstone and records a heal: the collector re-links it in storage.
+//     An explicit delete drops the tombstone instead.
+//   - Tag changes are ordered by the registry's timestamp per tag (last
+//     writer wins): a tag event older than stamps/ says is ignored.
+//   - sources/ holds, per registry instance, the newest event time and the
+//     newest receipt time of the events ingested from it (those with
+//     Received set); hosts/ maps a registry host to its current instance. A
+//     new instance on a known host (a restart: its queue was lost), and
+//     every Refused event, add a pause; a Reconciled event whose walk began
+//     at or after a pause's sequence, over its repository or the whole
+//     registry, removes it.
 //   - Apply is deterministic: it reads no clock. Leases and queue times come
 //     from the events' own times, so replaying the log rebuilds the same file.
 package refcount
@@ -72,7 +100,7 @@ import (
 )
 
 // SchemaVersion is the layout version this package writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Bucket and meta keys, declared once.
 var (
@@ -81,12 +109,21 @@ var (
 	bucketQueue   = []byte("queue")
 	bucketTrash   = []byte("trash")
 	bucketIntents = []byte("intents")
+	bucketTombs   = []byte("tombs")
+	bucketHeals   = []byte("heals")
+	bucketStamps  = []byte("stamps")
+	bucketSources = []byte("sources")
+	bucketHosts   = []byte("hosts")
+	bucketPauses  = []byte("pauses")
 
-	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketQueue, bucketTrash, bucketIntents}
+	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketQueue, bucketTrash, bucketIntents,
+		bucketTombs, bucketHeals, bucketStamps, bucketSources, bucketHosts, bucketPauses}
 
-	keySchema = []byte("schema")
-	keyCursor = []byte("cursor")
-	keyPolicy = []byte("policy")
+	keySchema     = []byte("schema")
+	keyCursor     = []byte("cursor")
+	keyPolicy     = []byte("policy")
+	keyPolicyAt   = []byte("policyAt")
+	keyReconciled = []byte("reconciled")
 )
 
 // Node key kind bytes.
@@ -136,7 +173,11 @@ type Migration struct {
 
 // migrations is the migration hook: Open runs, in order, every migration
 // whose From is at or above the file's version and below SchemaVersion.
-var migrations []Migration
+var migrations = []Migration{
+	// Version 2 adds buckets (created by Open before migrations run) and a
+	// trailing field to node records (absent means unknown): nothing to rewrite.
+	{From: 1, Apply: func(*bolt.Tx) error { return nil }},
+}
 
 func nodeKey(n events.NodeRef) []byte {
 	switch n.Kind {

@@ -1,0 +1,309 @@
+package refcount
+
+// What the projection knows about delivery: how far each registry instance's
+// notification queue has delivered (sources/, hosts/), when the view may be
+// incomplete (pauses/), which unlinked nodes a late event proved live
+// (tombs/, heals/), and the registry time of each tag's last change
+// (stamps/). The collector reads it to judge eligibility on event time
+// against the watermark, to pause, and to heal; Apply writes it, from the
+// events alone, so a replay rebuilds it.
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/refgc/refgc/events"
+)
+
+// SourceState is the delivery watermark of one registry instance: the
+// newest registry time among the events applied from it, and when refgc
+// received the newest of them. A registry's queue is sequential, so every
+// event it made before Watermark has been applied.
+type SourceState struct {
+	Source    string    `json:"source"`
+	Host      string    `json:"host,omitempty"`
+	Watermark time.Time `json:"watermark"`
+	Received  time.Time `json:"received"`
+}
+
+// Pause says that the projection may miss events, from LastSeq on, in Repo
+// ("" for the whole registry): collection there waits for a reconcile that
+// begins at or after LastSeq.
+type Pause struct {
+	Repo    string `json:"repo,omitempty"`
+	Reason  string `json:"reason"`
+	LastSeq uint64 `json:"lastSeq"`
+	// Count is how many events asked for this pause since the last reconcile.
+	Count int `json:"count"`
+}
+
+// Pause reasons (Pause.Reason): a Refused event's own reason prefixed with
+// "refused_", or PauseRestart.
+const PauseRestart = "registry_restart"
+
+// Heal is an unlinked node that a later event stated present or
+// referenced: the collector re-links it in storage and publishes Healed.
+type Heal struct {
+	Node events.NodeRef `json:"node"`
+	// UnlinkedAt is when the collector unlinked it; ProvedAt is the time of
+	// the event that proved it live (often before UnlinkedAt: a late one).
+	UnlinkedAt time.Time `json:"unlinkedAt"`
+	ProvedAt   time.Time `json:"provedAt"`
+	Seq        uint64    `json:"seq"`
+}
+
+// delivered moves the watermark of an ingested event's source and notices
+// a registry restart (a new instance on a known host).
+func (t *txn) delivered(e *events.Event) {
+	src := t.source(e.Source)
+	if src == nil {
+		return
+	}
+	if e.Time.After(src.Watermark) {
+		src.Watermark = e.Time.UTC()
+	}
+	if e.Received.After(src.Received) {
+		src.Received = e.Received.UTC()
+	}
+	if e.Host == "" || src.Host == e.Host {
+		return
+	}
+	src.Host = e.Host
+	hosts := t.tx.Bucket(bucketHosts)
+	prev := string(hosts.Get([]byte(e.Host)))
+	if prev == e.Source {
+		return
+	}
+	t.put(hosts, []byte(e.Host), []byte(e.Source))
+	if prev == "" {
+		return
+	}
+	// The host runs a new instance: the old one's queue, and whatever it
+	// still held, is gone. Its watermark no longer means anything.
+	delete(t.sources, prev)
+	t.del(t.tx.Bucket(bucketSources), []byte(prev))
+	t.pause("", PauseRestart)
+}
+
+// source returns the cached state of a source, loading it on first use.
+func (t *txn) source(name string) *SourceState {
+	if s, ok := t.sources[name]; ok {
+		return s
+	}
+	s := &SourceState{Source: name}
+	if raw := t.tx.Bucket(bucketSources).Get([]byte(name)); raw != nil {
+		if err := json.Unmarshal(raw, s); err != nil {
+			t.fail(fmt.Errorf("%w: source %q: %w", ErrCorrupt, name, err))
+			return nil
+		}
+	}
+	t.sources[name] = s
+	return s
+}
+
+func (t *txn) flushSources() {
+	b := t.tx.Bucket(bucketSources)
+	for name, s := range t.sources {
+		t.putJSON(b, []byte(name), s)
+	}
+	clear(t.sources)
+}
+
+// pauseKey is the pauses/ key of repo: a lone 0x00 (never part of a
+// repository name) for the whole registry.
+func pauseKey(repo string) []byte {
+	if repo == "" {
+		return []byte{0}
+	}
+	return []byte(repo)
+}
+
+// pause records that the view of repo ("" for all) may be incomplete.
+func (t *txn) pause(repo, reason string) {
+	b := t.tx.Bucket(bucketPauses)
+	p := Pause{Repo: repo, Reason: reason}
+	if raw := b.Get(pauseKey(repo)); raw != nil {
+		if err := json.Unmarshal(raw, &p); err != nil {
+			t.fail(fmt.Errorf("%w: pause %q: %w", ErrCorrupt, repo, err))
+			return
+		}
+		p.Reason = reason
+	}
+	p.LastSeq = t.seq
+	p.Count++
+	t.putJSON(b, pauseKey(repo), p)
+}
+
+// reconciled lifts the pauses that a reconcile beginning at r.AsOf covers.
+func (t *txn) reconciled(r *events.Reconciliation) {
+	b := t.tx.Bucket(bucketPauses)
+	var drop [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		var p Pause
+		if err := json.Unmarshal(v, &p); err != nil {
+			return fmt.Errorf("%w: pause %q: %w", ErrCorrupt, k, err)
+		}
+		if p.LastSeq <= r.AsOf && (len(r.Repos) == 0 || p.Repo != "" && slices.Contains(r.Repos, p.Repo)) {
+			drop = append(drop, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	for _, k := range drop {
+		t.del(b, k)
+	}
+	if len(r.Repos) == 0 {
+		t.put(t.tx.Bucket(bucketMeta), keyReconciled, u64(r.AsOf))
+	}
+}
+
+// tagNewer reports whether an event at the current time may change the tag
+// k (last writer wins by registry time), and records its time if so.
+func (t *txn) tagNewer(k []byte) bool {
+	b := t.tx.Bucket(bucketStamps)
+	if prev := int64(readU64(b.Get(k))); prev > t.now {
+		return false
+	}
+	t.put(b, k, u64(uint64(t.now)))
+	return true
+}
+
+// revive is called for a node that an event states present or referenced.
+// If the collector had unlinked it, the tombstone goes, a heal is recorded,
+// and a manifest that no event re-pushed comes back from its trash entry.
+func (t *txn) revive(k []byte) {
+	var unlinked time.Time
+	switch k[0] {
+	case kManifest:
+		trash := t.tx.Bucket(bucketTrash)
+		raw := trash.Get(k)
+		if raw == nil {
+			return
+		}
+		var e TrashEntry
+		if err := json.Unmarshal(raw, &e); err != nil {
+			t.fail(fmt.Errorf("%w: trash: %w", ErrCorrupt, err))
+			return
+		}
+		t.del(trash, k)
+		unlinked = e.UnlinkedAt
+		if n := t.get(k); !n.present() {
+			if e.Manifest.Digest != "" {
+				body := e.Manifest
+				body.Tag = ""
+				t.manifestPushed(&body)
+			} else {
+				t.lease(k, n)
+				t.setPresent(k, n, true)
+			}
+		}
+	case kLayer:
+		tombs := t.tx.Bucket(bucketTombs)
+		v := tombs.Get(k)
+		if v == nil {
+			return
+		}
+		unlinked = time.Unix(0, int64(readU64(v))).UTC()
+		t.del(tombs, k)
+	default:
+		return
+	}
+	ref, err := parseNodeKey(k)
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	t.putJSON(t.tx.Bucket(bucketHeals), k, Heal{Node: ref, UnlinkedAt: unlinked,
+		ProvedAt: time.Unix(0, t.now).UTC(), Seq: t.seq})
+}
+
+// bury drops a node's tombstone and pending heal: an explicit delete wins
+// over an earlier statement that arrives late.
+func (t *txn) bury(k []byte) {
+	t.del(t.tx.Bucket(bucketTrash), k)
+	t.del(t.tx.Bucket(bucketTombs), k)
+	t.del(t.tx.Bucket(bucketHeals), k)
+}
+
+// healed drops the heal the collector has carried out.
+func (t *txn) healed(c *events.CollectedRef) {
+	t.del(t.tx.Bucket(bucketHeals), nodeKey(c.Node))
+}
+
+// Sources returns the delivery state of every registry instance, by name.
+func (p *Projection) Sources() ([]SourceState, error) {
+	var out []SourceState
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSources).ForEach(func(_, v []byte) error {
+			var s SourceState
+			if err := json.Unmarshal(v, &s); err != nil {
+				return fmt.Errorf("%w: source: %w", ErrCorrupt, err)
+			}
+			out = append(out, s)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Pauses returns the pauses no reconcile has lifted yet, by repository.
+func (p *Projection) Pauses() ([]Pause, error) {
+	var out []Pause
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPauses).ForEach(func(_, v []byte) error {
+			var ps Pause
+			if err := json.Unmarshal(v, &ps); err != nil {
+				return fmt.Errorf("%w: pause: %w", ErrCorrupt, err)
+			}
+			out = append(out, ps)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Heals returns the heals the collector has still to carry out.
+func (p *Projection) Heals() ([]Heal, error) {
+	var out []Heal
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketHeals).ForEach(func(_, v []byte) error {
+			var h Heal
+			if err := json.Unmarshal(v, &h); err != nil {
+				return fmt.Errorf("%w: heal: %w", ErrCorrupt, err)
+			}
+			out = append(out, h)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// LastReconcile returns the AsOf of the last reconcile of the whole
+// registry (0: none yet).
+func (p *Projection) LastReconcile() (uint64, error) {
+	var asOf uint64
+	err := p.db.View(func(tx *bolt.Tx) error {
+		asOf = readU64(tx.Bucket(bucketMeta).Get(keyReconciled))
+		return nil
+	})
+	return asOf, err
+}
+
+// Tombstoned reports whether the collector unlinked the node and its
+// tombstone is still there (a late event can heal it).
+func (p *Projection) Tombstoned(ref events.NodeRef) (bool, error) {
+	k := nodeKey(ref)
+	var ok bool
+	err := p.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketTrash).Get(k) != nil || tx.Bucket(bucketTombs).Get(k) != nil
+		return nil
+	})
+	return ok, err
+}
