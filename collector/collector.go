@@ -44,6 +44,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -88,7 +89,21 @@ var ErrDataGone = errors.New("collector: data already purged")
 type Config struct {
 	Projection *refcount.Projection
 	Storage    Storage
-	Log        Log
+	// Reader is what the storage check reads (default: Storage, which must
+	// then implement StorageReader). Required unless DryRun.
+	Reader StorageReader
+	Log    Log
+	// Reconcile, if set, reconciles the given repositories (all of them
+	// when repos is empty) and waits until its corrections and its
+	// Reconciled event are applied. A pass calls it to lift pauses.
+	Reconcile func(ctx context.Context, repos []string) error
+	// QuietAfter is how long a registry instance may send nothing before
+	// it stops bounding collection (default DefaultQuietAfter).
+	QuietAfter time.Duration
+	// ClockSkew is how much later than the newest event about it a link
+	// may have been written before the storage check refuses it, to allow
+	// for the registry's and the storage's clocks (default DefaultClockSkew).
+	ClockSkew time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// BatchSize bounds the candidates of one round (default 256).
@@ -105,18 +120,37 @@ type Config struct {
 	Registerer prometheus.Registerer
 }
 
+// Collector defaults.
+const (
+	DefaultQuietAfter = 5 * time.Minute
+	DefaultClockSkew  = 2 * time.Second
+)
+
 // Collector drains the zero-ref queue.
 type Collector struct {
 	cfg     Config
 	limiter *rate.Limiter
 	m       *metrics
 	mu      sync.Mutex // one pass at a time
+	started time.Time  // sources count as delivering at least until QuietAfter past it
 }
 
 // New returns a collector.
 func New(cfg Config) (*Collector, error) {
 	if cfg.Projection == nil || cfg.Log == nil || (cfg.Storage == nil && !cfg.DryRun) {
 		return nil, errors.New("collector: Projection, Log and Storage are required")
+	}
+	if cfg.Reader == nil {
+		cfg.Reader, _ = cfg.Storage.(StorageReader)
+	}
+	if cfg.Reader == nil && !cfg.DryRun {
+		return nil, errors.New("collector: the storage check needs a Reader (Storage does not implement StorageReader)")
+	}
+	if cfg.QuietAfter <= 0 {
+		cfg.QuietAfter = DefaultQuietAfter
+	}
+	if cfg.ClockSkew <= 0 {
+		cfg.ClockSkew = DefaultClockSkew
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -133,7 +167,7 @@ func New(cfg Config) (*Collector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer)}
+	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), started: cfg.Now()}
 	if cfg.RateLimit > 0 {
 		burst := int(cfg.RateLimit)
 		if burst < 1 {
@@ -153,12 +187,16 @@ type Removal struct {
 
 // Report is what a pass did.
 type Report struct {
-	Removed  []Removal     `json:"removed,omitempty"`
-	Unlinked int           `json:"unlinked"`
-	Purged   int           `json:"purged"`
-	Bytes    int64         `json:"bytes"`
-	Refused  int           `json:"refused"`  // candidates the re-check turned down
-	Restored int           `json:"restored"` // removals undone because they raced
+	Removed  []Removal `json:"removed,omitempty"`
+	Unlinked int       `json:"unlinked"`
+	Purged   int       `json:"purged"`
+	Bytes    int64     `json:"bytes"`
+	Refused  int       `json:"refused"`  // candidates the storage check or the re-check turned down
+	Restored int       `json:"restored"` // removals undone because they raced
+	Healed   int       `json:"healed"`   // unlinked objects re-linked after a late event
+	Lost     int       `json:"lost"`     // objects proved live after their data was purged
+	// View is how complete the projection's view was at the pass's start.
+	View     *View         `json:"view,omitempty"`
 	Errors   int           `json:"errors"`
 	Rounds   int           `json:"rounds"`
 	Duration time.Duration `json:"duration"`
@@ -187,6 +225,21 @@ func (c *Collector) Pass(ctx context.Context) (Report, error) {
 	if err := c.recover(ctx, &rep); err != nil {
 		return rep, err
 	}
+	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
+		return rep, fmt.Errorf("collector: catch up: %w", err)
+	}
+	if err := c.heal(ctx, &rep); err != nil {
+		return rep, err
+	}
+	v, err := c.view(ctx)
+	if err != nil {
+		return rep, err
+	}
+	rep.View = &v
+	c.observe(v, c.cfg.Now())
+	if v.Whole {
+		return rep, fmt.Errorf("%w: %s", ErrPaused, v.Paused[0].Reason)
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return rep, err
@@ -196,9 +249,11 @@ func (c *Collector) Pass(ctx context.Context) (Report, error) {
 		if err != nil {
 			return rep, err
 		}
-		purged, err := c.round(ctx, &rep, true)
-		if err != nil {
-			return rep, err
+		purged := 0
+		if len(rep.View.Paused) == 0 {
+			if purged, err = c.round(ctx, &rep, true); err != nil {
+				return rep, err
+			}
 		}
 		if unlinked+purged == 0 {
 			break
@@ -215,7 +270,12 @@ func (c *Collector) plan(ctx context.Context, rep *Report) (Report, error) {
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
 		return *rep, err
 	}
-	cands, err := c.cfg.Projection.Candidates(c.cfg.Now(), 1<<30)
+	v, err := c.View(c.cfg.Now())
+	if err != nil {
+		return *rep, err
+	}
+	rep.View = &v
+	cands, err := c.cfg.Projection.Candidates(v.Bound, 1<<30)
 	if err != nil {
 		return *rep, err
 	}
@@ -239,11 +299,45 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if err != nil {
 		return 0, fmt.Errorf("collector: catch up: %w", err)
 	}
-	now := c.cfg.Now()
-	cands, err := c.cfg.Projection.CandidatesOf(now, c.cfg.BatchSize,
-		func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge })
+	if err := c.heal(ctx, rep); err != nil {
+		return 0, err
+	}
+	// The view may have changed since the pass began: a round never acts
+	// on more than the view of its own moment allows.
+	v, err := c.View(c.cfg.Now())
 	if err != nil {
 		return 0, err
+	}
+	if v.Whole || (purge && len(v.Paused) > 0) {
+		return 0, nil
+	}
+	paused := map[string]bool{}
+	for _, p := range v.Paused {
+		paused[p.Repo] = true
+	}
+	cands, err := c.cfg.Projection.CandidatesOf(v.Bound, c.cfg.BatchSize, func(k events.NodeKind) bool {
+		return (k == events.NodeBlob) == purge
+	})
+	if err != nil {
+		return 0, err
+	}
+	cands = slices.DeleteFunc(cands, func(cd refcount.Candidate) bool { return paused[cd.Node.Repo] && cd.Node.Repo != "" })
+	if len(cands) == 0 {
+		return 0, nil
+	}
+	if !purge {
+		refusals, err := c.confirm(ctx, cands)
+		if err != nil {
+			return 0, err
+		}
+		if err := c.refuse(ctx, refusals, rep); err != nil {
+			return 0, err
+		}
+		out := map[events.NodeRef]bool{}
+		for _, r := range refusals {
+			out[r.node] = true
+		}
+		cands = slices.DeleteFunc(cands, func(cd refcount.Candidate) bool { return out[cd.Node] })
 	}
 	refs := make([]events.NodeRef, len(cands))
 	ids := make([]string, len(cands))
@@ -253,11 +347,12 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if len(refs) == 0 {
 		return 0, nil
 	}
-	intents, refused, err := c.cfg.Projection.BeginCollectBatch(ids, refs, now, seq)
+	intents, refused, err := c.cfg.Projection.BeginCollectBatch(ids, refs, v.Bound, seq)
 	if err != nil {
 		return 0, err
 	}
 	rep.Refused += len(refused)
+	c.m.refused.WithLabelValues(RefuseRecheck).Add(float64(len(refused)))
 	done := c.act(ctx, intents, rep)
 	if err := c.commit(ctx, done, rep); err != nil {
 		return 0, err
@@ -337,6 +432,7 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 			c.cfg.Logger.Error("dropping settled intents failed; recovery will drop them", "err", err)
 		}
 	}()
+	var relinked []events.Event
 	for _, in := range done {
 		raced, err := c.settle(ctx, in)
 		if err != nil {
@@ -347,6 +443,7 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 		settled = append(settled, in.ID)
 		if raced {
 			rep.Restored++
+			relinked = append(relinked, c.healedEvent(in.Node, "undo-"+in.ID))
 			continue
 		}
 		kind := string(in.Node.Kind)
@@ -361,6 +458,26 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 		}
 		c.m.deletions.WithLabelValues(kind, op).Inc()
 		rep.Removed = append(rep.Removed, Removal{Node: in.Node, Purge: in.Purge, Bytes: in.Size})
+	}
+	return c.publishHealed(ctx, relinked)
+}
+
+// healedEvent says that the collector wrote a node's link back.
+func (c *Collector) healedEvent(n events.NodeRef, id string) events.Event {
+	return events.Event{V: events.Version, ID: "heal-" + id, Time: c.cfg.Now().UTC(), Source: c.cfg.Source,
+		Kind: events.Healed, Collected: &events.CollectedRef{Node: n}}
+}
+
+// publishHealed publishes Healed events and waits until they are applied.
+func (c *Collector) publishHealed(ctx context.Context, evs []events.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	if err := c.cfg.Log.Publish(ctx, evs); err != nil {
+		return fmt.Errorf("collector: publish heals: %w", err)
+	}
+	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
+		return fmt.Errorf("collector: catch up after heals: %w", err)
 	}
 	return nil
 }
@@ -415,6 +532,7 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 	}
 	var redo []refcount.Intent
 	var drop []string
+	var relinked []events.Event
 	for _, in := range intents {
 		ni, ok, err := c.cfg.Projection.Get(in.Node)
 		if err != nil {
@@ -432,7 +550,11 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 			}
 			rep.Restored++
 			drop = append(drop, in.ID)
+			relinked = append(relinked, c.healedEvent(in.Node, "undo-"+in.ID))
 		}
+	}
+	if err := c.publishHealed(ctx, relinked); err != nil {
+		return err
 	}
 	if err := c.cfg.Projection.DropIntents(drop); err != nil {
 		return err
@@ -451,7 +573,9 @@ func (c *Collector) Run(ctx context.Context, interval time.Duration) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil {
+		if errors.Is(err, ErrPaused) {
+			c.cfg.Logger.Info("collection paused", "err", err)
+		} else if err != nil {
 			c.cfg.Logger.Error("collector pass failed", "err", err)
 		} else if rep.Unlinked+rep.Purged+rep.Errors+rep.Restored > 0 {
 			c.cfg.Logger.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged,

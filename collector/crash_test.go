@@ -233,7 +233,7 @@ func TestCrashAndRestart(t *testing.T) {
 				}
 
 				cr := &crasher{st: e.store, log: e.log, kind: kind, point: point}
-				col, err := collector.New(collector.Config{Projection: e.proj, Storage: cr, Log: cr,
+				col, err := collector.New(collector.Config{Projection: e.proj, Storage: cr, Reader: e.store, Log: cr,
 					Now: e.now, Concurrency: 4, BatchSize: 2})
 				if err != nil {
 					t.Fatal(err)
@@ -313,7 +313,7 @@ func TestRemovalRacingWithNewReferenceIsUndone(t *testing.T) {
 				t.Error(err)
 			}
 		}}
-		col, err := collector.New(collector.Config{Projection: e.proj, Storage: rs, Log: e.log, Now: e.now})
+		col, err := collector.New(collector.Config{Projection: e.proj, Storage: rs, Reader: e.store, Log: e.log, Now: e.now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -351,7 +351,7 @@ func TestRemovalRacingWithNewReferenceIsUndone(t *testing.T) {
 			e.reg.Push(t, "app:v2", img)
 			e.settle()
 		}}
-		col, err := collector.New(collector.Config{Projection: e.proj, Storage: rs, Log: e.log, Now: e.now})
+		col, err := collector.New(collector.Config{Projection: e.proj, Storage: rs, Reader: e.store, Log: e.log, Now: e.now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -379,7 +379,7 @@ func TestRemovalRacingWithNewReferenceIsUndone(t *testing.T) {
 			e.reg.Push(t, "app:v1", img)
 			e.settle()
 		}}
-		col, err := collector.New(collector.Config{Projection: e.proj, Storage: rs, Log: e.log, Now: e.now, Concurrency: 1})
+		col, err := collector.New(collector.Config{Projection: e.proj, Storage: rs, Reader: e.store, Log: e.log, Now: e.now, Concurrency: 1})
 		if err != nil {
 			t.Fatal(err)
 		}

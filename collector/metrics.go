@@ -3,12 +3,19 @@ package collector
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	deletions   *prometheus.CounterVec
-	bytes       *prometheus.CounterVec
-	errors      *prometheus.CounterVec
-	races       *prometheus.CounterVec
-	restores    prometheus.Counter
-	passSeconds prometheus.Histogram
+	deletions    *prometheus.CounterVec
+	bytes        *prometheus.CounterVec
+	errors       *prometheus.CounterVec
+	races        *prometheus.CounterVec
+	restores     prometheus.Counter
+	passSeconds  prometheus.Histogram
+	refused      *prometheus.CounterVec
+	heals        *prometheus.CounterVec
+	healFailures *prometheus.CounterVec
+	healDelay    prometheus.Histogram
+	watermarkLag prometheus.Gauge
+	quietSources prometheus.Gauge
+	paused       *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -25,9 +32,30 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Manifests restored from the trash."}),
 		passSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "refgc_collector_pass_duration_seconds",
 			Help: "Duration of collector passes.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refgc_collector_refused_total",
+			Help: "Candidates not collected, by reason: what the storage check found unexplained, or the projection's re-check."},
+			[]string{"reason"}),
+		heals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refgc_collector_heals_total",
+			Help: "Unlinked objects re-linked because a late event proved them live, by node kind."}, []string{"kind"}),
+		healFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refgc_collector_heal_failures_total",
+			Help: "Objects a late event proved live whose data was already purged (lost), by node kind."}, []string{"kind"}),
+		healDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "refgc_collector_heal_delay_seconds",
+			Help:    "Time between an unlink and its heal: how long a live object was unavailable.",
+			Buckets: prometheus.ExponentialBuckets(0.1, 4, 12)}),
+		watermarkLag: prometheus.NewGauge(prometheus.GaugeOpts{Name: "refgc_collector_watermark_lag_seconds",
+			Help: "How far the delivery watermark that bounds eligibility is behind the clock."}),
+		quietSources: prometheus.NewGauge(prometheus.GaugeOpts{Name: "refgc_collector_quiet_sources",
+			Help: "Registry instances from which nothing arrived for the quiet period: they no longer bound collection."}),
+		paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "refgc_collector_pauses",
+			Help: "Pauses in force (repositories, or the whole registry), by reason; collection there waits for a reconcile."},
+			[]string{"reason"}),
+	}
+	for _, r := range RefuseReasons {
+		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.deletions, m.bytes, m.errors, m.races, m.restores, m.passSeconds)
+		reg.MustRegister(m.deletions, m.bytes, m.errors, m.races, m.restores, m.passSeconds,
+			m.refused, m.heals, m.healFailures, m.healDelay, m.watermarkLag, m.quietSources, m.paused)
 	}
 	return m
 }

@@ -70,7 +70,7 @@ func newWorld(t testing.TB, concurrency int) *world { return newWorldSync(t, con
 // newWorldSync is newWorld with the projection's fsyncs on or off.
 func newWorldSync(t testing.TB, concurrency int, sync bool) *world {
 	t.Helper()
-	w := &world{t: t, root: t.TempDir(), clock: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	w := &world{t: t, root: t.TempDir(), clock: time.Now().UTC().Truncate(time.Second)}
 	var err error
 	w.proj, err = refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
 		refcount.Options{Untagged: refcount.PolicyDelete, Grace: testGrace, Retention: testRetention, NoSync: !sync})
@@ -137,12 +137,15 @@ func (w *world) repoDir(repo string) string {
 }
 
 // writeLink writes a link file as the registry does (the digest, no
-// newline), without the fsync of Distribution's driver, to go fast.
+// newline), without the fsync of Distribution's driver, to go fast. Its
+// modification time is the world's clock, the clock of the events: the
+// storage check compares the two.
 func (w *world) writeLink(d digest.Digest, elem ...string) {
 	w.t.Helper()
 	p := filepath.Join(elem...)
 	w.must(os.MkdirAll(filepath.Dir(p), 0o755))
 	w.must(os.WriteFile(p, []byte(d.String()), 0o644))
+	w.must(os.Chtimes(p, w.clock, w.clock))
 }
 
 func (w *world) linkLayer(repo string, d digest.Digest) {

@@ -232,9 +232,19 @@ func (t *txn) bury(k []byte) {
 	t.del(t.tx.Bucket(bucketHeals), k)
 }
 
-// healed drops the heal the collector has carried out.
+// healed drops the heal the collector has carried out; the link it wrote
+// is as new as the event, so the storage check does not take it for a
+// write the projection never heard of.
 func (t *txn) healed(c *events.CollectedRef) {
-	t.del(t.tx.Bucket(bucketHeals), nodeKey(c.Node))
+	k := nodeKey(c.Node)
+	t.del(t.tx.Bucket(bucketHeals), k)
+	if !t.exists(k) {
+		return
+	}
+	if n := t.get(k); n.present() && n.heard < t.now {
+		n.heard = t.now
+		t.touch(k, n)
+	}
 }
 
 // Sources returns the delivery state of every registry instance, by name.

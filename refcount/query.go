@@ -74,17 +74,19 @@ type Holder struct {
 
 // NodeInfo is everything the projection knows about one node.
 type NodeInfo struct {
-	Node      events.NodeRef   `json:"node"`
-	Present   bool             `json:"present"`
-	Count     uint64           `json:"count"`
-	Holders   []Holder         `json:"holders,omitempty"`
-	Holds     []events.NodeRef `json:"holds,omitempty"`
-	Lease     *time.Time       `json:"lease,omitempty"`
-	Since     *time.Time       `json:"since,omitempty"`
-	Eligible  *time.Time       `json:"eligible,omitempty"`
-	LastSeq   uint64           `json:"lastSeq"`
-	Size      int64            `json:"size,omitempty"`
-	MediaType string           `json:"mediaType,omitempty"`
+	Node     events.NodeRef   `json:"node"`
+	Present  bool             `json:"present"`
+	Count    uint64           `json:"count"`
+	Holders  []Holder         `json:"holders,omitempty"`
+	Holds    []events.NodeRef `json:"holds,omitempty"`
+	Lease    *time.Time       `json:"lease,omitempty"`
+	Since    *time.Time       `json:"since,omitempty"`
+	Eligible *time.Time       `json:"eligible,omitempty"`
+	LastSeq  uint64           `json:"lastSeq"`
+	// Heard is the time of the newest event that stated the object present.
+	Heard     *time.Time `json:"heard,omitempty"`
+	Size      int64      `json:"size,omitempty"`
+	MediaType string     `json:"mediaType,omitempty"`
 }
 
 func timePtr(ns int64) *time.Time {
@@ -101,7 +103,7 @@ func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
 		return NodeInfo{}, err
 	}
 	ni := NodeInfo{Node: ref, Present: n.present(), Count: n.count, Lease: timePtr(n.lease),
-		Eligible: timePtr(n.queuedAt), LastSeq: n.lastSeq, Size: n.size, MediaType: n.mediaType}
+		Eligible: timePtr(n.queuedAt), LastSeq: n.lastSeq, Heard: timePtr(n.heard), Size: n.size, MediaType: n.mediaType}
 	if n.count == 0 {
 		ni.Since = timePtr(n.zeroSince)
 	}
@@ -158,7 +160,7 @@ func (p *Projection) Dump(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
 	err := p.forEachInfo(func(ni NodeInfo) error {
-		ni.LastSeq = 0 // reconciler bookkeeping, not graph state
+		ni.LastSeq, ni.Heard = 0, nil // the storage checks' bookkeeping, not graph state
 		return enc.Encode(ni)
 	})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
@@ -491,6 +492,33 @@ func (s *Driver) StatBlob(ctx context.Context, d digest.Digest) (int64, error) {
 		return 0, fmt.Errorf("%w: blob %s", ErrNotFound, d)
 	}
 	return fi.Size(), nil
+}
+
+// LinkModTime returns when the link file of a manifest revision or a layer
+// link was last written: a manifest PUT rewrites its revision link, a blob
+// upload or mount its layer link. It gives ErrNotFound for a missing link.
+func (s *Driver) LinkModTime(ctx context.Context, n events.NodeRef) (time.Time, error) {
+	var dir string
+	var err error
+	switch n.Kind {
+	case events.NodeManifest:
+		dir, err = revisionDir(n.Repo, n.Digest)
+	case events.NodeLayer:
+		dir, err = layerDir(n.Repo, n.Digest)
+	default:
+		return time.Time{}, fmt.Errorf("%w: %s has no link file", ErrInvalid, n)
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	fi, err := s.d.Stat(ctx, dir+"/link")
+	if err != nil {
+		if isNotFound(err) {
+			return time.Time{}, fmt.Errorf("%w: %s", ErrNotFound, n)
+		}
+		return time.Time{}, fmt.Errorf("store: stat %s: %w", n, err)
+	}
+	return fi.ModTime(), nil
 }
 
 // ReadBlob implements Store.

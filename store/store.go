@@ -26,13 +26,16 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 
 	"github.com/opencontainers/go-digest"
 )
 
 // ErrNotFound is returned when the object is not in storage (StatBlob,
-// ReadBlob, TagHistory, and the restores when the blob data is gone).
-var ErrNotFound = errors.New("store: not found")
+// ReadBlob, TagHistory, LinkModTime, and the restores when the blob data is
+// gone). It matches fs.ErrNotExist, so that callers need not import store.
+var ErrNotFound = fmt.Errorf("store: not found: %w", fs.ErrNotExist)
 
 // ErrInvalid is returned, before any storage access, for a repository name,
 // tag or digest that does not validate.

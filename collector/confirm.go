@@ -1,0 +1,191 @@
+package collector
+
+// # The storage check
+//
+// The projection knows only what notifications told it, and notifications
+// come late, get lost and arrive out of order. So before a round unlinks
+// anything in a repository, it reads that repository's storage once and
+// refuses every candidate that storage does not explain:
+//
+//   - a manifest revision that a tag's current link points at (a tag the
+//     projection has not heard of yet);
+//   - a revision or layer link whose link file was written after the
+//     newest event that stated it present (a manifest PUT or blob upload
+//     whose notification is still on its way);
+//   - a revision or layer link that a revision unknown to the projection
+//     references (a manifest push whose notification was lost).
+//
+// A refusal is counted by reason and published as a Refused event for the
+// repository, so that collection there pauses until a reconcile of the
+// repository has run. The check reads tags and revisions once per
+// repository with manifest or layer candidates, stats each candidate's
+// link, and reads only the manifests the projection does not know: its
+// cost follows the repositories a round touches, not the registry's size.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/refcount"
+)
+
+// StorageReader is what the storage check reads. store.Driver implements it.
+type StorageReader interface {
+	Tags(ctx context.Context, repo string, fn func(tag string, current digest.Digest) error) error
+	Revisions(ctx context.Context, repo string, fn func(d digest.Digest) error) error
+	// LinkModTime gives an error matching fs.ErrNotExist for a missing link.
+	LinkModTime(ctx context.Context, n events.NodeRef) (time.Time, error)
+	ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
+}
+
+// Refusal reasons of the storage check: values of the reason label of
+// refgc_collector_refused_total (beside RefuseRecheck).
+const (
+	// RefuseTagged: a tag in storage points at the candidate revision.
+	RefuseTagged = "tagged_in_storage"
+	// RefuseRewritten: the candidate's link was written after the newest
+	// event that stated it present.
+	RefuseRewritten = "rewritten"
+	// RefuseUnknownReference: a revision the projection does not know
+	// references the candidate.
+	RefuseUnknownReference = "unknown_reference"
+	// RefuseRecheck: the projection's re-check turned the candidate down
+	// (held, leased, or changed since it was chosen). Not a storage finding.
+	RefuseRecheck = "recheck"
+)
+
+// RefuseReasons lists the reasons a candidate is refused.
+var RefuseReasons = []string{RefuseTagged, RefuseRewritten, RefuseUnknownReference, RefuseRecheck}
+
+// refusal is one candidate the storage check turned down.
+type refusal struct {
+	node   events.NodeRef
+	reason string
+	detail string
+}
+
+// confirm runs the storage check over the unlink candidates of a round and
+// returns the refusals. Candidates of other kinds pass unchecked.
+func (c *Collector) confirm(ctx context.Context, cands []refcount.Candidate) ([]refusal, error) {
+	byRepo := map[string][]refcount.Candidate{}
+	for _, cd := range cands {
+		if cd.Node.Kind == events.NodeManifest || cd.Node.Kind == events.NodeLayer {
+			byRepo[cd.Node.Repo] = append(byRepo[cd.Node.Repo], cd)
+		}
+	}
+	var out []refusal
+	results := make(chan []refusal, len(byRepo))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(c.cfg.Concurrency)
+	for repo, cs := range byRepo {
+		g.Go(func() error {
+			rs, err := c.confirmRepo(gctx, repo, cs)
+			if err != nil {
+				return fmt.Errorf("collector: storage check of %s: %w", repo, err)
+			}
+			results <- rs
+			return nil
+		})
+	}
+	err := g.Wait()
+	close(results)
+	for rs := range results {
+		out = append(out, rs...)
+	}
+	return out, err
+}
+
+func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcount.Candidate) ([]refusal, error) {
+	rd := c.cfg.Reader
+	want := map[events.NodeRef]bool{}
+	manifests := false
+	for _, cd := range cands {
+		want[cd.Node] = true
+		manifests = manifests || cd.Node.Kind == events.NodeManifest
+	}
+	var out []refusal
+	refuse := func(n events.NodeRef, reason, detail string) {
+		if want[n] {
+			want[n] = false
+			out = append(out, refusal{node: n, reason: reason, detail: detail})
+		}
+	}
+	if manifests {
+		err := rd.Tags(ctx, repo, func(tag string, cur digest.Digest) error {
+			refuse(events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: cur}, RefuseTagged, "tag "+tag)
+			return nil
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+	}
+	for _, cd := range cands {
+		if !want[cd.Node] {
+			continue
+		}
+		mt, err := rd.LinkModTime(ctx, cd.Node)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue // already unlinked: unlinking again is a no-op
+		case err != nil:
+			return nil, err
+		}
+		ni, ok, err := c.cfg.Projection.Get(cd.Node)
+		if err != nil {
+			return nil, err
+		}
+		if heard := ni.Heard; !ok || heard == nil || mt.After(heard.Add(c.cfg.ClockSkew)) {
+			refuse(cd.Node, RefuseRewritten, fmt.Sprintf("link written %s, last heard %v", mt.UTC().Format(time.RFC3339Nano), heard))
+		}
+	}
+	var unknown []digest.Digest
+	err := rd.Revisions(ctx, repo, func(d digest.Digest) error {
+		n := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}
+		if want[n] {
+			return nil
+		}
+		ni, ok, err := c.cfg.Projection.Get(n)
+		if err != nil {
+			return err
+		}
+		if !ok || !ni.Present {
+			unknown = append(unknown, d)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	for _, d := range unknown {
+		b, err := rd.ReadBlob(ctx, d, MaxManifestBytes)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // a revision link without data references nothing readable
+			}
+			return nil, err
+		}
+		refs, err := events.ParseManifest("", b)
+		if err != nil {
+			// Unreadable: it could reference anything in the repository.
+			for n := range want {
+				refuse(n, RefuseUnknownReference, fmt.Sprintf("unreadable revision %s", d))
+			}
+			break
+		}
+		by := fmt.Sprintf("revision %s", d)
+		for _, x := range refs.Blobs {
+			refuse(events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: x.Digest}, RefuseUnknownReference, by)
+		}
+		for _, x := range refs.Children {
+			refuse(events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: x.Digest}, RefuseUnknownReference, by)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,200 @@
+package collector
+
+// # Collecting only when the view is whole
+//
+// Eligibility is judged on event time against the delivery watermark: a
+// registry's notification queue is sequential, so when the newest event
+// applied from an instance was made at W, everything that instance did
+// before W has been applied. A node becomes collectable at its eligibility
+// time E (lease, grace); the collector takes it only when E is at or before
+// the bound, the earliest watermark among the instances that still deliver,
+// and before now. A lagging queue, or a backlog replayed after an outage,
+// holds collection back instead of racing it.
+//
+// A registry instance that sends nothing may be idle or may be stuck, and
+// refgc cannot tell which. An instance from which nothing arrived for
+// QuietAfter (counted from the later of its last delivery and this
+// collector's start, so that a restarted refgc first gives every registry
+// time to redeliver its backlog) stops bounding: it is counted as quiet,
+// and the storage check and heals are what stand between its late events
+// and a loss. A registry restart shows as a new instance on the same host:
+// the projection pauses collection until a reconcile has run.
+//
+// Pauses (refcount.Pause): while one covers the whole registry, no round
+// runs; while one covers a repository, its candidates are passed over and
+// no blob data is purged (a lost event in any repository may have linked
+// it). With Config.Reconcile set, a pass first asks for the reconcile that
+// lifts them.
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/refcount"
+)
+
+// ErrPaused is returned (wrapped) by Pass when collection is paused for
+// the whole registry and no reconcile lifted the pause.
+var ErrPaused = errors.New("collector: paused until a reconcile")
+
+// View is the collector's judgement of how complete the projection's view is.
+type View struct {
+	// Bound is the latest eligibility time a candidate may have now.
+	Bound time.Time `json:"bound"`
+	// Bounding is the source whose watermark sets Bound ("" when now does).
+	Bounding string `json:"bounding,omitempty"`
+	// Quiet are the sources that no longer bound collection.
+	Quiet []string `json:"quiet,omitempty"`
+	// Paused are the pauses in force; Whole is set when one covers the
+	// whole registry.
+	Paused []refcount.Pause `json:"paused,omitempty"`
+	Whole  bool             `json:"whole,omitempty"`
+}
+
+// View computes the bound and the pauses at now.
+func (c *Collector) View(now time.Time) (View, error) {
+	v := View{Bound: now}
+	srcs, err := c.cfg.Projection.Sources()
+	if err != nil {
+		return v, err
+	}
+	for _, s := range srcs {
+		last := s.Received
+		if c.started.After(last) {
+			last = c.started
+		}
+		if now.Sub(last) >= c.cfg.QuietAfter {
+			v.Quiet = append(v.Quiet, s.Source)
+			continue
+		}
+		if s.Watermark.Before(v.Bound) {
+			v.Bound, v.Bounding = s.Watermark, s.Source
+		}
+	}
+	v.Paused, err = c.cfg.Projection.Pauses()
+	for _, p := range v.Paused {
+		v.Whole = v.Whole || p.Repo == ""
+	}
+	return v, err
+}
+
+// observe publishes a view in the metrics.
+func (c *Collector) observe(v View, now time.Time) {
+	c.m.watermarkLag.Set(now.Sub(v.Bound).Seconds())
+	c.m.quietSources.Set(float64(len(v.Quiet)))
+	c.m.paused.Reset()
+	for _, p := range v.Paused {
+		c.m.paused.WithLabelValues(p.Reason).Inc()
+	}
+}
+
+// view computes the view for a pass, asking for the reconcile that lifts
+// its pauses first when a Reconcile hook is configured.
+func (c *Collector) view(ctx context.Context) (View, error) {
+	v, err := c.View(c.cfg.Now())
+	if err != nil || len(v.Paused) == 0 || c.cfg.Reconcile == nil {
+		return v, err
+	}
+	var repos []string
+	for _, p := range v.Paused {
+		if p.Repo != "" {
+			repos = append(repos, p.Repo)
+		}
+	}
+	if v.Whole {
+		repos = nil
+	}
+	c.cfg.Logger.Info("collection paused; reconciling first", "repositories", len(repos), "whole", v.Whole,
+		"reason", v.Paused[0].Reason)
+	if err := c.cfg.Reconcile(ctx, repos); err != nil {
+		c.cfg.Logger.Warn("reconcile to lift a pause failed; collection stays paused", "err", err)
+	}
+	return c.View(c.cfg.Now())
+}
+
+// heal re-links in storage what a late event proved live after the
+// collector unlinked it, and publishes Healed for each one handled.
+func (c *Collector) heal(ctx context.Context, rep *Report) error {
+	heals, err := c.cfg.Projection.Heals()
+	if err != nil || len(heals) == 0 {
+		return err
+	}
+	now := c.cfg.Now()
+	var evs []events.Event
+	for _, h := range heals {
+		n := h.Node
+		if _, err := c.cfg.Reader.LinkModTime(ctx, n); err == nil {
+			// The registry wrote it again itself (a re-push): nothing to
+			// heal, and writing it would undo a delete racing with us.
+			evs = append(evs, c.healedEvent(n, healID(h)))
+			continue
+		}
+		switch n.Kind {
+		case events.NodeManifest:
+			err = c.cfg.Storage.LinkRevision(ctx, n.Repo, n.Digest)
+		case events.NodeLayer:
+			err = c.cfg.Storage.LinkLayer(ctx, n.Repo, n.Digest)
+		}
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			// The data went with the trash retention: nothing can bring it
+			// back but a new upload. The reconciler reports it as lost.
+			c.m.healFailures.WithLabelValues(string(n.Kind)).Inc()
+			c.cfg.Logger.Error("cannot heal: the data was already purged", "node", n.String(),
+				"unlinked", h.UnlinkedAt, "proved_live", h.ProvedAt)
+			rep.Lost++
+		case err != nil:
+			c.m.errors.WithLabelValues(string(n.Kind)).Inc()
+			c.cfg.Logger.Warn("heal failed; retried on the next pass", "node", n.String(), "err", err)
+			rep.Errors++
+			continue
+		default:
+			delay := now.Sub(h.UnlinkedAt)
+			c.m.heals.WithLabelValues(string(n.Kind)).Inc()
+			c.m.healDelay.Observe(max(delay, 0).Seconds())
+			c.cfg.Logger.Warn("healed: a late event proved an unlinked object live", "node", n.String(),
+				"unlinked", h.UnlinkedAt, "proved_live", h.ProvedAt, "unavailable_for", delay)
+			rep.Healed++
+		}
+		evs = append(evs, c.healedEvent(n, healID(h)))
+	}
+	return c.publishHealed(ctx, evs)
+}
+
+// healID names the Healed event of a heal, the same on every retry.
+func healID(h refcount.Heal) string {
+	sum := sha256.Sum256([]byte(h.Node.String()))
+	return fmt.Sprintf("%d-%s", h.Seq, hex.EncodeToString(sum[:12]))
+}
+
+// refuse counts the storage check's refusals and publishes one Refused
+// event per repository, pausing collection there until it is reconciled.
+func (c *Collector) refuse(ctx context.Context, rs []refusal, rep *Report) error {
+	repos := map[string]bool{}
+	for _, r := range rs {
+		c.m.refused.WithLabelValues(r.reason).Inc()
+		c.cfg.Logger.Warn("storage check refused a candidate; its repository will be reconciled",
+			"node", r.node.String(), "reason", r.reason, "detail", r.detail)
+		repos[r.node.Repo] = true
+		rep.Refused++
+	}
+	if len(repos) == 0 {
+		return nil
+	}
+	now := c.cfg.Now().UTC()
+	evs := make([]events.Event, 0, len(repos))
+	for repo := range repos {
+		evs = append(evs, events.Event{V: events.Version, ID: "refused-" + newID(), Time: now, Source: c.cfg.Source,
+			Kind: events.Refused, Refused: &events.RefusedRef{Reason: "storage_check", Repo: repo}})
+	}
+	if err := c.cfg.Log.Publish(ctx, evs); err != nil {
+		return fmt.Errorf("collector: publish refusals: %w", err)
+	}
+	return nil
+}
