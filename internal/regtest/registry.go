@@ -8,25 +8,30 @@
 //     Root, runs with deletes enabled, without the blob descriptor cache and
 //     without upload purging, so the storage is exactly what the API did.
 //   - Everything is torn down by t.Cleanup. Notifications go through a relay
-//     owned by this package; once the test ends the relay acknowledges and
-//     drops whatever the registry still sends, so the registry's notification
-//     goroutines (which App.Shutdown does not stop) go idle instead of
-//     retrying forever.
+//     owned by this package, one per registry instance, whose Faults inject
+//     delivery faults (late, lost, duplicated, refused, reordered between
+//     instances, re-timestamped); once the test ends the relay acknowledges
+//     and drops whatever it holds and whatever the registry still sends, so
+//     the registry's notification goroutines (which App.Shutdown does not
+//     stop) go idle instead of retrying forever.
+//   - Every instance has its own instance id (source.instanceID) and
+//     listener port (in source.addr). Instances started with the same Root
+//     (Registry.Replica, or Start with that Root) are replicas over one
+//     storage, as behind a load balancer.
 //   - The oracle (Reachable, Present) reads the layout with package os only,
 //     never through package store, so it can judge store and the collector
 //     independently.
 package regtest
 
 import (
-	"bytes"
 	"context"
-	"io"
+	"crypto/rand"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,8 +71,15 @@ type Registry struct {
 	App *handlers.App
 	// Config is the configuration the registry runs with.
 	Config *configuration.Configuration
+	// InstanceID is this instance's id, source.instanceID in its
+	// notifications. Replicas over the same Root have distinct ids.
+	InstanceID string
+	// Faults injects delivery faults into this instance's notifications
+	// (see Faults); without Options.NotifyURL nothing reaches it.
+	Faults *Faults
 
-	server *httptest.Server
+	server  *httptest.Server
+	replica func(testing.TB) *Registry
 }
 
 var quietOnce sync.Once
@@ -111,7 +123,9 @@ func Start(t testing.TB, opts Options) *Registry {
 	if opts.Configure != nil {
 		opts.Configure(cfg)
 	}
-	return start(t, cfg, opts)
+	r := start(t, cfg, opts)
+	r.replica = func(t testing.TB) *Registry { t.Helper(); return Start(t, opts) }
+	return r
 }
 
 // StartFromConfigFile runs a registry from a registry configuration file
@@ -154,20 +168,22 @@ func StartFromConfigFile(t testing.TB, path string, opts Options) *Registry {
 	if opts.Configure != nil {
 		opts.Configure(cfg)
 	}
-	return start(t, cfg, opts)
+	r := start(t, cfg, opts)
+	r.replica = func(t testing.TB) *Registry { t.Helper(); return StartFromConfigFile(t, path, opts) }
+	return r
 }
 
 func start(t testing.TB, cfg *configuration.Configuration, opts Options) *Registry {
 	t.Helper()
 	quiet()
-	ctx := context.Background()
 
+	faults := newFaults(opts.NotifyURL)
 	if opts.NotifyURL != "" {
-		relay := newRelay(opts.NotifyURL)
-		t.Cleanup(relay.stop)
+		relayURL := faults.listen()
+		t.Cleanup(faults.stop)
 		for i := range cfg.Notifications.Endpoints {
 			e := &cfg.Notifications.Endpoints[i]
-			e.URL = relay.url
+			e.URL = relayURL
 			if e.Headers == nil {
 				e.Headers = http.Header{}
 			}
@@ -186,19 +202,37 @@ func start(t testing.TB, cfg *configuration.Configuration, opts Options) *Regist
 		}
 	}
 
-	app := handlers.NewApp(ctx, cfg)
-	srv := httptest.NewServer(app)
+	// The listener exists before the app, so that the app's source.addr
+	// names this instance's port, as in a deployment.
+	srv := httptest.NewUnstartedServer(nil)
+	if cfg.HTTP.Addr == "" {
+		cfg.HTTP.Addr = srv.Listener.Addr().String()
+	}
+	id := newInstanceID()
+	app := handlers.NewApp(instanceContext{Context: context.Background(), id: id}, cfg)
+	srv.Config.Handler = app
+	srv.Start()
 	u, err := url.Parse(srv.URL)
 	if err != nil {
 		t.Fatalf("regtest: %v", err)
 	}
-	drv, err := factory.Create(ctx, "filesystem", map[string]any{"rootdirectory": opts.Root})
+	drv, err := factory.Create(context.Background(), "filesystem", map[string]any{"rootdirectory": opts.Root})
 	if err != nil {
 		t.Fatalf("regtest: filesystem driver: %v", err)
 	}
-	r := &Registry{URL: srv.URL, Host: u.Host, Root: opts.Root, Driver: drv, App: app, Config: cfg, server: srv}
+	r := &Registry{URL: srv.URL, Host: u.Host, Root: opts.Root, Driver: drv, App: app, Config: cfg,
+		InstanceID: id, Faults: faults, server: srv}
 	t.Cleanup(r.close)
 	return r
+}
+
+// Replica starts another registry instance over r's storage, configured
+// as r was (same options, or same configuration file), with its own
+// listener, instance id, relay and Faults. To give the replica another
+// endpoint or configuration, call Start with Options.Root set to r.Root.
+func (r *Registry) Replica(t testing.TB) *Registry {
+	t.Helper()
+	return r.replica(t)
 }
 
 func (r *Registry) close() {
@@ -207,50 +241,25 @@ func (r *Registry) close() {
 	_ = r.App.Shutdown()
 }
 
-// relay forwards the registry's notifications to the test's endpoint while
-// the test runs, and acknowledges and drops them afterwards.
-type relay struct {
-	url     string
-	target  string
-	stopped atomic.Bool
-	client  *http.Client
+// instanceContext gives the app its instance id, as the registry's own
+// main does; the id is source.instanceID in every notification.
+type instanceContext struct {
+	context.Context
+	id string
 }
 
-func newRelay(target string) *relay {
-	r := &relay{target: target, client: &http.Client{Timeout: 10 * time.Second}}
-	// The relay's listener is never closed: the registry's notification
-	// goroutines outlive the test and must keep finding a 2xx answer.
-	srv := httptest.NewServer(http.HandlerFunc(r.serve))
-	r.url = srv.URL
-	return r
+func (c instanceContext) Value(key any) any {
+	if k, ok := key.(string); ok && k == "instance.id" {
+		return c.id
+	}
+	return c.Context.Value(key)
 }
 
-func (r *relay) stop() { r.stopped.Store(true) }
-
-func (r *relay) serve(w http.ResponseWriter, req *http.Request) {
-	body, err := io.ReadAll(req.Body)
-	if err != nil || r.stopped.Load() {
-		w.WriteHeader(http.StatusOK)
-		return
-	}
-	out, err := http.NewRequestWithContext(req.Context(), req.Method, r.target, bytes.NewReader(body))
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	for k, v := range req.Header {
-		out.Header[k] = v
-	}
-	resp, err := r.client.Do(out)
-	if err != nil {
-		if r.stopped.Load() {
-			w.WriteHeader(http.StatusOK)
-			return
-		}
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	w.WriteHeader(resp.StatusCode)
+// newInstanceID returns a random version 4 UUID.
+func newInstanceID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }
