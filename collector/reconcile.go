@@ -43,6 +43,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
@@ -77,14 +78,29 @@ const (
 	// DriftUnreadableManifest: a revision whose manifest could not be read
 	// or parsed. Reported, never corrected.
 	DriftUnreadableManifest = "unreadable_manifest"
+	// DriftUnlinkedLive: storage references an object the collector
+	// unlinked (a tag pointing at a revision in the trash, a revision using
+	// a layer link it removed): with apply, the reconciler links it again.
+	DriftUnlinkedLive = "unlinked_live"
+	// DriftLost: storage references an object whose data is gone (a tag
+	// pointing at a revision, or a revision using a layer, whose blob data
+	// was purged). Nothing but a new upload can mend it.
+	DriftLost = "lost"
 )
 
 // DriftTypes lists the drift types in a stable order.
 var DriftTypes = []string{DriftMissingFromProjection, DriftMissingFromStorage,
-	DriftCountMismatch, DriftOrphanData, DriftUnreadableManifest}
+	DriftCountMismatch, DriftOrphanData, DriftUnreadableManifest, DriftUnlinkedLive, DriftLost}
 
 // ErrNoLog is returned by Reconcile with apply when the reconciler has no Log.
 var ErrNoLog = errors.New("collector: reconcile with apply needs a Log")
+
+// Healer writes back links the collector removed. store.Driver implements
+// it. Both give an error matching fs.ErrNotExist when the data is gone.
+type Healer interface {
+	LinkRevision(ctx context.Context, repo string, d digest.Digest) error
+	LinkLayer(ctx context.Context, repo string, d digest.Digest) error
+}
 
 // ReconcileStore is what the reconciler reads from registry storage.
 // store.Driver implements it.
@@ -102,6 +118,9 @@ type ReconcileStore interface {
 type ReconcilerConfig struct {
 	Projection *refcount.Projection
 	Store      ReconcileStore
+	// Healer, if set, re-links what storage references but the collector
+	// unlinked (default: Store, if it implements Healer). Only with apply.
+	Healer Healer
 	// Log receives the corrections. Verify only needs its CatchUp, and works
 	// without a Log (AsOf is then the projection's cursor).
 	Log Log
@@ -152,6 +171,9 @@ func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Healer == nil {
+		cfg.Healer, _ = cfg.Store.(Healer)
+	}
 	return &Reconciler{cfg: cfg, m: newReconcileMetrics(cfg.Registerer)}, nil
 }
 
@@ -166,9 +188,13 @@ type Drift struct {
 	Examples map[string][]string `json:"examples,omitempty"`
 	// Scanned counts what the walk saw: repositories, tags, revisions, layers, blobs.
 	Scanned map[string]int `json:"scanned"`
+	// Repos are the repositories walked, when the pass was limited to them.
+	Repos []string `json:"repos,omitempty"`
 	// Published is the number of correction events published.
-	Published int           `json:"published"`
-	Duration  time.Duration `json:"duration"`
+	Published int `json:"published"`
+	// Healed counts links written back (DriftUnlinkedLive mended).
+	Healed   int           `json:"healed,omitempty"`
+	Duration time.Duration `json:"duration"`
 }
 
 // Clean reports whether the pass found no drift at all.
@@ -195,15 +221,30 @@ func (d Drift) Total() int {
 func (r *Reconciler) Verify(ctx context.Context) (Drift, error) { return r.Reconcile(ctx, false) }
 
 // Reconcile runs one pass; with apply it publishes the corrections through
-// the log and waits until the projection has applied them.
+// the log, then a Reconciled event, and waits until the projection has
+// applied them.
 func (r *Reconciler) Reconcile(ctx context.Context, apply bool) (Drift, error) {
+	return r.reconcile(ctx, apply, nil)
+}
+
+// ReconcileRepos is Reconcile limited to some repositories: their tags,
+// revisions and layer links, and no blob data. It lifts the pauses of
+// those repositories (refcount.Pause), not a pause of the whole registry.
+func (r *Reconciler) ReconcileRepos(ctx context.Context, repos []string) (Drift, error) {
+	if len(repos) == 0 {
+		return r.Reconcile(ctx, true)
+	}
+	return r.reconcile(ctx, true, slices.Compact(slices.Sorted(slices.Values(repos))))
+}
+
+func (r *Reconciler) reconcile(ctx context.Context, apply bool, repos []string) (Drift, error) {
 	if apply && r.cfg.Log == nil {
 		return Drift{}, ErrNoLog
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
-	d, err := r.pass(ctx, apply)
+	d, err := r.pass(ctx, apply, repos)
 	d.Duration = time.Since(start)
 	for typ := range d.Examples {
 		slices.Sort(d.Examples[typ]) // found concurrently, in no particular order
@@ -213,8 +254,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, apply bool) (Drift, error) {
 	}
 	r.m.passes.Inc()
 	r.m.duration.Observe(d.Duration.Seconds())
-	for _, typ := range DriftTypes {
-		r.m.drift.WithLabelValues(typ).Set(float64(d.Counts[typ]))
+	if repos == nil {
+		for _, typ := range DriftTypes {
+			r.m.drift.WithLabelValues(typ).Set(float64(d.Counts[typ]))
+		}
 	}
 	r.cfg.Logger.Info("reconcile pass", "asOf", d.AsOf, "apply", apply, "drift", d.Total(),
 		"published", d.Published, "duration", d.Duration)
@@ -243,12 +286,14 @@ type walk struct {
 	linked    map[digest.Digest]struct{} // digests some layer link or revision names
 	fixes     []fix
 	busy      map[events.NodeRef]bool // nodes with a pending collector intent
+	repos     map[string]bool         // the repositories of a limited pass; nil for all
+	apply     bool
 }
 
 func repoKey(repo, name string) string { return repo + "\x00" + name }
 
-func (r *Reconciler) pass(ctx context.Context, apply bool) (Drift, error) {
-	w := &walk{r: r, now: r.cfg.Now(), sem: make(chan struct{}, r.cfg.Concurrency),
+func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drift, error) {
+	w := &walk{r: r, now: r.cfg.Now(), sem: make(chan struct{}, r.cfg.Concurrency), apply: apply,
 		tags: map[string]digest.Digest{}, revisions: map[string]struct{}{}, layers: map[string]struct{}{},
 		blobs: map[digest.Digest]struct{}{}, linked: map[digest.Digest]struct{}{}, busy: map[events.NodeRef]bool{}}
 	w.drift = Drift{Counts: map[string]int{}, Examples: map[string][]string{}, Scanned: map[string]int{}}
@@ -268,11 +313,23 @@ func (r *Reconciler) pass(ctx context.Context, apply bool) (Drift, error) {
 	if err := w.markBusy(); err != nil {
 		return w.drift, err
 	}
-	if err := w.walkRepos(ctx); err != nil {
-		return w.drift, err
-	}
-	if err := w.walkBlobs(ctx); err != nil {
-		return w.drift, err
+	if repos != nil {
+		w.repos = map[string]bool{}
+		for _, repo := range repos {
+			w.repos[repo] = true
+		}
+		w.drift.Repos = repos
+		w.drift.Scanned["repositories"] = len(repos)
+		if err := w.walkSome(ctx, repos); err != nil {
+			return w.drift, err
+		}
+	} else {
+		if err := w.walkRepos(ctx); err != nil {
+			return w.drift, err
+		}
+		if err := w.walkBlobs(ctx); err != nil {
+			return w.drift, err
+		}
 	}
 	if err := w.markBusy(); err != nil { // intents recorded during the walk
 		return w.drift, err
@@ -280,24 +337,40 @@ func (r *Reconciler) pass(ctx context.Context, apply bool) (Drift, error) {
 	if err := w.absent(); err != nil {
 		return w.drift, err
 	}
-	ms, err := r.cfg.Projection.Check()
-	if err != nil {
-		return w.drift, fmt.Errorf("collector: reconcile: check: %w", err)
+	if repos == nil {
+		ms, err := r.cfg.Projection.Check()
+		if err != nil {
+			return w.drift, fmt.Errorf("collector: reconcile: check: %w", err)
+		}
+		for _, m := range ms {
+			w.note(DriftCountMismatch, m.String(), nil)
+		}
 	}
-	for _, m := range ms {
-		w.note(DriftCountMismatch, m.String(), nil)
-	}
-	if !apply || len(w.fixes) == 0 {
+	if !apply {
 		return w.drift, nil
 	}
 	fixes, err := w.confirm(ctx)
 	if err != nil {
 		return w.drift, err
 	}
-	if err := w.publish(ctx, fixes); err != nil {
+	// The Reconciled event goes last: it lifts the pauses this walk covers
+	// only once its corrections are in the log before it.
+	done := fix{ev: events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: w.asOf, Repos: repos}}}
+	if err := w.publish(ctx, append(fixes, done)); err != nil {
 		return w.drift, err
 	}
+	w.drift.Published--
 	return w.drift, nil
+}
+
+// walkSome walks the given repositories only.
+func (w *walk) walkSome(ctx context.Context, repos []string) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(w.r.cfg.Concurrency)
+	for _, repo := range repos {
+		g.Go(func() error { return w.repo(gctx, repo) })
+	}
+	return g.Wait()
 }
 
 func (w *walk) markBusy() error {
@@ -359,12 +432,15 @@ func (w *walk) walkRepos(ctx context.Context) error {
 	return nil
 }
 
-// repo walks one repository: tags, revisions (manifests read concurrently,
-// bounded by the pass's semaphore), layer links.
+// repo walks one repository: tags, layer links, revisions (manifests read
+// concurrently, bounded by the pass's semaphore); then what storage
+// references but does not link.
 func (w *walk) repo(ctx context.Context, repo string) error {
 	st := w.r.cfg.Store
+	tags := map[string]digest.Digest{}
 	err := st.Tags(ctx, repo, func(tag string, cur digest.Digest) error {
 		w.scanned("tags")
+		tags[tag] = cur
 		w.mu.Lock()
 		w.tags[repoKey(repo, tag)] = cur
 		w.mu.Unlock()
@@ -372,6 +448,19 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 	})
 	if err != nil {
 		return fmt.Errorf("collector: reconcile: tags of %s: %w", repo, err)
+	}
+	layers := map[digest.Digest]bool{}
+	err = st.LayerLinks(ctx, repo, func(d digest.Digest) error {
+		w.scanned("layers")
+		layers[d] = true
+		w.mu.Lock()
+		w.layers[repoKey(repo, string(d))] = struct{}{}
+		w.linked[d] = struct{}{}
+		w.mu.Unlock()
+		return w.checkLayer(repo, d)
+	})
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: layer links of %s: %w", repo, err)
 	}
 	var revs []digest.Digest
 	err = st.Revisions(ctx, repo, func(d digest.Digest) error {
@@ -381,8 +470,10 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 	if err != nil {
 		return fmt.Errorf("collector: reconcile: revisions of %s: %w", repo, err)
 	}
+	revSet := make(map[digest.Digest]bool, len(revs))
 	w.mu.Lock()
 	for _, d := range revs {
+		revSet[d] = true
 		w.revisions[repoKey(repo, string(d))] = struct{}{}
 		w.linked[d] = struct{}{}
 	}
@@ -397,23 +488,70 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 		}
 		g.Go(func() error {
 			defer func() { <-w.sem }()
-			return w.checkRevision(gctx, repo, d)
+			return w.checkRevision(gctx, repo, d, layers)
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return err
 	}
-	err = st.LayerLinks(ctx, repo, func(d digest.Digest) error {
-		w.scanned("layers")
-		w.mu.Lock()
-		w.layers[repoKey(repo, string(d))] = struct{}{}
-		w.linked[d] = struct{}{}
-		w.mu.Unlock()
-		return w.checkLayer(repo, d)
-	})
-	if err != nil {
-		return fmt.Errorf("collector: reconcile: layer links of %s: %w", repo, err)
+	for tag, cur := range tags {
+		if !revSet[cur] {
+			n := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: cur}
+			if err := w.unlinkedLive(ctx, n, "tag "+tag); err != nil {
+				return err
+			}
+		}
 	}
+	return nil
+}
+
+// unlinkedLive looks at an object that storage references (by what) but
+// does not link: one the collector unlinked is linked again (with apply);
+// one whose data is gone is lost. Anything else was deleted through the
+// registry's API, and is left as it is.
+func (w *walk) unlinkedLive(ctx context.Context, n events.NodeRef, by string) error {
+	_, err := w.r.cfg.Store.StatBlob(ctx, n.Digest)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		w.note(DriftLost, fmt.Sprintf("%s (used by %s): data purged", n, by), nil)
+		return nil
+	case err != nil:
+		return fmt.Errorf("collector: reconcile: stat %s: %w", n, err)
+	}
+	tomb, err := w.r.cfg.Projection.Tombstoned(n)
+	if err != nil || !tomb {
+		return err
+	}
+	w.note(DriftUnlinkedLive, fmt.Sprintf("%s (used by %s)", n, by), nil)
+	if !w.apply || w.r.cfg.Healer == nil {
+		return nil
+	}
+	switch n.Kind {
+	case events.NodeManifest:
+		err = w.r.cfg.Healer.LinkRevision(ctx, n.Repo, n.Digest)
+	case events.NodeLayer:
+		err = w.r.cfg.Healer.LinkLayer(ctx, n.Repo, n.Digest)
+	}
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: heal %s: %w", n, err)
+	}
+	w.r.cfg.Logger.Warn("reconcile healed an object the collector had unlinked", "node", n.String(), "used_by", by)
+	w.r.m.heals.Inc()
+	// Its statement of presence revives it in the projection (the trash
+	// entry or tombstone goes, and the collector's heal finds it linked).
+	ev := events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Repo: n.Repo, Digest: n.Digest}}
+	if n.Kind == events.NodeManifest {
+		entry, ok, err := w.r.cfg.Projection.TrashEntryOf(n)
+		if err != nil || !ok || entry.Manifest.Digest == "" {
+			return err // a tag event names it, or the walk of its revision will
+		}
+		body := entry.Manifest
+		ev = events.Event{Kind: events.ManifestPushed, Manifest: &body}
+	}
+	w.mu.Lock()
+	w.drift.Healed++
+	w.fixes = append(w.fixes, fix{node: n, ev: ev})
+	w.mu.Unlock()
 	return nil
 }
 
@@ -436,10 +574,10 @@ func (w *walk) checkTag(repo, tag string, cur digest.Digest) error {
 	return nil
 }
 
-func (w *walk) checkRevision(ctx context.Context, repo string, d digest.Digest) error {
+func (w *walk) checkRevision(ctx context.Context, repo string, d digest.Digest, layers map[digest.Digest]bool) error {
 	n := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}
 	ni, ok, changed, err := w.lookup(n)
-	if err != nil || changed {
+	if err != nil {
 		return err
 	}
 	b, err := w.r.cfg.Store.ReadBlob(ctx, d, MaxManifestBytes)
@@ -453,6 +591,17 @@ func (w *walk) checkRevision(ctx context.Context, repo string, d digest.Digest) 
 	refs, err := events.ParseManifest("", b)
 	if err != nil {
 		w.note(DriftUnreadableManifest, fmt.Sprintf("%s: %v", n, err), nil)
+		return nil
+	}
+	for _, x := range refs.Blobs {
+		if !layers[x.Digest] {
+			l := events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: x.Digest}
+			if err := w.unlinkedLive(ctx, l, "revision "+d.String()); err != nil {
+				return err
+			}
+		}
+	}
+	if changed {
 		return nil
 	}
 	m := events.Manifest{Repo: repo, Digest: d, MediaType: refs.MediaType, Size: int64(len(b)),
@@ -540,6 +689,9 @@ func (w *walk) absent() error {
 			return nil
 		}
 		n := ni.Node
+		if w.repos != nil && (n.Kind == events.NodeBlob || !w.repos[n.Repo]) {
+			return nil
+		}
 		var seen bool
 		switch n.Kind {
 		case events.NodeTag:
@@ -746,6 +898,7 @@ func (d Drift) String() string {
 }
 
 type reconcileMetrics struct {
+	heals       prometheus.Counter
 	drift       *prometheus.GaugeVec
 	passes      prometheus.Counter
 	duration    prometheus.Histogram
@@ -754,6 +907,8 @@ type reconcileMetrics struct {
 
 func newReconcileMetrics(reg prometheus.Registerer) *reconcileMetrics {
 	m := &reconcileMetrics{
+		heals: prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_reconcile_heals_total",
+			Help: "Links the reconciler wrote back because storage uses what the collector had unlinked."}),
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "refgc_reconcile_drift",
 			Help: "Differences between storage and the projection found by the last reconcile pass, by type."}, []string{"type"}),
 		passes: prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_reconcile_passes_total",
@@ -764,7 +919,7 @@ func newReconcileMetrics(reg prometheus.Registerer) *reconcileMetrics {
 			Help: "Correction events published by the reconciler, by event kind."}, []string{"kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.drift, m.passes, m.duration, m.corrections)
+		reg.MustRegister(m.heals, m.drift, m.passes, m.duration, m.corrections)
 	}
 	return m
 }

@@ -54,6 +54,7 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.IntVar(&cfg.Collector.Concurrency, "concurrency", cfg.Collector.Concurrency, "storage operations in flight")
 	fs.Float64Var(&cfg.Collector.RateLimit, "rate-limit", cfg.Collector.RateLimit, "storage operations per second (0: unlimited)")
 	fs.IntVar(&cfg.Collector.BatchSize, "batch-size", cfg.Collector.BatchSize, "candidates per collector round")
+	fs.DurationVar(&cfg.Collector.QuietAfter, "quiet-after", cfg.Collector.QuietAfter, "how long a registry instance may send no notification before it stops holding collection back")
 	fs.DurationVar(&cfg.Collector.ReconcileInterval, "reconcile-interval", cfg.Collector.ReconcileInterval, "time between reconcile passes comparing storage with the projection (0: only at start when needed and on POST /v1/reconcile)")
 	fs.BoolVar(&cfg.Collector.DryRun, "dry-run", cfg.Collector.DryRun, "report what would be deleted, delete nothing")
 

@@ -10,6 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v2"
 
+	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -117,6 +118,11 @@ type CollectorConfig struct {
 	// storage with the projection and publish corrections (default 24h;
 	// zero or negative disables the periodic pass).
 	ReconcileInterval time.Duration `yaml:"reconcileInterval"`
+	// QuietAfter is how long a registry instance may send nothing before
+	// its delivery watermark stops bounding collection (default
+	// collector.DefaultQuietAfter). Keep it above the registry's
+	// notification backoff.
+	QuietAfter time.Duration `yaml:"quietAfter"`
 	// Untagged is "delete" or "keep".
 	Untagged    string  `yaml:"untagged"`
 	Concurrency int     `yaml:"concurrency"`
@@ -134,7 +140,7 @@ func Defaults() Config {
 		Collector: CollectorConfig{
 			Interval: time.Minute, Grace: time.Hour, Retention: 24 * time.Hour,
 			Untagged: string(refcount.PolicyDelete), Concurrency: 8, BatchSize: 256,
-			ReconcileInterval: 24 * time.Hour,
+			ReconcileInterval: 24 * time.Hour, QuietAfter: collector.DefaultQuietAfter,
 		},
 		StatsInterval: 15 * time.Second,
 		ReadyMaxLag:   1000,

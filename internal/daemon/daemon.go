@@ -302,7 +302,16 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 	c, err := collector.New(collector.Config{
 		Projection: d.proj, Storage: d.store, Log: d.jslog, Now: d.now,
 		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
-		DryRun: dryRun, Source: "refgc", Logger: d.log, Registerer: reg,
+		QuietAfter: cc.QuietAfter, DryRun: dryRun, Source: "refgc", Logger: d.log, Registerer: reg,
+		// Called inside a pass, which holds passMu: the reconciler runs
+		// without taking it again.
+		Reconcile: func(ctx context.Context, repos []string) error {
+			drift, err := d.rec.ReconcileRepos(ctx, repos)
+			if err == nil && !drift.Clean() {
+				d.log.Warn("reconcile to lift a pause corrected drift", "drift", drift.String())
+			}
+			return err
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("daemon: collector: %w", err)

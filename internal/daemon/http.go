@@ -92,12 +92,30 @@ func (d *Daemon) Ready() error {
 	return nil
 }
 
+// readyz answers 200 while the daemon can take notifications, with the
+// collection's view in detail: a paused collection, or a delivery
+// watermark far behind, is no reason to stop taking notifications (that
+// would block the registries' queues), so it shows in the body only.
 func (d *Daemon) readyz(w http.ResponseWriter, _ *http.Request) {
 	if err := d.Ready(); err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	_, _ = w.Write([]byte("ok\n"))
+	detail := struct {
+		Status     string          `json:"status"`
+		Collection *collector.View `json:"collection,omitempty"`
+		// WatermarkLagSeconds is how far the bound of eligibility is behind the clock.
+		WatermarkLagSeconds float64 `json:"watermarkLagSeconds,omitempty"`
+	}{Status: "ok"}
+	if d.col != nil {
+		now := d.now()
+		if v, err := d.col.View(now); err == nil {
+			detail.Collection = &v
+			detail.WatermarkLagSeconds = now.Sub(v.Bound).Seconds()
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(detail)
 }
 
 func (d *Daemon) dump(w http.ResponseWriter, _ *http.Request) {
