@@ -302,6 +302,7 @@ func TestRemovalRacingWithNewReferenceIsUndone(t *testing.T) {
 		e.reg.DeleteTag(t, "app", "v1")
 		e.settle()
 		e.advance(2 * testGrace)
+		e.settle() // the registry has delivered up to now: a new collector need not wait for it
 		rs := &racingStorage{Storage: e.store, kind: events.NodeManifest, hook: func() {
 			// A client pulls the image by digest: its notification lands
 			// after the re-check and before the commit. (The registry stamps
@@ -342,6 +343,7 @@ func TestRemovalRacingWithNewReferenceIsUndone(t *testing.T) {
 		e.reg.DeleteTag(t, "app", "v1")
 		e.settle()
 		e.advance(2 * testGrace)
+		e.settle() // the registry has delivered up to now: a new collector need not wait for it
 		rs := &racingStorage{Storage: e.store, kind: events.NodeManifest, hook: func() {
 			// Unlink first, then the tag comes: the registry re-creates the
 			// revision link, the Collected event is refused.
@@ -373,6 +375,7 @@ func TestRemovalRacingWithNewReferenceIsUndone(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.advance(2 * testGrace)
+		e.settle() // the registry has delivered up to now: a new collector need not wait for it
 		rs := &racingStorage{Storage: e.store, kind: events.NodeLayer, hook: func() {
 			// The image is pushed again while its layers are being unlinked:
 			// the registry finds the links, the manifest holds them again.

@@ -38,6 +38,7 @@ type env struct {
 	log    *sinkLog
 	offset atomic.Int64
 	col    *collector.Collector
+	rec    *collector.Reconciler
 	keep   bool
 	// kept are objects that refgc keeps on purpose beyond what the oracle
 	// marks (a child deleted while its index lives keeps its data).
@@ -52,9 +53,15 @@ type sinkLog struct {
 	cond    *sync.Cond
 	touches map[string]int
 	dead    []events.DeadLetter
+	now     func() time.Time
 }
 
 func (s *sinkLog) PublishBatch(ctx context.Context, evs []events.Event) ([]events.PubResult, error) {
+	for i := range evs {
+		if evs[i].Received.IsZero() && s.now != nil {
+			evs[i].Received = s.now() // as the webhook does, on the test's clock
+		}
+	}
 	if err := s.Publish(ctx, evs); err != nil {
 		return nil, err
 	}
@@ -91,7 +98,7 @@ func newEnvWith(t *testing.T, policy refcount.Policy, wrap func(*sinkLog) events
 	}
 	t.Cleanup(func() { proj.Close() })
 	e := &env{t: t, proj: proj, keep: policy == refcount.PolicyKeep}
-	e.log = &sinkLog{DirectLog: collector.DirectLog{P: proj}, touches: map[string]int{}}
+	e.log = &sinkLog{DirectLog: collector.DirectLog{P: proj}, touches: map[string]int{}, now: e.now}
 	e.log.cond = sync.NewCond(&e.log.mu)
 
 	root := t.TempDir()
@@ -107,8 +114,17 @@ func newEnvWith(t *testing.T, policy refcount.Policy, wrap func(*sinkLog) events
 		Translate: events.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
 	t.Cleanup(hook.Close)
 	e.reg = regtest.Start(t, regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken})
+	// The registry's clock is the test's: its notifications' timestamps
+	// move with the clock the test advances. (Storage modification times
+	// stay on the wall clock, behind it: the storage check's comparison of
+	// them is tested where the test writes storage itself.)
+	e.reg.Faults.ShiftTime(func() time.Duration { return time.Duration(e.offset.Load()) })
+	e.rec, err = collector.NewReconciler(collector.ReconcilerConfig{Projection: proj, Store: e.store, Log: e.log, Now: e.now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.col, err = collector.New(collector.Config{Projection: proj, Storage: e.store, Log: e.log,
-		Now: e.now, Concurrency: 4})
+		Now: e.now, Concurrency: 4, Reconcile: e.reconcile})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +132,12 @@ func newEnvWith(t *testing.T, policy refcount.Policy, wrap func(*sinkLog) events
 	e.reg.PushRandom(t, "marker:m", 1)
 	e.settle()
 	return e
+}
+
+// reconcile is the collector's hook, as the daemon wires it.
+func (e *env) reconcile(ctx context.Context, repos []string) error {
+	_, err := e.rec.ReconcileRepos(ctx, repos)
+	return err
 }
 
 func (e *env) now() time.Time { return time.Now().Add(time.Duration(e.offset.Load())) }

@@ -32,6 +32,9 @@ import (
 // test's default). The long form is -collector.ops=100000.
 var opsFlag = flag.Int("collector.ops", 0, "operations of the randomized collector tests (0: default)")
 
+// noFaultsFlag turns off the delivery faults of the randomized tests.
+var noFaultsFlag = flag.Bool("collector.nofaults", false, "deliver every event of the randomized tests once, in order")
+
 // seedFlag fixes the seed of the randomized tests (0: a new one, logged).
 var seedFlag = flag.Uint64("collector.seed", 0, "seed of the randomized collector tests (0: random)")
 
@@ -61,8 +64,30 @@ type world struct {
 	proj  *refcount.Projection
 	log   *collector.DirectLog
 	col   *collector.Collector
+	rec   *collector.Reconciler
 	clock time.Time
 	seq   int
+	// net, when set, delivers the events through two registry instances
+	// with delivery faults.
+	net *delivery
+}
+
+// delivery models the notification queues of two registry instances on
+// one host pair: each event goes through one of them. A queue may stall
+// (its events arrive late, in order, after the other queue's newer ones:
+// late and reordered), deliver an event twice, or lose its content with
+// a restart of its instance (a new instance id on the same host, which
+// pauses collection until a reconcile).
+type delivery struct {
+	r        *rand.Rand
+	queues   [2][]events.Event
+	stalled  [2]int // operations left until a stalled queue moves again
+	instance [2]int
+	counts   map[string]int
+}
+
+func (d *delivery) source(q int) string {
+	return fmt.Sprintf("distribution:reg%d-%d", q, d.instance[q])
 }
 
 func newWorld(t testing.TB, concurrency int) *world { return newWorldSync(t, concurrency, false) }
@@ -83,8 +108,16 @@ func newWorldSync(t testing.TB, concurrency int, sync bool) *world {
 		t.Fatal(err)
 	}
 	w.log = &collector.DirectLog{P: w.proj}
+	now := func() time.Time { return w.clock }
+	w.rec, err = collector.NewReconciler(collector.ReconcilerConfig{Projection: w.proj, Store: w.store, Log: w.log, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	w.col, err = collector.New(collector.Config{Projection: w.proj, Storage: w.store, Log: w.log,
-		Now: func() time.Time { return w.clock }, Concurrency: concurrency})
+		Now: now, Concurrency: concurrency, Reconcile: func(ctx context.Context, repos []string) error {
+			_, err := w.rec.ReconcileRepos(ctx, repos)
+			return err
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,6 +130,64 @@ func (w *world) emit(evs ...events.Event) {
 	for i := range evs {
 		w.seq++
 		evs[i].V, evs[i].ID, evs[i].Time, evs[i].Source = events.Version, fmt.Sprintf("ev-%d", w.seq), w.clock, "test"
+	}
+	if w.net == nil {
+		w.deliver(evs)
+		return
+	}
+	d := w.net
+	for _, e := range evs {
+		q := d.r.IntN(2)
+		e.Source, e.Host = d.source(q), fmt.Sprintf("reg%d:5000", q)
+		switch roll := d.r.IntN(1000); {
+		case roll < 3: // the instance restarts: what its queue held is lost
+			d.counts["lost"] += len(d.queues[q]) + 1
+			d.queues[q] = nil
+			d.instance[q]++
+			d.counts["restart"]++
+			continue
+		case roll < 20:
+			d.queues[q] = append(d.queues[q], e)
+			d.counts["duplicated"]++
+		case roll < 60 && d.stalled[q] == 0:
+			d.stalled[q] = 1 + d.r.IntN(30)
+			d.counts["stall"]++
+		}
+		d.queues[q] = append(d.queues[q], e)
+	}
+	w.flush(false)
+}
+
+// flush delivers what the queues that are not stalled hold (all of them
+// when all is set), counting a stalled queue one operation nearer moving.
+func (w *world) flush(all bool) {
+	d := w.net
+	for q := range d.queues {
+		if d.stalled[q] > 0 && !all {
+			d.stalled[q]--
+			if len(d.queues[q]) > 0 {
+				d.counts["late"] += len(d.queues[q])
+			}
+			continue
+		}
+		d.stalled[q] = 0
+		evs := d.queues[q]
+		d.queues[q] = nil
+		w.deliver(evs)
+	}
+}
+
+// deliver hands events to the log as the webhook would, stamped with the
+// time they are received.
+func (w *world) deliver(evs []events.Event) {
+	w.t.Helper()
+	if len(evs) == 0 {
+		return
+	}
+	if w.net != nil {
+		for i := range evs {
+			evs[i].Received = w.clock
+		}
 	}
 	if err := w.log.Publish(context.Background(), evs); err != nil {
 		w.t.Fatal(err)
@@ -305,10 +396,13 @@ func TestRandomDirect(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(seed(t), 7))
 	w := newWorld(t, 4)
+	counts := map[string]int{}
+	if !*noFaultsFlag {
+		w.net = &delivery{r: rand.New(rand.NewPCG(r.Uint64(), 8)), counts: counts}
+	}
 	repos := []string{"a", "b", "c", "d/e"}
 	tags := []string{"v1", "v2", "v3", "latest"}
 	var ms []*pushed
-	counts := map[string]int{}
 	start := time.Now()
 
 	livePick := func(repo string, indexOK bool) *pushed {
@@ -443,6 +537,11 @@ func TestRandomDirect(t *testing.T) {
 			counts["pass"]++
 			counts["unlinked"] += rep.Unlinked
 			counts["purged"] += rep.Purged
+			counts["refused"] += rep.Refused
+			counts["healed"] += rep.Healed
+		}
+		if w.net != nil {
+			w.flush(false)
 		}
 		// Forget manifests that are gone for good.
 		if i%500 == 499 {
@@ -453,6 +552,14 @@ func TestRandomDirect(t *testing.T) {
 				}
 			}
 			ms = kept
+		}
+	}
+	if w.net != nil {
+		// Every queue delivers, and a reconcile finds what was lost, so
+		// that all garbage can go.
+		w.flush(true)
+		if _, err := w.rec.Reconcile(ctx, true); err != nil {
+			t.Fatal(err)
 		}
 	}
 	rep := w.finish()

@@ -453,7 +453,7 @@ func TestRebuildFromStream(t *testing.T) {
 	if d, err := r.Verify(ctx); err != nil || !d.Clean() {
 		t.Fatalf("verify after reconcile: %s, %v", d, err)
 	}
-	last := 600 + uint64(d.Published)
+	last := 600 + uint64(d.Published) + 1 // the corrections and the Reconciled event
 	path := filepath.Join(t.TempDir(), "rebuilt.db")
 	rep, err := r.Rebuild(ctx, path, collector.StreamReplay(stream, 1))
 	if err != nil {

@@ -133,6 +133,7 @@ func TestRestoreAndDryRun(t *testing.T) {
 	e.reg.DeleteTag(t, "app", "v1")
 	e.settle()
 	e.advance(2 * testGrace)
+	e.settle() // the registry has delivered up to now: a new collector need not wait for it
 
 	dry, err := collector.New(collector.Config{Projection: e.proj, Log: e.log, Now: e.now, DryRun: true})
 	if err != nil {
@@ -146,6 +147,7 @@ func TestRestoreAndDryRun(t *testing.T) {
 		t.Fatalf("dry run: %+v", plan)
 	}
 	e.mustPull("app@" + d.String()) // a dry run deletes nothing
+	e.advance(2 * testGrace)         // and the pull's lease ends
 
 	if _, err := e.col.Pass(context.Background()); err != nil {
 		t.Fatal(err)
