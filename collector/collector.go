@@ -200,6 +200,8 @@ type Report struct {
 	Errors   int           `json:"errors"`
 	Rounds   int           `json:"rounds"`
 	Duration time.Duration `json:"duration"`
+	// CheckDuration is the time the storage check took, within Duration.
+	CheckDuration time.Duration `json:"checkDuration"`
 }
 
 func newID() string {
@@ -326,7 +328,10 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 		return 0, nil
 	}
 	if !purge {
+		checkStart := time.Now()
 		refusals, err := c.confirm(ctx, cands)
+		rep.CheckDuration += time.Since(checkStart)
+		c.m.checkSeconds.Observe(time.Since(checkStart).Seconds())
 		if err != nil {
 			return 0, err
 		}

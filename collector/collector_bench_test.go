@@ -83,7 +83,7 @@ func BenchmarkCollectorDeletes(b *testing.B) {
 // the projection fsyncs every transaction, as a daemon's does.
 func benchCollector(b *testing.B, sync bool) {
 	var objects, bytes int64
-	var elapsed time.Duration
+	var elapsed, check time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		w := newWorldSync(b, 8, sync)
@@ -100,6 +100,7 @@ func benchCollector(b *testing.B, sync bool) {
 			unlinked += rep.Unlinked
 			purged += rep.Purged
 			bytes += rep.Bytes
+			check += rep.CheckDuration
 		}
 		elapsed += time.Since(start)
 		b.StopTimer()
@@ -114,6 +115,7 @@ func benchCollector(b *testing.B, sync bool) {
 	}
 	b.ReportMetric(float64(objects)/elapsed.Seconds(), "objects/s")
 	b.ReportMetric(float64(bytes)/elapsed.Seconds(), "bytes/s")
+	b.ReportMetric(100*check.Seconds()/elapsed.Seconds(), "check-%")
 }
 
 // benchRemoveAll is the baseline: os.RemoveAll of the same paths by 8

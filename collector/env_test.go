@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/distribution/v3/configuration"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
@@ -88,8 +89,10 @@ func newEnv(t *testing.T, policy refcount.Policy) *env {
 	return newEnvWith(t, policy, nil)
 }
 
-// newEnvWith is newEnv with the webhook's sink wrapped by wrap (nil: none).
-func newEnvWith(t *testing.T, policy refcount.Policy, wrap func(*sinkLog) events.Sink) *env {
+// newEnvWith is newEnv with the webhook's sink wrapped by wrap (nil: none)
+// and the registry's configuration changed by configure, if given.
+func newEnvWith(t *testing.T, policy refcount.Policy, wrap func(*sinkLog) events.Sink,
+	configure ...func(*configuration.Configuration)) *env {
 	t.Helper()
 	proj, err := refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
 		refcount.Options{Untagged: policy, Grace: testGrace, Retention: testRetention, NoSync: true})
@@ -113,7 +116,11 @@ func newEnvWith(t *testing.T, policy refcount.Policy, wrap func(*sinkLog) events
 	hook := httptest.NewServer(events.NewWebhook(events.WebhookConfig{Sink: sink, Token: testToken,
 		Translate: events.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
 	t.Cleanup(hook.Close)
-	e.reg = regtest.Start(t, regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken})
+	opts := regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken}
+	if len(configure) > 0 {
+		opts.Configure = configure[0]
+	}
+	e.reg = regtest.Start(t, opts)
 	// The registry's clock is the test's: its notifications' timestamps
 	// move with the clock the test advances. (Storage modification times
 	// stay on the wall clock, behind it: the storage check's comparison of

@@ -1,10 +1,18 @@
 package collector_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"testing"
+
+	"github.com/distribution/distribution/v3/configuration"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
@@ -221,5 +229,49 @@ func TestRefusedNotificationPausesUntilReconciled(t *testing.T) {
 	rep := e.pass() // reconciles first, then collects
 	if rep.Unlinked == 0 {
 		t.Fatalf("report %+v: want the untagged revision collected after the reconcile", rep)
+	}
+}
+
+// An index whose entries are blobs (BuildKit's cache export), accepted by
+// a registry that does not check index entries, holds them as layer links.
+func TestIndexOfBlobs(t *testing.T) {
+	e := newEnvWith(t, refcount.PolicyDelete, nil, func(c *configuration.Configuration) {
+		c.Validation.Manifests.Indexes.Platforms = "none"
+	})
+	var entries []map[string]any
+	var digests []v1.Hash
+	for _, mt := range []string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.buildkit.cacheconfig.v0"} {
+		l, err := random.Layer(256, types.MediaType(mt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.WriteLayer(e.reg.Repo(t, "cache"), l); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := l.Digest()
+		size, _ := l.Size()
+		digests = append(digests, d)
+		entries = append(entries, map[string]any{"mediaType": mt, "digest": d.String(), "size": size})
+	}
+	body, err := json.Marshal(map[string]any{"schemaVersion": 2,
+		"mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPut, e.reg.URL+"/v2/cache/manifests/buildcache", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/vnd.oci.image.index.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("put the cache index: %d", resp.StatusCode)
+	}
+	e.collectAndVerify()
+	for _, d := range digests {
+		if code := e.reg.BlobStatus(t, "cache", d); code != http.StatusOK {
+			t.Errorf("cache blob %s answers %d", d, code)
+		}
 	}
 }

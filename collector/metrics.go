@@ -16,6 +16,7 @@ type metrics struct {
 	watermarkLag prometheus.Gauge
 	quietSources prometheus.Gauge
 	paused       *prometheus.GaugeVec
+	checkSeconds prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -50,12 +51,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Pauses in force (repositories, or the whole registry), by reason; collection there waits for a reconcile."},
 			[]string{"reason"}),
 	}
+	m.checkSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "refgc_collector_check_duration_seconds",
+		Help: "Duration of the storage check of one round.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)})
 	for _, r := range RefuseReasons {
 		m.refused.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.deletions, m.bytes, m.errors, m.races, m.restores, m.passSeconds,
-			m.refused, m.heals, m.healFailures, m.healDelay, m.watermarkLag, m.quietSources, m.paused)
+			m.refused, m.heals, m.healFailures, m.healDelay, m.watermarkLag, m.quietSources, m.paused, m.checkSeconds)
 	}
 	return m
 }

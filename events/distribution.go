@@ -401,13 +401,14 @@ func readRefs(ctx context.Context, opts *TranslateOptions, repo string, d digest
 }
 
 // splitReferences sorts a notification's references into blobs (config and
-// layers) and children (index entries, or anything with a manifest media type).
+// layers, and an index's entries that are blobs) and children (anything
+// with a manifest media type, and an index's entries without one).
 func splitReferences(parentMT string, refs []v1.Descriptor) (blobs, children []Descriptor) {
 	index := IsIndexMediaType(parentMT)
 	bs, cs := newDescriptorSet(len(refs)), newDescriptorSet(0)
 	for _, r := range refs {
 		d := Descriptor{MediaType: r.MediaType, Digest: r.Digest, Size: r.Size}
-		if index || IsManifestMediaType(r.MediaType) {
+		if IsManifestMediaType(baseMediaType(r.MediaType)) || (index && r.MediaType == "") {
 			children = cs.add(children, d)
 		} else {
 			blobs = bs.add(blobs, d)

@@ -197,6 +197,10 @@ func ParseManifest(mediaType string, b []byte) (Refs, error) {
 			break
 		}
 		r.Children, err = newDescriptorSet(len(w.Manifests)).appendAll(nil, "manifests", w.Manifests)
+		// An index may list blobs (BuildKit's cache export, accepted by a
+		// registry that does not check index entries): they are held as
+		// layer links, as an image's layers are.
+		r.Blobs, r.Children = splitIndexEntries(r.Children)
 		r.ArtifactType = w.ArtifactType
 	case MediaTypeOCIArtifact:
 		r.Blobs, err = newDescriptorSet(len(w.Blobs)).appendAll(nil, "blobs", w.Blobs)
@@ -302,4 +306,18 @@ func (s descriptorSet) appendAll(out []Descriptor, field string, ds []v1.Descrip
 		out = s.add(out, c)
 	}
 	return out, nil
+}
+
+// splitIndexEntries separates an index's entries into blobs (a media type
+// that is not a manifest's) and child manifests (the rest, an entry
+// without a media type included).
+func splitIndexEntries(entries []Descriptor) (blobs, children []Descriptor) {
+	for _, d := range entries {
+		if d.MediaType != "" && !IsManifestMediaType(baseMediaType(d.MediaType)) {
+			blobs = append(blobs, d)
+		} else {
+			children = append(children, d)
+		}
+	}
+	return blobs, children
 }

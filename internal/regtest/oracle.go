@@ -260,7 +260,8 @@ type manifest struct {
 		URLs   []string      `json:"urls"`
 	} `json:"layers"`
 	Manifests []struct {
-		Digest digest.Digest `json:"digest"`
+		MediaType string        `json:"mediaType"`
+		Digest    digest.Digest `json:"digest"`
 	} `json:"manifests"`
 	FSLayers []struct {
 		BlobSum digest.Digest `json:"blobSum"`
@@ -345,6 +346,17 @@ func Reachable(root string, keepUntagged bool) (Sets, error) {
 	return m.out, nil
 }
 
+// manifestMediaTypes are the media types an index entry has when it names
+// a manifest; any other names a blob.
+var manifestMediaTypes = map[string]bool{
+	"application/vnd.oci.image.manifest.v1+json":                true,
+	"application/vnd.oci.image.index.v1+json":                   true,
+	"application/vnd.docker.distribution.manifest.v2+json":      true,
+	"application/vnd.docker.distribution.manifest.list.v2+json": true,
+	"application/vnd.docker.distribution.manifest.v1+json":      true,
+	"application/vnd.docker.distribution.manifest.v1+prettyjws": true,
+}
+
 func (m *marker) dangling(from, what string) {
 	m.out.Dangling = append(m.out.Dangling, from+" -> "+what)
 }
@@ -393,7 +405,11 @@ func (m *marker) follow(repo string, d digest.Digest, from string) {
 	}
 	self := "revision " + k
 	for _, c := range man.Manifests {
-		m.follow(repo, c.Digest, self)
+		if c.MediaType == "" || manifestMediaTypes[c.MediaType] {
+			m.follow(repo, c.Digest, self)
+		} else {
+			m.layer(repo, c.Digest, false, self) // an index of blobs (a build cache)
+		}
 	}
 	if man.Config != nil && man.Config.Digest != "" {
 		m.layer(repo, man.Config.Digest, false, self)
