@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
@@ -274,4 +275,28 @@ func TestIndexOfBlobs(t *testing.T) {
 			t.Errorf("cache blob %s answers %d", d, code)
 		}
 	}
+}
+
+// Restoring an index brings back its children from the trash with it.
+func TestRestoreIndexRelinksChildren(t *testing.T) {
+	e := newEnv(t, refcount.PolicyDelete)
+	idx := e.reg.PushIndex(t, "app", "idx", regtest.RandomImage(t, 1), regtest.RandomImage(t, 1))
+	d := regtest.Digest(t, idx)
+	e.reg.DeleteTag(t, "app", "idx")
+	e.settle()
+	for range 2 { // the index, then its children, within the trash retention
+		e.advance(testGrace + testGrace/10)
+		e.pass()
+	}
+	if code := e.reg.ManifestStatus(t, "app", d.String()); code != http.StatusNotFound {
+		t.Fatalf("the index answers %d after collection", code)
+	}
+	res, err := e.col.Restore(context.Background(), "app", digest.Digest(d.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Children != 2 {
+		t.Fatalf("restored %+v, want both children", res)
+	}
+	e.mustPull("app@" + d.String())
 }
