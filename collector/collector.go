@@ -195,6 +195,9 @@ type Report struct {
 	Restored int       `json:"restored"` // removals undone because they raced
 	Healed   int       `json:"healed"`   // unlinked objects re-linked after a late event
 	Lost     int       `json:"lost"`     // objects proved live after their data was purged
+	// Unavailable is the longest time between an unlink and its heal among
+	// this pass's heals: how long a live object could not be pulled.
+	Unavailable time.Duration `json:"unavailable,omitempty"`
 	// View is how complete the projection's view was at the pass's start.
 	View     *View         `json:"view,omitempty"`
 	Errors   int           `json:"errors"`

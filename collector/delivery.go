@@ -161,6 +161,7 @@ func (c *Collector) heal(ctx context.Context, rep *Report) error {
 			c.cfg.Logger.Warn("healed: a late event proved an unlinked object live", "node", n.String(),
 				"unlinked", h.UnlinkedAt, "proved_live", h.ProvedAt, "unavailable_for", delay)
 			rep.Healed++
+			rep.Unavailable = max(rep.Unavailable, delay)
 		}
 		evs = append(evs, c.healedEvent(n, healID(h)))
 	}

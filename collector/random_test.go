@@ -588,6 +588,38 @@ func TestRandomRegistry(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(seed(t), 11))
 	e := newEnv(t, refcount.PolicyDelete)
+	// Delivery faults, unless -collector.nofaults: a second replica on the
+	// same storage takes some of the writes (its queue is another, so its
+	// notifications interleave with the first's); manifest pushes of a
+	// repository are held back for a while (late, and reordered against
+	// the deletes and pulls that pass them); notifications are duplicated;
+	// a few manifest pushes are lost; the webhook is refused for a while
+	// (the registry retries, its queue blocks).
+	faults := !*noFaultsFlag
+	regs := []*regtest.Registry{e.reg}
+	if faults {
+		regs = append(regs, e.reg.Replica(t))
+		for _, rg := range regs {
+			rg.Faults.DuplicateFraction(0.02, rand.New(rand.NewPCG(r.Uint64(), 1)))
+			rg.Faults.Where(func(n regtest.Notification) bool { return n.IsManifest() && n.Action == "push" }).
+				DropFraction(0.01, rand.New(rand.NewPCG(r.Uint64(), 2)))
+		}
+	}
+	heldFor := 0 // operations until held notifications are released
+	refusedFor := 0
+	var unavailable time.Duration
+	via := func() *regtest.Registry { return regs[r.IntN(len(regs))] }
+	settle := func() {
+		for _, rg := range regs {
+			rg.Faults.Accept()
+			rg.Faults.Release()
+		}
+		refusedFor, heldFor = 0, 0
+		for _, rg := range regs[1:] {
+			regtest.WaitFor(t, "the replica's queue delivered", func() bool { return rg.Faults.Pending() == 0 })
+		}
+		e.settle()
+	}
 	repos := []string{"a", "b", "c/d"}
 	tagNames := []string{"v1", "v2", "latest"}
 	tags := map[string]v1.Image{} // "repo:tag" -> image, as far as the test knows
@@ -600,7 +632,7 @@ func TestRandomRegistry(t *testing.T) {
 	counts := map[string]int{}
 	start := time.Now()
 	push := func(ref string, img v1.Image) {
-		e.reg.Push(t, ref, img) // blobs it lost are uploaded again
+		via().Push(t, ref, img) // blobs it lost are uploaded again
 		rp, _, _ := strings.Cut(ref, ":")
 		delete(broken, rp+"@"+regtest.Digest(t, img).String())
 	}
@@ -625,6 +657,32 @@ func TestRandomRegistry(t *testing.T) {
 	}
 	for i := 0; i < ops; i++ {
 		repo, tag := repos[r.IntN(len(repos))], tagNames[r.IntN(len(tagNames))]
+		if faults {
+			switch {
+			case heldFor > 0:
+				if heldFor--; heldFor == 0 {
+					for _, rg := range regs {
+						rg.Faults.Release()
+					}
+				}
+			case r.IntN(40) == 0:
+				heldFor = 1 + r.IntN(20)
+				via().Faults.Where(regtest.ManifestPush(repo)).Hold()
+				counts["hold"]++
+			}
+			switch {
+			case refusedFor > 0:
+				if refusedFor--; refusedFor == 0 {
+					for _, rg := range regs {
+						rg.Faults.Accept()
+					}
+				}
+			case r.IntN(100) == 0:
+				refusedFor = 1 + r.IntN(5)
+				via().Faults.Refuse(http.StatusServiceUnavailable)
+				counts["refuse"]++
+			}
+		}
 		switch op := r.IntN(100); {
 		case op < 12:
 			img := regtest.RandomImage(t, 1)
@@ -645,7 +703,7 @@ func TestRandomRegistry(t *testing.T) {
 		case op < 23:
 			if k, _ := pickTag(); k != "" {
 				rp, tg, _ := strings.Cut(k, ":")
-				e.reg.DeleteTag(t, rp, tg)
+				via().DeleteTag(t, rp, tg)
 				delete(tags, k)
 				counts["untag"]++
 			}
@@ -717,7 +775,9 @@ func TestRandomRegistry(t *testing.T) {
 			e.advance(time.Duration(r.Int64N(int64(testGrace))))
 			counts["clock"]++
 		default:
-			e.settle()
+			if !faults || r.IntN(2) == 0 {
+				settle() // else the pass runs with notifications still held, late or refused
+			}
 			before, err := regtest.Reachable(e.reg.Root, false)
 			if err != nil {
 				t.Fatal(err)
@@ -726,6 +786,9 @@ func TestRandomRegistry(t *testing.T) {
 			if err != nil || rep.Errors > 0 {
 				t.Fatalf("pass: %v (%d errors)", err, rep.Errors)
 			}
+			counts["refused"] += rep.Refused
+			counts["healed"] += rep.Healed
+			unavailable = max(unavailable, rep.Unavailable)
 			after, err := regtest.Present(e.reg.Root)
 			if err != nil {
 				t.Fatal(err)
@@ -738,9 +801,24 @@ func TestRandomRegistry(t *testing.T) {
 			counts["purged"] += rep.Purged
 		}
 	}
+	settle()
+	if faults {
+		// What was lost is found by a reconcile, so that all garbage can go.
+		if _, err := e.rec.Reconcile(context.Background(), true); err != nil {
+			t.Fatal(err)
+		}
+	}
 	rep := e.collectAndVerify()
 	counts["unlinked"] += rep.Unlinked
 	counts["purged"] += rep.Purged
+	for _, rg := range regs {
+		st := rg.Faults.Stats()
+		counts["notifications dropped"] += st.Dropped
+		counts["notifications duplicated"] += st.Duplicated
+		counts["notifications held"] += st.Held
+		counts["requests refused"] += st.Refused
+	}
+	t.Logf("longest unavailability between an unlink and its heal: %s", unavailable)
 	for k, img := range tags {
 		rp, _, _ := strings.Cut(k, ":")
 		if !broken[rp+"@"+regtest.Digest(t, img).String()] {
