@@ -100,6 +100,10 @@ type Config struct {
 	// QuietAfter is how long a registry instance may send nothing before
 	// it stops bounding collection (default DefaultQuietAfter).
 	QuietAfter time.Duration
+	// Intents, if set, keeps a copy of every intent where the next active
+	// collector finds it (under --ha, KVIntents); nil keeps them in the
+	// projection only.
+	Intents IntentStore
 	// ClockSkew is how much later than the newest event about it a link
 	// may have been written before the storage check refuses it, to allow
 	// for the registry's and the storage's clocks (default DefaultClockSkew).
@@ -359,6 +363,13 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if err != nil {
 		return 0, err
 	}
+	if c.cfg.Intents != nil {
+		if err := c.cfg.Intents.PutIntents(ctx, intents); err != nil {
+			// Nothing was done yet: the next pass finds the local intents
+			// and does them again.
+			return 0, err
+		}
+	}
 	rep.Refused += len(refused)
 	c.m.refused.WithLabelValues(RefuseRecheck).Add(float64(len(refused)))
 	done := c.act(ctx, intents, rep)
@@ -436,7 +447,7 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 	settled := make([]string, 0, len(done))
 	defer func() {
 		// One transaction (one fsync) for the whole round's intents.
-		if err := c.cfg.Projection.DropIntents(settled); err != nil {
+		if err := c.dropIntents(ctx, settled); err != nil {
 			c.cfg.Logger.Error("dropping settled intents failed; recovery will drop them", "err", err)
 		}
 	}()
@@ -531,7 +542,7 @@ func (c *Collector) undo(ctx context.Context, in refcount.Intent) error {
 
 // recover finishes the intents a crash left behind.
 func (c *Collector) recover(ctx context.Context, rep *Report) error {
-	intents, err := c.cfg.Projection.Intents()
+	intents, err := c.allIntents(ctx)
 	if err != nil || len(intents) == 0 {
 		return err
 	}
@@ -564,7 +575,7 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 	if err := c.publishHealed(ctx, relinked); err != nil {
 		return err
 	}
-	if err := c.cfg.Projection.DropIntents(drop); err != nil {
+	if err := c.dropIntents(ctx, drop); err != nil {
 		return err
 	}
 	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(redo), "total", len(intents))

@@ -70,6 +70,9 @@ type world struct {
 	// net, when set, delivers the events through two registry instances
 	// with delivery faults.
 	net *delivery
+	// mirror, when set, receives every delivered event too: a standby's
+	// projection.
+	mirror *collector.DirectLog
 }
 
 // delivery models the notification queues of two registry instances on
@@ -191,6 +194,9 @@ func (w *world) deliver(evs []events.Event) {
 	}
 	if err := w.log.Publish(context.Background(), evs); err != nil {
 		w.t.Fatal(err)
+	}
+	if w.mirror != nil {
+		w.must(w.mirror.Publish(context.Background(), evs))
 	}
 }
 

@@ -77,7 +77,8 @@ type Daemon struct {
 	gauges *gauges
 
 	adminUnauthorized prometheus.Counter
-	leader            *events.Leader // nil without HA: always the leader
+	leader            *events.Leader       // nil without HA: always the leader
+	intents           *collector.KVIntents // nil without HA
 	ln                net.Listener
 	srv               *http.Server
 
@@ -157,6 +158,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			return nil, fmt.Errorf("daemon: storage: %w", err)
 		}
 		reader = collector.StoreManifestReader{Store: d.store}
+		if cfg.HA.Enabled {
+			// A new leader finishes or undoes what the last one left.
+			if d.intents, err = collector.NewKVIntents(ctx, d.js, "", cfg.NATS.Replicas); err != nil {
+				return nil, fmt.Errorf("daemon: %w", err)
+			}
+		}
 		d.col, err = d.newCollector(cfg.Collector.DryRun, d.reg)
 		if err != nil {
 			return nil, err
@@ -302,7 +309,7 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 	c, err := collector.New(collector.Config{
 		Projection: d.proj, Storage: d.store, Log: d.jslog, Now: d.now,
 		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
-		QuietAfter: cc.QuietAfter, DryRun: dryRun, Source: "refgc", Logger: d.log, Registerer: reg,
+		QuietAfter: cc.QuietAfter, DryRun: dryRun, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
 		// Called inside a pass, which holds passMu: the reconciler runs
 		// without taking it again.
 		Reconcile: func(ctx context.Context, repos []string) error {
@@ -317,6 +324,15 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 		return nil, fmt.Errorf("daemon: collector: %w", err)
 	}
 	return c, nil
+}
+
+// intentStore is where intents are shared, if anywhere (a nil
+// *KVIntents must not become a non-nil interface).
+func (d *Daemon) intentStore() collector.IntentStore {
+	if d.intents == nil {
+		return nil
+	}
+	return d.intents
 }
 
 func (d *Daemon) collectLoop(ctx context.Context, every time.Duration) {
