@@ -341,7 +341,9 @@ func (d *Daemon) collectLoop(ctx context.Context, every time.Duration) {
 	for {
 		if !d.IsLeader() {
 			// A standby: it follows the log, and collects once it leads.
-		} else if _, err := d.Collect(ctx, false); err != nil && ctx.Err() == nil {
+		} else if _, err := d.Collect(ctx, false); errors.Is(err, collector.ErrPaused) {
+			d.log.Warn("collection paused until a reconcile", "err", err)
+		} else if err != nil && ctx.Err() == nil {
 			d.log.Error("collector pass failed", "err", err)
 		}
 		select {

@@ -177,7 +177,7 @@ func (d *Daemon) collect(w http.ResponseWriter, r *http.Request) {
 // errorCode is 409 for what the daemon's state refuses, 500 otherwise.
 func errorCode(err error) int {
 	if errors.Is(err, ErrNoStorage) || errors.Is(err, ErrCollectionHalted) || errors.Is(err, ErrNotLeader) ||
-		errors.Is(err, collector.ErrRebuildTarget) {
+		errors.Is(err, collector.ErrRebuildTarget) || errors.Is(err, collector.ErrPaused) {
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
