@@ -290,6 +290,9 @@ func (c *Collector) plan(ctx context.Context, rep *Report) (Report, error) {
 	}
 	for _, cd := range cands {
 		r := Removal{Node: cd.Node, Purge: cd.Node.Kind == events.NodeBlob, Bytes: cd.Size}
+		if r.Purge && cd.EligibleAt.After(v.PurgeBound) {
+			continue
+		}
 		rep.Removed = append(rep.Removed, r)
 		rep.Bytes += cd.Size
 		if r.Purge {
@@ -324,7 +327,11 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	for _, p := range v.Paused {
 		paused[p.Repo] = true
 	}
-	cands, err := c.cfg.Projection.CandidatesOf(v.Bound, c.cfg.BatchSize, func(k events.NodeKind) bool {
+	bound := v.Bound
+	if purge {
+		bound = v.PurgeBound
+	}
+	cands, err := c.cfg.Projection.CandidatesOf(bound, c.cfg.BatchSize, func(k events.NodeKind) bool {
 		return (k == events.NodeBlob) == purge
 	})
 	if err != nil {
@@ -359,7 +366,7 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if len(refs) == 0 {
 		return 0, nil
 	}
-	intents, refused, err := c.cfg.Projection.BeginCollectBatch(ids, refs, v.Bound, seq)
+	intents, refused, err := c.cfg.Projection.BeginCollectBatch(ids, refs, bound, seq)
 	if err != nil {
 		return 0, err
 	}
@@ -552,24 +559,69 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 	var redo []refcount.Intent
 	var drop []string
 	var relinked []events.Event
+	undo := func(in refcount.Intent) error {
+		if err := c.undo(ctx, in); err != nil {
+			return err
+		}
+		rep.Restored++
+		drop = append(drop, in.ID)
+		relinked = append(relinked, c.healedEvent(in.Node, "undo-"+in.ID))
+		return nil
+	}
+	now := c.cfg.Now()
+	v, err := c.View(now)
+	if err != nil {
+		return err
+	}
+	paused := map[string]bool{}
+	for _, p := range v.Paused {
+		paused[p.Repo] = true
+	}
 	for _, in := range intents {
 		ni, ok, err := c.cfg.Projection.Get(in.Node)
 		if err != nil {
 			return err
 		}
+		bound := v.Bound
+		if in.Purge {
+			bound = v.PurgeBound
+		}
 		switch {
 		case !ok || !ni.Present:
 			drop = append(drop, in.ID) // committed before the crash
-		case ni.Count == 0 && ni.Eligible != nil && !ni.Eligible.After(c.cfg.Now()) && ni.LastSeq <= in.AsOf:
+		case ni.Count == 0 && ni.Eligible != nil && !ni.Eligible.After(bound) && ni.LastSeq <= in.AsOf &&
+			!v.Whole && !paused[in.Node.Repo] && !(in.Purge && len(v.Paused) > 0):
 			redo = append(redo, in)
 		default:
-			// Re-referenced since the intent: undo whatever was done.
-			if err := c.undo(ctx, in); err != nil {
+			// Re-referenced since the intent, or not to be judged now:
+			// undo whatever was done; the node is a candidate again later.
+			if err := undo(in); err != nil {
 				return err
 			}
-			rep.Restored++
-			drop = append(drop, in.ID)
-			relinked = append(relinked, c.healedEvent(in.Node, "undo-"+in.ID))
+		}
+	}
+	// What is redone passes the storage check first, as in a round.
+	cands := make([]refcount.Candidate, 0, len(redo))
+	for _, in := range redo {
+		cands = append(cands, refcount.Candidate{Node: in.Node})
+	}
+	refusals, err := c.confirm(ctx, cands)
+	if err != nil {
+		return err
+	}
+	if err := c.refuse(ctx, refusals, rep); err != nil {
+		return err
+	}
+	refused := map[events.NodeRef]bool{}
+	for _, r := range refusals {
+		refused[r.node] = true
+	}
+	kept := redo[:0]
+	for _, in := range redo {
+		if !refused[in.Node] {
+			kept = append(kept, in)
+		} else if err := undo(in); err != nil {
+			return err
 		}
 	}
 	if err := c.publishHealed(ctx, relinked); err != nil {
@@ -578,8 +630,8 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 	if err := c.dropIntents(ctx, drop); err != nil {
 		return err
 	}
-	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(redo), "total", len(intents))
-	return c.commit(ctx, c.act(ctx, redo, rep), rep)
+	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(kept), "total", len(intents))
+	return c.commit(ctx, c.act(ctx, kept, rep), rep)
 }
 
 // Run makes a pass at once and then every interval until ctx ends. A

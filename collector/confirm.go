@@ -56,13 +56,17 @@ const (
 	// RefuseUnknownReference: a revision the projection does not know
 	// references the candidate.
 	RefuseUnknownReference = "unknown_reference"
+	// RefuseStorageError: the repository could not be read (a storage
+	// error, a corrupt link): its candidates wait for the next round, and
+	// the other repositories go on. No pause: nothing was found missing.
+	RefuseStorageError = "storage_error"
 	// RefuseRecheck: the projection's re-check turned the candidate down
 	// (held, leased, or changed since it was chosen). Not a storage finding.
 	RefuseRecheck = "recheck"
 )
 
 // RefuseReasons lists the reasons a candidate is refused.
-var RefuseReasons = []string{RefuseTagged, RefuseRewritten, RefuseUnknownReference, RefuseRecheck}
+var RefuseReasons = []string{RefuseTagged, RefuseRewritten, RefuseUnknownReference, RefuseStorageError, RefuseRecheck}
 
 // refusal is one candidate the storage check turned down.
 type refusal struct {
@@ -88,7 +92,13 @@ func (c *Collector) confirm(ctx context.Context, cands []refcount.Candidate) ([]
 		g.Go(func() error {
 			rs, err := c.confirmRepo(gctx, repo, cs)
 			if err != nil {
-				return fmt.Errorf("collector: storage check of %s: %w", repo, err)
+				if gctx.Err() != nil {
+					return gctx.Err()
+				}
+				rs = rs[:0]
+				for _, cd := range cs {
+					rs = append(rs, refusal{node: cd.Node, reason: RefuseStorageError, detail: err.Error()})
+				}
 			}
 			results <- rs
 			return nil
@@ -141,8 +151,15 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		if err != nil {
 			return nil, err
 		}
-		if heard := ni.Heard; !ok || heard == nil || mt.After(heard.Add(c.cfg.ClockSkew)) {
-			refuse(cd.Node, RefuseRewritten, fmt.Sprintf("link written %s, last heard %v", mt.UTC().Format(time.RFC3339Nano), heard))
+		switch heard := ni.Heard; {
+		case !ok:
+			refuse(cd.Node, RefuseRewritten, "no longer in the projection")
+		case heard == nil:
+			// Recorded before the projection kept the time (an older
+			// file): the other checks stand for this one.
+		case mt.After(heard.Add(c.cfg.ClockSkew)):
+			refuse(cd.Node, RefuseRewritten, fmt.Sprintf("link written %s, last heard %s",
+				mt.UTC().Format(time.RFC3339Nano), heard.UTC().Format(time.RFC3339Nano)))
 		}
 	}
 	var unknown []digest.Digest
@@ -155,8 +172,8 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		if err != nil {
 			return err
 		}
-		if !ok || !ni.Present {
-			unknown = append(unknown, d)
+		if !ok || !ni.Present || ni.Pinned {
+			unknown = append(unknown, d) // or known only by name: what it references is not
 		}
 		return nil
 	})
@@ -173,11 +190,11 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		}
 		refs, err := events.ParseManifest("", b)
 		if err != nil {
-			// Unreadable: it could reference anything in the repository.
-			for n := range want {
-				refuse(n, RefuseUnknownReference, fmt.Sprintf("unreadable revision %s", d))
-			}
-			break
+			// Not a manifest the registry could serve whole: the
+			// reconciler reports it (unreadable_manifest); refusing
+			// because of it would hold the repository for ever.
+			c.cfg.Logger.Warn("storage check: unreadable revision", "repo", repo, "digest", d.String(), "err", err)
+			continue
 		}
 		by := fmt.Sprintf("revision %s", d)
 		for _, x := range refs.Blobs {

@@ -45,11 +45,14 @@ var ErrPaused = errors.New("collector: paused until a reconcile")
 
 // View is the collector's judgement of how complete the projection's view is.
 type View struct {
-	// Bound is the latest eligibility time a candidate may have now.
+	// Bound is the latest eligibility time an unlink candidate may have now.
 	Bound time.Time `json:"bound"`
+	// PurgeBound is the same for blob data, which cannot be healed: a
+	// source bounds it until it has been quiet for the trash retention.
+	PurgeBound time.Time `json:"purgeBound"`
 	// Bounding is the source whose watermark sets Bound ("" when now does).
 	Bounding string `json:"bounding,omitempty"`
-	// Quiet are the sources that no longer bound collection.
+	// Quiet are the sources that no longer bound unlinks.
 	Quiet []string `json:"quiet,omitempty"`
 	// Paused are the pauses in force; Whole is set when one covers the
 	// whole registry.
@@ -57,14 +60,22 @@ type View struct {
 	Whole  bool             `json:"whole,omitempty"`
 }
 
-// View computes the bound and the pauses at now.
+// View computes the bounds and the pauses at now.
 func (c *Collector) View(now time.Time) (View, error) {
-	v := View{Bound: now}
+	v := View{Bound: now, PurgeBound: now}
 	srcs, err := c.cfg.Projection.Sources()
 	if err != nil {
 		return v, err
 	}
+	retention := c.cfg.Projection.Options().Retention
+	starting := now.Sub(c.started) < c.cfg.QuietAfter
 	for _, s := range srcs {
+		// Purges cannot be healed: a source bounds them until it has been
+		// quiet for the whole retention (or while this collector starts),
+		// and is taken for gone after that.
+		if (starting || now.Sub(s.Received) < retention) && s.Watermark.Before(v.PurgeBound) {
+			v.PurgeBound = s.Watermark
+		}
 		last := s.Received
 		if c.started.After(last) {
 			last = c.started
@@ -180,10 +191,15 @@ func (c *Collector) refuse(ctx context.Context, rs []refusal, rep *Report) error
 	repos := map[string]bool{}
 	for _, r := range rs {
 		c.m.refused.WithLabelValues(r.reason).Inc()
+		rep.Refused++
+		if r.reason == RefuseStorageError {
+			c.cfg.Logger.Warn("storage check could not read the repository; its candidates wait",
+				"node", r.node.String(), "err", r.detail)
+			continue
+		}
 		c.cfg.Logger.Warn("storage check refused a candidate; its repository will be reconciled",
 			"node", r.node.String(), "reason", r.reason, "detail", r.detail)
 		repos[r.node.Repo] = true
-		rep.Refused++
 	}
 	if len(repos) == 0 {
 		return nil

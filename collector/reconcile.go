@@ -112,6 +112,7 @@ type ReconcileStore interface {
 	Blobs(ctx context.Context, fn func(d digest.Digest) error) error
 	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
 	ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
+	LinkModTime(ctx context.Context, n events.NodeRef) (time.Time, error)
 }
 
 // ReconcilerConfig configures a Reconciler.
@@ -457,7 +458,7 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 		w.layers[repoKey(repo, string(d))] = struct{}{}
 		w.linked[d] = struct{}{}
 		w.mu.Unlock()
-		return w.checkLayer(repo, d)
+		return w.checkLayer(ctx, repo, d)
 	})
 	if err != nil {
 		return fmt.Errorf("collector: reconcile: layer links of %s: %w", repo, err)
@@ -503,6 +504,25 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 		}
 	}
 	return nil
+}
+
+// stale reports, in a pass limited to some repositories (which follows
+// refusals of the collector's storage check), whether the link of a node
+// the projection holds present was written after the newest event that
+// stated it present. Its presence is then stated again, at the walk's
+// time, so that the storage check does not refuse it for ever.
+func (w *walk) stale(ctx context.Context, n events.NodeRef, ni refcount.NodeInfo) (bool, error) {
+	if w.repos == nil {
+		return false, nil
+	}
+	mt, err := w.r.cfg.Store.LinkModTime(ctx, n)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("collector: reconcile: stat %s: %w", n, err)
+	}
+	return ni.Heard == nil || mt.After(*ni.Heard), nil
 }
 
 // unlinkedLive looks at an object that storage references (by what) but
@@ -611,10 +631,15 @@ func (w *walk) checkRevision(ctx context.Context, repo string, d digest.Digest, 
 		if err != nil {
 			return fmt.Errorf("collector: reconcile: projection %s: %w", n, err)
 		}
+		what := "references differ from storage"
 		if hok && !held.Unverified && sameRefs(held, m) {
-			return nil
+			stale, err := w.stale(ctx, n, ni)
+			if err != nil || !stale {
+				return err
+			}
+			what = "written again since the projection heard of it"
 		}
-		w.note(DriftMissingFromProjection, fmt.Sprintf("%s: references differ from storage", n),
+		w.note(DriftMissingFromProjection, fmt.Sprintf("%s: %s", n, what),
 			&fix{node: n, ev: events.Event{Kind: events.ManifestPushed, Manifest: &m}})
 		return nil
 	}
@@ -644,13 +669,21 @@ func sameDigests(a, b []events.Descriptor) bool {
 	return len(other) == len(set)
 }
 
-func (w *walk) checkLayer(repo string, d digest.Digest) error {
+func (w *walk) checkLayer(ctx context.Context, repo string, d digest.Digest) error {
 	n := events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: d}
 	ni, ok, changed, err := w.lookup(n)
-	if err != nil || changed || (ok && ni.Present) {
+	if err != nil || changed {
 		return err
 	}
-	w.note(DriftMissingFromProjection, n.String(), &fix{node: n,
+	what := n.String()
+	if ok && ni.Present {
+		stale, err := w.stale(ctx, n, ni)
+		if err != nil || !stale {
+			return err
+		}
+		what += ": written again since the projection heard of it"
+	}
+	w.note(DriftMissingFromProjection, what, &fix{node: n,
 		ev: events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Repo: repo, Digest: d}}})
 	return nil
 }

@@ -23,7 +23,7 @@ type TrashEntry struct {
 func (t *txn) apply(seq uint64, e *events.Event) error {
 	t.seq = seq
 	t.now = e.Time.UnixNano()
-	if !e.Received.IsZero() {
+	if !e.Received.IsZero() && e.Source != "" {
 		t.delivered(e)
 	}
 	switch e.Kind {

@@ -42,8 +42,14 @@ type Pause struct {
 }
 
 // Pause reasons (Pause.Reason): a Refused event's own reason prefixed with
-// "refused_", or PauseRestart.
-const PauseRestart = "registry_restart"
+// "refused_", PauseRestart or PauseNewInstance.
+const (
+	// PauseRestart: a known registry host runs a new instance.
+	PauseRestart = "registry_restart"
+	// PauseNewInstance: a registry instance refgc had not heard from
+	// appeared beside others (a new replica, or one restarted on a new host).
+	PauseNewInstance = "new_registry_instance"
+)
 
 // Heal is an unlinked node that a later event stated present or
 // referenced: the collector re-links it in storage and publishes Healed.
@@ -56,10 +62,17 @@ type Heal struct {
 	Seq        uint64    `json:"seq"`
 }
 
+// sourceExpiry is how long a registry instance may send nothing before its
+// record goes, when a new instance appears: registries that run in
+// containers get a new instance id (and often a new host) at every start.
+const sourceExpiry = 7 * 24 * time.Hour
+
 // delivered moves the watermark of an ingested event's source and notices
-// a registry restart (a new instance on a known host).
+// a new instance: a registry restarted (a new instance on a known host), or
+// one refgc had not heard from appeared beside others. Either may have
+// lost a queue, or delivered elsewhere before: the view may miss events.
 func (t *txn) delivered(e *events.Event) {
-	src := t.source(e.Source)
+	src, fresh := t.source(e.Source)
 	if src == nil {
 		return
 	}
@@ -69,40 +82,78 @@ func (t *txn) delivered(e *events.Event) {
 	if e.Received.After(src.Received) {
 		src.Received = e.Received.UTC()
 	}
-	if e.Host == "" || src.Host == e.Host {
-		return
+	others := 0
+	if fresh {
+		others = t.expireSources(e.Source, e.Received.Add(-sourceExpiry))
 	}
-	src.Host = e.Host
-	hosts := t.tx.Bucket(bucketHosts)
-	prev := string(hosts.Get([]byte(e.Host)))
-	if prev == e.Source {
-		return
+	prev := ""
+	if e.Host != "" && src.Host != e.Host {
+		src.Host = e.Host
+		hosts := t.tx.Bucket(bucketHosts)
+		prev = string(hosts.Get([]byte(e.Host)))
+		t.put(hosts, []byte(e.Host), []byte(e.Source))
 	}
-	t.put(hosts, []byte(e.Host), []byte(e.Source))
-	if prev == "" {
-		return
+	switch {
+	case prev != "" && prev != e.Source:
+		// The host runs a new instance: the old one's queue, and whatever
+		// it still held, is gone. Its watermark no longer means anything.
+		delete(t.sources, prev)
+		t.del(t.tx.Bucket(bucketSources), []byte(prev))
+		t.pause("", PauseRestart)
+	case fresh && others > 0:
+		t.pause("", PauseNewInstance)
 	}
-	// The host runs a new instance: the old one's queue, and whatever it
-	// still held, is gone. Its watermark no longer means anything.
-	delete(t.sources, prev)
-	t.del(t.tx.Bucket(bucketSources), []byte(prev))
-	t.pause("", PauseRestart)
 }
 
-// source returns the cached state of a source, loading it on first use.
-func (t *txn) source(name string) *SourceState {
-	if s, ok := t.sources[name]; ok {
-		return s
+// expireSources drops the sources other than name that received nothing
+// since before, and returns how many others remain.
+func (t *txn) expireSources(name string, before time.Time) int {
+	b := t.tx.Bucket(bucketSources)
+	var drop []string
+	others := map[string]bool{}
+	for k := range t.sources {
+		if k != name {
+			others[k] = true
+		}
 	}
-	s := &SourceState{Source: name}
-	if raw := t.tx.Bucket(bucketSources).Get([]byte(name)); raw != nil {
+	err := b.ForEach(func(k, v []byte) error {
+		if string(k) == name {
+			return nil
+		}
+		var s SourceState
+		if err := json.Unmarshal(v, &s); err == nil && s.Received.Before(before) && t.sources[string(k)] == nil {
+			drop = append(drop, string(k))
+			return nil
+		}
+		others[string(k)] = true
+		return nil
+	})
+	if err != nil {
+		t.fail(err)
+		return 0
+	}
+	for _, k := range drop {
+		t.del(b, []byte(k))
+	}
+	return len(others)
+}
+
+// source returns the cached state of a source, loading it on first use;
+// fresh says that no event from it was applied before.
+func (t *txn) source(name string) (s *SourceState, fresh bool) {
+	if s, ok := t.sources[name]; ok {
+		return s, false
+	}
+	s = &SourceState{Source: name}
+	raw := t.tx.Bucket(bucketSources).Get([]byte(name))
+	if raw != nil {
 		if err := json.Unmarshal(raw, s); err != nil {
 			t.fail(fmt.Errorf("%w: source %q: %w", ErrCorrupt, name, err))
-			return nil
+			return nil, false
 		}
 	}
 	t.sources[name] = s
-	return s
+	return s, raw == nil
 }
 
 func (t *txn) flushSources() {

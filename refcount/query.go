@@ -83,6 +83,9 @@ type NodeInfo struct {
 	Since    *time.Time       `json:"since,omitempty"`
 	Eligible *time.Time       `json:"eligible,omitempty"`
 	LastSeq  uint64           `json:"lastSeq"`
+	// Pinned is set for a manifest kept as a root because what it
+	// references is not known (its manifest could not be read).
+	Pinned bool `json:"pinned,omitempty"`
 	// Heard is the time of the newest event that stated the object present.
 	Heard     *time.Time `json:"heard,omitempty"`
 	Size      int64      `json:"size,omitempty"`
@@ -103,7 +106,7 @@ func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
 		return NodeInfo{}, err
 	}
 	ni := NodeInfo{Node: ref, Present: n.present(), Count: n.count, Lease: timePtr(n.lease),
-		Eligible: timePtr(n.queuedAt), LastSeq: n.lastSeq, Heard: timePtr(n.heard), Size: n.size, MediaType: n.mediaType}
+		Eligible: timePtr(n.queuedAt), LastSeq: n.lastSeq, Pinned: n.flags&flagPinned != 0, Heard: timePtr(n.heard), Size: n.size, MediaType: n.mediaType}
 	if n.count == 0 {
 		ni.Since = timePtr(n.zeroSince)
 	}
