@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -172,10 +173,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		d.log.Warn("no storage configured: events are recorded, nothing is collected")
 	}
 	hook := events.NewWebhook(events.WebhookConfig{
-		Sink: d.pub, Token: cfg.Webhook.Token, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
-		Translate: events.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
+		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
+		Now: d.now, Translate: events.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
 	})
-	if cfg.Webhook.Token == "" {
+	if cfg.Webhook.Token == "" && !slices.ContainsFunc(cfg.Webhook.Tokens, func(s string) bool { return s != "" }) {
 		d.log.Warn("webhook token empty: notifications are not authenticated")
 	}
 	d.gauges = newGauges(d.reg, d)
