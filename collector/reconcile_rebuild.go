@@ -31,8 +31,9 @@ type Replay func(ctx context.Context, apply func([]events.Record) error) error
 
 // StreamReplay returns a Replay over a JetStream stream: an ordered
 // consumer from sequence 1 up to the stream's last sequence when the
-// replay starts. Undecodable messages become records with Err set, as the
-// follower makes them.
+// replay starts. Undecodable messages become records with Err set, which
+// the rebuilt projection passes over (where the follower stops at them:
+// rebuilding is the operator's way past a record no refgc can read).
 func StreamReplay(s jetstream.Stream, batch int) Replay {
 	if batch <= 0 {
 		batch = events.DefaultMaxBatch

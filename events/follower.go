@@ -26,9 +26,12 @@ package events
 //     sequence, starting at the projection's cursor + 1. Each stream
 //     message reaches a successful Apply exactly once per Run; across runs
 //     the projection's cursor decides, so a restart never applies twice.
-//   - A message whose payload does not decode still reaches Apply, as a
-//     Record with Err set, so the cursor moves over it and it is reported;
-//     the follower never skips a sequence silently.
+//   - Every record that reaches Apply decoded into a valid event. At a
+//     message whose payload does not decode (garbage, an invalid event, or
+//     an envelope of a newer version: ErrUnsupportedVersion), Run applies
+//     the records before it and stops with ErrUndecodable: the cursor never
+//     moves past an event the projection did not understand, since the
+//     projection would then be missing it without knowing.
 //   - If the stream no longer holds cursor+1 (purged, limits, or a different
 //     stream whose last sequence is below the cursor), Run stops with
 //     ErrCursorGap instead of skipping.
@@ -61,6 +64,13 @@ import (
 // projection has applied. The projection cannot follow that stream any
 // more: rebuild it.
 var ErrCursorGap = errors.New("events: cursor gap")
+
+// ErrUndecodable is returned (wrapped, with the decoding error) by Run at
+// a stream message that does not decode into a valid event. The projection
+// stays at the sequence before it. If a newer refgc wrote it (the chain
+// then also holds ErrUnsupportedVersion, or names an unknown kind),
+// upgrade; otherwise rebuild the projection, which passes over it.
+var ErrUndecodable = errors.New("events: undecodable event in the log")
 
 // ErrFollowerStopped is returned (wrapped) by WaitApplied and CatchUp once
 // Run has returned.
@@ -186,7 +196,7 @@ func NewFollower(js jetstream.JetStream, cfg FollowerConfig) (*Follower, error) 
 		}, []string{"stream"})).With(l)
 		f.undecoded = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_follower_undecodable_total",
-			Help: "Stream messages that did not decode into a valid event (applied as errors).",
+			Help: "Stream messages that did not decode into a valid event (the follower stops at them).",
 		}, []string{"stream"})).With(l)
 		f.applyErrs = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_follower_apply_errors_total",
@@ -331,14 +341,15 @@ func (f *Follower) checkStream(st jetstream.StreamState, cursor uint64) error {
 }
 
 // Run follows the stream until ctx ends (it then returns nil) or a fatal
-// error: ErrCursorGap, Apply failing past its retries, the stream
-// disappearing, or the connection closing for good. Run may be called once.
+// error: ErrCursorGap, ErrUndecodable, Apply failing past its retries, the
+// stream disappearing, or the connection closing for good. Run may be
+// called once.
 func (f *Follower) Run(ctx context.Context) (err error) {
 	if !f.started.CompareAndSwap(false, true) {
 		return errors.New("events: follower: Run called twice")
 	}
 	defer func() {
-		if ctx.Err() != nil && !errors.Is(err, ErrCursorGap) {
+		if ctx.Err() != nil && !errors.Is(err, ErrCursorGap) && !errors.Is(err, ErrUndecodable) {
 			err = nil
 		}
 		f.mu.Lock()
@@ -558,11 +569,11 @@ func (f *Follower) read(ctx context.Context, it jetstream.MessagesContext, ch ch
 			deadline = time.Now().Add(f.cfg.MaxWait)
 		}
 		batch := make([]Record, 0, min(f.cfg.MaxBatch, 64))
-		var gap error
+		var stop error // a gap, or a record that does not decode
 		for {
 			rec, ok, err := f.record(msg, next)
 			if err != nil {
-				gap = err
+				stop = err
 				break
 			}
 			if ok {
@@ -581,14 +592,15 @@ func (f *Follower) read(ctx context.Context, it jetstream.MessagesContext, ch ch
 				break // a timeout, or an error the outer Next sees again
 			}
 		}
-		if !send(chunk{recs: batch, err: gap}) || gap != nil {
+		if !send(chunk{recs: batch, err: stop}) || stop != nil {
 			return
 		}
 	}
 }
 
 // record turns a message into a Record; ok is false for a message at or
-// below the cursor (a redelivery), and err is a gap past it.
+// below the cursor (a redelivery), and err is a gap past it or, wrapping
+// ErrUndecodable, a message that does not decode.
 func (f *Follower) record(msg jetstream.Msg, next uint64) (Record, bool, error) {
 	md, err := msg.Metadata()
 	if err != nil {
@@ -604,18 +616,23 @@ func (f *Follower) record(msg jetstream.Msg, next uint64) (Record, bool, error) 
 	case seq > next:
 		return Record{}, false, f.gapError(next-1, seq)
 	}
-	rec := Record{Seq: seq}
 	ev, err := Decode(msg.Data())
 	if err != nil {
-		rec.Err = fmt.Errorf("events: stream %s sequence %d (subject %s): %w", f.cfg.Stream, seq, msg.Subject(), err)
-		f.log.Warn("follower: undecodable event, applied as an error", "seq", seq, "err", err)
 		if f.undecoded != nil {
 			f.undecoded.Inc()
 		}
-	} else {
-		rec.Event, rec.Valid = ev, true
+		return Record{}, false, f.undecodableError(seq, msg.Subject(), err)
 	}
-	return rec, true, nil
+	return Record{Seq: seq, Event: ev, Valid: true}, true, nil
+}
+
+func (f *Follower) undecodableError(seq uint64, subject string, err error) error {
+	todo := "upgrade refgc if a newer version wrote it; otherwise rebuild the projection with `refgc rebuild`, which passes over it"
+	if errors.Is(err, ErrUnsupportedVersion) {
+		todo = "upgrade refgc to a version that reads it"
+	}
+	return fmt.Errorf("%w: stream %s sequence %d (subject %s): %w; the projection stays at sequence %d: %s",
+		ErrUndecodable, f.cfg.Stream, seq, subject, err, seq-1, todo)
 }
 
 // apply commits batch through cfg.Apply, retrying as the file comment says.

@@ -8,10 +8,12 @@
 //   - Nothing here reads flags, files or the environment: a Config is given.
 //   - At most one collector or reconcile pass runs at a time, whether
 //     started by a loop or by an admin endpoint.
-//   - Once the follower stops with events.ErrCursorGap the projection is
-//     stale: no collector pass runs again in this process (the webhook is
-//     still served, so notifications keep reaching the log) until an
-//     operator rebuilds the projection and restarts.
+//   - Once the follower stops with events.ErrCursorGap (the log no longer
+//     reaches the projection's cursor) or events.ErrUndecodable (the log
+//     holds an event this refgc cannot read) the projection is stale: no
+//     collector pass runs again in this process, and /readyz says why (the
+//     webhook is still served, so notifications keep reaching the log)
+//     until an operator upgrades or rebuilds the projection and restarts.
 //   - Shutdown stops in dependency order: HTTP first (no new events), then
 //     the collector and the follower, then the projection is closed and
 //     the NATS connection and the embedded server are stopped.
@@ -214,9 +216,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		defer d.wg.Done()
 		err := d.fol.Run(runCtx)
 		d.followerUp.Store(false)
-		if err != nil && errors.Is(err, events.ErrCursorGap) && runCtx.Err() == nil {
+		if err != nil && haltsCollection(err) && runCtx.Err() == nil {
 			d.followerErr.Store(&err)
-			d.cursorGap(runCtx, err)
+			d.halt(runCtx, err)
 			return
 		}
 		if err != nil {
