@@ -35,6 +35,13 @@ package events
 //   - If the stream no longer holds cursor+1 (purged, limits, or a different
 //     stream whose last sequence is below the cursor), Run stops with
 //     ErrCursorGap instead of skipping.
+//   - The cursor counts in one stream, named by StreamID (its name and
+//     creation time). Run hands the identity to Bind before following, and
+//     stops with ErrCursorGap and ErrStreamChanged if the projection counts
+//     in another; it stops likewise once the stream it follows is replaced
+//     by another of the same name (seen within CheckInterval, and by every
+//     CatchUp, so no decision taken after a CatchUp rests on a replaced
+//     stream).
 //   - When Apply fails, the follower re-reads the cursor (Apply may have
 //     committed before failing), drops what is already applied and retries
 //     the rest with exponential backoff, ApplyRetries times; then Run stops
@@ -95,6 +102,12 @@ type FollowerConfig struct {
 	// durably and atomically. The follower moves on only after it returns
 	// nil. Apply must not keep batch after it returns. Required.
 	Apply func(batch []Record) error
+	// Bind, if set, is called by Run with the stream's StreamID before
+	// anything is applied: the projection records it, or refuses it with
+	// an error wrapping ErrStreamChanged if its cursor counts in another
+	// stream (Run then stops with ErrCursorGap too). Any other error
+	// stops Run as it is. (*refcount.Projection).BindStream is one.
+	Bind func(streamID string) error
 	// MaxBatch bounds the records of one Apply; DefaultMaxBatch if zero.
 	MaxBatch int
 	// MaxWait is how long a batch waits for more messages after its first
@@ -133,6 +146,8 @@ type Follower struct {
 	stopped    bool
 	runErr     error
 	stream     jetstream.Stream
+	streamID   string                  // the identity of the stream Run follows; "" before Run
+	stopRun    context.CancelCauseFunc // ends Run with a cause; nil outside Run
 
 	lag       prometheus.Gauge
 	appliedG  prometheus.Gauge
@@ -269,6 +284,15 @@ func (f *Follower) CatchUp(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("events: catch up: stream %s info: %w", f.cfg.Stream, err)
 	}
+	if err := f.checkIdentity(info, applied); err != nil {
+		f.mu.Lock()
+		stop := f.stopRun
+		f.mu.Unlock()
+		if stop != nil {
+			stop(err)
+		}
+		return 0, err
+	}
 	last := info.State.LastSeq
 	f.seeStreamLast(last, true)
 	if last < applied {
@@ -324,6 +348,38 @@ func (f *Follower) aheadError(cursor, last uint64) error {
 		ErrCursorGap, cursor, f.cfg.Stream, last)
 }
 
+// checkIdentity returns an error wrapping ErrCursorGap and ErrStreamChanged
+// if info is not of the stream Run follows (nil before Run).
+func (f *Follower) checkIdentity(info *jetstream.StreamInfo, cursor uint64) error {
+	f.mu.Lock()
+	want := f.streamID
+	f.mu.Unlock()
+	if got := StreamID(info); want != "" && got != want {
+		return fmt.Errorf("%w: %w: the projection at sequence %d follows stream %s, which was replaced by %s "+
+			"(deleted and created again): rebuild the projection with `refgc rebuild`", ErrCursorGap, ErrStreamChanged, cursor, want, got)
+	}
+	return nil
+}
+
+// bind hands the stream's identity to cfg.Bind and records it for the
+// checks while Run follows the stream.
+func (f *Follower) bind(info *jetstream.StreamInfo, cursor uint64) error {
+	id := StreamID(info)
+	if f.cfg.Bind != nil {
+		if err := f.cfg.Bind(id); err != nil {
+			if errors.Is(err, ErrStreamChanged) {
+				return fmt.Errorf("%w: the projection at sequence %d cannot follow stream %s: %w: rebuild the projection with `refgc rebuild`",
+					ErrCursorGap, cursor, id, err)
+			}
+			return fmt.Errorf("events: follower: bind to stream %s: %w", id, err)
+		}
+	}
+	f.mu.Lock()
+	f.streamID = id
+	f.mu.Unlock()
+	return nil
+}
+
 // checkStream compares the stream's state with the cursor: the stream must
 // still hold cursor+1 (or end at the cursor) and must not end before it.
 func (f *Follower) checkStream(st jetstream.StreamState, cursor uint64) error {
@@ -376,6 +432,9 @@ func (f *Follower) Run(ctx context.Context) (err error) {
 		return err
 	}
 	info := s.CachedInfo()
+	if err := f.bind(info, cursor); err != nil {
+		return err
+	}
 	if err := f.checkStream(info.State, cursor); err != nil {
 		return err
 	}
@@ -383,6 +442,14 @@ func (f *Follower) Run(ctx context.Context) (err error) {
 
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	f.mu.Lock()
+	f.stopRun = cancel
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.stopRun = nil
+		f.mu.Unlock()
+	}()
 
 	cons, err := s.OrderedConsumer(runCtx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
@@ -475,6 +542,10 @@ func (f *Follower) watch(ctx context.Context, stop context.CancelCauseFunc) {
 			}
 			f.log.Debug("follower: stream info", "err", err)
 			continue
+		}
+		if err := f.checkIdentity(info, before); err != nil {
+			stop(err)
+			return
 		}
 		st := info.State
 		f.seeStreamLast(st.LastSeq, true)

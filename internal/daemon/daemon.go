@@ -141,6 +141,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	d.fol, err = events.NewFollower(d.js, events.FollowerConfig{
 		Cursor: d.proj.Cursor,
+		Bind:   d.proj.BindStream,
 		Apply: func(b []events.Record) error {
 			_, err := d.proj.Apply(b)
 			return err

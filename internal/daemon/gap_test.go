@@ -76,6 +76,73 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 	waitHalted(t, d, events.ErrCursorGap, "no longer reaches the projection's cursor")
 }
 
+// A stream deleted and created again while refgc was down restarts its
+// sequences at 1; with more events than the projection's cursor, nothing
+// but its identity tells it from the stream the projection followed.
+// Collection halts instead of following it.
+func TestRecreatedStreamHaltsCollection(t *testing.T) {
+	ctx := context.Background()
+	cfg := haltConfig(t)
+
+	// 1. A daemon applies three events, then stops.
+	d, err := daemon.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := events.Connect(d.NATSURL(), events.ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	publishEvents(t, js, gapBlob(0), gapBlob(1), gapBlob(2))
+	if _, err := d.Follower().CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bound, err := d.Projection().StreamID()
+	if err != nil || bound == "" {
+		t.Fatalf("projection bound to %q (%v)", bound, err)
+	}
+	nc.Close()
+	if err := d.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// 2. While it is down, the stream is deleted and created again, and
+	// receives more events than the projection had applied.
+	emb, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err = events.Connect(emb.ClientURL(), events.ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ = jetstream.New(nc)
+	if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.EnsureStream(ctx, js, events.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	publishEvents(t, js, gapBlob(3), gapBlob(4), gapBlob(5), gapBlob(6), gapBlob(7), gapBlob(8))
+	nc.Close()
+	emb.Shutdown()
+
+	// 3. The daemon starts again: it serves, but never collects.
+	d, err = daemon.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	waitHalted(t, d, events.ErrStreamChanged, "deleted and created again")
+	if c, err := d.Projection().Cursor(); err != nil || c != 3 {
+		t.Errorf("cursor %d (%v), want 3", c, err)
+	}
+	if id, _ := d.Projection().StreamID(); id != bound {
+		t.Errorf("projection rebound from %q to %q", bound, id)
+	}
+}
+
 // An event in the log that this refgc cannot read (garbage, or written by
 // a newer refgc) stops the follower short of it, and collection halts.
 func TestUndecodableHaltsCollection(t *testing.T) {

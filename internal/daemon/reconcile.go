@@ -98,18 +98,24 @@ func (d *Daemon) reconcileLocked(ctx context.Context, why string) {
 }
 
 // halt is called once the follower stopped for good: the stream no longer
-// reaches the projection's cursor (events.ErrCursorGap), or it holds an
-// event this refgc cannot read (events.ErrUndecodable). Collection stops
-// for good in this process; the webhook stays up so that notifications
-// still reach the log; a verify pass (which needs no follower) reports how
-// far the projection is from storage.
+// reaches the projection's cursor or is another stream than the one it
+// counts in (events.ErrCursorGap, with events.ErrStreamChanged for a
+// recreated stream), or it holds an event this refgc cannot read
+// (events.ErrUndecodable). Collection stops for good in this process; the
+// webhook stays up so that notifications still reach the log; a verify
+// pass (which needs no follower) reports how far the projection is from
+// storage.
 func (d *Daemon) halt(ctx context.Context, err error) {
 	rebuild := "run `refgc rebuild --out FILE` to compare a rebuilt projection with this one; then stop refgc, " +
 		"move refs.db aside, delete the event stream (the embedded server's nats directory, or `nats stream rm` on " +
 		"an external server) and start refgc again: an empty projection is reconciled from storage before any collector pass"
 	msg := "the event log no longer reaches the projection's cursor: collection is halted until the projection is rebuilt"
 	todo := rebuild
-	if errors.Is(err, events.ErrUndecodable) {
+	switch {
+	case errors.Is(err, events.ErrStreamChanged):
+		msg = "the event stream is not the one the projection's cursor counts in (it was deleted and created again): " +
+			"collection is halted until the projection is rebuilt"
+	case errors.Is(err, events.ErrUndecodable):
 		msg = "the event log holds an event this refgc cannot read: collection is halted until refgc is upgraded or the projection is rebuilt"
 		todo = "if a newer refgc wrote the event, upgrade this one; otherwise " + rebuild
 	}
