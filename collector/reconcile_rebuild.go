@@ -25,29 +25,41 @@ var ErrLogTruncated = errors.New("collector: event log does not start at sequenc
 var ErrRebuildTarget = errors.New("collector: rebuild target exists")
 
 // Replay feeds the whole event log, in order from sequence 1, to apply, in
-// batches. It returns ErrLogTruncated (wrapped) if the log does not reach
-// back to sequence 1.
-type Replay func(ctx context.Context, apply func([]events.Record) error) error
+// batches. Before the first batch it calls bind with the identity of the
+// log (events.StreamID), so that the projection it fills follows that
+// stream and no other. It returns ErrLogTruncated (wrapped) if the log
+// does not reach back to sequence 1.
+type Replay func(ctx context.Context, bind func(streamID string) error, apply func([]events.Record) error) error
+
+// StorageWalkStreamID is the stream identity a projection rebuilt from a
+// walk of storage is bound to. No stream has it: the cursor of such a file
+// counts the walk's events, not a position in any log, so no follower may
+// follow it.
+const StorageWalkStreamID = "storage-walk"
 
 // StreamReplay returns a Replay over a JetStream stream: an ordered
 // consumer from sequence 1 up to the stream's last sequence when the
-// replay starts. Undecodable messages become records with Err set, as the
-// follower makes them.
+// replay starts. Undecodable messages become records with Err set, which
+// the rebuilt projection passes over (where the follower stops at them:
+// rebuilding is the operator's way past a record no refgc can read).
 func StreamReplay(s jetstream.Stream, batch int) Replay {
 	if batch <= 0 {
 		batch = events.DefaultMaxBatch
 	}
-	return func(ctx context.Context, apply func([]events.Record) error) error {
+	return func(ctx context.Context, bind func(string) error, apply func([]events.Record) error) error {
 		info, err := s.Info(ctx)
 		if err != nil {
 			return fmt.Errorf("collector: replay: stream info: %w", err)
 		}
 		st := info.State
+		if st.LastSeq > 0 && st.FirstSeq > 1 {
+			return fmt.Errorf("%w: stream %s starts at %d", ErrLogTruncated, info.Config.Name, st.FirstSeq)
+		}
+		if err := bind(events.StreamID(info)); err != nil {
+			return fmt.Errorf("collector: replay: %w", err)
+		}
 		if st.LastSeq == 0 {
 			return nil
-		}
-		if st.FirstSeq > 1 {
-			return fmt.Errorf("%w: stream %s starts at %d", ErrLogTruncated, info.Config.Name, st.FirstSeq)
 		}
 		cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
 		if err != nil {
@@ -97,13 +109,14 @@ func StreamReplay(s jetstream.Stream, batch int) Replay {
 }
 
 // RebuildFromLog writes a fresh projection at path, which must not exist,
-// by replaying the whole log. It returns the projection, open.
+// by replaying the whole log, and binds it to the stream it replayed. It
+// returns the projection, open.
 func RebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay Replay) (*refcount.Projection, error) {
 	p, err := openFresh(path, opts)
 	if err != nil {
 		return nil, err
 	}
-	err = replay(ctx, func(recs []events.Record) error {
+	err = replay(ctx, p.BindStream, func(recs []events.Record) error {
 		_, err := p.Apply(recs)
 		return err
 	})
@@ -120,11 +133,17 @@ func RebuildFromLog(ctx context.Context, path string, opts refcount.Options, rep
 // against an empty projection, applied directly. Its cursor counts those
 // events; it is not a position in the log, so such a file is for
 // comparison and for recovery after the log was lost, not for following
-// the log. It returns the projection, open, and the walk's drift.
+// the log: it is bound to StorageWalkStreamID, which a follower refuses.
+// It returns the projection, open, and the walk's drift.
 func (r *Reconciler) RebuildFromStorage(ctx context.Context, path string) (*refcount.Projection, Drift, error) {
 	opts := r.cfg.Projection.Options()
 	p, err := openFresh(path, opts)
 	if err != nil {
+		return nil, Drift{}, err
+	}
+	if err := p.BindStream(StorageWalkStreamID); err != nil {
+		p.Close()
+		os.Remove(path)
 		return nil, Drift{}, err
 	}
 	cfg := r.cfg

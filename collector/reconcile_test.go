@@ -3,6 +3,7 @@ package collector_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -466,6 +467,13 @@ func TestRebuildFromStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := rebuilt.StreamID(); err != nil || id != events.StreamID(info) {
+		t.Errorf("rebuilt projection bound to %q (%v), want the stream it replayed, %q", id, err, events.StreamID(info))
+	}
 	var a, b bytes.Buffer
 	if err := live.Dump(&a); err != nil {
 		t.Fatal(err)
@@ -491,5 +499,18 @@ func TestRebuildFromStream(t *testing.T) {
 	}
 	if rep.From != "storage" || rep.Drift == nil {
 		t.Fatalf("rebuild of a truncated stream: %+v", rep)
+	}
+	// A walked projection's cursor is no position in the log: it is bound
+	// to no stream, so no follower follows it.
+	walked, err := refcount.Open(rep.Path, refcount.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer walked.Close()
+	if id, err := walked.StreamID(); err != nil || id != collector.StorageWalkStreamID {
+		t.Errorf("walked projection bound to %q (%v)", id, err)
+	}
+	if err := walked.BindStream(events.StreamID(info)); !errors.Is(err, refcount.ErrStreamChanged) {
+		t.Errorf("a walked projection accepts a stream: %v", err)
 	}
 }

@@ -11,7 +11,10 @@ package events
 //     notification dedupes on the event log. Should one registry event ever
 //     yield several domain events, they get the ids id+"/"+suffix, stable
 //     across redeliveries.
-//   - Every domain event Translate returns has passed Event.Validate.
+//   - Every domain event Translate returns has passed Event.Validate and
+//     carries the registry host, Distribution's source.addr, as Host (empty
+//     when the registry sends none). Received is left to the caller, which
+//     knows when the notification arrived.
 //   - The subject of a pushed manifest is never in the notification: it
 //     comes only from reading the manifest through a ManifestReader. When
 //     that read fails the event still translates, without a subject, and
@@ -63,8 +66,17 @@ const (
 // DeadLetterReasons lists every dead-letter reason Translate gives.
 var DeadLetterReasons = []string{ReasonMalformedJSON, ReasonTooLarge, ReasonInvalidEvent, ReasonUnknownAction}
 
-// DefaultMaxBodySize is the default limit on one notification envelope.
-const DefaultMaxBodySize = 1 << 20
+// DefaultMaxBodySize is the default limit on one notification envelope,
+// in Translate and in the webhook. It covers the largest notification a
+// registry with Distribution's default 4 MiB manifest limit sends with
+// includereferences: the references are the manifest's descriptors with
+// their annotations, re-encoded by encoding/json (which writes '<', '>' and
+// '&' as six-byte \u escapes, so a manifest made of annotations full of them
+// grows up to six times, 24 MiB) and indented (three spaces a level, a
+// line a field), inside one envelope. Domain events carry no annotations,
+// so what such a notification translates into stays far below
+// MaxEncodedSize.
+const DefaultMaxBodySize = 32 << 20
 
 // DefaultEnrichTimeout bounds one manifest read during translation.
 const DefaultEnrichTimeout = 10 * time.Second
@@ -173,6 +185,11 @@ type Result struct {
 	// Raw is the registry event's JSON as received (for the envelope as a
 	// whole when Index is -1; cut to 64 KiB when too large).
 	Raw json.RawMessage
+	// Repo and Host are the target repository and the registry host
+	// (source.addr) the event names, as sent, or, for an event or an
+	// envelope that does not decode, as far as its bytes can be read;
+	// empty when unknown. They are not validated.
+	Repo, Host string
 }
 
 // DeadLettered reports whether the event must go to the dead letters.
@@ -187,9 +204,7 @@ func Translate(ctx context.Context, body []byte, opts TranslateOptions) []Result
 		maxBody = DefaultMaxBodySize
 	}
 	if int64(len(body)) > maxBody {
-		keep := body[:min(len(body), tooLargeKeep)]
-		return []Result{envelopeFailure(keep, ReasonTooLarge,
-			fmt.Errorf("envelope of %d bytes exceeds the limit of %d", len(body), maxBody))}
+		return []Result{tooLarge(body, int64(len(body)), maxBody, false)}
 	}
 	var env DistributionEnvelope
 	if err := json.Unmarshal(body, &env); err != nil {
@@ -206,7 +221,80 @@ func Translate(ctx context.Context, body []byte, opts TranslateOptions) []Result
 }
 
 func envelopeFailure(raw []byte, reason string, err error) Result {
-	return Result{Index: -1, ID: rawID(raw), Source: "distribution", Reason: reason, Err: err, Raw: raw}
+	repo, src := peekNotification(raw)
+	return Result{Index: -1, ID: rawID(raw), Source: distributionSource(src), Reason: reason, Err: err, Raw: raw,
+		Repo: repo, Host: src.Addr}
+}
+
+// tooLarge is the dead-lettered Result of an envelope of size bytes, over
+// limit, that starts with head; atLeast says that more bytes followed
+// unread. It keeps at most the first 64 KiB.
+func tooLarge(head []byte, size, limit int64, atLeast bool) Result {
+	head = head[:min(len(head), tooLargeKeep)]
+	what := fmt.Sprintf("%d bytes", size)
+	if atLeast {
+		what = "more than " + what
+	}
+	return envelopeFailure(head, ReasonTooLarge, fmt.Errorf("envelope of %s exceeds the limit of %d", what, limit))
+}
+
+// peekNotification reads, token by token, as much of a notification (an
+// envelope or one event) as is well-formed, and returns the first target
+// repository and the first source it names. It serves for input that does
+// not decode: cut short, malformed further on, or of the wrong types.
+func peekNotification(raw []byte) (repo string, src DistributionSource) {
+	type frame struct {
+		obj     bool   // an object (else an array)
+		key     string // the key of the value being read, in an object
+		wantKey bool   // the next token is a key
+	}
+	var stack []frame
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	for repo == "" || src.Addr == "" || src.InstanceID == "" {
+		tok, err := dec.Token()
+		if err != nil {
+			break
+		}
+		if d, ok := tok.(json.Delim); ok {
+			switch d {
+			case '{', '[':
+				stack = append(stack, frame{obj: d == '{', wantKey: d == '{'})
+			default:
+				stack = stack[:len(stack)-1]
+				if n := len(stack); n > 0 && stack[n-1].obj {
+					stack[n-1].wantKey = true
+				}
+			}
+			continue
+		}
+		n := len(stack)
+		if n == 0 {
+			break // a scalar at the top: not a notification
+		}
+		top := &stack[n-1]
+		if top.obj && top.wantKey {
+			top.key, _ = tok.(string)
+			top.wantKey = false
+			continue
+		}
+		if top.obj {
+			top.wantKey = true
+		}
+		v, ok := tok.(string)
+		if !ok || n < 2 || !stack[n-2].obj {
+			continue
+		}
+		switch parent := stack[n-2].key; {
+		case parent == "target" && top.key == "repository" && repo == "":
+			repo = v
+		case parent == "source" && top.key == "addr" && src.Addr == "":
+			src.Addr = v
+		case parent == "source" && top.key == "instanceID" && src.InstanceID == "":
+			src.InstanceID = v
+		}
+	}
+	return repo, src
 }
 
 // rawID names content that carries no usable id by its hash.
@@ -217,6 +305,9 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 	var de DistributionEvent
 	if err := json.Unmarshal(raw, &de); err != nil {
 		res.ID = rawID(raw)
+		var src DistributionSource
+		res.Repo, src = peekNotification(raw)
+		res.Source, res.Host = distributionSource(src), src.Addr
 		res.Reason, res.Err = ReasonMalformedJSON, fmt.Errorf("event %d: %w", i, err)
 		return res
 	}
@@ -226,6 +317,7 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 	}
 	res.Action = de.Action
 	res.Source = distributionSource(de.Source)
+	res.Repo, res.Host = de.Target.Repository, de.Source.Addr
 	res.Time = de.Timestamp
 	if res.Time.IsZero() {
 		if opts.Now != nil {
@@ -235,6 +327,11 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 		}
 	}
 	ev := Event{V: Version, ID: res.ID, Time: res.Time, Source: res.Source}
+	if validHost(de.Source.Addr) {
+		// A host that could not be valid is left out rather than costing
+		// the registry its event.
+		ev.Host = de.Source.Addr
+	}
 	t := &de.Target
 	fail := func(reason string, err error) Result {
 		res.Reason, res.Err = reason, err

@@ -17,6 +17,7 @@ import (
 
 	"github.com/distribution/distribution/v3/notifications"
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Digests of the fixture capture.
@@ -196,7 +197,8 @@ func TestTranslateFixtures(t *testing.T) {
 			ev := r.Events[0]
 			de := env.Events[0]
 			if ev.ID != de.ID || r.ID != de.ID || !ev.Time.Equal(de.Timestamp) || ev.V != Version ||
-				ev.Source != "distribution:"+de.Source.InstanceID {
+				ev.Source != "distribution:"+de.Source.InstanceID || ev.Host != de.Source.Addr || ev.Host == "" ||
+				!ev.Received.IsZero() {
 				t.Errorf("envelope fields: %+v (registry event %s at %s from %s)", ev, de.ID, de.Timestamp, de.Source.InstanceID)
 			}
 			if r.Action != de.Action || r.Index != 0 || !json.Valid(r.Raw) {
@@ -237,17 +239,17 @@ func TestTranslateFixturesExact(t *testing.T) {
 	}
 	tests := map[string]Event{
 		"events/001.json": {V: 1, ID: "01a2054a-d834-7ea3-946d-36a5d494a272", Time: ts("2026-11-22T22:05:20.820960181Z"),
-			Source: fxSource, Kind: BlobPushed, Blob: &Blob{Repo: "demo", Digest: fxLayer1, Size: 138}},
+			Source: fxSource, Host: "vm:5055", Kind: BlobPushed, Blob: &Blob{Repo: "demo", Digest: fxLayer1, Size: 138}},
 		"events/003.json": {V: 1, ID: "01a2054a-d83b-761f-a76b-cd6ad782b15f", Time: ts("2026-11-22T22:05:20.827401909Z"),
-			Source: fxSource, Kind: ManifestPushed, Manifest: &Manifest{Repo: "demo", Digest: fxV1,
+			Source: fxSource, Host: "vm:5055", Kind: ManifestPushed, Manifest: &Manifest{Repo: "demo", Digest: fxV1,
 				MediaType: MediaTypeDockerManifest, Size: 423, Blobs: fxBlobs1, Tag: "v1"}},
 		"events/010.json": {V: 1, ID: "01a2054b-17e8-7843-a4b2-d33f2571a795", Time: ts("2026-11-22T22:05:37.12854304Z"),
-			Source: fxSource, Kind: BlobMounted, Blob: &Blob{Repo: "other", Digest: fxConfig1, Size: 233, From: "demo"}},
-		"events/026.json": {V: 1, ID: "01a2054b-3014-79f9-9ed6-a1d9eca805eb", Time: ts("2026-11-22T22:05:43.316653969Z"), Source: fxSource, Kind: ManifestPushed,
+			Source: fxSource, Host: "vm:5055", Kind: BlobMounted, Blob: &Blob{Repo: "other", Digest: fxConfig1, Size: 233, From: "demo"}},
+		"events/026.json": {V: 1, ID: "01a2054b-3014-79f9-9ed6-a1d9eca805eb", Time: ts("2026-11-22T22:05:43.316653969Z"), Source: fxSource, Host: "vm:5055", Kind: ManifestPushed,
 			Manifest: &Manifest{Repo: "demo", Digest: fxIndex, MediaType: MediaTypeOCIIndex, Size: 541, Tag: "idx", Unverified: true,
 				Children: []Descriptor{{MediaType: MediaTypeDockerManifest, Digest: fxV1, Size: 423}, {MediaType: MediaTypeDockerManifest, Digest: fxV2, Size: 423}}}},
 		"events/030.json": {V: 1, ID: "01a2054b-58ad-77fa-87f7-fe6c410b0755", Time: ts("2026-11-22T22:05:53.709523445Z"),
-			Source: fxSource, Kind: ManifestPushed, Manifest: &Manifest{Repo: "demo", Digest: fxSigned,
+			Source: fxSource, Host: "vm:5055", Kind: ManifestPushed, Manifest: &Manifest{Repo: "demo", Digest: fxSigned,
 				MediaType: MediaTypeOCIManifest, Size: 604,
 				Blobs: []Descriptor{
 					{MediaType: "application/vnd.oci.image.config.v1+json", Digest: fxConfig1, Size: 233},
@@ -255,11 +257,11 @@ func TestTranslateFixturesExact(t *testing.T) {
 				},
 				Subject: &Descriptor{MediaType: MediaTypeOCIManifest, Digest: dFixS, Size: 10}}},
 		"events/031.json": {V: 1, ID: "01a2054b-7621-7897-a652-01e6bb8120ec", Time: ts("2026-11-22T22:06:01.249563587Z"),
-			Source: fxSource, Kind: TagDeleted, Tag: &Tag{Repo: "demo", Name: "v1again"}},
+			Source: fxSource, Host: "vm:5055", Kind: TagDeleted, Tag: &Tag{Repo: "demo", Name: "v1again"}},
 		"events/034.json": {V: 1, ID: "01a2054b-763d-72ab-8e90-04e7b4908a42", Time: ts("2026-11-22T22:06:01.277175407Z"),
-			Source: fxSource, Kind: DigestDeleted, Ref: &Ref{Repo: "bydigest", Digest: fxLayer1}},
+			Source: fxSource, Host: "vm:5055", Kind: DigestDeleted, Ref: &Ref{Repo: "bydigest", Digest: fxLayer1}},
 		"events/035.json": {V: 1, ID: "01a2054b-efc7-7b28-ba5c-f2acc7233fc6", Time: ts("2026-11-22T22:06:32.391731496Z"),
-			Source: "distribution:01a2054b-e7d8-71fd-ac94-ccdeba62951c", Kind: Touched, Ref: &Ref{Repo: "demo", Digest: fxIndex}},
+			Source: "distribution:01a2054b-e7d8-71fd-ac94-ccdeba62951c", Host: "vm:5055", Kind: Touched, Ref: &Ref{Repo: "demo", Digest: fxIndex}},
 	}
 	reader := fixtureReader(t)
 	for name, wantEv := range tests {
@@ -398,8 +400,8 @@ func TestTranslateDeadLetters(t *testing.T) {
 				if len(r.Events) != 1 || r.Events[0].Validate() != nil {
 					t.Errorf("not translated: %+v", r)
 				}
-				if r.Source != "distribution:reg:5000" {
-					t.Errorf("Source = %q, want the addr fallback", r.Source)
+				if r.Source != "distribution:reg:5000" || r.Events[0].Host != "reg:5000" {
+					t.Errorf("Source = %q, Host = %q, want the addr", r.Source, r.Events[0].Host)
 				}
 			}
 		})
@@ -407,19 +409,28 @@ func TestTranslateDeadLetters(t *testing.T) {
 }
 
 func TestTranslateEnvelopeFailures(t *testing.T) {
+	big := envelope(strings.Repeat(rawEvent("x", "push", "demo/app", blobTarget(dL1))+",", 20) + `{}`)
 	tests := []struct {
 		name   string
 		body   []byte
 		opts   TranslateOptions
 		reason string
+		// What could be read of the broken envelope.
+		repo, host, source string
 	}{
 		{name: "not json", body: []byte(`{"events": [`), reason: ReasonMalformedJSON},
 		{name: "empty body", body: nil, reason: ReasonMalformedJSON},
 		{name: "events not a list", body: []byte(`{"events": {"id": 1}}`), reason: ReasonMalformedJSON},
 		{name: "no events", body: []byte(`{"events": []}`), reason: ReasonInvalidEvent},
 		{name: "no events field", body: []byte(`{"hello": "world"}`), reason: ReasonInvalidEvent},
-		{name: "too large", body: envelope(strings.Repeat(rawEvent("x", "push", "demo", blobTarget(dL1))+",", 20) + `{}`),
-			opts: TranslateOptions{MaxBodySize: 1000}, reason: ReasonTooLarge},
+		{name: "too large", body: big, opts: TranslateOptions{MaxBodySize: 1000}, reason: ReasonTooLarge,
+			repo: "demo/app", host: "reg:5000", source: "distribution:reg:5000"},
+		{name: "cut short", body: big[:len(big)/3], reason: ReasonMalformedJSON,
+			repo: "demo/app", host: "reg:5000", source: "distribution:reg:5000"},
+		{name: "cut inside the first event", body: []byte(`{"events":[{"id":"a","target":{"repository":"demo/app","references":[{"dig`),
+			reason: ReasonMalformedJSON, repo: "demo/app"},
+		{name: "wrong types further on", body: []byte(`{"events":{"target":{"repository":"a/b"},"source":{"instanceID":"i-1","addr":"h:1"}}}`),
+			reason: ReasonMalformedJSON, repo: "a/b", host: "h:1", source: "distribution:i-1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -430,6 +441,12 @@ func TestTranslateEnvelopeFailures(t *testing.T) {
 			r := res[0]
 			if r.Index != -1 || r.Reason != tt.reason || r.Err == nil || !strings.HasPrefix(r.ID, "raw:") {
 				t.Errorf("got %+v, want an envelope failure %q", r, tt.reason)
+			}
+			if tt.source == "" {
+				tt.source = "distribution"
+			}
+			if r.Repo != tt.repo || r.Host != tt.host || r.Source != tt.source {
+				t.Errorf("read repo %q host %q source %q, want %q %q %q", r.Repo, r.Host, r.Source, tt.repo, tt.host, tt.source)
 			}
 			if len(r.Raw) > len(tt.body) || len(r.Raw) > tooLargeKeep {
 				t.Errorf("Raw holds %d bytes", len(r.Raw))
@@ -453,6 +470,90 @@ func TestTranslateIDFallbackAndClock(t *testing.T) {
 	}
 	if !e.Time.Equal(now) || e.Source != "distribution" {
 		t.Errorf("time %s source %q", e.Time, e.Source)
+	}
+}
+
+// TestTranslateHost: the registry host (source.addr) becomes Host; one
+// that no event may carry is left out and the event still translates.
+func TestTranslateHost(t *testing.T) {
+	tests := []struct {
+		name, addr, want string
+	}{
+		{"host and port", "registry.example.com:5000", "registry.example.com:5000"},
+		{"absent", "", ""},
+		{"with a newline", "evil\nhost", ""},
+		{"too long", strings.Repeat("h", 256), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := fmt.Sprintf(`{"id":"h1","timestamp":"2026-11-22T22:05:20Z","action":"pull",`+
+				`"target":{"repository":"demo","digest":%q},"source":{"addr":%q,"instanceID":"i"}}`, dL1, tt.addr)
+			r := Translate(context.Background(), envelope(ev), TranslateOptions{})[0]
+			if r.DeadLettered() || len(r.Events) != 1 {
+				t.Fatalf("not translated: %+v", r)
+			}
+			if r.Events[0].Host != tt.want || r.Host != tt.addr || r.Repo != "demo" {
+				t.Errorf("event Host %q (result Host %q, Repo %q), want %q", r.Events[0].Host, r.Host, r.Repo, tt.want)
+			}
+		})
+	}
+}
+
+// hugeAnnotationPush is a notification of a manifest push with
+// includereferences whose layer carries an annotation of n bytes, encoded
+// as Distribution encodes it: its wire types in their field order,
+// indented, '<', '>' and '&' escaped.
+func hugeAnnotationPush(t testing.TB, id string, n int) []byte {
+	t.Helper()
+	ts, _ := time.Parse(time.RFC3339, "2026-11-22T22:05:20Z")
+	ev := DistributionEvent{
+		ID: id, Timestamp: ts, Action: ActionPush,
+		Target: DistributionTarget{
+			Descriptor: v1.Descriptor{MediaType: MediaTypeOCIManifest, Digest: dM1, Size: int64(n + 500)},
+			Repository: "demo", URL: "http://reg/v2/demo/manifests/" + dM1.String(), Tag: "big",
+			References: []v1.Descriptor{
+				{MediaType: "application/vnd.oci.image.config.v1+json", Digest: dCfg, Size: 7},
+				{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: dL1, Size: 10,
+					Annotations: map[string]string{"org.example.notes": strings.Repeat("<&>", n/3)}},
+			},
+		},
+		Request: DistributionRequest{Method: http.MethodPut},
+		Source:  DistributionSource{Addr: "reg:5000", InstanceID: "i-1"},
+	}
+	b, err := json.MarshalIndent(struct {
+		Events []DistributionEvent `json:"events"`
+	}{[]DistributionEvent{ev}}, "", "   ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestTranslateHugeAnnotation: a notification whose reference carries a
+// 1.1 MB annotation (escaped, it is several times that) is within the
+// default limit and translates into an event far below MaxEncodedSize.
+func TestTranslateHugeAnnotation(t *testing.T) {
+	body := hugeAnnotationPush(t, "huge-1", 1_100_000)
+	if len(body) <= 1<<20 {
+		t.Fatalf("notification of %d bytes: not over the old 1 MiB limit", len(body))
+	}
+	r := Translate(context.Background(), body, TranslateOptions{})[0]
+	if r.DeadLettered() || len(r.Events) != 1 {
+		t.Fatalf("not translated: %s %v", r.Reason, r.Err)
+	}
+	m := r.Events[0].Manifest
+	if m == nil || len(m.Blobs) != 2 || m.Blobs[1].Digest != dL1 {
+		t.Fatalf("manifest %+v", m)
+	}
+	b, err := Encode(r.Events[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 4096 {
+		t.Errorf("encoded event of %d bytes", len(b))
+	}
+	if _, err := Decode(b); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -303,7 +303,9 @@ func Decode(b []byte) (Event, error) {
 // Record is one entry of the event log as the projection sees it: the
 // stream sequence and the decoded event. Err is set, and Event is zero,
 // when the entry could not be decoded or validated; such a record still
-// advances the projection's cursor and is reported, never applied.
+// advances the projection's cursor and is reported, never applied. A
+// Follower never hands one over (it stops at it, with ErrUndecodable); a
+// replay that rebuilds a projection does, to pass over it.
 type Record struct {
 	Seq   uint64
 	Event Event

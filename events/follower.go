@@ -26,12 +26,22 @@ package events
 //     sequence, starting at the projection's cursor + 1. Each stream
 //     message reaches a successful Apply exactly once per Run; across runs
 //     the projection's cursor decides, so a restart never applies twice.
-//   - A message whose payload does not decode still reaches Apply, as a
-//     Record with Err set, so the cursor moves over it and it is reported;
-//     the follower never skips a sequence silently.
+//   - Every record that reaches Apply decoded into a valid event. At a
+//     message whose payload does not decode (garbage, an invalid event, or
+//     an envelope of a newer version: ErrUnsupportedVersion), Run applies
+//     the records before it and stops with ErrUndecodable: the cursor never
+//     moves past an event the projection did not understand, since the
+//     projection would then be missing it without knowing.
 //   - If the stream no longer holds cursor+1 (purged, limits, or a different
 //     stream whose last sequence is below the cursor), Run stops with
 //     ErrCursorGap instead of skipping.
+//   - The cursor counts in one stream, named by StreamID (its name and
+//     creation time). Run hands the identity to Bind before following, and
+//     stops with ErrCursorGap and ErrStreamChanged if the projection counts
+//     in another; it stops likewise once the stream it follows is replaced
+//     by another of the same name (seen within CheckInterval, and by every
+//     CatchUp, so no decision taken after a CatchUp rests on a replaced
+//     stream).
 //   - When Apply fails, the follower re-reads the cursor (Apply may have
 //     committed before failing), drops what is already applied and retries
 //     the rest with exponential backoff, ApplyRetries times; then Run stops
@@ -62,6 +72,13 @@ import (
 // more: rebuild it.
 var ErrCursorGap = errors.New("events: cursor gap")
 
+// ErrUndecodable is returned (wrapped, with the decoding error) by Run at
+// a stream message that does not decode into a valid event. The projection
+// stays at the sequence before it. If a newer refgc wrote it (the chain
+// then also holds ErrUnsupportedVersion, or names an unknown kind),
+// upgrade; otherwise rebuild the projection, which passes over it.
+var ErrUndecodable = errors.New("events: undecodable event in the log")
+
 // ErrFollowerStopped is returned (wrapped) by WaitApplied and CatchUp once
 // Run has returned.
 var ErrFollowerStopped = errors.New("events: follower stopped")
@@ -85,6 +102,12 @@ type FollowerConfig struct {
 	// durably and atomically. The follower moves on only after it returns
 	// nil. Apply must not keep batch after it returns. Required.
 	Apply func(batch []Record) error
+	// Bind, if set, is called by Run with the stream's StreamID before
+	// anything is applied: the projection records it, or refuses it with
+	// an error wrapping ErrStreamChanged if its cursor counts in another
+	// stream (Run then stops with ErrCursorGap too). Any other error
+	// stops Run as it is. (*refcount.Projection).BindStream is one.
+	Bind func(streamID string) error
 	// MaxBatch bounds the records of one Apply; DefaultMaxBatch if zero.
 	MaxBatch int
 	// MaxWait is how long a batch waits for more messages after its first
@@ -123,6 +146,8 @@ type Follower struct {
 	stopped    bool
 	runErr     error
 	stream     jetstream.Stream
+	streamID   string                  // the identity of the stream Run follows; "" before Run
+	stopRun    context.CancelCauseFunc // ends Run with a cause; nil outside Run
 
 	lag       prometheus.Gauge
 	appliedG  prometheus.Gauge
@@ -186,7 +211,7 @@ func NewFollower(js jetstream.JetStream, cfg FollowerConfig) (*Follower, error) 
 		}, []string{"stream"})).With(l)
 		f.undecoded = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_follower_undecodable_total",
-			Help: "Stream messages that did not decode into a valid event (applied as errors).",
+			Help: "Stream messages that did not decode into a valid event (the follower stops at them).",
 		}, []string{"stream"})).With(l)
 		f.applyErrs = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_follower_apply_errors_total",
@@ -259,6 +284,15 @@ func (f *Follower) CatchUp(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("events: catch up: stream %s info: %w", f.cfg.Stream, err)
 	}
+	if err := f.checkIdentity(info, applied); err != nil {
+		f.mu.Lock()
+		stop := f.stopRun
+		f.mu.Unlock()
+		if stop != nil {
+			stop(err)
+		}
+		return 0, err
+	}
 	last := info.State.LastSeq
 	f.seeStreamLast(last, true)
 	if last < applied {
@@ -314,6 +348,38 @@ func (f *Follower) aheadError(cursor, last uint64) error {
 		ErrCursorGap, cursor, f.cfg.Stream, last)
 }
 
+// checkIdentity returns an error wrapping ErrCursorGap and ErrStreamChanged
+// if info is not of the stream Run follows (nil before Run).
+func (f *Follower) checkIdentity(info *jetstream.StreamInfo, cursor uint64) error {
+	f.mu.Lock()
+	want := f.streamID
+	f.mu.Unlock()
+	if got := StreamID(info); want != "" && got != want {
+		return fmt.Errorf("%w: %w: the projection at sequence %d follows stream %s, which was replaced by %s "+
+			"(deleted and created again): rebuild the projection with `refgc rebuild`", ErrCursorGap, ErrStreamChanged, cursor, want, got)
+	}
+	return nil
+}
+
+// bind hands the stream's identity to cfg.Bind and records it for the
+// checks while Run follows the stream.
+func (f *Follower) bind(info *jetstream.StreamInfo, cursor uint64) error {
+	id := StreamID(info)
+	if f.cfg.Bind != nil {
+		if err := f.cfg.Bind(id); err != nil {
+			if errors.Is(err, ErrStreamChanged) {
+				return fmt.Errorf("%w: the projection at sequence %d cannot follow stream %s: %w: rebuild the projection with `refgc rebuild`",
+					ErrCursorGap, cursor, id, err)
+			}
+			return fmt.Errorf("events: follower: bind to stream %s: %w", id, err)
+		}
+	}
+	f.mu.Lock()
+	f.streamID = id
+	f.mu.Unlock()
+	return nil
+}
+
 // checkStream compares the stream's state with the cursor: the stream must
 // still hold cursor+1 (or end at the cursor) and must not end before it.
 func (f *Follower) checkStream(st jetstream.StreamState, cursor uint64) error {
@@ -331,14 +397,15 @@ func (f *Follower) checkStream(st jetstream.StreamState, cursor uint64) error {
 }
 
 // Run follows the stream until ctx ends (it then returns nil) or a fatal
-// error: ErrCursorGap, Apply failing past its retries, the stream
-// disappearing, or the connection closing for good. Run may be called once.
+// error: ErrCursorGap, ErrUndecodable, Apply failing past its retries, the
+// stream disappearing, or the connection closing for good. Run may be
+// called once.
 func (f *Follower) Run(ctx context.Context) (err error) {
 	if !f.started.CompareAndSwap(false, true) {
 		return errors.New("events: follower: Run called twice")
 	}
 	defer func() {
-		if ctx.Err() != nil && !errors.Is(err, ErrCursorGap) {
+		if ctx.Err() != nil && !errors.Is(err, ErrCursorGap) && !errors.Is(err, ErrUndecodable) {
 			err = nil
 		}
 		f.mu.Lock()
@@ -365,6 +432,9 @@ func (f *Follower) Run(ctx context.Context) (err error) {
 		return err
 	}
 	info := s.CachedInfo()
+	if err := f.bind(info, cursor); err != nil {
+		return err
+	}
 	if err := f.checkStream(info.State, cursor); err != nil {
 		return err
 	}
@@ -372,6 +442,14 @@ func (f *Follower) Run(ctx context.Context) (err error) {
 
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	f.mu.Lock()
+	f.stopRun = cancel
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.stopRun = nil
+		f.mu.Unlock()
+	}()
 
 	cons, err := s.OrderedConsumer(runCtx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
@@ -464,6 +542,10 @@ func (f *Follower) watch(ctx context.Context, stop context.CancelCauseFunc) {
 			}
 			f.log.Debug("follower: stream info", "err", err)
 			continue
+		}
+		if err := f.checkIdentity(info, before); err != nil {
+			stop(err)
+			return
 		}
 		st := info.State
 		f.seeStreamLast(st.LastSeq, true)
@@ -558,11 +640,11 @@ func (f *Follower) read(ctx context.Context, it jetstream.MessagesContext, ch ch
 			deadline = time.Now().Add(f.cfg.MaxWait)
 		}
 		batch := make([]Record, 0, min(f.cfg.MaxBatch, 64))
-		var gap error
+		var stop error // a gap, or a record that does not decode
 		for {
 			rec, ok, err := f.record(msg, next)
 			if err != nil {
-				gap = err
+				stop = err
 				break
 			}
 			if ok {
@@ -581,14 +663,15 @@ func (f *Follower) read(ctx context.Context, it jetstream.MessagesContext, ch ch
 				break // a timeout, or an error the outer Next sees again
 			}
 		}
-		if !send(chunk{recs: batch, err: gap}) || gap != nil {
+		if !send(chunk{recs: batch, err: stop}) || stop != nil {
 			return
 		}
 	}
 }
 
 // record turns a message into a Record; ok is false for a message at or
-// below the cursor (a redelivery), and err is a gap past it.
+// below the cursor (a redelivery), and err is a gap past it or, wrapping
+// ErrUndecodable, a message that does not decode.
 func (f *Follower) record(msg jetstream.Msg, next uint64) (Record, bool, error) {
 	md, err := msg.Metadata()
 	if err != nil {
@@ -604,18 +687,23 @@ func (f *Follower) record(msg jetstream.Msg, next uint64) (Record, bool, error) 
 	case seq > next:
 		return Record{}, false, f.gapError(next-1, seq)
 	}
-	rec := Record{Seq: seq}
 	ev, err := Decode(msg.Data())
 	if err != nil {
-		rec.Err = fmt.Errorf("events: stream %s sequence %d (subject %s): %w", f.cfg.Stream, seq, msg.Subject(), err)
-		f.log.Warn("follower: undecodable event, applied as an error", "seq", seq, "err", err)
 		if f.undecoded != nil {
 			f.undecoded.Inc()
 		}
-	} else {
-		rec.Event, rec.Valid = ev, true
+		return Record{}, false, f.undecodableError(seq, msg.Subject(), err)
 	}
-	return rec, true, nil
+	return Record{Seq: seq, Event: ev, Valid: true}, true, nil
+}
+
+func (f *Follower) undecodableError(seq uint64, subject string, err error) error {
+	todo := "upgrade refgc if a newer version wrote it; otherwise rebuild the projection with `refgc rebuild`, which passes over it"
+	if errors.Is(err, ErrUnsupportedVersion) {
+		todo = "upgrade refgc to a version that reads it"
+	}
+	return fmt.Errorf("%w: stream %s sequence %d (subject %s): %w; the projection stays at sequence %d: %s",
+		ErrUndecodable, f.cfg.Stream, seq, subject, err, seq-1, todo)
 }
 
 // apply commits batch through cfg.Apply, retrying as the file comment says.

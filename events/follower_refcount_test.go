@@ -3,8 +3,10 @@ package events_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -104,7 +106,7 @@ func openProjection(t *testing.T, path string) *projection {
 func (pr *projection) follower(t *testing.T, js jetstream.JetStream, maxBatch int) *events.Follower {
 	t.Helper()
 	f, err := events.NewFollower(js, events.FollowerConfig{
-		Cursor: pr.p.Cursor, Apply: pr.Apply, MaxBatch: maxBatch, CheckInterval: 200 * time.Millisecond,
+		Cursor: pr.p.Cursor, Bind: pr.p.BindStream, Apply: pr.Apply, MaxBatch: maxBatch, CheckInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -188,4 +190,96 @@ func TestFollowerIntoRefcount(t *testing.T) {
 	if !bytes.Equal(da, db) {
 		t.Fatalf("the interrupted projection's dump (%d bytes) differs from the uninterrupted one's (%d bytes)", len(da), len(db))
 	}
+}
+
+// TestFollowerRefusesRecreatedStream follows a stream into a refcount
+// projection, then deletes the stream and creates it again with more
+// events than the projection's cursor, so that sequences alone cannot
+// tell: the follower refuses the new stream, whether it starts after the
+// recreation or was running across it.
+func TestFollowerRefusesRecreatedStream(t *testing.T) {
+	const before, after = 40, 100
+	recreate := func(t *testing.T, js jetstream.JetStream) {
+		t.Helper()
+		ctx := ctxT(t, 30*time.Second)
+		if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := events.EnsureStream(ctx, js, events.StreamConfig{}); err != nil {
+			t.Fatal(err)
+		}
+		evs := make([]events.Event, after)
+		for i := range evs {
+			evs[i] = graphEvent(1000 + i)
+		}
+		publishAll(t, events.NewPublisher(js, events.PublisherConfig{}), evs)
+	}
+	follow := func(t *testing.T) (jetstream.JetStream, jetstream.Stream, *projection) {
+		t.Helper()
+		_, js, s := setup(t)
+		evs := make([]events.Event, before)
+		for i := range evs {
+			evs[i] = graphEvent(i)
+		}
+		publishAll(t, events.NewPublisher(js, events.PublisherConfig{}), evs)
+		return js, s, openProjection(t, filepath.Join(t.TempDir(), "refs.db"))
+	}
+	wantRefused := func(t *testing.T, err error) {
+		t.Helper()
+		if !errors.Is(err, events.ErrCursorGap) || !errors.Is(err, refcount.ErrStreamChanged) {
+			t.Fatalf("err = %v, want ErrCursorGap and ErrStreamChanged", err)
+		}
+		if !strings.Contains(err.Error(), "refgc rebuild") {
+			t.Errorf("error %q does not say to rebuild", err)
+		}
+	}
+
+	t.Run("at start", func(t *testing.T) {
+		js, s, pr := follow(t)
+		f := pr.follower(t, js, 0)
+		stop := runFollower(t, f)
+		if seq, err := f.CatchUp(ctxT(t, 30*time.Second)); err != nil || seq != before {
+			t.Fatalf("CatchUp = %d, %v", seq, err)
+		}
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctxT(t, 10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bound, err := pr.p.StreamID()
+		if err != nil || bound != events.StreamID(info) {
+			t.Fatalf("projection bound to %q (%v), want %q", bound, err, events.StreamID(info))
+		}
+
+		recreate(t, js)
+		err = pr.follower(t, js, 0).Run(ctxT(t, 30*time.Second))
+		wantRefused(t, err)
+		if c, _ := pr.p.Cursor(); c != before {
+			t.Errorf("cursor moved to %d", c)
+		}
+		if id, _ := pr.p.StreamID(); id != bound {
+			t.Errorf("projection rebound to %q", id)
+		}
+	})
+
+	t.Run("while running", func(t *testing.T) {
+		js, _, pr := follow(t)
+		f := pr.follower(t, js, 0)
+		ctx := ctxT(t, 30*time.Second)
+		done := make(chan error, 1)
+		go func() { done <- f.Run(ctx) }()
+		if err := f.WaitApplied(ctx, before); err != nil {
+			t.Fatal(err)
+		}
+		recreate(t, js)
+		// A CatchUp, as the collector makes before every round, refuses
+		// the new stream at once.
+		_, err := f.CatchUp(ctx)
+		wantRefused(t, err)
+		if err := <-done; !errors.Is(err, events.ErrCursorGap) {
+			t.Fatalf("Run = %v, want ErrCursorGap", err)
+		}
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -280,36 +281,70 @@ func TestFollowerStreamReplacedWhileRunning(t *testing.T) {
 	rec.check(t, 50)
 }
 
-// TestFollowerUndecodable publishes a message that is not an event: it
-// reaches Apply as a Record with Err, and the cursor moves over it.
+// TestFollowerUndecodable publishes a message that does not decode into a
+// valid event among good ones: the follower applies the records before it
+// and stops with ErrUndecodable, the cursor short of it, every time it runs.
 func TestFollowerUndecodable(t *testing.T) {
-	_, js, _ := setup(t)
-	pub := events.NewPublisher(js, events.PublisherConfig{})
-	ctx := ctxT(t, 30*time.Second)
-	publishAll(t, pub, testEvents(0, 2))
-	if _, err := js.Publish(ctx, "refgc.events.blob_pushed.x", []byte("{not json")); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name    string
+		payload string
+		before  int   // good events published before it
+		also    error // also in the error's chain
+		todo    string
+	}{
+		{name: "not json", payload: "{not json", before: 2, todo: "refgc rebuild"},
+		{name: "newer envelope version", payload: `{"v":99,"id":"future","kind":"blob.pushed"}`, before: 2,
+			also: events.ErrUnsupportedVersion, todo: "upgrade refgc"},
+		{name: "invalid event", payload: `{"v":1,"id":"bad","time":"2025-01-01T00:00:00Z","kind":"blob.pushed","blob":{"repo":"../x","digest":"sha256:00","size":1}}`,
+			before: 3, also: events.ErrInvalid, todo: "refgc rebuild"},
+		{name: "unknown kind", payload: `{"v":1,"id":"k","time":"2025-01-01T00:00:00Z","kind":"future.kind"}`, before: 1,
+			also: events.ErrInvalid, todo: "upgrade refgc"},
+		{name: "first in the stream", payload: "garbage", before: 0, todo: "refgc rebuild"},
 	}
-	if _, err := js.Publish(ctx, "refgc.events.blob_pushed.x", []byte(`{"v":99,"id":"future","kind":"blob.pushed"}`)); err != nil {
-		t.Fatal(err)
-	}
-	publishAll(t, pub, testEvents(2, 2))
-	rec := newRecorder()
-	reg := prometheus.NewRegistry()
-	f := followerFor(t, js, rec, func(c *events.FollowerConfig) { c.Registerer = reg })
-	runFollower(t, f)
-	if err := f.WaitApplied(ctx, 6); err != nil {
-		t.Fatal(err)
-	}
-	rec.check(t, 4)
-	rec.mu.Lock()
-	bad := append([]uint64(nil), rec.bad...)
-	rec.mu.Unlock()
-	if len(bad) != 2 || bad[0] != 3 || bad[1] != 4 {
-		t.Errorf("records with errors at %v, want [3 4]", bad)
-	}
-	if got := testutil.ToFloat64(counterOf(t, reg, "refgc_follower_undecodable_total")); got != 2 {
-		t.Errorf("undecodable counter = %v, want 2", got)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, js, _ := setup(t)
+			pub := events.NewPublisher(js, events.PublisherConfig{})
+			ctx := ctxT(t, 30*time.Second)
+			if tt.before > 0 {
+				publishAll(t, pub, testEvents(0, tt.before))
+			}
+			if _, err := js.Publish(ctx, "refgc.events.blob_pushed.x", []byte(tt.payload)); err != nil {
+				t.Fatal(err)
+			}
+			publishAll(t, pub, testEvents(tt.before, 2))
+			bad := uint64(tt.before) + 1
+			rec := newRecorder()
+			reg := prometheus.NewRegistry()
+			for run := range 2 { // a restart stops at the same record
+				f := followerFor(t, js, rec, func(c *events.FollowerConfig) { c.Registerer = reg })
+				err := f.Run(ctx)
+				if !errors.Is(err, events.ErrUndecodable) || (tt.also != nil && !errors.Is(err, tt.also)) {
+					t.Fatalf("run %d: Run = %v, want ErrUndecodable (and %v)", run, err, tt.also)
+				}
+				for _, part := range []string{fmt.Sprintf("sequence %d", bad), fmt.Sprintf("stays at sequence %d", bad-1), tt.todo} {
+					if !strings.Contains(err.Error(), part) {
+						t.Errorf("error %q does not say %q", err, part)
+					}
+				}
+				if c, _ := rec.Cursor(); c != bad-1 || f.Applied() != bad-1 {
+					t.Fatalf("run %d: cursor %d, Applied %d; want %d", run, c, f.Applied(), bad-1)
+				}
+				if err := f.WaitApplied(ctx, bad); !errors.Is(err, events.ErrFollowerStopped) {
+					t.Errorf("WaitApplied past the record = %v, want ErrFollowerStopped", err)
+				}
+			}
+			rec.check(t, tt.before)
+			rec.mu.Lock()
+			nbad := len(rec.bad)
+			rec.mu.Unlock()
+			if nbad != 0 {
+				t.Errorf("%d records with errors reached Apply", nbad)
+			}
+			if got := testutil.ToFloat64(counterOf(t, reg, "refgc_follower_undecodable_total")); got != 2 {
+				t.Errorf("undecodable counter = %v, want 2 (once a run)", got)
+			}
+		})
 	}
 }
 

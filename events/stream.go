@@ -25,6 +25,19 @@ const (
 // stream: resolve the conflict by hand or configure another name.
 var ErrStreamConflict = errors.New("events: conflicting stream configuration")
 
+// ErrStreamChanged is returned (wrapped) when a projection meets another
+// stream than the one its cursor counts in: the stream was deleted and
+// created again under its name (its sequences restarted at 1), or the
+// projection was built from another log. The follower stops with it (and
+// ErrCursorGap); rebuild the projection.
+var ErrStreamChanged = errors.New("events: not the stream the projection follows")
+
+// StreamID returns a stream's identity: its name and its creation time. A
+// stream deleted and created again under the same name has another one.
+func StreamID(info *jetstream.StreamInfo) string {
+	return info.Config.Name + "@" + info.Created.UTC().Format(time.RFC3339Nano)
+}
+
 // StreamConfig configures the event log and its dead-letter stream. The
 // zero value gives the defaults.
 type StreamConfig struct {

@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +87,53 @@ func TestEnsureStreamConflicts(t *testing.T) {
 				t.Errorf("existing stream changed: %+v", c)
 			}
 		})
+	}
+}
+
+// TestStreamID: a stream keeps its identity across server restarts and
+// updates of its limits, and a stream deleted and created again under the
+// same name gets another.
+func TestStreamID(t *testing.T) {
+	dir := t.TempDir()
+	// id ensures the stream with cfg, after delete if asked, and returns its identity.
+	id := func(url string, cfg events.StreamConfig, deleteFirst bool) string {
+		t.Helper()
+		nc, js := connect(t, url, events.ConnectOptions{})
+		defer nc.Close()
+		ctx := ctxT(t, 10*time.Second)
+		if deleteFirst {
+			if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s, err := events.EnsureStream(ctx, js, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return events.StreamID(info)
+	}
+	srv, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: dir, Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := id(srv.ClientURL(), events.StreamConfig{}, false)
+	if !strings.HasPrefix(first, events.DefaultStreamName+"@") {
+		t.Errorf("identity %q does not name the stream", first)
+	}
+	srv.Shutdown()
+	srv, err = events.StartEmbedded(events.EmbeddedConfig{StoreDir: dir, Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	if again := id(srv.ClientURL(), events.StreamConfig{Duplicates: 2 * time.Hour}, false); again != first {
+		t.Errorf("after a restart and an update: %q, want %q", again, first)
+	}
+	if recreated := id(srv.ClientURL(), events.StreamConfig{}, true); recreated == first {
+		t.Errorf("a recreated stream has the old identity %q", first)
 	}
 }

@@ -79,6 +79,8 @@ func EventRepo(e Event) string {
 		return e.Absent.Node.Repo
 	case e.Collected != nil:
 		return e.Collected.Node.Repo
+	case e.Refused != nil:
+		return e.Refused.Repo
 	}
 	return ""
 }

@@ -81,6 +81,17 @@ func ValidateDigest(d digest.Digest) error {
 	return nil
 }
 
+// validHost reports whether s may be an event's Host: at most 255
+// characters, none of them NUL, CR or LF. The empty string is valid.
+func validHost(s string) bool {
+	return len(s) <= 255 && !strings.ContainsAny(s, "\x00\n\r")
+}
+
+// validEventID reports whether s may be an event's ID (see Validate).
+func validEventID(s string) bool {
+	return s != "" && len(s) <= 255 && !strings.ContainsAny(s, "\x00\n\r ")
+}
+
 func validateID(s string) error {
 	if !idRE.MatchString(s) {
 		return fmt.Errorf("identifier %q has characters outside [A-Za-z0-9_.:=-] or is too long", clip(s))
@@ -158,13 +169,13 @@ func (e *Event) Validate() error {
 	c := &checker{id: clip(e.ID)}
 	if e.ID == "" {
 		c.fail("id", "required")
-	} else if len(e.ID) > 255 || strings.ContainsAny(e.ID, "\x00\n\r ") {
+	} else if !validEventID(e.ID) {
 		c.fail("id", "must be at most 255 characters with no spaces or control characters")
 	}
 	if e.Time.IsZero() {
 		c.fail("time", "required")
 	}
-	if len(e.Host) > 255 || strings.ContainsAny(e.Host, "\x00\n\r") {
+	if !validHost(e.Host) {
 		c.fail("host", "must be at most 255 characters with no control characters")
 	}
 	if e.V < 0 || e.V > Version {

@@ -3,19 +3,38 @@ package events
 // The webhook ingest: the HTTP endpoint CNCF Distribution posts its
 // notifications to (served by the caller at POST /v1/distribution/events).
 //
+// Distribution retries a non-2xx answer for ever and holds every later
+// notification behind it, so an answer other than 200 blocks the
+// registry's whole queue. The webhook therefore answers 200 to everything
+// it can store, good or bad, and announces in the event log whatever it
+// could not accept, so that the projection knows it may have missed
+// something.
+//
 // Invariants:
 //   - The answer is 200 only after the Sink has acknowledged every domain
-//     event and every dead letter of the envelope. Malformed or
-//     untranslatable events are dead-lettered and still answered 200:
-//     Distribution retries a non-2xx answer forever and holds every later
-//     event behind it, so only a failing Sink (the event log unreachable)
-//     gets 503, with Retry-After, and the registry's retry is then safe
-//     because events and dead letters dedupe on their ids.
-//   - 401 (bad token), 413 (body over the limit) and 415 (wrong content
-//     type) are configuration errors and also block the registry's queue:
-//     they are counted and logged so that an operator notices.
+//     event and every dead letter of the envelope. Every domain event the
+//     webhook publishes carries Received, the time the request arrived.
+//   - Malformed or untranslatable events, bodies over the size limit and
+//     bodies of a wrong content type that do not parse are dead-lettered
+//     and still answered 200. An over-limit body is read to its end (up to
+//     maxBodyFactor times the limit, past which the connection is closed)
+//     and only its first 64 KiB are kept.
+//   - Each dead letter goes with one Refused event, published in the same
+//     PublishBatch as the envelope's other events, whose ID derives from
+//     the dead letter's, so that a redelivery dedupes both.
+//   - Only a failing Sink (the event log unreachable) gets 503, with
+//     Retry-After; the registry's retry is then safe because events and
+//     dead letters dedupe on their ids.
+//   - A missing or wrong bearer token gets 401: an unauthenticated body is
+//     never read, let alone trusted. It blocks the registry's queue until
+//     the configuration is fixed, so it is counted, logged, and announced
+//     by a Refused event (reason unauthorized) at most once a minute of
+//     the webhook's clock, so that forged requests cannot flood the log.
+//     Several tokens may be accepted at once, to rotate one without a
+//     blocked queue.
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -23,12 +42,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -47,19 +69,42 @@ const DefaultWebhookRetryAfter = 5 * time.Second
 // DefaultWebhookPublishTimeout is the default bound on the Sink's work for one request.
 const DefaultWebhookPublishTimeout = 10 * time.Second
 
+// ReasonUnauthorized is the Refused reason of requests with a missing or
+// wrong bearer token. It is never a dead-letter reason: such a body is not read.
+const ReasonUnauthorized = "unauthorized"
+
+// UnauthorizedRefusalInterval is the least time, on the webhook's clock,
+// between two Refused events for unauthorized requests.
+const UnauthorizedRefusalInterval = time.Minute
+
+// maxBodyFactor bounds how much of an over-limit body is read (and
+// discarded) to give the registry its 200: this many times the limit.
+const maxBodyFactor = 4
+
 // WebhookConfig configures NewWebhook.
 type WebhookConfig struct {
 	// Sink receives events and dead letters. Required.
 	Sink Sink
-	// Token is the bearer token the registry must send (configure it in
-	// the endpoint's headers as "Authorization: Bearer <token>"). Empty
-	// disables authentication: for development only.
+	// Token is a bearer token the registry must send (configure it in
+	// the endpoint's headers as "Authorization: Bearer <token>").
 	Token string
-	// MaxBodyBytes limits a request body (default DefaultMaxBodySize);
-	// larger bodies get 413.
+	// Tokens are more accepted tokens: a request bearing any of Token and
+	// Tokens is authorized. To rotate, add the new token, switch the
+	// registry to it, then remove the old one. With no token at all,
+	// authentication is off: for development only.
+	Tokens []string
+	// MaxBodyBytes limits a request body (default DefaultMaxBodySize). A
+	// larger body is read on (up to 4 times the limit, past which the
+	// connection is closed), dead-lettered as too_large with its first
+	// 64 KiB, and answered 200.
 	MaxBodyBytes int64
-	// Translate configures the translation (manifest reader, clock).
-	// Its MaxBodySize is set to MaxBodyBytes.
+	// Now is the webhook's clock (default Translate.Now, else time.Now):
+	// the receipt time of a request (Event.Received, dead letters, the
+	// rate of unauthorized refusals). Translate.Now is set to it, so it
+	// also stamps registry events that lack a timestamp.
+	Now func() time.Time
+	// Translate configures the translation (manifest reader). Its
+	// MaxBodySize is set to MaxBodyBytes and its Now to Now.
 	Translate TranslateOptions
 	// PublishTimeout bounds the Sink's work for one request (default
 	// DefaultWebhookPublishTimeout); past it the answer is 503. Keep the
@@ -76,11 +121,13 @@ type WebhookConfig struct {
 
 // WebhookResponse is the JSON body of a 200 answer.
 type WebhookResponse struct {
-	// Accepted counts domain events the Sink stored (Duplicates of them
-	// were already stored, from an earlier delivery).
+	// Accepted counts the translated domain events the Sink stored
+	// (Duplicates of them were already stored, from an earlier delivery);
+	// the Refused events that announce dead letters are not counted.
 	Accepted   int `json:"accepted"`
 	Duplicates int `json:"duplicates"`
-	// DeadLettered counts registry events stored as dead letters.
+	// DeadLettered counts registry events (or whole envelopes) stored as
+	// dead letters, each announced by a Refused event.
 	DeadLettered int `json:"deadLettered"`
 	// Dropped counts registry events that needed no domain event.
 	Dropped int `json:"dropped"`
@@ -88,16 +135,21 @@ type WebhookResponse struct {
 
 type webhook struct {
 	cfg        WebhookConfig
-	token      []byte
+	tokens     [][]byte // nil: authentication off
+	now        func() time.Time
 	log        *slog.Logger
 	retryAfter string
 	m          *webhookMetrics
+
+	mu               sync.Mutex
+	lastUnauthorized time.Time // when the last unauthorized refusal was published
 }
 
 type webhookMetrics struct {
 	requests     *prometheus.CounterVec
 	received     *prometheus.CounterVec
 	deadLettered *prometheus.CounterVec
+	refused      *prometheus.CounterVec
 	unauthorized prometheus.Counter
 	duration     prometheus.Histogram
 	enrichFail   prometheus.Counter
@@ -113,7 +165,15 @@ func NewWebhook(cfg WebhookConfig) http.Handler {
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodySize
 	}
+	cfg.MaxBodyBytes = min(cfg.MaxBodyBytes, math.MaxInt64/maxBodyFactor)
 	cfg.Translate.MaxBodySize = cfg.MaxBodyBytes
+	if cfg.Now == nil {
+		cfg.Now = cfg.Translate.Now
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	cfg.Translate.Now = cfg.Now
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = DefaultWebhookRetryAfter
 	}
@@ -122,14 +182,17 @@ func NewWebhook(cfg WebhookConfig) http.Handler {
 	}
 	h := &webhook{
 		cfg:        cfg,
+		now:        cfg.Now,
 		log:        cfg.Logger,
 		retryAfter: strconv.Itoa(int((cfg.RetryAfter + time.Second - 1) / time.Second)),
 	}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
-	if cfg.Token != "" {
-		h.token = []byte(cfg.Token)
+	for _, t := range append([]string{cfg.Token}, cfg.Tokens...) {
+		if t != "" {
+			h.tokens = append(h.tokens, []byte(t))
+		}
 	}
 	if cfg.Registerer != nil {
 		h.m = newWebhookMetrics(cfg.Registerer)
@@ -150,6 +213,11 @@ func newWebhookMetrics(reg prometheus.Registerer) *webhookMetrics {
 		deadLettered: registerWebhookMetric(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_webhook_events_dead_lettered_total",
 			Help: "Registry events stored as dead letters, by reason.",
+		}, []string{"reason"})),
+		refused: registerWebhookMetric(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "refgc_webhook_refused_total",
+			Help: "Notifications refused (dead-lettered, over the size limit, or unauthorized), by reason. " +
+				"Each is announced by a Refused event, unauthorized ones at most once a minute.",
 		}, []string{"reason"})),
 		unauthorized: registerWebhookMetric(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "refgc_webhook_unauthorized_total",
@@ -196,7 +264,7 @@ func actionLabel(r *Result) string {
 
 func (h *webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	code := h.serve(w, r, start)
+	code := h.serve(w, r)
 	if h.m != nil {
 		h.m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
 		h.m.duration.Observe(time.Since(start).Seconds())
@@ -212,38 +280,41 @@ func webhookError(w http.ResponseWriter, code int, msg string) int {
 	return code
 }
 
-func (h *webhook) serve(w http.ResponseWriter, r *http.Request, start time.Time) int {
+func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		return webhookError(w, http.StatusMethodNotAllowed, "notifications are POSTed")
 	}
-	if h.token != nil && !h.authorized(r) {
-		if h.m != nil {
-			h.m.unauthorized.Inc()
-		}
-		h.log.Warn("webhook: unauthorized notification request", "remote", r.RemoteAddr)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="refgc"`)
-		return webhookError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+	received := h.now()
+	if h.tokens != nil && !h.authorized(r) {
+		return h.unauthorized(w, r, received)
 	}
-	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || (ct != DistributionEventsMediaType && ct != "application/json") {
-		h.log.Warn("webhook: unsupported content type", "content_type", clip(r.Header.Get("Content-Type")), "remote", r.RemoteAddr)
-		return webhookError(w, http.StatusUnsupportedMediaType, "content type must be "+DistributionEventsMediaType+" or application/json")
+	ctHeader := r.Header.Get("Content-Type")
+	ct, _, err := mime.ParseMediaType(ctHeader)
+	badType := err != nil || (ct != DistributionEventsMediaType && ct != "application/json")
+	if badType {
+		h.log.Warn("webhook: unexpected content type, parsing the body anyway",
+			"content_type", clip(ctHeader), "remote", r.RemoteAddr)
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes))
+	body, size, capped, err := h.readBody(r)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			h.log.Warn("webhook: notification body over the limit", "limit", h.cfg.MaxBodyBytes, "remote", r.RemoteAddr)
-			return webhookError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", h.cfg.MaxBodyBytes))
-		}
 		h.log.Warn("webhook: reading the body failed", "err", err, "remote", r.RemoteAddr)
 		return webhookError(w, http.StatusBadRequest, "cannot read the body")
 	}
-
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
 	defer cancel()
-	results := Translate(ctx, body, h.cfg.Translate)
+	var results []Result
+	if size > h.cfg.MaxBodyBytes {
+		if capped {
+			w.Header().Set("Connection", "close")
+		}
+		h.log.Warn("webhook: notification body over the limit, dead-lettered", "limit", h.cfg.MaxBodyBytes,
+			"size", size, "read_to_end", !capped, "remote", r.RemoteAddr)
+		results = []Result{tooLarge(body, size, h.cfg.MaxBodyBytes, capped)}
+	} else {
+		results = Translate(ctx, body, h.cfg.Translate)
+	}
+
 	var (
 		evs  []Event
 		dead []DeadLetter
@@ -256,15 +327,23 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request, start time.Time)
 		}
 		switch {
 		case res.DeadLettered():
+			detail := errText(res.Err)
+			if badType && res.Index < 0 {
+				detail = fmt.Sprintf("%s (content type %q)", detail, clip(ctHeader))
+			}
 			dead = append(dead, DeadLetter{
 				ID: res.ID, Source: res.Source, Reason: res.Reason,
-				Detail: errText(res.Err), Body: res.Raw, Time: start,
+				Detail: detail, Body: res.Raw, Time: received,
 			})
+			evs = append(evs, refusedEvent(res, received))
 		case res.Dropped != "":
 			resp.Dropped++
 			h.log.Debug("webhook: event dropped", "id", res.ID, "action", res.Action, "why", res.Dropped)
 		default:
-			evs = append(evs, res.Events...)
+			for _, e := range res.Events {
+				e.Received = received
+				evs = append(evs, e)
+			}
 		}
 		if res.EnrichErr != nil {
 			if h.m != nil {
@@ -280,12 +359,15 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request, start time.Time)
 		if err != nil {
 			return h.unavailable(w, "publish", err, len(evs))
 		}
-		for _, p := range pubs {
-			if p.Duplicate {
+		for i, e := range evs {
+			if e.Kind == Refused {
+				continue
+			}
+			resp.Accepted++
+			if i < len(pubs) && pubs[i].Duplicate {
 				resp.Duplicates++
 			}
 		}
-		resp.Accepted = len(evs)
 	}
 	for _, d := range dead {
 		if err := h.cfg.Sink.DeadLetter(ctx, d); err != nil {
@@ -295,6 +377,7 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request, start time.Time)
 	for _, d := range dead {
 		if h.m != nil {
 			h.m.deadLettered.WithLabelValues(d.Reason).Inc()
+			h.m.refused.WithLabelValues(d.Reason).Inc()
 		}
 		h.log.Warn("webhook: event dead-lettered", "id", d.ID, "source", d.Source, "reason", d.Reason, "err", d.Detail)
 	}
@@ -306,6 +389,89 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request, start time.Time)
 	return http.StatusOK
 }
 
+// readBody reads the request body. Up to MaxBodyBytes it returns the
+// whole body. Past that it keeps the first 64 KiB, reads on and discards
+// up to maxBodyFactor times the limit, and returns what it kept, the size
+// it read, and capped when it stopped at that bound with more unread.
+func (h *webhook) readBody(r *http.Request) (body []byte, size int64, capped bool, err error) {
+	limit := h.cfg.MaxBodyBytes
+	body, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, 0, false, err
+	}
+	size = int64(len(body))
+	if size <= limit {
+		return body, size, false, nil
+	}
+	head := bytes.Clone(body[:min(len(body), tooLargeKeep)])
+	body = nil
+	n, err := io.CopyN(io.Discard, r.Body, maxBodyFactor*limit-size)
+	size += n
+	switch {
+	case errors.Is(err, io.EOF):
+		return head, size, false, nil
+	case err != nil:
+		return nil, size, false, err
+	}
+	return head, size, true, nil
+}
+
+// refusedEvent is the Refused event that announces a dead-lettered Result.
+func refusedEvent(res *Result, at time.Time) Event {
+	ev := Event{V: Version, ID: refusedID(res.ID), Time: at, Received: at, Source: res.Source,
+		Kind: Refused, Refused: &RefusedRef{Reason: res.Reason}}
+	if validHost(res.Host) {
+		ev.Host = res.Host
+	}
+	if ValidateRepo(res.Repo) == nil {
+		ev.Refused.Repo = res.Repo
+	}
+	return ev
+}
+
+// refusedID derives a Refused event's ID from its dead letter's: "refused-"
+// and the id, or, when that would not be a valid event id, the hash of the id.
+func refusedID(id string) string {
+	if s := "refused-" + id; validEventID(s) {
+		return s
+	}
+	return "refused-sha256:" + digest.FromString(id).Encoded()
+}
+
+// unauthorized answers 401 and, at most once per
+// UnauthorizedRefusalInterval, publishes a Refused event that says so. The
+// event names no source or host: nothing of the request is trusted.
+func (h *webhook) unauthorized(w http.ResponseWriter, r *http.Request, received time.Time) int {
+	if h.m != nil {
+		h.m.unauthorized.Inc()
+		h.m.refused.WithLabelValues(ReasonUnauthorized).Inc()
+	}
+	h.log.Warn("webhook: unauthorized notification request", "remote", r.RemoteAddr)
+	if h.takeUnauthorizedSlot(received) {
+		ev := Event{V: Version, ID: fmt.Sprintf("refused-%s-%d", ReasonUnauthorized, received.UnixNano()),
+			Time: received, Received: received, Kind: Refused, Refused: &RefusedRef{Reason: ReasonUnauthorized}}
+		ctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
+		if _, err := h.cfg.Sink.PublishBatch(ctx, []Event{ev}); err != nil {
+			h.log.Error("webhook: publishing the refusal of an unauthorized request failed", "err", err)
+		}
+		cancel()
+	}
+	w.Header().Set("WWW-Authenticate", `Bearer realm="refgc"`)
+	return webhookError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+}
+
+// takeUnauthorizedSlot reports whether an unauthorized refusal at t may be
+// published, and if so records it.
+func (h *webhook) takeUnauthorizedSlot(t time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.lastUnauthorized.IsZero() && t.Sub(h.lastUnauthorized) < UnauthorizedRefusalInterval {
+		return false
+	}
+	h.lastUnauthorized = t
+	return true
+}
+
 func (h *webhook) unavailable(w http.ResponseWriter, what string, err error, n int) int {
 	h.log.Error("webhook: sink failed; answering 503 so that the registry retries",
 		"op", what, "events", n, "err", err)
@@ -313,7 +479,8 @@ func (h *webhook) unavailable(w http.ResponseWriter, what string, err error, n i
 	return webhookError(w, http.StatusServiceUnavailable, "event log unavailable, retry later")
 }
 
-// authorized compares the bearer token in constant time.
+// authorized compares the bearer token with every accepted one, each in
+// constant time.
 func (h *webhook) authorized(r *http.Request) bool {
 	auth := r.Header.Get("Authorization")
 	const prefix = "bearer "
@@ -321,7 +488,11 @@ func (h *webhook) authorized(r *http.Request) bool {
 		return false
 	}
 	got := []byte(strings.TrimSpace(auth[len(prefix):]))
-	return subtle.ConstantTimeCompare(got, h.token) == 1
+	ok := 0
+	for _, t := range h.tokens {
+		ok |= subtle.ConstantTimeCompare(got, t)
+	}
+	return ok == 1
 }
 
 func errText(err error) string {

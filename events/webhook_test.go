@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -60,6 +61,11 @@ func (s *recordingSink) DeadLetter(_ context.Context, d DeadLetter) error {
 	if s.failDead != nil {
 		return s.failDead
 	}
+	for _, old := range s.dead {
+		if old.ID == d.ID {
+			return nil // deduplicated, as the dead-letter stream does
+		}
+	}
 	s.dead = append(s.dead, d)
 	return nil
 }
@@ -103,6 +109,20 @@ func (f *webhookFixture) post(t testing.TB, body []byte, hdr map[string]string) 
 	return w
 }
 
+// split returns the translated events and the Refused events the sink holds.
+func (s *recordingSink) split() (translated, refused []Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.events {
+		if e.Kind == Refused {
+			refused = append(refused, e)
+		} else {
+			translated = append(translated, e)
+		}
+	}
+	return translated, refused
+}
+
 func decodeResponse(t testing.TB, w *httptest.ResponseRecorder) WebhookResponse {
 	t.Helper()
 	var r WebhookResponse
@@ -114,6 +134,8 @@ func decodeResponse(t testing.TB, w *httptest.ResponseRecorder) WebhookResponse 
 
 func TestWebhookStatus(t *testing.T) {
 	good := readFixture(t, "events/001.json")
+	// Every answer but 401 and 405 is 200: anything else would block the
+	// registry's queue. What is not accepted is dead-lettered and refused.
 	tests := []struct {
 		name     string
 		mod      func(*WebhookConfig)
@@ -122,18 +144,20 @@ func TestWebhookStatus(t *testing.T) {
 		hdr      map[string]string
 		code     int
 		accepted int
+		refused  string // the reason of the one Refused event, if any
 	}{
 		{name: "authorized", body: good, code: 200, accepted: 1},
 		{name: "lower-case scheme", body: good, hdr: map[string]string{"Authorization": "bearer " + testToken}, code: 200, accepted: 1},
-		{name: "missing token", body: good, hdr: map[string]string{"Authorization": ""}, code: 401},
-		{name: "wrong token", body: good, hdr: map[string]string{"Authorization": "Bearer nope"}, code: 401},
-		{name: "token prefix only", body: good, hdr: map[string]string{"Authorization": "Bearer " + testToken[:5]}, code: 401},
-		{name: "basic instead of bearer", body: good, hdr: map[string]string{"Authorization": "Basic " + testToken}, code: 401},
+		{name: "missing token", body: good, hdr: map[string]string{"Authorization": ""}, code: 401, refused: ReasonUnauthorized},
+		{name: "wrong token", body: good, hdr: map[string]string{"Authorization": "Bearer nope"}, code: 401, refused: ReasonUnauthorized},
+		{name: "token prefix only", body: good, hdr: map[string]string{"Authorization": "Bearer " + testToken[:5]}, code: 401, refused: ReasonUnauthorized},
+		{name: "basic instead of bearer", body: good, hdr: map[string]string{"Authorization": "Basic " + testToken}, code: 401, refused: ReasonUnauthorized},
 		{name: "auth disabled", mod: func(c *WebhookConfig) { c.Token = "" }, body: good, hdr: map[string]string{"Authorization": ""}, code: 200, accepted: 1},
 		{name: "application/json", body: good, hdr: map[string]string{"Content-Type": "application/json; charset=utf-8"}, code: 200, accepted: 1},
-		{name: "wrong content type", body: good, hdr: map[string]string{"Content-Type": "text/plain"}, code: 415},
-		{name: "no content type", body: good, hdr: map[string]string{"Content-Type": ""}, code: 415},
-		{name: "body too large", mod: func(c *WebhookConfig) { c.MaxBodyBytes = 512 }, body: good, code: 413},
+		{name: "wrong content type, parses", body: good, hdr: map[string]string{"Content-Type": "text/plain"}, code: 200, accepted: 1},
+		{name: "no content type, parses", body: good, hdr: map[string]string{"Content-Type": ""}, code: 200, accepted: 1},
+		{name: "wrong content type, does not parse", body: []byte("<html>"), hdr: map[string]string{"Content-Type": "text/html"}, code: 200, refused: ReasonMalformedJSON},
+		{name: "body too large", mod: func(c *WebhookConfig) { c.MaxBodyBytes = 512 }, body: good, code: 200, refused: ReasonTooLarge},
 		{name: "body at the limit", mod: func(c *WebhookConfig) { c.MaxBodyBytes = int64(len(good)) }, body: good, code: 200, accepted: 1},
 		{name: "GET", method: http.MethodGet, code: 405},
 	}
@@ -151,8 +175,18 @@ func TestWebhookStatus(t *testing.T) {
 			if w.Code != tt.code {
 				t.Fatalf("code %d (%s), want %d", w.Code, w.Body, tt.code)
 			}
-			if len(f.sink.events) != tt.accepted {
-				t.Errorf("%d events published, want %d", len(f.sink.events), tt.accepted)
+			translated, refused := f.sink.split()
+			if len(translated) != tt.accepted {
+				t.Errorf("%d events published, want %d", len(translated), tt.accepted)
+			}
+			switch {
+			case tt.refused == "" && len(refused) != 0:
+				t.Errorf("refused: %+v", refused)
+			case tt.refused != "" && (len(refused) != 1 || refused[0].Refused.Reason != tt.refused):
+				t.Errorf("refused: %+v, want one with reason %s", refused, tt.refused)
+			}
+			if wantDead := tt.refused != "" && tt.code == 200; wantDead != (len(f.sink.dead) == 1) || len(f.sink.dead) > 1 {
+				t.Errorf("dead letters: %+v", f.sink.dead)
 			}
 			if tt.code == 200 && decodeResponse(t, w).Accepted != tt.accepted {
 				t.Errorf("response %s", w.Body)
@@ -204,6 +238,26 @@ func TestWebhookMalformedIsDeadLettered(t *testing.T) {
 	if got := testutil.ToFloat64(f.m(t).received.WithLabelValues("malformed")); got != 1 {
 		t.Errorf("received{malformed} = %v", got)
 	}
+	if _, refused := f.sink.split(); len(refused) != 1 || refused[0].ID != "refused-"+f.sink.dead[0].ID ||
+		refused[0].Refused.Reason != ReasonMalformedJSON {
+		t.Errorf("Refused events %+v", refused)
+	}
+	if got := testutil.ToFloat64(f.m(t).refused.WithLabelValues(ReasonMalformedJSON)); got != 1 {
+		t.Errorf("refused metric = %v", got)
+	}
+}
+
+// TestWebhookWrongContentType: a body of another content type is parsed
+// all the same; when it does not parse, the dead letter says what type it came as.
+func TestWebhookWrongContentType(t *testing.T) {
+	f := newWebhookFixture(t, nil)
+	w := f.post(t, []byte("<html>"), map[string]string{"Content-Type": "text/html"})
+	if w.Code != 200 {
+		t.Fatalf("code %d (%s)", w.Code, w.Body)
+	}
+	if len(f.sink.dead) != 1 || f.sink.dead[0].Reason != ReasonMalformedJSON || !strings.Contains(f.sink.dead[0].Detail, `"text/html"`) {
+		t.Errorf("dead letters %+v", f.sink.dead)
+	}
 }
 
 func TestWebhookMixedEnvelope(t *testing.T) {
@@ -222,19 +276,38 @@ func TestWebhookMixedEnvelope(t *testing.T) {
 	if r := decodeResponse(t, w); r != want {
 		t.Errorf("response %+v, want %+v", r, want)
 	}
+	translated, refused := f.sink.split()
 	var ids []string
-	for _, e := range f.sink.events {
+	for _, e := range translated {
 		ids = append(ids, e.ID)
+		if e.Host != "reg:5000" || e.Received.IsZero() {
+			t.Errorf("event %s: host %q, received %s", e.ID, e.Host, e.Received)
+		}
 	}
 	if !reflect.DeepEqual(ids, []string{"g1", "g2"}) {
 		t.Errorf("published %v", ids)
 	}
 	var reasons []string
-	for _, d := range f.sink.dead {
+	for i, d := range f.sink.dead {
 		reasons = append(reasons, d.ID+"="+d.Reason)
 		if !json.Valid(d.Body) {
 			t.Errorf("dead letter body %q", d.Body)
 		}
+		// Each dead letter is announced by a Refused event.
+		if i >= len(refused) {
+			t.Fatalf("%d Refused events for %d dead letters", len(refused), len(f.sink.dead))
+		}
+		r := refused[i]
+		if r.ID != "refused-"+d.ID || r.Refused.Reason != d.Reason || r.Source != d.Source || r.Time != d.Time || r.Received != d.Time {
+			t.Errorf("Refused event %+v %+v for dead letter %+v", r, r.Refused, d)
+		}
+	}
+	if len(refused) != len(f.sink.dead) {
+		t.Errorf("%d Refused events for %d dead letters", len(refused), len(f.sink.dead))
+	}
+	// b1 named an invalid repository: not repeated; b2 named demo.
+	if refused[0].Refused.Repo != "" || refused[1].Refused.Repo != "demo" || refused[1].Host != "reg:5000" {
+		t.Errorf("Refused bodies %+v %+v", refused[0].Refused, refused[1].Refused)
 	}
 	if !strings.HasPrefix(reasons[2], "raw:") {
 		t.Errorf("unreadable event id %q", reasons[2])
@@ -285,8 +358,8 @@ func TestWebhookSinkFailure(t *testing.T) {
 			if w := f.post(t, body, nil); w.Code != 200 || decodeResponse(t, w).Duplicates != 1 {
 				t.Fatalf("second retry: %d %s", w.Code, w.Body)
 			}
-			if len(f.sink.events) != 1 {
-				t.Errorf("%d events stored", len(f.sink.events))
+			if translated, refused := f.sink.split(); len(translated) != 1 || len(refused) != 1 || len(f.sink.dead) != 1 {
+				t.Errorf("%d events, %d Refused events, %d dead letters stored", len(translated), len(refused), len(f.sink.dead))
 			}
 		})
 	}
@@ -432,19 +505,21 @@ func TestWebhookIntoJetStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != uint64(len(files)) {
-		t.Errorf("event log holds %d events, want %d", info.State.Msgs, len(files))
+	// The fixtures once each, and the Refused event of the malformed body.
+	if info.State.Msgs != uint64(len(files))+1 {
+		t.Errorf("event log holds %d events, want %d", info.State.Msgs, len(files)+1)
 	}
 	// Read the log back: the events in delivery order, decoded and valid.
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	batch, err := cons.Fetch(len(files), jetstream.FetchMaxWait(5*time.Second))
+	batch, err := cons.Fetch(len(files)+1, jetstream.FetchMaxWait(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got []string
+	var last Event
 	for msg := range batch.Messages() {
 		e, err := Decode(msg.Data())
 		if err != nil {
@@ -454,9 +529,13 @@ func TestWebhookIntoJetStream(t *testing.T) {
 			t.Errorf("subject %s for %s", msg.Subject(), e.ID)
 		}
 		got = append(got, e.ID)
+		last = e
 	}
-	if len(got) != len(files) {
+	if len(got) != len(files)+1 {
 		t.Fatalf("read %d events", len(got))
+	}
+	if last.Kind != Refused || last.Refused.Reason != ReasonMalformedJSON {
+		t.Errorf("last event %+v, want the refusal of the malformed body", last)
 	}
 	for i, name := range files {
 		var env struct{ Events []DistributionEvent }
@@ -646,4 +725,240 @@ func mustGather(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not found", name)
 	return 0
+}
+
+// fakeClock is a clock that moves only when told to.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// TestWebhookReceived: every published event carries the time the request
+// arrived, on the webhook's clock, which also stamps registry events
+// without a timestamp; the registry's own timestamps are kept.
+func TestWebhookReceived(t *testing.T) {
+	clock := newFakeClock()
+	f := newWebhookFixture(t, func(c *WebhookConfig) { c.Now = clock.Now })
+	untimed := `{"id":"untimed","action":"pull","target":{"repository":"demo","digest":"` + string(dL1) + `"},"source":{"addr":"reg:5000"}}`
+	w := f.post(t, envelope(rawEvent("timed", "push", "demo", blobTarget(dL1)), untimed), nil)
+	if w.Code != 200 {
+		t.Fatalf("code %d (%s)", w.Code, w.Body)
+	}
+	translated, _ := f.sink.split()
+	if len(translated) != 2 {
+		t.Fatalf("events %+v", translated)
+	}
+	registryTime, _ := time.Parse(time.RFC3339Nano, "2026-11-22T22:05:20.820960181Z")
+	for _, e := range translated {
+		want := registryTime
+		if e.ID == "untimed" {
+			want = clock.Now()
+		}
+		if !e.Received.Equal(clock.Now()) || !e.Time.Equal(want) || e.Host != "reg:5000" {
+			t.Errorf("%s: time %s received %s host %q; want time %s received %s", e.ID, e.Time, e.Received, e.Host, want, clock.Now())
+		}
+	}
+}
+
+// TestWebhookHugeAnnotation: a notification of several MB, a manifest
+// whose reference carries a 1.1 MB annotation, is accepted and translated.
+func TestWebhookHugeAnnotation(t *testing.T) {
+	f := newWebhookFixture(t, nil)
+	w := f.post(t, hugeAnnotationPush(t, "huge-1", 1_100_000), nil)
+	if w.Code != 200 {
+		t.Fatalf("code %d (%s)", w.Code, w.Body)
+	}
+	translated, refused := f.sink.split()
+	if r := decodeResponse(t, w); r.Accepted != 1 || len(translated) != 1 || len(refused) != 0 || len(f.sink.dead) != 0 {
+		t.Fatalf("response %+v; %d events, %d refused, %d dead letters", r, len(translated), len(refused), len(f.sink.dead))
+	}
+	if m := translated[0].Manifest; m == nil || m.Digest != dM1 || len(m.Blobs) != 2 {
+		t.Errorf("manifest %+v", m)
+	}
+}
+
+// TestWebhookOverLimit: a body over the limit is answered 200, its start
+// dead-lettered as too_large and announced by a Refused event; past the
+// hard cap the connection is also closed. A redelivery dedupes both.
+func TestWebhookOverLimit(t *testing.T) {
+	const limit = 200 << 10
+	tests := []struct {
+		name   string
+		n      int // annotation bytes; escaped, six times as many
+		capped bool
+	}{
+		{name: "over the limit", n: limit / 3},
+		{name: "over the hard cap", n: limit, capped: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newFakeClock()
+			f := newWebhookFixture(t, func(c *WebhookConfig) {
+				c.MaxBodyBytes = limit
+				c.Now = clock.Now
+			})
+			body := hugeAnnotationPush(t, "big-1", tt.n)
+			if len(body) <= limit || (len(body) > maxBodyFactor*limit) != tt.capped {
+				t.Fatalf("body of %d bytes does not fit the case", len(body))
+			}
+			for round := range 2 {
+				w := f.post(t, body, nil)
+				if w.Code != 200 {
+					t.Fatalf("round %d: code %d (%s)", round, w.Code, w.Body)
+				}
+				if got := w.Header().Get("Connection") == "close"; got != tt.capped {
+					t.Errorf("Connection: %q", w.Header().Get("Connection"))
+				}
+				if r := decodeResponse(t, w); r.DeadLettered != 1 || r.Accepted != 0 {
+					t.Errorf("response %+v", r)
+				}
+			}
+			translated, refused := f.sink.split()
+			if len(translated) != 0 || len(refused) != 1 || len(f.sink.dead) != 1 {
+				t.Fatalf("%d events, %d refused, %d dead letters; want one refusal and one dead letter",
+					len(translated), len(refused), len(f.sink.dead))
+			}
+			d, r := f.sink.dead[0], refused[0]
+			if d.Reason != ReasonTooLarge || !bytes.Equal(d.Body, body[:tooLargeKeep]) || !d.Time.Equal(clock.Now()) ||
+				!strings.Contains(d.Detail, strconv.Itoa(limit)) {
+				t.Errorf("dead letter %s %q %s, %d bytes", d.Reason, d.Detail, d.Time, len(d.Body))
+			}
+			// The repository is in the kept start; the source, at the end, is not.
+			want := RefusedRef{Reason: ReasonTooLarge, Repo: "demo"}
+			if r.ID != "refused-"+d.ID || *r.Refused != want || !r.Time.Equal(clock.Now()) || !r.Received.Equal(clock.Now()) ||
+				r.Source != "distribution" || r.Validate() != nil {
+				t.Errorf("Refused event %+v %+v", r, r.Refused)
+			}
+			m := f.m(t)
+			if got := testutil.ToFloat64(m.refused.WithLabelValues(ReasonTooLarge)); got != 2 {
+				t.Errorf("refgc_webhook_refused_total{reason=too_large} = %v, want 2", got)
+			}
+		})
+	}
+}
+
+// TestWebhookUnauthorizedRefusals: 401 for every request with a bad
+// token, its body never read, but at most one Refused event per minute of
+// the webhook's clock.
+func TestWebhookUnauthorizedRefusals(t *testing.T) {
+	clock := newFakeClock()
+	start := clock.Now()
+	f := newWebhookFixture(t, func(c *WebhookConfig) { c.Now = clock.Now })
+	steps := []struct {
+		advance  time.Duration
+		requests int
+		refused  int // Refused events in total after the step
+	}{
+		{0, 5, 1},
+		{30 * time.Second, 5, 1},
+		{30 * time.Second, 1, 2}, // a minute after the first
+		{59 * time.Second, 3, 2},
+		{time.Second, 2, 3},
+		{10 * time.Minute, 1, 4},
+	}
+	total := 0
+	for _, st := range steps {
+		clock.Add(st.advance)
+		t.Run(fmt.Sprintf("at +%s", clock.Now().Sub(start)), func(t *testing.T) {
+			for range st.requests {
+				body := &readSpy{r: strings.NewReader(`{"events":[]}`)}
+				req := httptest.NewRequest(http.MethodPost, "/v1/distribution/events", body)
+				req.Header.Set("Content-Type", DistributionEventsMediaType)
+				req.Header.Set("Authorization", "Bearer forged")
+				w := httptest.NewRecorder()
+				f.h.ServeHTTP(w, req)
+				if w.Code != http.StatusUnauthorized {
+					t.Fatalf("code %d", w.Code)
+				}
+				if body.read {
+					t.Error("the body of an unauthorized request was read")
+				}
+			}
+			total += st.requests
+			_, refused := f.sink.split()
+			if len(refused) != st.refused {
+				t.Fatalf("%d Refused events, want %d", len(refused), st.refused)
+			}
+			last := refused[len(refused)-1]
+			if last.Refused.Reason != ReasonUnauthorized || last.Source != "" || last.Host != "" || last.Validate() != nil {
+				t.Errorf("Refused event %+v %+v", last, last.Refused)
+			}
+			if len(f.sink.dead) != 0 {
+				t.Errorf("dead letters %+v", f.sink.dead)
+			}
+			m := f.m(t)
+			if got := testutil.ToFloat64(m.unauthorized); got != float64(total) {
+				t.Errorf("refgc_webhook_unauthorized_total = %v, want %d", got, total)
+			}
+			if got := testutil.ToFloat64(m.refused.WithLabelValues(ReasonUnauthorized)); got != float64(total) {
+				t.Errorf("refgc_webhook_refused_total{reason=unauthorized} = %v, want %d", got, total)
+			}
+		})
+	}
+}
+
+// readSpy records whether its reader was read.
+type readSpy struct {
+	r    io.Reader
+	read bool
+}
+
+func (s *readSpy) Read(p []byte) (int, error) {
+	s.read = true
+	return s.r.Read(p)
+}
+
+// TestWebhookTokens: any of Token and Tokens is accepted, so a token can
+// be rotated without refusing the registry.
+func TestWebhookTokens(t *testing.T) {
+	tests := []struct {
+		name   string
+		token  string
+		tokens []string
+		send   string // "" sends no Authorization header
+		code   int
+	}{
+		{name: "old of two", tokens: []string{"old-token", "new-token"}, send: "old-token", code: 200},
+		{name: "new of two", tokens: []string{"old-token", "new-token"}, send: "new-token", code: 200},
+		{name: "Token beside Tokens", token: "primary", tokens: []string{"next"}, send: "primary", code: 200},
+		{name: "Tokens beside Token", token: "primary", tokens: []string{"next"}, send: "next", code: 200},
+		{name: "none of them", token: "primary", tokens: []string{"next"}, send: "other", code: 401},
+		{name: "a prefix of one", tokens: []string{"old-token", "new-token"}, send: "new", code: 401},
+		{name: "no header", tokens: []string{"old-token", "new-token"}, code: 401},
+		{name: "empty entries are not tokens", tokens: []string{"", "x"}, send: " ", code: 401},
+		{name: "only empty entries: authentication off", tokens: []string{""}, code: 200},
+	}
+	good := readFixture(t, "events/001.json")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newWebhookFixture(t, func(c *WebhookConfig) { c.Token, c.Tokens = tt.token, tt.tokens })
+			auth := ""
+			if tt.send != "" {
+				auth = "Bearer " + tt.send
+			}
+			w := f.post(t, good, map[string]string{"Authorization": auth})
+			if w.Code != tt.code {
+				t.Fatalf("code %d (%s), want %d", w.Code, w.Body, tt.code)
+			}
+			if translated, _ := f.sink.split(); (len(translated) == 1) != (tt.code == 200) {
+				t.Errorf("%d events published", len(translated))
+			}
+		})
+	}
 }

@@ -40,8 +40,9 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.DurationVar(&cfg.HA.TTL, "ha-ttl", cfg.HA.TTL, "how long a dead leader's lease lasts (0: 15s)")
 
 	fs.StringVar(&cfg.Webhook.Token, "webhook-token", cfg.Webhook.Token, "bearer token the registry sends with notifications")
+	fs.Var(csvList{&cfg.Webhook.Tokens}, "webhook-tokens", "more accepted webhook bearer tokens, comma-separated (to rotate the token without refusing the registry)")
 	fs.StringVar(&cfg.AdminToken, "admin-token", cfg.AdminToken, "bearer token the admin endpoints require (empty: open; keep the port private)")
-	fs.Int64Var(&cfg.Webhook.MaxBodyBytes, "webhook-max-body", cfg.Webhook.MaxBodyBytes, "largest notification body in bytes (0: 1 MiB)")
+	fs.Int64Var(&cfg.Webhook.MaxBodyBytes, "webhook-max-body", cfg.Webhook.MaxBodyBytes, "largest notification body in bytes (0: 32 MiB); a larger one is dead-lettered")
 	fs.StringVar(&cfg.Webhook.RegistryURL, "registry-url", cfg.Webhook.RegistryURL, "registry to read manifests from when no storage is configured")
 	fs.StringVar(&cfg.Webhook.RegistryToken, "registry-token", cfg.Webhook.RegistryToken, "bearer token for --registry-url")
 	fs.StringVar(&cfg.Webhook.RegistryUser, "registry-user", cfg.Webhook.RegistryUser, "basic-auth user for --registry-url")
@@ -63,6 +64,30 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "json or text")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 }
+
+// csvList is a flag value of comma-separated strings. Set replaces the
+// list, so that a value given again (flag over environment over file) wins.
+type csvList struct{ p *[]string }
+
+func (c csvList) String() string {
+	if c.p == nil {
+		return ""
+	}
+	return strings.Join(*c.p, ",")
+}
+
+func (c csvList) Set(v string) error {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	*c.p = out
+	return nil
+}
+
+func (c csvList) Type() string { return "strings" }
 
 // resolve applies the precedence flags > environment > file > defaults.
 // The flag set holds the defaults and any flags given; the file and the

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -17,6 +18,8 @@ collector:
   grace: 3h
   retention: 48h
   untagged: keep
+webhook:
+  tokens: [old-token, new-token]
 storage:
   s3:
     bucket: b
@@ -36,20 +39,23 @@ storage:
 			}
 		}},
 		{"file over defaults", []string{"--config", file}, nil, func(t *testing.T, c daemon.Config) {
-			if c.DataDir != "/from/file" || c.Collector.Grace != 3*time.Hour || c.Collector.Untagged != "keep" || c.Storage["s3"] == nil {
+			if c.DataDir != "/from/file" || c.Collector.Grace != 3*time.Hour || c.Collector.Untagged != "keep" || c.Storage["s3"] == nil ||
+				!slices.Equal(c.Webhook.Tokens, []string{"old-token", "new-token"}) {
 				t.Errorf("%+v", c)
 			}
 		}},
-		{"env over file", []string{"--config", file}, map[string]string{"REFGC_GRACE": "5h", "REFGC_WEBHOOK_TOKEN": "tok"},
+		{"env over file", []string{"--config", file}, map[string]string{"REFGC_GRACE": "5h", "REFGC_WEBHOOK_TOKEN": "tok", "REFGC_WEBHOOK_TOKENS": "x, y"},
 			func(t *testing.T, c daemon.Config) {
-				if c.Collector.Grace != 5*time.Hour || c.Webhook.Token != "tok" || c.Collector.Retention != 48*time.Hour {
+				if c.Collector.Grace != 5*time.Hour || c.Webhook.Token != "tok" || c.Collector.Retention != 48*time.Hour ||
+					!slices.Equal(c.Webhook.Tokens, []string{"x", "y"}) {
 					t.Errorf("%+v", c)
 				}
 			}},
-		{"flags over env", []string{"--config", file, "--grace", "7h", "--storage-root", "/srv/reg"}, map[string]string{"REFGC_GRACE": "5h"},
+		{"flags over env", []string{"--config", file, "--grace", "7h", "--storage-root", "/srv/reg", "--webhook-tokens", "z"},
+			map[string]string{"REFGC_GRACE": "5h", "REFGC_WEBHOOK_TOKENS": "x"},
 			func(t *testing.T, c daemon.Config) {
 				fs, _ := c.Storage["filesystem"].(map[string]any)
-				if c.Collector.Grace != 7*time.Hour || fs["rootdirectory"] != "/srv/reg" {
+				if c.Collector.Grace != 7*time.Hour || fs["rootdirectory"] != "/srv/reg" || !slices.Equal(c.Webhook.Tokens, []string{"z"}) {
 					t.Errorf("%+v", c)
 				}
 			}},

@@ -186,7 +186,9 @@ func newRebuild() *cobra.Command {
 		Long: "Ask the running daemon (POST /v1/rebuild) to replay the event stream from its first sequence into\n" +
 			"FILE (a path on the daemon's machine), or to walk storage when the stream no longer starts at\n" +
 			"sequence 1. When no daemon answers, walk storage here (--config / --storage-root).\n" +
-			"The live projection is not touched: to use FILE, stop refgc and put it in place of refs.db.",
+			"A replayed FILE is bound to the stream it was replayed from, and refgc follows it only on that\n" +
+			"stream; a walked FILE is bound to no stream, so refgc never follows it.\n" +
+			"The live projection is not touched: to use a replayed FILE, stop refgc and put it in place of refs.db.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			abs, err := filepath.Abs(out)

@@ -12,6 +12,7 @@ import (
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
+	"github.com/refgc/refgc/refcount"
 )
 
 // verify exits cleanly while storage and the projection agree, and with
@@ -62,8 +63,19 @@ func TestVerifyReconcileRebuildCommands(t *testing.T) {
 	if out, err := runCmd(t, "verify", "--addr", d.URL()); err != nil || !drift(out).Clean() {
 		t.Fatalf("verify after reconcile: %q %v", out, err)
 	}
-	if _, err := runCmd(t, "rebuild", "--addr", d.URL(), "--out", filepath.Join(t.TempDir(), "r.db")); err != nil {
+	rebuiltPath := filepath.Join(t.TempDir(), "r.db")
+	if _, err := runCmd(t, "rebuild", "--addr", d.URL(), "--out", rebuiltPath); err != nil {
 		t.Fatalf("rebuild through the daemon: %v", err)
+	}
+	// The rebuilt file follows the stream it was replayed from.
+	rebuilt, err := refcount.Open(rebuiltPath, refcount.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, gerr := rebuilt.StreamID()
+	rebuilt.Close()
+	if want, err := d.Projection().StreamID(); gerr != nil || err != nil || want == "" || got != want {
+		t.Errorf("rebuilt projection bound to %q (%v), the live one to %q (%v)", got, gerr, want, err)
 	}
 
 	// Offline: the daemon is stopped, the projection and storage are read here.

@@ -84,10 +84,13 @@ type NATSConfig struct {
 
 // WebhookConfig configures the Distribution notification endpoint.
 type WebhookConfig struct {
-	// Token is the bearer token the registry sends; empty disables
-	// authentication (development only).
-	Token        string `yaml:"token"`
-	MaxBodyBytes int64  `yaml:"maxBodyBytes"`
+	// Token is the bearer token the registry sends; Tokens are more
+	// accepted ones (to rotate a token without refusing the registry).
+	// None at all disables authentication (development only).
+	Token  string   `yaml:"token"`
+	Tokens []string `yaml:"tokens"`
+	// MaxBodyBytes bounds a notification (0: events.DefaultMaxBodySize).
+	MaxBodyBytes int64 `yaml:"maxBodyBytes"`
 	// RegistryURL is where manifests are read for enrichment when no
 	// storage is configured.
 	RegistryURL      string `yaml:"registryURL"`

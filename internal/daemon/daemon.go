@@ -8,10 +8,12 @@
 //   - Nothing here reads flags, files or the environment: a Config is given.
 //   - At most one collector or reconcile pass runs at a time, whether
 //     started by a loop or by an admin endpoint.
-//   - Once the follower stops with events.ErrCursorGap the projection is
-//     stale: no collector pass runs again in this process (the webhook is
-//     still served, so notifications keep reaching the log) until an
-//     operator rebuilds the projection and restarts.
+//   - Once the follower stops with events.ErrCursorGap (the log no longer
+//     reaches the projection's cursor) or events.ErrUndecodable (the log
+//     holds an event this refgc cannot read) the projection is stale: no
+//     collector pass runs again in this process, and /readyz says why (the
+//     webhook is still served, so notifications keep reaching the log)
+//     until an operator upgrades or rebuilds the projection and restarts.
 //   - Shutdown stops in dependency order: HTTP first (no new events), then
 //     the collector and the follower, then the projection is closed and
 //     the NATS connection and the embedded server are stopped.
@@ -26,6 +28,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -139,6 +142,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	d.fol, err = events.NewFollower(d.js, events.FollowerConfig{
 		Cursor: d.proj.Cursor,
+		Bind:   d.proj.BindStream,
 		Apply: func(b []events.Record) error {
 			_, err := d.proj.Apply(b)
 			return err
@@ -179,10 +183,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		d.log.Warn("no storage configured: events are recorded, nothing is collected")
 	}
 	hook := events.NewWebhook(events.WebhookConfig{
-		Sink: d.pub, Token: cfg.Webhook.Token, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
-		Translate: events.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
+		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
+		Now: d.now, Translate: events.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
 	})
-	if cfg.Webhook.Token == "" {
+	if cfg.Webhook.Token == "" && !slices.ContainsFunc(cfg.Webhook.Tokens, func(s string) bool { return s != "" }) {
 		d.log.Warn("webhook token empty: notifications are not authenticated")
 	}
 	d.gauges = newGauges(d.reg, d)
@@ -220,9 +224,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		defer d.wg.Done()
 		err := d.fol.Run(runCtx)
 		d.followerUp.Store(false)
-		if err != nil && errors.Is(err, events.ErrCursorGap) && runCtx.Err() == nil {
+		if err != nil && haltsCollection(err) && runCtx.Err() == nil {
 			d.followerErr.Store(&err)
-			d.cursorGap(runCtx, err)
+			d.halt(runCtx, err)
 			return
 		}
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,23 +24,8 @@ import (
 // live images.
 func TestCursorGapHaltsCollection(t *testing.T) {
 	ctx := context.Background()
-	cfg := daemon.Defaults()
-	cfg.DataDir, cfg.Addr, cfg.NATS.Listen = t.TempDir(), "127.0.0.1:0", "127.0.0.1:-1"
-	cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": t.TempDir()}}
-	cfg.Collector.Interval = 0
-	cfg.NoSync = true
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-	blob := func(i int) events.Event {
-		return events.Event{V: events.Version, ID: "gap-" + string(rune('a'+i)), Time: time.Now(), Kind: events.BlobPushed,
-			Blob: &events.Blob{Repo: "app", Digest: digest.FromString(string(rune('a' + i))), Size: 1}}
-	}
-	publish := func(js jetstream.JetStream, evs ...events.Event) {
-		t.Helper()
-		if _, err := events.NewPublisher(js, events.PublisherConfig{}).PublishBatch(ctx, evs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cfg := haltConfig(t)
+	publish := func(js jetstream.JetStream, evs ...events.Event) { publishEvents(t, js, evs...) }
 
 	// 1. A daemon applies three events, then stops.
 	d, err := daemon.Start(ctx, cfg)
@@ -51,7 +37,7 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
-	publish(js, blob(0), blob(1), blob(2))
+	publish(js, gapBlob(0), gapBlob(1), gapBlob(2))
 	if _, err := d.Follower().CatchUp(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +56,7 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 		t.Fatal(err)
 	}
 	js, _ = jetstream.New(nc)
-	publish(js, blob(3), blob(4), blob(5))
+	publish(js, gapBlob(3), gapBlob(4), gapBlob(5))
 	st, err := js.Stream(ctx, events.DefaultStreamName)
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +73,134 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	waitHalted(t, d, events.ErrCursorGap, "no longer reaches the projection's cursor")
+}
+
+// A stream deleted and created again while refgc was down restarts its
+// sequences at 1; with more events than the projection's cursor, nothing
+// but its identity tells it from the stream the projection followed.
+// Collection halts instead of following it.
+func TestRecreatedStreamHaltsCollection(t *testing.T) {
+	ctx := context.Background()
+	cfg := haltConfig(t)
+
+	// 1. A daemon applies three events, then stops.
+	d, err := daemon.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := events.Connect(d.NATSURL(), events.ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	publishEvents(t, js, gapBlob(0), gapBlob(1), gapBlob(2))
+	if _, err := d.Follower().CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bound, err := d.Projection().StreamID()
+	if err != nil || bound == "" {
+		t.Fatalf("projection bound to %q (%v)", bound, err)
+	}
+	nc.Close()
+	if err := d.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// 2. While it is down, the stream is deleted and created again, and
+	// receives more events than the projection had applied.
+	emb, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err = events.Connect(emb.ClientURL(), events.ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ = jetstream.New(nc)
+	if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.EnsureStream(ctx, js, events.StreamConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	publishEvents(t, js, gapBlob(3), gapBlob(4), gapBlob(5), gapBlob(6), gapBlob(7), gapBlob(8))
+	nc.Close()
+	emb.Shutdown()
+
+	// 3. The daemon starts again: it serves, but never collects.
+	d, err = daemon.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	waitHalted(t, d, events.ErrStreamChanged, "deleted and created again")
+	if c, err := d.Projection().Cursor(); err != nil || c != 3 {
+		t.Errorf("cursor %d (%v), want 3", c, err)
+	}
+	if id, _ := d.Projection().StreamID(); id != bound {
+		t.Errorf("projection rebound from %q to %q", bound, id)
+	}
+}
+
+// An event in the log that this refgc cannot read (garbage, or written by
+// a newer refgc) stops the follower short of it, and collection halts.
+func TestUndecodableHaltsCollection(t *testing.T) {
+	ctx := context.Background()
+	d, err := daemon.Start(ctx, haltConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	nc, err := events.Connect(d.NATSURL(), events.ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	publishEvents(t, js, gapBlob(0), gapBlob(1))
+	ack, err := js.Publish(ctx, events.SubjectPrefix+"blob_pushed.app", []byte(`{"v":2,"id":"from-the-future"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishEvents(t, js, gapBlob(2))
+	waitHalted(t, d, events.ErrUndecodable, "cannot read")
+	if !errors.Is(d.Err(), events.ErrUnsupportedVersion) {
+		t.Errorf("Err() = %v, want ErrUnsupportedVersion in the chain", d.Err())
+	}
+	if c, err := d.Projection().Cursor(); err != nil || c != ack.Sequence-1 {
+		t.Errorf("cursor %d (%v), want %d: stopped short of the event it cannot read", c, err, ack.Sequence-1)
+	}
+}
+
+func haltConfig(t *testing.T) daemon.Config {
+	cfg := daemon.Defaults()
+	cfg.DataDir, cfg.Addr, cfg.NATS.Listen = t.TempDir(), "127.0.0.1:0", "127.0.0.1:-1"
+	cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": t.TempDir()}}
+	cfg.Collector.Interval = 0
+	cfg.NoSync = true
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return cfg
+}
+
+func gapBlob(i int) events.Event {
+	return events.Event{V: events.Version, ID: "gap-" + string(rune('a'+i)), Time: time.Now(), Kind: events.BlobPushed,
+		Blob: &events.Blob{Repo: "app", Digest: digest.FromString(string(rune('a' + i))), Size: 1}}
+}
+
+func publishEvents(t *testing.T, js jetstream.JetStream, evs ...events.Event) {
+	t.Helper()
+	if _, err := events.NewPublisher(js, events.PublisherConfig{}).PublishBatch(context.Background(), evs); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitHalted waits until the daemon refuses collection, then checks that
+// the follower's error wraps want, that /readyz says why (with reason in
+// its body) while /healthz is fine, and that POST /v1/collect gets 409.
+func waitHalted(t *testing.T, d *daemon.Daemon, want error, reason string) {
+	t.Helper()
+	ctx := context.Background()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, err := d.Collect(ctx, false)
@@ -94,7 +208,7 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("collection not halted after the cursor gap: %v", err)
+			t.Fatalf("collection not halted: %v", err)
 		}
 		select {
 		case <-d.Done():
@@ -102,17 +216,21 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	if !errors.Is(d.Err(), events.ErrCursorGap) {
-		t.Fatalf("Err() = %v, want ErrCursorGap", d.Err())
+	if !errors.Is(d.Err(), want) {
+		t.Fatalf("Err() = %v, want %v", d.Err(), want)
 	}
 	for path, want := range map[string]int{"/readyz": http.StatusServiceUnavailable, "/healthz": http.StatusOK} {
 		resp, err := http.Get(d.URL() + path)
 		if err != nil {
 			t.Fatal(err)
 		}
+		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != want {
 			t.Errorf("%s: %d, want %d", path, resp.StatusCode, want)
+		}
+		if path == "/readyz" && (!strings.Contains(string(body), "halted") || !strings.Contains(string(body), reason)) {
+			t.Errorf("/readyz says %q, want the halt and %q", body, reason)
 		}
 	}
 	resp, err := http.Post(d.URL()+daemon.CollectPath, "", nil)

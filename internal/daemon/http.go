@@ -78,9 +78,13 @@ func (d *Daemon) adminOnly(h http.HandlerFunc) http.Handler {
 	})
 }
 
-// Ready reports why the daemon is not ready, or nil: the follower must be
-// running with a lag of at most ReadyMaxLag, and NATS connected.
+// Ready reports why the daemon is not ready, or nil: collection must not
+// be halted, the follower must be running with a lag of at most
+// ReadyMaxLag, and NATS connected.
 func (d *Daemon) Ready() error {
+	if why := d.halted.Load(); why != nil {
+		return fmt.Errorf("collection halted: %s", *why)
+	}
 	switch {
 	case !d.followerUp.Load():
 		return errors.New("follower not running")

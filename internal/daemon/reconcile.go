@@ -9,12 +9,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/events"
 )
 
 // ErrCollectionHalted is returned (wrapped) by Collect once the follower
-// stopped with events.ErrCursorGap: the projection no longer follows the
-// log, and a pass acting on it could delete what it never heard of.
+// stopped with events.ErrCursorGap or events.ErrUndecodable: the
+// projection no longer follows the log, and a pass acting on it could
+// delete what it never heard of.
 var ErrCollectionHalted = errors.New("daemon: collection halted, the projection is stale")
+
+// haltsCollection reports whether the follower's error leaves the
+// projection stale for good (see halt), rather than stopping the daemon.
+func haltsCollection(err error) bool {
+	return errors.Is(err, events.ErrCursorGap) || errors.Is(err, events.ErrUndecodable)
+}
 
 func (d *Daemon) newReconciler(log collector.Log, reg prometheus.Registerer) (*collector.Reconciler, error) {
 	r, err := collector.NewReconciler(collector.ReconcilerConfig{
@@ -89,24 +97,36 @@ func (d *Daemon) reconcileLocked(ctx context.Context, why string) {
 	}
 }
 
-// cursorGap is called once the follower stopped because the stream no
-// longer reaches the projection's cursor. Collection stops for good in
-// this process; the webhook stays up so that notifications still reach the
-// log; a verify pass (which needs no follower) reports how far the
-// projection is from storage.
-func (d *Daemon) cursorGap(ctx context.Context, err error) {
+// halt is called once the follower stopped for good: the stream no longer
+// reaches the projection's cursor or is another stream than the one it
+// counts in (events.ErrCursorGap, with events.ErrStreamChanged for a
+// recreated stream), or it holds an event this refgc cannot read
+// (events.ErrUndecodable). Collection stops for good in this process; the
+// webhook stays up so that notifications still reach the log; a verify
+// pass (which needs no follower) reports how far the projection is from
+// storage.
+func (d *Daemon) halt(ctx context.Context, err error) {
+	rebuild := "run `refgc rebuild --out FILE` to compare a rebuilt projection with this one; then stop refgc, " +
+		"move refs.db aside, delete the event stream (the embedded server's nats directory, or `nats stream rm` on " +
+		"an external server) and start refgc again: an empty projection is reconciled from storage before any collector pass"
 	msg := "the event log no longer reaches the projection's cursor: collection is halted until the projection is rebuilt"
+	todo := rebuild
+	switch {
+	case errors.Is(err, events.ErrStreamChanged):
+		msg = "the event stream is not the one the projection's cursor counts in (it was deleted and created again): " +
+			"collection is halted until the projection is rebuilt"
+	case errors.Is(err, events.ErrUndecodable):
+		msg = "the event log holds an event this refgc cannot read: collection is halted until refgc is upgraded or the projection is rebuilt"
+		todo = "if a newer refgc wrote the event, upgrade this one; otherwise " + rebuild
+	}
 	d.halted.Store(&msg)
-	d.log.Error("FOLLOWER STOPPED: "+msg, "err", err,
-		"todo", "run `refgc rebuild --out FILE` to compare a rebuilt projection with this one; then stop refgc, "+
-			"move refs.db aside, delete the event stream (the embedded server's nats directory, or `nats stream rm` on "+
-			"an external server) and start refgc again: an empty projection is reconciled from storage before any collector pass")
+	d.log.Error("FOLLOWER STOPPED: "+msg, "err", err, "todo", todo)
 	if d.rec == nil {
 		return
 	}
 	v, verr := d.newReconciler(nil, nil)
 	if verr != nil {
-		d.log.Error("verify after the cursor gap", "err", verr)
+		d.log.Error("verify after the follower stopped", "err", verr)
 		return
 	}
 	d.passMu.Lock()
@@ -114,11 +134,11 @@ func (d *Daemon) cursorGap(ctx context.Context, err error) {
 	d.passMu.Unlock()
 	switch {
 	case verr != nil:
-		d.log.Error("verify after the cursor gap", "err", verr)
+		d.log.Error("verify after the follower stopped", "err", verr)
 	case drift.Clean():
-		d.log.Warn("verify after the cursor gap: the projection still matches storage, collection stays halted")
+		d.log.Warn("verify after the follower stopped: the projection still matches storage, collection stays halted")
 	default:
-		d.log.Error("verify after the cursor gap: the projection drifts from storage", "drift", drift.String(),
+		d.log.Error("verify after the follower stopped: the projection drifts from storage", "drift", drift.String(),
 			"examples", drift.Examples)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
+	"github.com/refgc/refgc/refcount"
 )
 
 func adminJSON(t *testing.T, method, url string, want int, out any) {
@@ -82,6 +83,16 @@ func TestReconcileEndpoints(t *testing.T) {
 	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out="+out, 200, &rb)
 	if rb.From != "log" || rb.Differences != 0 || rb.Cursor != rb.LiveCursor {
 		t.Fatalf("rebuild: %+v", rb)
+	}
+	// The rebuilt projection is bound to the stream it was replayed from.
+	rebuilt, err := refcount.Open(out, refcount.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, gerr := rebuilt.StreamID()
+	rebuilt.Close()
+	if want, err := e.d.Projection().StreamID(); gerr != nil || err != nil || want == "" || got != want {
+		t.Errorf("rebuilt projection bound to %q (%v), live one to %q (%v)", got, gerr, want, err)
 	}
 	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out="+out, 409, nil)
 	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out=relative.db", 400, nil)
