@@ -38,8 +38,8 @@ func TestWatermarkPerSource(t *testing.T) {
 			t.Errorf("source %d: got %+v, want %+v", i, got[i], want[i])
 		}
 	}
-	if ps, _ := f.p.Pauses(); len(ps) != 0 {
-		t.Fatalf("pauses %+v", ps)
+	if ps, _ := f.p.Pauses(); len(ps) != 1 || ps[0].Reason != PauseNewInstance {
+		t.Fatalf("pauses %+v: want one for the second instance", ps)
 	}
 }
 
@@ -92,11 +92,27 @@ func TestPausesAndReconciles(t *testing.T) {
 	if len(srcs) != 1 || srcs[0].Source != "distribution:i2" {
 		t.Fatalf("the restarted instance's old source stays: %+v", srcs)
 	}
-	// Another host is another replica, not a restart.
+	// An instance on another host: a new replica, or a registry restarted
+	// on a new host (as containers are): it may have lost a queue too.
 	f.apply(reconciled(f.seq))
 	f.apply(ingested(pushB("app", "l3"), "distribution:i3", "reg2:5000", t0, t0))
+	if got := pauses(f); got[""] != PauseNewInstance {
+		t.Fatalf("after a new instance: %v", got)
+	}
+	// Its later events, and the first instance's, pause nothing more.
+	f.apply(reconciled(f.seq))
+	f.apply(ingested(pushB("app", "l4"), "distribution:i3", "reg2:5000", t0, t0),
+		ingested(pushB("app", "l5"), "distribution:i2", "reg:5000", t0, t0))
 	if got := pauses(f); len(got) != 0 {
-		t.Fatalf("a second replica paused: %v", got)
+		t.Fatalf("known instances paused: %v", got)
+	}
+	// An instance silent for longer than the expiry is forgotten when a
+	// new one appears.
+	late := t0.Add(sourceExpiry + time.Hour)
+	f.apply(ingested(pushB("app", "l6"), "distribution:i4", "reg3:5000", late, late))
+	srcs, _ = f.p.Sources()
+	if len(srcs) != 1 || srcs[0].Source != "distribution:i4" {
+		t.Fatalf("sources after the expiry: %+v", srcs)
 	}
 }
 
