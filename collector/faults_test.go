@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/distribution/distribution/v3/configuration"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -236,9 +239,9 @@ func TestRefusedNotificationPausesUntilReconciled(t *testing.T) {
 // An index whose entries are blobs (BuildKit's cache export), accepted by
 // a registry that does not check index entries, holds them as layer links.
 func TestIndexOfBlobs(t *testing.T) {
-	e := newEnvWith(t, refcount.PolicyDelete, nil, func(c *configuration.Configuration) {
+	e := newEnvWith(t, refcount.PolicyDelete, envOptions{configure: func(c *configuration.Configuration) {
 		c.Validation.Manifests.Indexes.Platforms = "none"
-	})
+	}})
 	var entries []map[string]any
 	var digests []v1.Hash
 	for _, mt := range []string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.buildkit.cacheconfig.v0"} {
@@ -299,4 +302,43 @@ func TestRestoreIndexRelinksChildren(t *testing.T) {
 		t.Fatalf("restored %+v, want both children", res)
 	}
 	e.mustPull("app@" + d.String())
+}
+
+// Case 4: a notification the webhook cannot take (here over its body
+// limit: a manifest whose layer carries a 1.1 MB annotation, which
+// includereferences copies into the notification) is dead-lettered and
+// answered 200. The registry's queue goes on, and collection in the
+// repository waits for a reconcile, which finds what the notification said.
+func TestOversizedNotificationDoesNotBlockTheQueue(t *testing.T) {
+	e := newEnvWith(t, refcount.PolicyDelete, envOptions{maxBody: 256 << 10})
+	layer, err := random.Layer(256, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.Append(regtest.OCI(empty.Image), mutate.Addendum{Layer: layer,
+		Annotations: map[string]string{"org.example.notes": strings.Repeat("x", 1100<<10)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.deadOK = true // every notification naming the manifest is too large, pulls too
+	e.reg.Push(t, "big:v1", img)
+	regtest.WaitFor(t, "the dead letter", func() bool {
+		e.log.mu.Lock()
+		defer e.log.mu.Unlock()
+		return len(e.log.dead) > 0
+	})
+	e.reg.PushRandom(t, "after:v1", 1)
+	e.settle() // later notifications arrive: nothing blocks the queue
+	if ps, _ := e.proj.Pauses(); len(ps) == 0 {
+		t.Fatal("no pause after a refused notification")
+	}
+	e.advance(2 * testGrace)
+	e.pass() // reconciles first
+	if ps, _ := e.proj.Pauses(); len(ps) != 0 {
+		t.Fatalf("pauses after the pass: %+v", ps)
+	}
+	e.mustPull("big:v1")
+	e.collectAndVerify()
+	e.mustPull("big:v1")
+	e.mustPull("after:v1")
 }

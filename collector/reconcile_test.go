@@ -63,10 +63,10 @@ func (d *droppingSink) PublishBatch(ctx context.Context, evs []events.Event) ([]
 func newDroppingEnv(t *testing.T, policy refcount.Policy, rate float64, seed uint64) (*env, *droppingSink) {
 	t.Helper()
 	var sink *droppingSink
-	e := newEnvWith(t, policy, func(l *sinkLog) events.Sink {
+	e := newEnvWith(t, policy, envOptions{wrap: func(l *sinkLog) events.Sink {
 		sink = &droppingSink{sinkLog: l, rng: rand.New(rand.NewPCG(seed, seed)), rate: rate}
 		return sink
-	})
+	}})
 	return e, sink
 }
 

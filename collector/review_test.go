@@ -61,7 +61,7 @@ func TestPurgeWaitsForAStalledReplica(t *testing.T) {
 // read, the notification carried no references) explains nothing: the
 // storage check reads it.
 func TestUnverifiedRevisionKeepsItsLayers(t *testing.T) {
-	e := newEnvWith(t, refcount.PolicyDelete, func(s *sinkLog) events.Sink { return stripRefs{s, "u"} })
+	e := newEnvWith(t, refcount.PolicyDelete, envOptions{wrap: func(s *sinkLog) events.Sink { return stripRefs{s, "u"} }})
 	e.reg.Push(t, "u:v1", regtest.RandomImage(t, 2))
 	e.settle()
 	for range 3 {
