@@ -118,7 +118,7 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 	}
 	hook := httptest.NewServer(events.NewWebhook(events.WebhookConfig{Sink: sink, Token: testToken, Now: e.now,
 		MaxBodyBytes: o.maxBody,
-		Translate: events.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
+		Translate:    events.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
 	t.Cleanup(hook.Close)
 	opts := regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken, Configure: o.configure}
 	e.reg = regtest.Start(t, opts)
