@@ -100,6 +100,10 @@ type Config struct {
 	// QuietAfter is how long a registry instance may send nothing before
 	// it stops bounding collection (default DefaultQuietAfter).
 	QuietAfter time.Duration
+	// Started is when this refgc started (default Now() at New): every
+	// registry instance bounds collection for QuietAfter after it, so that
+	// each has the time to redeliver what it held while refgc was down.
+	Started time.Time
 	// Intents, if set, keeps a copy of every intent where the next active
 	// collector finds it (under --ha, KVIntents); nil keeps them in the
 	// projection only.
@@ -171,7 +175,10 @@ func New(cfg Config) (*Collector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), started: cfg.Now()}
+	if cfg.Started.IsZero() {
+		cfg.Started = cfg.Now()
+	}
+	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), started: cfg.Started}
 	if cfg.RateLimit > 0 {
 		burst := int(cfg.RateLimit)
 		if burst < 1 {

@@ -82,6 +82,7 @@ type Daemon struct {
 	adminUnauthorized prometheus.Counter
 	leader            *events.Leader       // nil without HA: always the leader
 	intents           *collector.KVIntents // nil without HA
+	started           time.Time            // on the daemon's clock
 	ln                net.Listener
 	srv               *http.Server
 
@@ -113,6 +114,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if d.now == nil {
 		d.now = time.Now
 	}
+	d.started = d.now()
 	defer func() {
 		if err != nil {
 			d.close()
@@ -313,7 +315,7 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 	c, err := collector.New(collector.Config{
 		Projection: d.proj, Storage: d.store, Log: d.jslog, Now: d.now,
 		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
-		QuietAfter: cc.QuietAfter, DryRun: dryRun, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
+		QuietAfter: cc.QuietAfter, Started: d.started, DryRun: dryRun, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
 		// Called inside a pass, which holds passMu: the reconciler runs
 		// without taking it again.
 		Reconcile: func(ctx context.Context, repos []string) error {

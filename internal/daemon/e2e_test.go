@@ -100,6 +100,8 @@ func newEnv(t *testing.T, o envOpts) *env {
 		return e
 	}
 	e.reg = regtest.StartFromConfigFile(t, registryYML, regtest.Options{Root: root, NotifyURL: d.WebhookURL(), NotifyToken: testToken})
+	// The registry's clock is the test's (see collector's env).
+	e.reg.Faults.ShiftTime(func() time.Duration { return time.Duration(e.offset.Load()) })
 	e.marker = regtest.RandomImage(t, 1)
 	e.settle()
 	return e
@@ -303,6 +305,7 @@ func TestAdminCollectAndRestore(t *testing.T) {
 		t.Fatalf("dry run: %+v", plan)
 	}
 	e.mustPull("app@" + d.String())
+	e.advance(2 * testGrace) // the pull's lease ends
 	var rep collector.Report
 	post(daemon.CollectPath, &rep)
 	if rep.Unlinked == 0 {
