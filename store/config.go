@@ -7,16 +7,7 @@ import (
 	"slices"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
-
-	// The storage drivers a registry's storage section can name.
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/azure"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/gcs"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 )
-
-// Drivers names the storage drivers this build links.
-var Drivers = []string{"azure", "filesystem", "gcs", "s3"}
 
 // ErrConfig is returned for a storage section that does not name exactly
 // one driver, or whose parameters are not a map.
@@ -24,6 +15,8 @@ var ErrConfig = errors.New("store: invalid storage configuration")
 
 // New creates the named Distribution storage driver ("filesystem", "s3",
 // "gcs", "azure") with the parameters of the registry's storage section.
+// The driver must be registered with Distribution's factory: the binary
+// links its drivers (cmd/refgc/drivers.go), a test imports the one it uses.
 func New(ctx context.Context, driverName string, params map[string]any, opts ...Option) (*Driver, error) {
 	d, err := factory.Create(ctx, driverName, params)
 	if err != nil {
