@@ -56,7 +56,6 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/refcount"
-	"github.com/refgc/refgc/store"
 )
 
 // Drift types: the keys of Drift.Counts and Drift.Examples, and the values
@@ -103,7 +102,8 @@ type Healer interface {
 }
 
 // ReconcileStore is what the reconciler reads from registry storage.
-// store.Driver implements it.
+// store.Driver implements it. Each method gives an error matching
+// fs.ErrNotExist for what storage does not hold.
 type ReconcileStore interface {
 	Repositories(ctx context.Context, fn func(repo string) error) error
 	Tags(ctx context.Context, repo string, fn func(tag string, current digest.Digest) error) error
@@ -788,7 +788,7 @@ func (w *walk) confirm(ctx context.Context) ([]fix, error) {
 		}
 	}
 	tolerate := func(err error) error {
-		if errors.Is(err, store.ErrNotFound) {
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
 		return err
@@ -847,7 +847,7 @@ func (w *walk) confirm(ctx context.Context) ([]fix, error) {
 				if !absent {
 					f.ev.Blob.Size = size
 				}
-			case !errors.Is(err, store.ErrNotFound):
+			case !errors.Is(err, fs.ErrNotExist):
 				return nil, fmt.Errorf("collector: reconcile: confirm %s: %w", f.node, err)
 			}
 		}
@@ -858,7 +858,7 @@ func (w *walk) confirm(ctx context.Context) ([]fix, error) {
 			// A dangling link is still a link: its size stays unknown.
 			if size, err := st.StatBlob(ctx, f.node.Digest); err == nil {
 				f.ev.Blob.Size = size
-			} else if !errors.Is(err, store.ErrNotFound) {
+			} else if !errors.Is(err, fs.ErrNotExist) {
 				return nil, fmt.Errorf("collector: reconcile: confirm %s: %w", f.node, err)
 			}
 		}
