@@ -2,6 +2,11 @@
 // little at a time, while the registry keeps serving; and restores what it
 // unlinked, until the data is purged.
 //
+// In refgc's flow, notification → event → log → projection → collector →
+// storage, this package is the collector: it reads the refcount projection,
+// acts on storage through its own small interfaces (store.Driver implements
+// them), and records what it did as events in the log (eventlog.Log).
+//
 // # The drain
 //
 // One pass repeats rounds until a round changes nothing:
@@ -54,6 +59,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -67,15 +73,6 @@ type Storage interface {
 	LinkRevision(ctx context.Context, repo string, d digest.Digest) error
 	LinkLayer(ctx context.Context, repo string, d digest.Digest) error
 	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
-}
-
-// Log is the event log as the collector uses it.
-type Log interface {
-	// Publish appends the events durably (deduplicated by event id).
-	Publish(ctx context.Context, evs []events.Event) error
-	// CatchUp waits until the projection has applied everything the log
-	// held when it was called, and returns that sequence.
-	CatchUp(ctx context.Context) (uint64, error)
 }
 
 // ErrNotInTrash is returned by Restore for a manifest that is not unlinked
@@ -92,7 +89,7 @@ type Config struct {
 	// Reader is what the storage check reads (default: Storage, which must
 	// then implement StorageReader). Required unless DryRun.
 	Reader StorageReader
-	Log    Log
+	Log    eventlog.Log
 	// Reconcile, if set, reconciles the given repositories (all of them
 	// when repos is empty) and waits until its corrections and its
 	// Reconciled event are applied. A pass calls it to lift pauses.

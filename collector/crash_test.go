@@ -12,6 +12,7 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 )
@@ -46,7 +47,7 @@ func (p crashPoint) String() string {
 // were gone (except for publishLost, which only drops the event).
 type crasher struct {
 	st    collector.Storage
-	log   collector.Log
+	log   eventlog.Log
 	kind  events.NodeKind
 	point crashPoint
 

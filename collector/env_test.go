@@ -17,6 +17,8 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/distribution"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
@@ -54,10 +56,10 @@ type sinkLog struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	touches map[string]int
-	dead    []events.DeadLetter
+	dead    []eventlog.DeadLetter
 }
 
-func (s *sinkLog) PublishBatch(ctx context.Context, evs []events.Event) ([]events.PubResult, error) {
+func (s *sinkLog) PublishBatch(ctx context.Context, evs []events.Event) ([]eventlog.PubResult, error) {
 	if err := s.Publish(ctx, evs); err != nil {
 		return nil, err
 	}
@@ -69,10 +71,10 @@ func (s *sinkLog) PublishBatch(ctx context.Context, evs []events.Event) ([]event
 	}
 	s.cond.Broadcast()
 	s.mu.Unlock()
-	return make([]events.PubResult, len(evs)), nil
+	return make([]eventlog.PubResult, len(evs)), nil
 }
 
-func (s *sinkLog) DeadLetter(_ context.Context, d events.DeadLetter) error {
+func (s *sinkLog) DeadLetter(_ context.Context, d eventlog.DeadLetter) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dead = append(s.dead, d)
@@ -87,7 +89,7 @@ func newEnv(t *testing.T, policy refcount.Policy) *env {
 // envOptions change newEnv's parts.
 type envOptions struct {
 	// wrap wraps the webhook's sink.
-	wrap func(*sinkLog) events.Sink
+	wrap func(*sinkLog) distribution.Sink
 	// configure changes the registry's configuration.
 	configure func(*configuration.Configuration)
 	// maxBody is the webhook's body limit (0: its default).
@@ -112,13 +114,13 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sink events.Sink = e.log
+	var sink distribution.Sink = e.log
 	if o.wrap != nil {
 		sink = o.wrap(e.log)
 	}
-	hook := httptest.NewServer(events.NewWebhook(events.WebhookConfig{Sink: sink, Token: testToken, Now: e.now,
+	hook := httptest.NewServer(distribution.NewWebhook(distribution.WebhookConfig{Sink: sink, Token: testToken, Now: e.now,
 		MaxBodyBytes: o.maxBody,
-		Translate:    events.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
+		Translate:    distribution.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
 	t.Cleanup(hook.Close)
 	opts := regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken, Configure: o.configure}
 	e.reg = regtest.Start(t, opts)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -48,12 +49,12 @@ func (f *fanLog) CatchUp(ctx context.Context) (uint64, error) { return f.own.Cat
 // leader, whose own projection never saw it, finishes or undoes.
 func TestNewLeaderUndoesIntentsOfTheLast(t *testing.T) {
 	ctx := context.Background()
-	srv, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
+	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
-	nc, err := events.Connect(srv.ClientURL(), events.ConnectOptions{})
+	nc, err := eventlog.Connect(srv.ClientURL(), eventlog.ConnectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,19 +42,3 @@ func (l *DirectLog) Publish(_ context.Context, evs []events.Event) error {
 
 // CatchUp returns the cursor: a direct log is always caught up.
 func (l *DirectLog) CatchUp(context.Context) (uint64, error) { return l.P.Cursor() }
-
-// JetStreamLog is the Log of a daemon: events go to the JetStream stream
-// through a publisher, and a follower applies them to the projection.
-type JetStreamLog struct {
-	Publisher *events.Publisher
-	Follower  *events.Follower
-}
-
-// Publish publishes the events and waits for every acknowledgement.
-func (l *JetStreamLog) Publish(ctx context.Context, evs []events.Event) error {
-	_, err := l.Publisher.PublishBatch(ctx, evs)
-	return err
-}
-
-// CatchUp waits for the follower to apply everything the stream holds now.
-func (l *JetStreamLog) CatchUp(ctx context.Context) (uint64, error) { return l.Follower.CatchUp(ctx) }

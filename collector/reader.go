@@ -10,7 +10,7 @@ import (
 const MaxManifestBytes = 4 << 20
 
 // StoreManifestReader reads manifests straight from registry storage, for
-// the webhook's enrichment (events.ManifestReader) when refgc shares the
+// the webhook's enrichment (distribution.ManifestReader) when refgc shares the
 // registry's storage. The media type is left to the manifest's own field.
 type StoreManifestReader struct {
 	Store interface {

@@ -55,6 +55,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -124,7 +125,7 @@ type ReconcilerConfig struct {
 	Healer Healer
 	// Log receives the corrections. Verify only needs its CatchUp, and works
 	// without a Log (AsOf is then the projection's cursor).
-	Log Log
+	Log eventlog.Log
 	// Concurrency bounds the repositories walked and the manifests read at
 	// once (default 8).
 	Concurrency int

@@ -10,26 +10,13 @@ import (
 	"os"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
-// ErrLogTruncated is returned by a Replay when the event log no longer
-// starts at sequence 1 (events were aged out or purged): a projection
-// replayed from it would miss history, so Rebuild walks storage instead.
-var ErrLogTruncated = errors.New("collector: event log does not start at sequence 1")
-
 // ErrRebuildTarget is returned by Rebuild when the target file already exists.
 var ErrRebuildTarget = errors.New("collector: rebuild target exists")
-
-// Replay feeds the whole event log, in order from sequence 1, to apply, in
-// batches. Before the first batch it calls bind with the identity of the
-// log (events.StreamID), so that the projection it fills follows that
-// stream and no other. It returns ErrLogTruncated (wrapped) if the log
-// does not reach back to sequence 1.
-type Replay func(ctx context.Context, bind func(streamID string) error, apply func([]events.Record) error) error
 
 // StorageWalkStreamID is the stream identity a projection rebuilt from a
 // walk of storage is bound to. No stream has it: the cursor of such a file
@@ -37,81 +24,10 @@ type Replay func(ctx context.Context, bind func(streamID string) error, apply fu
 // follow it.
 const StorageWalkStreamID = "storage-walk"
 
-// StreamReplay returns a Replay over a JetStream stream: an ordered
-// consumer from sequence 1 up to the stream's last sequence when the
-// replay starts. Undecodable messages become records with Err set, which
-// the rebuilt projection passes over (where the follower stops at them:
-// rebuilding is the operator's way past a record no refgc can read).
-func StreamReplay(s jetstream.Stream, batch int) Replay {
-	if batch <= 0 {
-		batch = events.DefaultMaxBatch
-	}
-	return func(ctx context.Context, bind func(string) error, apply func([]events.Record) error) error {
-		info, err := s.Info(ctx)
-		if err != nil {
-			return fmt.Errorf("collector: replay: stream info: %w", err)
-		}
-		st := info.State
-		if st.LastSeq > 0 && st.FirstSeq > 1 {
-			return fmt.Errorf("%w: stream %s starts at %d", ErrLogTruncated, info.Config.Name, st.FirstSeq)
-		}
-		if err := bind(events.StreamID(info)); err != nil {
-			return fmt.Errorf("collector: replay: %w", err)
-		}
-		if st.LastSeq == 0 {
-			return nil
-		}
-		cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
-		if err != nil {
-			return fmt.Errorf("collector: replay: consumer: %w", err)
-		}
-		it, err := cons.Messages()
-		if err != nil {
-			return fmt.Errorf("collector: replay: messages: %w", err)
-		}
-		defer it.Stop()
-		recs := make([]events.Record, 0, batch)
-		for {
-			msg, err := it.Next(jetstream.NextContext(ctx))
-			if err != nil {
-				return fmt.Errorf("collector: replay: next: %w", err)
-			}
-			md, err := msg.Metadata()
-			if err != nil {
-				return fmt.Errorf("collector: replay: metadata: %w", err)
-			}
-			seq := md.Sequence.Stream
-			if seq > st.LastSeq {
-				break
-			}
-			rec := events.Record{Seq: seq}
-			if ev, err := events.Decode(msg.Data()); err != nil {
-				rec.Err = fmt.Errorf("collector: replay: sequence %d: %w", seq, err)
-			} else {
-				rec.Event = ev
-			}
-			recs = append(recs, rec)
-			if len(recs) == batch || seq == st.LastSeq {
-				if err := apply(recs); err != nil {
-					return err
-				}
-				recs = recs[:0]
-			}
-			if seq == st.LastSeq {
-				break
-			}
-		}
-		if len(recs) > 0 {
-			return apply(recs)
-		}
-		return nil
-	}
-}
-
 // RebuildFromLog writes a fresh projection at path, which must not exist,
 // by replaying the whole log, and binds it to the stream it replayed. It
 // returns the projection, open.
-func RebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay Replay) (*refcount.Projection, error) {
+func RebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay eventlog.Replay) (*refcount.Projection, error) {
 	p, err := openFresh(path, opts)
 	if err != nil {
 		return nil, err
@@ -193,7 +109,7 @@ type RebuildReport struct {
 // from a walk of storage. It then compares the result with the live
 // projection, dump for dump (ignoring leases and times for a storage
 // rebuild, which cannot know them), and closes the rebuilt file.
-func (r *Reconciler) Rebuild(ctx context.Context, path string, replay Replay) (RebuildReport, error) {
+func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.Replay) (RebuildReport, error) {
 	start := time.Now()
 	rep := RebuildReport{Path: path, From: "log"}
 	var p *refcount.Projection
@@ -201,7 +117,7 @@ func (r *Reconciler) Rebuild(ctx context.Context, path string, replay Replay) (R
 	if replay != nil {
 		p, err = RebuildFromLog(ctx, path, r.cfg.Projection.Options(), replay)
 	}
-	if replay == nil || errors.Is(err, ErrLogTruncated) {
+	if replay == nil || errors.Is(err, eventlog.ErrLogTruncated) {
 		if err != nil {
 			r.cfg.Logger.Warn("rebuild: the log is truncated, walking storage instead", "err", err)
 		}

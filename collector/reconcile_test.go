@@ -22,6 +22,8 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/distribution"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
@@ -39,13 +41,13 @@ type droppingSink struct {
 	dropped []events.Event
 }
 
-func (d *droppingSink) PublishBatch(ctx context.Context, evs []events.Event) ([]events.PubResult, error) {
+func (d *droppingSink) PublishBatch(ctx context.Context, evs []events.Event) ([]eventlog.PubResult, error) {
 	kept := evs
 	if d.on.Load() {
 		kept = nil
 		d.mu.Lock()
 		for _, e := range evs {
-			if events.EventRepo(e) != "marker" && d.rng.Float64() < d.rate {
+			if eventlog.EventRepo(e) != "marker" && d.rng.Float64() < d.rate {
 				d.dropped = append(d.dropped, e)
 				continue
 			}
@@ -56,14 +58,14 @@ func (d *droppingSink) PublishBatch(ctx context.Context, evs []events.Event) ([]
 	if _, err := d.sinkLog.PublishBatch(ctx, kept); err != nil {
 		return nil, err
 	}
-	return make([]events.PubResult, len(evs)), nil
+	return make([]eventlog.PubResult, len(evs)), nil
 }
 
 // newDroppingEnv is newEnv with a sink that drops events while on.
 func newDroppingEnv(t *testing.T, policy refcount.Policy, rate float64, seed uint64) (*env, *droppingSink) {
 	t.Helper()
 	var sink *droppingSink
-	e := newEnvWith(t, policy, envOptions{wrap: func(l *sinkLog) events.Sink {
+	e := newEnvWith(t, policy, envOptions{wrap: func(l *sinkLog) distribution.Sink {
 		sink = &droppingSink{sinkLog: l, rng: rand.New(rand.NewPCG(seed, seed)), rate: rate}
 		return sink
 	}})
@@ -379,12 +381,12 @@ func graphEvents(n int) []events.Event {
 func TestRebuildFromStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	srv, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
+	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
-	nc, err := events.Connect(srv.ClientURL(), events.ConnectOptions{})
+	nc, err := eventlog.Connect(srv.ClientURL(), eventlog.ConnectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,11 +395,11 @@ func TestRebuildFromStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream, err := events.EnsureStream(ctx, js, events.StreamConfig{})
+	stream, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	if _, err := pub.PublishBatch(ctx, graphEvents(600)); err != nil {
 		t.Fatal(err)
 	}
@@ -411,7 +413,7 @@ func TestRebuildFromStream(t *testing.T) {
 	// which a node dies and comes back keeps the dead node's zero-since
 	// time, where separate transactions reset it, so dumps compare equal
 	// only for equal batch boundaries.
-	f, err := events.NewFollower(js, events.FollowerConfig{MaxBatch: 1, Cursor: live.Cursor, Apply: func(b []events.Record) error {
+	f, err := eventlog.NewFollower(js, eventlog.FollowerConfig{MaxBatch: 1, Cursor: live.Cursor, Apply: func(b []events.Record) error {
 		_, err := live.Apply(b)
 		return err
 	}})
@@ -439,7 +441,7 @@ func TestRebuildFromStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	jslog := &collector.JetStreamLog{Publisher: pub, Follower: f}
+	jslog := &eventlog.JetStreamLog{Publisher: pub, Follower: f}
 	r, err := collector.NewReconciler(collector.ReconcilerConfig{Projection: live, Store: st, Log: jslog, Logger: quietLogger})
 	if err != nil {
 		t.Fatal(err)
@@ -456,7 +458,7 @@ func TestRebuildFromStream(t *testing.T) {
 	}
 	last := 600 + uint64(d.Published) + 1 // the corrections and the Reconciled event
 	path := filepath.Join(t.TempDir(), "rebuilt.db")
-	rep, err := r.Rebuild(ctx, path, collector.StreamReplay(stream, 1))
+	rep, err := r.Rebuild(ctx, path, eventlog.StreamReplay(stream, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,8 +473,8 @@ func TestRebuildFromStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, err := rebuilt.StreamID(); err != nil || id != events.StreamID(info) {
-		t.Errorf("rebuilt projection bound to %q (%v), want the stream it replayed, %q", id, err, events.StreamID(info))
+	if id, err := rebuilt.StreamID(); err != nil || id != eventlog.StreamID(info) {
+		t.Errorf("rebuilt projection bound to %q (%v), want the stream it replayed, %q", id, err, eventlog.StreamID(info))
 	}
 	var a, b bytes.Buffer
 	if err := live.Dump(&a); err != nil {
@@ -485,7 +487,7 @@ func TestRebuildFromStream(t *testing.T) {
 	if a.Len() == 0 || !bytes.Equal(a.Bytes(), b.Bytes()) {
 		t.Fatalf("dumps differ: live %d bytes, rebuilt %d bytes", a.Len(), b.Len())
 	}
-	if _, err := r.Rebuild(ctx, path, collector.StreamReplay(stream, 1)); err == nil {
+	if _, err := r.Rebuild(ctx, path, eventlog.StreamReplay(stream, 1)); err == nil {
 		t.Fatal("rebuild over an existing file succeeded")
 	}
 
@@ -493,7 +495,7 @@ func TestRebuildFromStream(t *testing.T) {
 	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(100)); err != nil {
 		t.Fatal(err)
 	}
-	rep, err = r.Rebuild(ctx, filepath.Join(t.TempDir(), "walked.db"), collector.StreamReplay(stream, 1))
+	rep, err = r.Rebuild(ctx, filepath.Join(t.TempDir(), "walked.db"), eventlog.StreamReplay(stream, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -510,7 +512,7 @@ func TestRebuildFromStream(t *testing.T) {
 	if id, err := walked.StreamID(); err != nil || id != collector.StorageWalkStreamID {
 		t.Errorf("walked projection bound to %q (%v)", id, err)
 	}
-	if err := walked.BindStream(events.StreamID(info)); !errors.Is(err, refcount.ErrStreamChanged) {
+	if err := walked.BindStream(eventlog.StreamID(info)); !errors.Is(err, refcount.ErrStreamChanged) {
 		t.Errorf("a walked projection accepts a stream: %v", err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/distribution"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 )
@@ -61,7 +63,7 @@ func TestPurgeWaitsForAStalledReplica(t *testing.T) {
 // read, the notification carried no references) explains nothing: the
 // storage check reads it.
 func TestUnverifiedRevisionKeepsItsLayers(t *testing.T) {
-	e := newEnvWith(t, refcount.PolicyDelete, envOptions{wrap: func(s *sinkLog) events.Sink { return stripRefs{s, "u"} }})
+	e := newEnvWith(t, refcount.PolicyDelete, envOptions{wrap: func(s *sinkLog) distribution.Sink { return stripRefs{s, "u"} }})
 	e.reg.Push(t, "u:v1", regtest.RandomImage(t, 2))
 	e.settle()
 	for range 3 {
@@ -78,7 +80,7 @@ type stripRefs struct {
 	repo string
 }
 
-func (s stripRefs) PublishBatch(ctx context.Context, evs []events.Event) ([]events.PubResult, error) {
+func (s stripRefs) PublishBatch(ctx context.Context, evs []events.Event) ([]eventlog.PubResult, error) {
 	for i := range evs {
 		if m := evs[i].Manifest; m != nil && m.Repo == s.repo {
 			cp := *m

@@ -1,7 +1,14 @@
-// Package events defines refgc's domain events: the versioned envelope that
-// every change to the reference graph travels in, its validation, and its
-// encoding. It also holds the JetStream event log (publisher, follower,
-// embedded server) and the translation of CNCF Distribution notifications.
+// Package events defines what every participant of refgc shares: the domain
+// events, the versioned envelope that every change to the reference graph
+// travels in, its kinds, node references, validation and encoding, and the
+// parsing of manifests into their references.
+//
+// In refgc's flow, notification → event → log → projection → collector →
+// storage, this package is the event: events/distribution turns registry
+// notifications into events, events/eventlog carries them (JetStream), the
+// refcount projection folds them, and the collector and its reconciler
+// write events of their own. It depends on nothing but go-digest and the
+// OCI image-spec.
 //
 // Invariants:
 //   - An Event that passed Validate names only repositories and tags of the
@@ -314,3 +321,11 @@ type Record struct {
 	// projection need not check it again.
 	Valid bool
 }
+
+// ErrStreamChanged is returned (wrapped) when a projection meets another
+// stream than the one its cursor counts in: the stream was deleted and
+// created again under its name (its sequences restarted at 1), or the
+// projection was built from another log. The projection returns it, and the
+// event log's follower stops with it (and ErrCursorGap); rebuild the
+// projection.
+var ErrStreamChanged = errors.New("events: not the stream the projection follows")

@@ -55,7 +55,7 @@ func ManifestMediaTypes() []string { return append([]string(nil), manifestMediaT
 // IsManifestMediaType reports whether mt (parameters ignored) is a manifest
 // or index media type that ParseManifest knows.
 func IsManifestMediaType(mt string) bool {
-	mt = baseMediaType(mt)
+	mt = BaseMediaType(mt)
 	for _, m := range manifestMediaTypes {
 		if m == mt {
 			return true
@@ -67,7 +67,7 @@ func IsManifestMediaType(mt string) bool {
 // IsIndexMediaType reports whether mt (parameters ignored) is an OCI index
 // or a Docker manifest list: a manifest whose references are manifests.
 func IsIndexMediaType(mt string) bool {
-	mt = baseMediaType(mt)
+	mt = BaseMediaType(mt)
 	return mt == MediaTypeOCIIndex || mt == MediaTypeDockerList
 }
 
@@ -100,7 +100,14 @@ var genericMediaTypes = map[string]bool{
 	"*/*":                      true,
 }
 
-func baseMediaType(mt string) string {
+// IsGenericMediaType reports whether mt (a base media type, see
+// BaseMediaType) says nothing about the manifest format: "", JSON, text,
+// octet-stream or */*.
+func IsGenericMediaType(mt string) bool { return genericMediaTypes[mt] }
+
+// BaseMediaType returns the media type of a Content-Type value without its
+// parameters, lower-cased ("" for an empty value).
+func BaseMediaType(mt string) string {
 	mt = strings.TrimSpace(mt)
 	if mt == "" {
 		return ""
@@ -153,8 +160,8 @@ func ParseManifest(mediaType string, b []byte) (Refs, error) {
 	if err := json.Unmarshal(b, &w); err != nil {
 		return Refs{}, fmt.Errorf("%w: %w", ErrMalformedManifest, err)
 	}
-	mt := baseMediaType(mediaType)
-	bodyMT := baseMediaType(w.MediaType)
+	mt := BaseMediaType(mediaType)
+	bodyMT := BaseMediaType(w.MediaType)
 	if genericMediaTypes[mt] {
 		mt = detectMediaType(&w, bodyMT)
 		if mt == "" {
@@ -313,10 +320,28 @@ func (s descriptorSet) appendAll(out []Descriptor, field string, ds []v1.Descrip
 // without a media type included).
 func splitIndexEntries(entries []Descriptor) (blobs, children []Descriptor) {
 	for _, d := range entries {
-		if d.MediaType != "" && !IsManifestMediaType(baseMediaType(d.MediaType)) {
+		if d.MediaType != "" && !IsManifestMediaType(BaseMediaType(d.MediaType)) {
 			blobs = append(blobs, d)
 		} else {
 			children = append(children, d)
+		}
+	}
+	return blobs, children
+}
+
+// SplitReferences sorts a manifest's references, as a registry notification
+// lists them, into blobs (config and layers, and an index's entries that are
+// blobs) and children (anything with a manifest media type, and an index's
+// entries without one).
+func SplitReferences(parentMT string, refs []v1.Descriptor) (blobs, children []Descriptor) {
+	index := IsIndexMediaType(parentMT)
+	bs, cs := newDescriptorSet(len(refs)), newDescriptorSet(0)
+	for _, r := range refs {
+		d := Descriptor{MediaType: r.MediaType, Digest: r.Digest, Size: r.Size}
+		if IsManifestMediaType(BaseMediaType(r.MediaType)) || (index && r.MediaType == "") {
+			children = cs.add(children, d)
+		} else {
+			blobs = bs.add(blobs, d)
 		}
 	}
 	return blobs, children

@@ -1,6 +1,11 @@
 package events
 
 import (
+	// go-digest hashes and checks digests through crypto's registry:
+	// link the algorithms a digest may name (sha256, sha384, sha512), which
+	// the event log's NATS dependency used to link for us.
+	_ "crypto/sha256"
+	_ "crypto/sha512"
 	"errors"
 	"fmt"
 	"regexp"
@@ -81,14 +86,14 @@ func ValidateDigest(d digest.Digest) error {
 	return nil
 }
 
-// validHost reports whether s may be an event's Host: at most 255
+// ValidHost reports whether s may be an event's Host: at most 255
 // characters, none of them NUL, CR or LF. The empty string is valid.
-func validHost(s string) bool {
+func ValidHost(s string) bool {
 	return len(s) <= 255 && !strings.ContainsAny(s, "\x00\n\r")
 }
 
-// validEventID reports whether s may be an event's ID (see Validate).
-func validEventID(s string) bool {
+// ValidEventID reports whether s may be an event's ID (see Validate).
+func ValidEventID(s string) bool {
 	return s != "" && len(s) <= 255 && !strings.ContainsAny(s, "\x00\n\r ")
 }
 
@@ -169,13 +174,13 @@ func (e *Event) Validate() error {
 	c := &checker{id: clip(e.ID)}
 	if e.ID == "" {
 		c.fail("id", "required")
-	} else if !validEventID(e.ID) {
+	} else if !ValidEventID(e.ID) {
 		c.fail("id", "must be at most 255 characters with no spaces or control characters")
 	}
 	if e.Time.IsZero() {
 		c.fail("time", "required")
 	}
-	if !validHost(e.Host) {
+	if !ValidHost(e.Host) {
 		c.fail("host", "must be at most 255 characters with no control characters")
 	}
 	if e.V < 0 || e.V > Version {

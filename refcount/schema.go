@@ -1,6 +1,10 @@
 // Package refcount is the reference-count projection of the event log: the
 // reference graph of a registry, folded from events into one bbolt file.
 //
+// In refgc's flow, notification → event → log → projection → collector →
+// storage, this package is the projection. It depends on events only, never
+// on NATS (events/eventlog feeds it through its Apply) or a cloud SDK.
+//
 // # Schema
 //
 //	meta/

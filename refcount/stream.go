@@ -5,8 +5,8 @@ package refcount
 // starts its sequences at 1 again, so a projection at cursor 500 would
 // skip the new stream's first 500 events, or apply events that follow a
 // history it never saw. The projection therefore records which stream its
-// cursor counts in (events.StreamID: the name and the creation time) and
-// refuses any other.
+// cursor counts in (the event log's StreamID: the name and the creation
+// time) and refuses any other.
 //
 //	meta/
 //	  stream → the identity of the stream the cursor counts in (BindStream)

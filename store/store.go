@@ -2,7 +2,12 @@
 // reconciler act on: a small interface over the objects of the CNCF
 // Distribution storage layout (tags, manifest revisions, repository layer
 // links, blob data), and its implementation, Driver, over Distribution's own
-// storage drivers (filesystem, s3-aws, gcs, azure).
+// storage drivers (filesystem, s3-aws, gcs, azure). The drivers are
+// registered by the binary (cmd/refgc) or by the test that uses one, not
+// here.
+//
+// In refgc's flow, notification → event → log → projection → collector →
+// storage, this package is the storage.
 //
 // Invariants:
 //   - Every storage path is built only from a repository name, tag and

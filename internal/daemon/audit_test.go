@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/distribution"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
@@ -163,11 +165,11 @@ func TestDeadLettersEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var dls []events.StoredDeadLetter
+	var dls []eventlog.StoredDeadLetter
 	if err := json.NewDecoder(resp.Body).Decode(&dls); err != nil {
 		t.Fatal(err)
 	}
-	if len(dls) != 1 || dls[0].ID != "bad-1" || dls[0].Reason != events.ReasonInvalidEvent || !strings.Contains(dls[0].Body, "../etc") {
+	if len(dls) != 1 || dls[0].ID != "bad-1" || dls[0].Reason != distribution.ReasonInvalidEvent || !strings.Contains(dls[0].Body, "../etc") {
 		t.Fatalf("dead letters: %+v", dls)
 	}
 	r2, err := http.Get(e.d.URL() + daemon.DeadPath + "?limit=-1")

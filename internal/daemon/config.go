@@ -89,7 +89,7 @@ type WebhookConfig struct {
 	// None at all disables authentication (development only).
 	Token  string   `yaml:"token"`
 	Tokens []string `yaml:"tokens"`
-	// MaxBodyBytes bounds a notification (0: events.DefaultMaxBodySize).
+	// MaxBodyBytes bounds a notification (0: distribution.DefaultMaxBodySize).
 	MaxBodyBytes int64 `yaml:"maxBodyBytes"`
 	// RegistryURL is where manifests are read for enrichment when no
 	// storage is configured.

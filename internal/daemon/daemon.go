@@ -8,8 +8,8 @@
 //   - Nothing here reads flags, files or the environment: a Config is given.
 //   - At most one collector or reconcile pass runs at a time, whether
 //     started by a loop or by an admin endpoint.
-//   - Once the follower stops with events.ErrCursorGap (the log no longer
-//     reaches the projection's cursor) or events.ErrUndecodable (the log
+//   - Once the follower stops with eventlog.ErrCursorGap (the log no longer
+//     reaches the projection's cursor) or eventlog.ErrUndecodable (the log
 //     holds an event this refgc cannot read) the projection is stale: no
 //     collector pass runs again in this process, and /readyz says why (the
 //     webhook is still served, so notifications keep reaching the log)
@@ -41,6 +41,8 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/distribution"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
 )
@@ -65,22 +67,22 @@ type Daemon struct {
 	cfg    Config
 	log    *slog.Logger
 	now    func() time.Time
-	emb    *events.Embedded
+	emb    *eventlog.Embedded
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	proj   *refcount.Projection
-	fol    *events.Follower
-	pub    *events.Publisher
+	fol    *eventlog.Follower
+	pub    *eventlog.Publisher
 	store  *store.Driver
 	col    *collector.Collector
-	jslog  *collector.JetStreamLog
+	jslog  *eventlog.JetStreamLog
 	stream jetstream.Stream
 	rec    *collector.Reconciler // nil without storage
 	reg    *prometheus.Registry
 	gauges *gauges
 
 	adminUnauthorized prometheus.Counter
-	leader            *events.Leader       // nil without HA: always the leader
+	leader            *eventlog.Leader     // nil without HA: always the leader
 	intents           *collector.KVIntents // nil without HA
 	started           time.Time            // on the daemon's clock
 	ln                net.Listener
@@ -132,7 +134,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.connect(); err != nil {
 		return nil, err
 	}
-	if d.stream, err = events.EnsureStream(ctx, d.js, events.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
+	if d.stream, err = eventlog.EnsureStream(ctx, d.js, eventlog.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
 	d.proj, err = refcount.Open(filepath.Join(cfg.DataDir, ProjectionFile), refcount.Options{
@@ -142,7 +144,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("daemon: projection: %w", err)
 	}
-	d.fol, err = events.NewFollower(d.js, events.FollowerConfig{
+	d.fol, err = eventlog.NewFollower(d.js, eventlog.FollowerConfig{
 		Cursor: d.proj.Cursor,
 		Bind:   d.proj.BindStream,
 		Apply: func(b []events.Record) error {
@@ -154,10 +156,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("daemon: follower: %w", err)
 	}
-	d.pub = events.NewPublisher(d.js, events.PublisherConfig{Registerer: d.reg})
-	d.jslog = &collector.JetStreamLog{Publisher: d.pub, Follower: d.fol}
+	d.pub = eventlog.NewPublisher(d.js, eventlog.PublisherConfig{Registerer: d.reg})
+	d.jslog = &eventlog.JetStreamLog{Publisher: d.pub, Follower: d.fol}
 
-	var reader events.ManifestReader
+	var reader distribution.ManifestReader
 	if cfg.Storage != nil {
 		d.store, err = store.FromConfig(ctx, cfg.Storage, store.WithLogger(d.log))
 		if err != nil {
@@ -178,15 +180,15 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			return nil, err
 		}
 	} else if cfg.Webhook.RegistryURL != "" {
-		reader = &events.RegistryManifestReader{BaseURL: cfg.Webhook.RegistryURL,
+		reader = &distribution.RegistryManifestReader{BaseURL: cfg.Webhook.RegistryURL,
 			Token: cfg.Webhook.RegistryToken, Username: cfg.Webhook.RegistryUser, Password: cfg.Webhook.RegistryPassword}
 	}
 	if cfg.Storage == nil {
 		d.log.Warn("no storage configured: events are recorded, nothing is collected")
 	}
-	hook := events.NewWebhook(events.WebhookConfig{
+	hook := distribution.NewWebhook(distribution.WebhookConfig{
 		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
-		Now: d.now, Translate: events.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
+		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
 	})
 	if cfg.Webhook.Token == "" && !slices.ContainsFunc(cfg.Webhook.Tokens, func(s string) bool { return s != "" }) {
 		d.log.Warn("webhook token empty: notifications are not authenticated")
@@ -198,7 +200,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			host, _ := os.Hostname()
 			id = fmt.Sprintf("%s-%d", host, os.Getpid())
 		}
-		d.leader, err = events.NewLeader(ctx, d.js, events.LeaderConfig{ID: id, TTL: cfg.HA.TTL,
+		d.leader, err = eventlog.NewLeader(ctx, d.js, eventlog.LeaderConfig{ID: id, TTL: cfg.HA.TTL,
 			Replicas: cfg.NATS.Replicas, Logger: d.log})
 		if err != nil {
 			return nil, fmt.Errorf("daemon: %w", err)
@@ -285,7 +287,7 @@ func (d *Daemon) connect() error {
 		if err != nil {
 			return fmt.Errorf("%w: nats listen port: %w", ErrConfig, err)
 		}
-		d.emb, err = events.StartEmbedded(events.EmbeddedConfig{
+		d.emb, err = eventlog.StartEmbedded(eventlog.EmbeddedConfig{
 			StoreDir: filepath.Join(d.cfg.DataDir, "nats"), Host: host, Port: p,
 			Token: cfg.Token, Logger: d.log.With("component", "nats"),
 		})
@@ -294,7 +296,7 @@ func (d *Daemon) connect() error {
 		}
 		url = d.emb.ClientURL()
 	}
-	nc, err := events.Connect(url, events.ConnectOptions{
+	nc, err := eventlog.Connect(url, eventlog.ConnectOptions{
 		Token: cfg.Token, User: cfg.User, Password: cfg.Password, CredsFile: cfg.CredsFile,
 		NKeySeedFile: cfg.NKeyFile, TLSCAFile: cfg.TLSCA, TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey,
 		Name: "refgc", Logger: d.log.With("component", "nats-client"),
@@ -426,7 +428,7 @@ func (d *Daemon) NATSURL() string { return d.nc.ConnectedUrlRedacted() }
 func (d *Daemon) Projection() *refcount.Projection { return d.proj }
 
 // Follower is the daemon's follower.
-func (d *Daemon) Follower() *events.Follower { return d.fol }
+func (d *Daemon) Follower() *eventlog.Follower { return d.fol }
 
 // Registry is the daemon's metrics registry.
 func (d *Daemon) Registry() *prometheus.Registry { return d.reg }

@@ -16,15 +16,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/storage"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/distribution/distribution/v3/registry/storage"
-	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
-
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
@@ -496,7 +496,7 @@ func TestFixtureReplay(t *testing.T) {
 		}
 	}
 	// Unauthenticated posts are refused.
-	resp, err := http.Post(e.d.WebhookURL(), events.DistributionEventsMediaType, strings.NewReader("{}"))
+	resp, err := http.Post(e.d.WebhookURL(), distribution.DistributionEventsMediaType, strings.NewReader("{}"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,7 +521,7 @@ func postEvents(t testing.TB, url string, body []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", events.DistributionEventsMediaType)
+	req.Header.Set("Content-Type", distribution.DistributionEventsMediaType)
 	req.Header.Set("Authorization", "Bearer "+testToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

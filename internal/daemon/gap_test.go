@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/daemon"
 )
 
@@ -32,7 +33,7 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := events.Connect(d.NATSURL(), events.ConnectOptions{})
+	nc, err := eventlog.Connect(d.NATSURL(), eventlog.ConnectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,17 +48,17 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 	}
 
 	// 2. While it is down, more events arrive and the stream is purged past them.
-	emb, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
+	emb, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err = events.Connect(emb.ClientURL(), events.ConnectOptions{})
+	nc, err = eventlog.Connect(emb.ClientURL(), eventlog.ConnectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	js, _ = jetstream.New(nc)
 	publish(js, gapBlob(3), gapBlob(4), gapBlob(5))
-	st, err := js.Stream(ctx, events.DefaultStreamName)
+	st, err := js.Stream(ctx, eventlog.DefaultStreamName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
-	waitHalted(t, d, events.ErrCursorGap, "no longer reaches the projection's cursor")
+	waitHalted(t, d, eventlog.ErrCursorGap, "no longer reaches the projection's cursor")
 }
 
 // A stream deleted and created again while refgc was down restarts its
@@ -89,7 +90,7 @@ func TestRecreatedStreamHaltsCollection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := events.Connect(d.NATSURL(), events.ConnectOptions{})
+	nc, err := eventlog.Connect(d.NATSURL(), eventlog.ConnectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,19 +111,19 @@ func TestRecreatedStreamHaltsCollection(t *testing.T) {
 
 	// 2. While it is down, the stream is deleted and created again, and
 	// receives more events than the projection had applied.
-	emb, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
+	emb, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err = events.Connect(emb.ClientURL(), events.ConnectOptions{})
+	nc, err = eventlog.Connect(emb.ClientURL(), eventlog.ConnectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	js, _ = jetstream.New(nc)
-	if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+	if err := js.DeleteStream(ctx, eventlog.DefaultStreamName); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := events.EnsureStream(ctx, js, events.StreamConfig{}); err != nil {
+	if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
 	publishEvents(t, js, gapBlob(3), gapBlob(4), gapBlob(5), gapBlob(6), gapBlob(7), gapBlob(8))
@@ -153,19 +154,19 @@ func TestUndecodableHaltsCollection(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
-	nc, err := events.Connect(d.NATSURL(), events.ConnectOptions{})
+	nc, err := eventlog.Connect(d.NATSURL(), eventlog.ConnectOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	publishEvents(t, js, gapBlob(0), gapBlob(1))
-	ack, err := js.Publish(ctx, events.SubjectPrefix+"blob_pushed.app", []byte(`{"v":2,"id":"from-the-future"}`))
+	ack, err := js.Publish(ctx, eventlog.SubjectPrefix+"blob_pushed.app", []byte(`{"v":2,"id":"from-the-future"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	publishEvents(t, js, gapBlob(2))
-	waitHalted(t, d, events.ErrUndecodable, "cannot read")
+	waitHalted(t, d, eventlog.ErrUndecodable, "cannot read")
 	if !errors.Is(d.Err(), events.ErrUnsupportedVersion) {
 		t.Errorf("Err() = %v, want ErrUnsupportedVersion in the chain", d.Err())
 	}
@@ -191,7 +192,7 @@ func gapBlob(i int) events.Event {
 
 func publishEvents(t *testing.T, js jetstream.JetStream, evs ...events.Event) {
 	t.Helper()
-	if _, err := events.NewPublisher(js, events.PublisherConfig{}).PublishBatch(context.Background(), evs); err != nil {
+	if _, err := eventlog.NewPublisher(js, eventlog.PublisherConfig{}).PublishBatch(context.Background(), evs); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
 )
@@ -17,7 +17,7 @@ import (
 // other follows as a hot standby and takes over when the first stops.
 func TestHotStandbyTakesOver(t *testing.T) {
 	ctx := context.Background()
-	emb, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
+	emb, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -320,13 +321,13 @@ func (d *Daemon) deadLetters(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	dls, err := events.ReadDeadLetters(r.Context(), d.js, "", limit)
+	dls, err := eventlog.ReadDeadLetters(r.Context(), d.js, "", limit)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	if dls == nil {
-		dls = []events.StoredDeadLetter{}
+		dls = []eventlog.StoredDeadLetter{}
 	}
 	writeJSON(w, http.StatusOK, dls)
 }

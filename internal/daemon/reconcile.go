@@ -10,10 +10,11 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 )
 
 // ErrCollectionHalted is returned (wrapped) by Collect once the follower
-// stopped with events.ErrCursorGap or events.ErrUndecodable: the
+// stopped with eventlog.ErrCursorGap or eventlog.ErrUndecodable: the
 // projection no longer follows the log, and a pass acting on it could
 // delete what it never heard of.
 var ErrCollectionHalted = errors.New("daemon: collection halted, the projection is stale")
@@ -21,10 +22,10 @@ var ErrCollectionHalted = errors.New("daemon: collection halted, the projection 
 // haltsCollection reports whether the follower's error leaves the
 // projection stale for good (see halt), rather than stopping the daemon.
 func haltsCollection(err error) bool {
-	return errors.Is(err, events.ErrCursorGap) || errors.Is(err, events.ErrUndecodable)
+	return errors.Is(err, eventlog.ErrCursorGap) || errors.Is(err, eventlog.ErrUndecodable)
 }
 
-func (d *Daemon) newReconciler(log collector.Log, reg prometheus.Registerer) (*collector.Reconciler, error) {
+func (d *Daemon) newReconciler(log eventlog.Log, reg prometheus.Registerer) (*collector.Reconciler, error) {
 	r, err := collector.NewReconciler(collector.ReconcilerConfig{
 		Projection: d.proj, Store: d.store, Log: log, Concurrency: d.cfg.Collector.Concurrency,
 		Logger: d.log, Registerer: reg, Now: d.now,
@@ -99,9 +100,9 @@ func (d *Daemon) reconcileLocked(ctx context.Context, why string) {
 
 // halt is called once the follower stopped for good: the stream no longer
 // reaches the projection's cursor or is another stream than the one it
-// counts in (events.ErrCursorGap, with events.ErrStreamChanged for a
+// counts in (eventlog.ErrCursorGap, with events.ErrStreamChanged for a
 // recreated stream), or it holds an event this refgc cannot read
-// (events.ErrUndecodable). Collection stops for good in this process; the
+// (eventlog.ErrUndecodable). Collection stops for good in this process; the
 // webhook stays up so that notifications still reach the log; a verify
 // pass (which needs no follower) reports how far the projection is from
 // storage.
@@ -115,7 +116,7 @@ func (d *Daemon) halt(ctx context.Context, err error) {
 	case errors.Is(err, events.ErrStreamChanged):
 		msg = "the event stream is not the one the projection's cursor counts in (it was deleted and created again): " +
 			"collection is halted until the projection is rebuilt"
-	case errors.Is(err, events.ErrUndecodable):
+	case errors.Is(err, eventlog.ErrUndecodable):
 		msg = "the event log holds an event this refgc cannot read: collection is halted until refgc is upgraded or the projection is rebuilt"
 		todo = "if a newer refgc wrote the event, upgrade this one; otherwise " + rebuild
 	}
@@ -191,5 +192,5 @@ func (d *Daemon) Rebuild(ctx context.Context, path string) (collector.RebuildRep
 	}
 	d.passMu.Lock()
 	defer d.passMu.Unlock()
-	return d.rec.Rebuild(ctx, path, collector.StreamReplay(d.stream, 0))
+	return d.rec.Rebuild(ctx, path, eventlog.StreamReplay(d.stream, 0))
 }

@@ -16,7 +16,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/distribution"
 )
 
 // hook is a test endpoint that records, in order, the events it accepts.
@@ -24,7 +24,7 @@ type hook struct {
 	URL string
 
 	mu  sync.Mutex
-	evs []events.DistributionEvent
+	evs []distribution.DistributionEvent
 	raw []json.RawMessage
 }
 
@@ -32,12 +32,12 @@ func newHook(t *testing.T) *hook {
 	t.Helper()
 	h := &hook{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		var env events.DistributionEnvelope
+		var env distribution.DistributionEnvelope
 		if err := json.NewDecoder(req.Body).Decode(&env); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		evs := make([]events.DistributionEvent, len(env.Events))
+		evs := make([]distribution.DistributionEvent, len(env.Events))
 		for i, raw := range env.Events {
 			if err := json.Unmarshal(raw, &evs[i]); err != nil {
 				http.Error(w, err.Error(), http.StatusBadRequest)
@@ -55,7 +55,7 @@ func newHook(t *testing.T) *hook {
 }
 
 // events returns the events received so far and their raw bytes.
-func (h *hook) events() ([]events.DistributionEvent, []json.RawMessage) {
+func (h *hook) events() ([]distribution.DistributionEvent, []json.RawMessage) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.evs), slices.Clone(h.raw)
@@ -100,7 +100,7 @@ func (h *hook) await(t *testing.T, k string) {
 }
 
 // key names an event by action, repository, kind of target and digest.
-func key(e events.DistributionEvent) string {
+func key(e distribution.DistributionEvent) string {
 	kind := "blob"
 	if strings.Contains(e.Target.URL, "/manifests/") {
 		kind = "manifest"
@@ -544,7 +544,7 @@ func TestFaultsReplicas(t *testing.T) {
 		t.Errorf("replica answers %d for the first's push", got)
 	}
 	evs, _ := h.events()
-	source := map[string]events.DistributionSource{}
+	source := map[string]distribution.DistributionSource{}
 	for _, e := range evs {
 		source[key(e)] = e.Source
 	}
@@ -582,7 +582,7 @@ func TestFaultsEndOfTest(t *testing.T) {
 		t.Errorf("after the test: %d held, %d pending", n, p)
 	}
 	before := r.Faults.Stats()
-	resp, err := http.Post(r.Config.Notifications.Endpoints[0].URL, events.DistributionEventsMediaType,
+	resp, err := http.Post(r.Config.Notifications.Endpoints[0].URL, distribution.DistributionEventsMediaType,
 		strings.NewReader(`{"events":[{"id":"late","action":"push"}]}`))
 	if err != nil {
 		t.Fatal(err)

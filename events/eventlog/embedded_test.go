@@ -1,4 +1,4 @@
-package events_test
+package eventlog_test
 
 import (
 	"context"
@@ -15,12 +15,13 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 )
 
 // startServer starts an embedded server on dir; port -1 picks a free one.
-func startServer(t testing.TB, dir string, port int, token string) *events.Embedded {
+func startServer(t testing.TB, dir string, port int, token string) *eventlog.Embedded {
 	t.Helper()
-	srv, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: dir, Port: port, Token: token})
+	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: dir, Port: port, Token: token})
 	if err != nil {
 		t.Fatalf("StartEmbedded: %v", err)
 	}
@@ -30,9 +31,9 @@ func startServer(t testing.TB, dir string, port int, token string) *events.Embed
 
 // connect connects with the package's reconnect settings and returns a
 // JetStream context on the connection.
-func connect(t testing.TB, url string, opts events.ConnectOptions) (*nats.Conn, jetstream.JetStream) {
+func connect(t testing.TB, url string, opts eventlog.ConnectOptions) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := events.Connect(url, opts)
+	nc, err := eventlog.Connect(url, opts)
 	if err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
@@ -45,11 +46,11 @@ func connect(t testing.TB, url string, opts events.ConnectOptions) (*nats.Conn, 
 }
 
 // setup starts a server on a fresh directory with the streams in place.
-func setup(t testing.TB) (*events.Embedded, jetstream.JetStream, jetstream.Stream) {
+func setup(t testing.TB) (*eventlog.Embedded, jetstream.JetStream, jetstream.Stream) {
 	t.Helper()
 	srv := startServer(t, t.TempDir(), -1, "")
-	_, js := connect(t, srv.ClientURL(), events.ConnectOptions{Name: t.Name()})
-	s, err := events.EnsureStream(ctxT(t, 10*time.Second), js, events.StreamConfig{})
+	_, js := connect(t, srv.ClientURL(), eventlog.ConnectOptions{Name: t.Name()})
+	s, err := eventlog.EnsureStream(ctxT(t, 10*time.Second), js, eventlog.StreamConfig{})
 	if err != nil {
 		t.Fatalf("EnsureStream: %v", err)
 	}
@@ -128,7 +129,7 @@ func (r *recorder) Apply(batch []events.Record) error {
 			r.problems = append(r.problems, fmt.Sprintf("event %s applied at %d and again at %d", rec.Event.ID, prev, rec.Seq))
 		}
 		r.seen[rec.Event.ID] = rec.Seq
-		r.lines = append(r.lines, fmt.Sprintf("%d %s %s %s\n", rec.Seq, rec.Event.ID, rec.Event.Kind, events.EventRepo(rec.Event)))
+		r.lines = append(r.lines, fmt.Sprintf("%d %s %s %s\n", rec.Seq, rec.Event.ID, rec.Event.Kind, eventlog.EventRepo(rec.Event)))
 	}
 	last := r.cursor
 	fn := r.afterFn
@@ -176,13 +177,13 @@ func (r *recorder) check(t testing.TB, want int) {
 	}
 }
 
-func followerFor(t testing.TB, js jetstream.JetStream, r *recorder, mod func(*events.FollowerConfig)) *events.Follower {
+func followerFor(t testing.TB, js jetstream.JetStream, r *recorder, mod func(*eventlog.FollowerConfig)) *eventlog.Follower {
 	t.Helper()
-	cfg := events.FollowerConfig{Cursor: r.Cursor, Apply: r.Apply, CheckInterval: 200 * time.Millisecond}
+	cfg := eventlog.FollowerConfig{Cursor: r.Cursor, Apply: r.Apply, CheckInterval: 200 * time.Millisecond}
 	if mod != nil {
 		mod(&cfg)
 	}
-	f, err := events.NewFollower(js, cfg)
+	f, err := eventlog.NewFollower(js, cfg)
 	if err != nil {
 		t.Fatalf("NewFollower: %v", err)
 	}
@@ -191,7 +192,7 @@ func followerFor(t testing.TB, js jetstream.JetStream, r *recorder, mod func(*ev
 
 // runFollower runs f until the test ends or stop is called; stop waits for
 // Run and returns its error.
-func runFollower(t testing.TB, f *events.Follower) (stop func() error) {
+func runFollower(t testing.TB, f *eventlog.Follower) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -222,7 +223,7 @@ func TestTokenAuth(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			nc, err := events.Connect(srv.ClientURL(), events.ConnectOptions{Token: tt.token})
+			nc, err := eventlog.Connect(srv.ClientURL(), eventlog.ConnectOptions{Token: tt.token})
 			if tt.ok {
 				if err != nil {
 					t.Fatalf("Connect: %v", err)
@@ -232,7 +233,7 @@ func TestTokenAuth(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if _, err := events.EnsureStream(ctxT(t, 10*time.Second), js, events.StreamConfig{}); err != nil {
+				if _, err := eventlog.EnsureStream(ctxT(t, 10*time.Second), js, eventlog.StreamConfig{}); err != nil {
 					t.Fatalf("EnsureStream over an authenticated connection: %v", err)
 				}
 				return
@@ -250,16 +251,16 @@ func TestTokenAuth(t *testing.T) {
 
 func TestEmbeddedRestartKeepsStream(t *testing.T) {
 	dir := t.TempDir()
-	srv, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: dir, Port: -1})
+	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: dir, Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := srv.Port()
-	_, js := connect(t, srv.ClientURL(), events.ConnectOptions{})
-	if _, err := events.EnsureStream(ctxT(t, 10*time.Second), js, events.StreamConfig{}); err != nil {
+	_, js := connect(t, srv.ClientURL(), eventlog.ConnectOptions{})
+	if _, err := eventlog.EnsureStream(ctxT(t, 10*time.Second), js, eventlog.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	if _, err := pub.PublishBatch(ctxT(t, 10*time.Second), testEvents(0, 10)); err != nil {
 		t.Fatal(err)
 	}
@@ -268,8 +269,8 @@ func TestEmbeddedRestartKeepsStream(t *testing.T) {
 	if srv2.Port() != port {
 		t.Fatalf("restarted on port %d, want %d", srv2.Port(), port)
 	}
-	_, js2 := connect(t, srv2.ClientURL(), events.ConnectOptions{})
-	s, err := js2.Stream(ctxT(t, 10*time.Second), events.DefaultStreamName)
+	_, js2 := connect(t, srv2.ClientURL(), eventlog.ConnectOptions{})
+	s, err := js2.Stream(ctxT(t, 10*time.Second), eventlog.DefaultStreamName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +280,7 @@ func TestEmbeddedRestartKeepsStream(t *testing.T) {
 }
 
 func TestStartEmbeddedNeedsStoreDir(t *testing.T) {
-	if _, err := events.StartEmbedded(events.EmbeddedConfig{Port: -1}); err == nil {
+	if _, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{Port: -1}); err == nil {
 		t.Fatal("started without a store directory")
 	}
 }

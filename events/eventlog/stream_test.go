@@ -1,4 +1,4 @@
-package events_test
+package eventlog_test
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 )
 
 func TestEnsureStreamDefaults(t *testing.T) {
@@ -34,7 +34,7 @@ func TestEnsureStreamDefaults(t *testing.T) {
 
 	// Idempotent: a second call changes nothing.
 	before := s.CachedInfo().Created
-	s2, err := events.EnsureStream(ctx, js, events.StreamConfig{})
+	s2, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{})
 	if err != nil {
 		t.Fatalf("second EnsureStream: %v", err)
 	}
@@ -43,7 +43,7 @@ func TestEnsureStreamDefaults(t *testing.T) {
 	}
 
 	// Limits are brought to the configuration.
-	s3, err := events.EnsureStream(ctx, js, events.StreamConfig{Duplicates: 10 * time.Minute, MaxAge: 90 * 24 * time.Hour})
+	s3, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{Duplicates: 10 * time.Minute, MaxAge: 90 * 24 * time.Hour})
 	if err != nil {
 		t.Fatalf("EnsureStream with new limits: %v", err)
 	}
@@ -56,26 +56,26 @@ func TestEnsureStreamConflicts(t *testing.T) {
 	tests := []struct {
 		name     string
 		existing jetstream.StreamConfig
-		cfg      events.StreamConfig
+		cfg      eventlog.StreamConfig
 	}{
-		{"other subjects", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"other.>"}, Storage: jetstream.FileStorage}, events.StreamConfig{}},
-		{"more subjects", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"refgc.events.>", "x.>"}, Storage: jetstream.FileStorage}, events.StreamConfig{}},
-		{"memory storage", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"refgc.events.>"}, Storage: jetstream.MemoryStorage}, events.StreamConfig{}},
-		{"work queue", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"refgc.events.>"}, Storage: jetstream.FileStorage, Retention: jetstream.WorkQueuePolicy}, events.StreamConfig{}},
-		{"dead letter memory", jetstream.StreamConfig{Name: "REFGC_DEADLETTER", Subjects: []string{"refgc.deadletter.>"}, Storage: jetstream.MemoryStorage}, events.StreamConfig{}},
-		{"subjects taken by another stream", jetstream.StreamConfig{Name: "SOMEONE_ELSE", Subjects: []string{"refgc.events.>"}, Storage: jetstream.FileStorage}, events.StreamConfig{}},
-		{"subjects taken under another name", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"refgc.events.>"}, Storage: jetstream.FileStorage}, events.StreamConfig{Name: "MINE"}},
+		{"other subjects", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"other.>"}, Storage: jetstream.FileStorage}, eventlog.StreamConfig{}},
+		{"more subjects", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"refgc.events.>", "x.>"}, Storage: jetstream.FileStorage}, eventlog.StreamConfig{}},
+		{"memory storage", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"refgc.events.>"}, Storage: jetstream.MemoryStorage}, eventlog.StreamConfig{}},
+		{"work queue", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"refgc.events.>"}, Storage: jetstream.FileStorage, Retention: jetstream.WorkQueuePolicy}, eventlog.StreamConfig{}},
+		{"dead letter memory", jetstream.StreamConfig{Name: "REFGC_DEADLETTER", Subjects: []string{"refgc.deadletter.>"}, Storage: jetstream.MemoryStorage}, eventlog.StreamConfig{}},
+		{"subjects taken by another stream", jetstream.StreamConfig{Name: "SOMEONE_ELSE", Subjects: []string{"refgc.events.>"}, Storage: jetstream.FileStorage}, eventlog.StreamConfig{}},
+		{"subjects taken under another name", jetstream.StreamConfig{Name: "REFGC_EVENTS", Subjects: []string{"refgc.events.>"}, Storage: jetstream.FileStorage}, eventlog.StreamConfig{Name: "MINE"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := startServer(t, t.TempDir(), -1, "")
-			_, js := connect(t, srv.ClientURL(), events.ConnectOptions{})
+			_, js := connect(t, srv.ClientURL(), eventlog.ConnectOptions{})
 			ctx := ctxT(t, 10*time.Second)
 			if _, err := js.CreateStream(ctx, tt.existing); err != nil {
 				t.Fatalf("create the existing stream: %v", err)
 			}
-			_, err := events.EnsureStream(ctx, js, tt.cfg)
-			if !errors.Is(err, events.ErrStreamConflict) {
+			_, err := eventlog.EnsureStream(ctx, js, tt.cfg)
+			if !errors.Is(err, eventlog.ErrStreamConflict) {
 				t.Fatalf("EnsureStream = %v, want ErrStreamConflict", err)
 			}
 			// The existing stream is left as it was.
@@ -96,17 +96,17 @@ func TestEnsureStreamConflicts(t *testing.T) {
 func TestStreamID(t *testing.T) {
 	dir := t.TempDir()
 	// id ensures the stream with cfg, after delete if asked, and returns its identity.
-	id := func(url string, cfg events.StreamConfig, deleteFirst bool) string {
+	id := func(url string, cfg eventlog.StreamConfig, deleteFirst bool) string {
 		t.Helper()
-		nc, js := connect(t, url, events.ConnectOptions{})
+		nc, js := connect(t, url, eventlog.ConnectOptions{})
 		defer nc.Close()
 		ctx := ctxT(t, 10*time.Second)
 		if deleteFirst {
-			if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+			if err := js.DeleteStream(ctx, eventlog.DefaultStreamName); err != nil {
 				t.Fatal(err)
 			}
 		}
-		s, err := events.EnsureStream(ctx, js, cfg)
+		s, err := eventlog.EnsureStream(ctx, js, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,26 +114,26 @@ func TestStreamID(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return events.StreamID(info)
+		return eventlog.StreamID(info)
 	}
-	srv, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: dir, Port: -1})
+	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: dir, Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := id(srv.ClientURL(), events.StreamConfig{}, false)
-	if !strings.HasPrefix(first, events.DefaultStreamName+"@") {
+	first := id(srv.ClientURL(), eventlog.StreamConfig{}, false)
+	if !strings.HasPrefix(first, eventlog.DefaultStreamName+"@") {
 		t.Errorf("identity %q does not name the stream", first)
 	}
 	srv.Shutdown()
-	srv, err = events.StartEmbedded(events.EmbeddedConfig{StoreDir: dir, Port: -1})
+	srv, err = eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: dir, Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
-	if again := id(srv.ClientURL(), events.StreamConfig{Duplicates: 2 * time.Hour}, false); again != first {
+	if again := id(srv.ClientURL(), eventlog.StreamConfig{Duplicates: 2 * time.Hour}, false); again != first {
 		t.Errorf("after a restart and an update: %q, want %q", again, first)
 	}
-	if recreated := id(srv.ClientURL(), events.StreamConfig{}, true); recreated == first {
+	if recreated := id(srv.ClientURL(), eventlog.StreamConfig{}, true); recreated == first {
 		t.Errorf("a recreated stream has the old identity %q", first)
 	}
 }

@@ -1,4 +1,4 @@
-package events
+package eventlog
 
 import (
 	"context"
@@ -24,13 +24,6 @@ const (
 // stream already captures refgc's subjects. refgc never rewrites such a
 // stream: resolve the conflict by hand or configure another name.
 var ErrStreamConflict = errors.New("events: conflicting stream configuration")
-
-// ErrStreamChanged is returned (wrapped) when a projection meets another
-// stream than the one its cursor counts in: the stream was deleted and
-// created again under its name (its sequences restarted at 1), or the
-// projection was built from another log. The follower stops with it (and
-// ErrCursorGap); rebuild the projection.
-var ErrStreamChanged = errors.New("events: not the stream the projection follows")
 
 // StreamID returns a stream's identity: its name and its creation time. A
 // stream deleted and created again under the same name has another one.

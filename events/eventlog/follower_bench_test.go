@@ -1,4 +1,4 @@
-package events_test
+package eventlog_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -31,8 +32,8 @@ func benchEvents(n int) []events.Event {
 func benchSetup(b *testing.B) (jetstream.JetStream, jetstream.Stream) {
 	b.Helper()
 	srv := startServer(b, b.TempDir(), -1, "")
-	_, js := connect(b, srv.ClientURL(), events.ConnectOptions{})
-	s, err := events.EnsureStream(ctxT(b, 10*time.Second), js, events.StreamConfig{})
+	_, js := connect(b, srv.ClientURL(), eventlog.ConnectOptions{})
+	s, err := eventlog.EnsureStream(ctxT(b, 10*time.Second), js, eventlog.StreamConfig{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func BenchmarkEventLog(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			msgs[i] = &nats.Msg{Subject: events.Subject(e), Data: data, Header: nats.Header{}}
+			msgs[i] = &nats.Msg{Subject: eventlog.Subject(e), Data: data, Header: nats.Header{}}
 		}
 		ctx := ctxT(b, 10*time.Minute)
 		cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
@@ -130,7 +131,7 @@ func benchFollow(b *testing.B, cursor func() (uint64, error), apply func([]event
 	js, _ := benchSetup(b)
 	evs := benchEvents(b.N)
 	var calls int
-	f, err := events.NewFollower(js, events.FollowerConfig{
+	f, err := eventlog.NewFollower(js, eventlog.FollowerConfig{
 		Cursor:   cursor,
 		MaxBatch: *benchMaxBatch,
 		Apply: func(batch []events.Record) error {
@@ -145,7 +146,7 @@ func benchFollow(b *testing.B, cursor func() (uint64, error), apply func([]event
 	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- f.Run(ctx) }()
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < len(evs); i += 1000 {
@@ -196,7 +197,7 @@ func benchLatency(b *testing.B, cursor func() (uint64, error), apply func([]even
 	sent := make([]time.Time, b.N+1) // by stream sequence
 	lat := make([]time.Duration, 0, b.N)
 	var mu sync.Mutex
-	f, err := events.NewFollower(js, events.FollowerConfig{
+	f, err := eventlog.NewFollower(js, eventlog.FollowerConfig{
 		Cursor:  cursor,
 		MaxWait: *benchMaxWait,
 		Apply: func(batch []events.Record) error {
@@ -219,7 +220,7 @@ func benchLatency(b *testing.B, cursor func() (uint64, error), apply func([]even
 	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- f.Run(ctx) }()
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	b.ResetTimer()
 	start := time.Now()
 	for i, e := range evs {
@@ -259,7 +260,7 @@ func benchLatency(b *testing.B, cursor func() (uint64, error), apply func([]even
 // stream info request and no wait).
 func BenchmarkCatchUp(b *testing.B) {
 	js, _ := benchSetup(b)
-	publishAll(b, events.NewPublisher(js, events.PublisherConfig{}), testEvents(0, 100))
+	publishAll(b, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), testEvents(0, 100))
 	r := newRecorder()
 	f := followerFor(b, js, r, nil)
 	runFollower(b, f)

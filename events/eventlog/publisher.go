@@ -1,4 +1,4 @@
-package events
+package eventlog
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/refgc/refgc/events"
 )
 
 // Headers of a dead letter. The raw body is the message payload.
@@ -135,18 +137,18 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 }
 
 // message validates and encodes e into the message that carries it.
-func (p *Publisher) message(e Event) (*nats.Msg, error) {
+func (p *Publisher) message(e events.Event) (*nats.Msg, error) {
 	if err := e.Validate(); err != nil {
 		return nil, fmt.Errorf("events: publish: %w", err)
 	}
-	b, err := Encode(e)
+	b, err := events.Encode(e)
 	if err != nil {
 		return nil, err
 	}
 	return &nats.Msg{Subject: Subject(e), Data: b, Header: nats.Header{}}, nil
 }
 
-func (p *Publisher) record(kind Kind, ack *jetstream.PubAck) PubResult {
+func (p *Publisher) record(kind events.Kind, ack *jetstream.PubAck) PubResult {
 	if ack.Duplicate {
 		if p.duplicates != nil {
 			p.duplicates.Inc()
@@ -161,7 +163,7 @@ func (p *Publisher) record(kind Kind, ack *jetstream.PubAck) PubResult {
 // invalid event gives an error wrapping ErrInvalid and nothing is sent.
 // After an error other than that, the event may or may not be stored:
 // publish it again (same id) to be sure.
-func (p *Publisher) Publish(ctx context.Context, e Event) (PubResult, error) {
+func (p *Publisher) Publish(ctx context.Context, e events.Event) (PubResult, error) {
 	m, err := p.message(e)
 	if err != nil {
 		return PubResult{}, err
@@ -177,7 +179,7 @@ func (p *Publisher) Publish(ctx context.Context, e Event) (PubResult, error) {
 // caller reads the ack from the returned future. The published and
 // duplicate counters only count publishes whose ack this package sees
 // (Publish and PublishBatch).
-func (p *Publisher) PublishAsync(e Event) (jetstream.PubAckFuture, error) {
+func (p *Publisher) PublishAsync(e events.Event) (jetstream.PubAckFuture, error) {
 	m, err := p.message(e)
 	if err != nil {
 		return nil, err
@@ -195,7 +197,7 @@ func (p *Publisher) PublishAsync(e Event) (jetstream.PubAckFuture, error) {
 // results are in the order of evs; on error, the results of events whose
 // ack failed are zero and the error names the first failure. Republishing
 // the whole batch after an error is safe: the server drops the copies.
-func (p *Publisher) PublishBatch(ctx context.Context, evs []Event) ([]PubResult, error) {
+func (p *Publisher) PublishBatch(ctx context.Context, evs []events.Event) ([]PubResult, error) {
 	msgs := make([]*nats.Msg, len(evs))
 	for i, e := range evs {
 		m, err := p.message(e)
@@ -268,9 +270,9 @@ func (p *Publisher) DeadLetter(ctx context.Context, d DeadLetter) error {
 	}
 	body := d.Body
 	m := &nats.Msg{Subject: DeadLetterPrefix + sourceToken(d.Source), Header: nats.Header{}}
-	if len(body) > MaxEncodedSize {
+	if len(body) > events.MaxEncodedSize {
 		m.Header.Set(HeaderDeadLetterTruncated, strconv.Itoa(len(body)))
-		body = body[:MaxEncodedSize]
+		body = body[:events.MaxEncodedSize]
 	}
 	m.Data = body
 	m.Header.Set(HeaderDeadLetterReason, headerValue(d.Reason))

@@ -1,4 +1,4 @@
-package events
+package distribution
 
 // The webhook ingest: the HTTP endpoint CNCF Distribution posts its
 // notifications to (served by the caller at POST /v1/distribution/events).
@@ -52,15 +52,18 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 )
 
 // Sink is where the webhook puts what it translated; *Publisher is one.
 type Sink interface {
 	// PublishBatch stores all events, or reports an error (after which
 	// some may be stored; republishing them is safe).
-	PublishBatch(ctx context.Context, evs []Event) ([]PubResult, error)
+	PublishBatch(ctx context.Context, evs []events.Event) ([]eventlog.PubResult, error)
 	// DeadLetter stores a notification that could not become an event.
-	DeadLetter(ctx context.Context, d DeadLetter) error
+	DeadLetter(ctx context.Context, d eventlog.DeadLetter) error
 }
 
 // DefaultWebhookRetryAfter is the Retry-After of a 503 answer.
@@ -316,8 +319,8 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 	}
 
 	var (
-		evs  []Event
-		dead []DeadLetter
+		evs  []events.Event
+		dead []eventlog.DeadLetter
 		resp WebhookResponse
 	)
 	for i := range results {
@@ -331,7 +334,7 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 			if badType && res.Index < 0 {
 				detail = fmt.Sprintf("%s (content type %q)", detail, clip(ctHeader))
 			}
-			dead = append(dead, DeadLetter{
+			dead = append(dead, eventlog.DeadLetter{
 				ID: res.ID, Source: res.Source, Reason: res.Reason,
 				Detail: detail, Body: res.Raw, Time: received,
 			})
@@ -360,7 +363,7 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 			return h.unavailable(w, "publish", err, len(evs))
 		}
 		for i, e := range evs {
-			if e.Kind == Refused {
+			if e.Kind == events.Refused {
 				continue
 			}
 			resp.Accepted++
@@ -417,13 +420,13 @@ func (h *webhook) readBody(r *http.Request) (body []byte, size int64, capped boo
 }
 
 // refusedEvent is the Refused event that announces a dead-lettered Result.
-func refusedEvent(res *Result, at time.Time) Event {
-	ev := Event{V: Version, ID: refusedID(res.ID), Time: at, Received: at, Source: res.Source,
-		Kind: Refused, Refused: &RefusedRef{Reason: res.Reason}}
-	if validHost(res.Host) {
+func refusedEvent(res *Result, at time.Time) events.Event {
+	ev := events.Event{V: events.Version, ID: refusedID(res.ID), Time: at, Received: at, Source: res.Source,
+		Kind: events.Refused, Refused: &events.RefusedRef{Reason: res.Reason}}
+	if events.ValidHost(res.Host) {
 		ev.Host = res.Host
 	}
-	if ValidateRepo(res.Repo) == nil {
+	if events.ValidateRepo(res.Repo) == nil {
 		ev.Refused.Repo = res.Repo
 	}
 	return ev
@@ -432,7 +435,7 @@ func refusedEvent(res *Result, at time.Time) Event {
 // refusedID derives a Refused event's ID from its dead letter's: "refused-"
 // and the id, or, when that would not be a valid event id, the hash of the id.
 func refusedID(id string) string {
-	if s := "refused-" + id; validEventID(s) {
+	if s := "refused-" + id; events.ValidEventID(s) {
 		return s
 	}
 	return "refused-sha256:" + digest.FromString(id).Encoded()
@@ -448,10 +451,10 @@ func (h *webhook) unauthorized(w http.ResponseWriter, r *http.Request, received 
 	}
 	h.log.Warn("webhook: unauthorized notification request", "remote", r.RemoteAddr)
 	if h.takeUnauthorizedSlot(received) {
-		ev := Event{V: Version, ID: fmt.Sprintf("refused-%s-%d", ReasonUnauthorized, received.UnixNano()),
-			Time: received, Received: received, Kind: Refused, Refused: &RefusedRef{Reason: ReasonUnauthorized}}
+		ev := events.Event{V: events.Version, ID: fmt.Sprintf("refused-%s-%d", ReasonUnauthorized, received.UnixNano()),
+			Time: received, Received: received, Kind: events.Refused, Refused: &events.RefusedRef{Reason: ReasonUnauthorized}}
 		ctx, cancel := context.WithTimeout(r.Context(), h.cfg.PublishTimeout)
-		if _, err := h.cfg.Sink.PublishBatch(ctx, []Event{ev}); err != nil {
+		if _, err := h.cfg.Sink.PublishBatch(ctx, []events.Event{ev}); err != nil {
 			h.log.Error("webhook: publishing the refusal of an unauthorized request failed", "err", err)
 		}
 		cancel()

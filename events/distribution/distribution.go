@@ -1,4 +1,4 @@
-package events
+package distribution
 
 // Translation of CNCF Distribution (v3.1.2) notifications into domain events.
 //
@@ -35,6 +35,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/refgc/refgc/events"
 )
 
 // DistributionEventsMediaType is the content type of Distribution's notification envelopes.
@@ -171,7 +173,7 @@ type Result struct {
 	// Time is the registry's timestamp.
 	Time time.Time
 	// Events are the domain events, each valid; empty when dropped or dead-lettered.
-	Events []Event
+	Events []events.Event
 	// Dropped, when set, says why the registry event needs no domain event.
 	Dropped string
 	// Reason is the dead-letter reason (one of DeadLetterReasons), or "".
@@ -326,8 +328,8 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 			res.Time = time.Now()
 		}
 	}
-	ev := Event{V: Version, ID: res.ID, Time: res.Time, Source: res.Source}
-	if validHost(de.Source.Addr) {
+	ev := events.Event{V: events.Version, ID: res.ID, Time: res.Time, Source: res.Source}
+	if events.ValidHost(de.Source.Addr) {
 		// A host that could not be valid is left out rather than costing
 		// the registry its event.
 		ev.Host = de.Source.Addr
@@ -346,27 +348,27 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 				return fail(ReasonInvalidEvent, err)
 			}
 			m, enrichErr := manifestPushed(ctx, t, opts)
-			ev.Kind, ev.Manifest = ManifestPushed, m
+			ev.Kind, ev.Manifest = events.ManifestPushed, m
 			res.EnrichErr = enrichErr
 		case targetBlob:
-			ev.Kind, ev.Blob = BlobPushed, &Blob{Repo: t.Repository, Digest: t.Digest, Size: targetSize(t)}
+			ev.Kind, ev.Blob = events.BlobPushed, &events.Blob{Repo: t.Repository, Digest: t.Digest, Size: targetSize(t)}
 		default:
 			return fail(ReasonInvalidEvent, fmt.Errorf("push target %q is neither a manifest nor a blob", clip(t.MediaType)))
 		}
 	case ActionMount:
-		ev.Kind, ev.Blob = BlobMounted, &Blob{Repo: t.Repository, Digest: t.Digest, Size: targetSize(t), From: t.FromRepository}
+		ev.Kind, ev.Blob = events.BlobMounted, &events.Blob{Repo: t.Repository, Digest: t.Digest, Size: targetSize(t), From: t.FromRepository}
 	case ActionPull:
 		if t.Digest == "" {
 			res.Dropped = "pull without a digest"
 			return res
 		}
-		ev.Kind, ev.Ref = Touched, &Ref{Repo: t.Repository, Digest: t.Digest}
+		ev.Kind, ev.Ref = events.Touched, &events.Ref{Repo: t.Repository, Digest: t.Digest}
 	case ActionDelete:
 		switch {
 		case t.Digest != "":
-			ev.Kind, ev.Ref = DigestDeleted, &Ref{Repo: t.Repository, Digest: t.Digest}
+			ev.Kind, ev.Ref = events.DigestDeleted, &events.Ref{Repo: t.Repository, Digest: t.Digest}
 		case t.Tag != "":
-			ev.Kind, ev.Tag = TagDeleted, &Tag{Repo: t.Repository, Name: t.Tag}
+			ev.Kind, ev.Tag = events.TagDeleted, &events.Tag{Repo: t.Repository, Name: t.Tag}
 		default:
 			return fail(ReasonInvalidEvent, errors.New("delete names neither a digest nor a tag"))
 		}
@@ -376,7 +378,7 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 	if err := ev.Validate(); err != nil {
 		return fail(ReasonInvalidEvent, err)
 	}
-	res.Events = []Event{ev}
+	res.Events = []events.Event{ev}
 	return res
 }
 
@@ -392,11 +394,11 @@ func distributionSource(s DistributionSource) string {
 
 // checkRef validates what is sent to the registry before reading a manifest.
 func checkRef(repo string, d digest.Digest) error {
-	if err := ValidateRepo(repo); err != nil {
-		return &ValidationError{Field: "target.repository", Reason: err.Error()}
+	if err := events.ValidateRepo(repo); err != nil {
+		return &events.ValidationError{Field: "target.repository", Reason: err.Error()}
 	}
-	if err := ValidateDigest(d); err != nil {
-		return &ValidationError{Field: "target.digest", Reason: err.Error()}
+	if err := events.ValidateDigest(d); err != nil {
+		return &events.ValidationError{Field: "target.digest", Reason: err.Error()}
 	}
 	return nil
 }
@@ -422,9 +424,9 @@ func targetKind(t *DistributionTarget) targetClass {
 			}
 		}
 	}
-	mt := baseMediaType(t.MediaType)
+	mt := events.BaseMediaType(t.MediaType)
 	switch {
-	case IsManifestMediaType(mt):
+	case events.IsManifestMediaType(mt):
 		return targetManifest
 	case mt == "application/octet-stream":
 		return targetBlob
@@ -443,7 +445,7 @@ func targetSize(t *DistributionTarget) int64 {
 // subject (or whether the type is unknown, and reading the body will tell).
 func canHaveSubject(mt string) bool {
 	switch mt {
-	case MediaTypeDockerManifest, MediaTypeDockerList, MediaTypeDockerSchema1, MediaTypeDockerSchema1JWS:
+	case events.MediaTypeDockerManifest, events.MediaTypeDockerList, events.MediaTypeDockerSchema1, events.MediaTypeDockerSchema1JWS:
 		return false
 	}
 	return true
@@ -451,14 +453,14 @@ func canHaveSubject(mt string) bool {
 
 // manifestPushed builds the body of ManifestPushed from the target and,
 // when needed and possible, the manifest itself.
-func manifestPushed(ctx context.Context, t *DistributionTarget, opts *TranslateOptions) (*Manifest, error) {
-	m := &Manifest{Repo: t.Repository, Digest: t.Digest, Size: targetSize(t), Tag: t.Tag}
-	if mt := baseMediaType(t.MediaType); !genericMediaTypes[mt] {
+func manifestPushed(ctx context.Context, t *DistributionTarget, opts *TranslateOptions) (*events.Manifest, error) {
+	m := &events.Manifest{Repo: t.Repository, Digest: t.Digest, Size: targetSize(t), Tag: t.Tag}
+	if mt := events.BaseMediaType(t.MediaType); !events.IsGenericMediaType(mt) {
 		m.MediaType = mt
 	}
 	fromEvent := len(t.References) > 0
 	if fromEvent {
-		m.Blobs, m.Children = splitReferences(m.MediaType, t.References)
+		m.Blobs, m.Children = events.SplitReferences(m.MediaType, t.References)
 	}
 	if opts.Reader == nil || (fromEvent && !canHaveSubject(m.MediaType)) {
 		return m, nil
@@ -480,7 +482,7 @@ func manifestPushed(ctx context.Context, t *DistributionTarget, opts *TranslateO
 	return m, nil
 }
 
-func readRefs(ctx context.Context, opts *TranslateOptions, repo string, d digest.Digest) (Refs, error) {
+func readRefs(ctx context.Context, opts *TranslateOptions, repo string, d digest.Digest) (events.Refs, error) {
 	timeout := opts.EnrichTimeout
 	if timeout <= 0 {
 		timeout = DefaultEnrichTimeout
@@ -489,29 +491,12 @@ func readRefs(ctx context.Context, opts *TranslateOptions, repo string, d digest
 	defer cancel()
 	body, mt, err := opts.Reader.ReadManifest(ctx, repo, d)
 	if err != nil {
-		return Refs{}, err
+		return events.Refs{}, err
 	}
 	if got := d.Algorithm().FromBytes(body); got != d {
-		return Refs{}, fmt.Errorf("%w: read %s", ErrDigestMismatch, got)
+		return events.Refs{}, fmt.Errorf("%w: read %s", ErrDigestMismatch, got)
 	}
-	return ParseManifest(mt, body)
-}
-
-// splitReferences sorts a notification's references into blobs (config and
-// layers, and an index's entries that are blobs) and children (anything
-// with a manifest media type, and an index's entries without one).
-func splitReferences(parentMT string, refs []v1.Descriptor) (blobs, children []Descriptor) {
-	index := IsIndexMediaType(parentMT)
-	bs, cs := newDescriptorSet(len(refs)), newDescriptorSet(0)
-	for _, r := range refs {
-		d := Descriptor{MediaType: r.MediaType, Digest: r.Digest, Size: r.Size}
-		if IsManifestMediaType(baseMediaType(r.MediaType)) || (index && r.MediaType == "") {
-			children = cs.add(children, d)
-		} else {
-			blobs = bs.add(blobs, d)
-		}
-	}
-	return blobs, children
+	return events.ParseManifest(mt, body)
 }
 
 // ErrManifestNotFound is returned by RegistryManifestReader when the
@@ -545,7 +530,7 @@ type RegistryManifestReader struct {
 }
 
 // manifestAccept is the Accept header of manifest reads.
-var manifestAccept = strings.Join(manifestMediaTypes, ", ")
+var manifestAccept = strings.Join(events.ManifestMediaTypes(), ", ")
 
 // ReadManifest implements ManifestReader.
 func (r *RegistryManifestReader) ReadManifest(ctx context.Context, repo string, d digest.Digest) ([]byte, string, error) {
@@ -584,20 +569,28 @@ func (r *RegistryManifestReader) ReadManifest(ctx context.Context, repo string, 
 	}
 	limit := r.MaxSize
 	if limit <= 0 {
-		limit = MaxManifestSize
+		limit = events.MaxManifestSize
 	}
 	if resp.ContentLength > limit {
-		return nil, "", fmt.Errorf("%w: %s@%s is %d bytes", ErrManifestTooLarge, repo, d, resp.ContentLength)
+		return nil, "", fmt.Errorf("%w: %s@%s is %d bytes", events.ErrManifestTooLarge, repo, d, resp.ContentLength)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, "", fmt.Errorf("events: read manifest %s@%s: %w", repo, d, err)
 	}
 	if int64(len(body)) > limit {
-		return nil, "", fmt.Errorf("%w: %s@%s exceeds %d bytes", ErrManifestTooLarge, repo, d, limit)
+		return nil, "", fmt.Errorf("%w: %s@%s exceeds %d bytes", events.ErrManifestTooLarge, repo, d, limit)
 	}
 	if got := d.Algorithm().FromBytes(body); got != d {
 		return nil, "", fmt.Errorf("%w: %s@%s served %s", ErrDigestMismatch, repo, d, got)
 	}
-	return body, baseMediaType(resp.Header.Get("Content-Type")), nil
+	return body, events.BaseMediaType(resp.Header.Get("Content-Type")), nil
+}
+
+// clip shortens s for an error message or a log line.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
 }

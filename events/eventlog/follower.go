@@ -1,4 +1,4 @@
-package events
+package eventlog
 
 // # Following the event log
 //
@@ -64,6 +64,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/refgc/refgc/events"
 )
 
 // ErrCursorGap is returned (wrapped) when the stream no longer holds the
@@ -101,7 +103,7 @@ type FollowerConfig struct {
 	// Apply commits a batch, and the cursor to its last record's Seq,
 	// durably and atomically. The follower moves on only after it returns
 	// nil. Apply must not keep batch after it returns. Required.
-	Apply func(batch []Record) error
+	Apply func(batch []events.Record) error
 	// Bind, if set, is called by Run with the stream's StreamID before
 	// anything is applied: the projection records it, or refuses it with
 	// an error wrapping ErrStreamChanged if its cursor counts in another
@@ -356,7 +358,7 @@ func (f *Follower) checkIdentity(info *jetstream.StreamInfo, cursor uint64) erro
 	f.mu.Unlock()
 	if got := StreamID(info); want != "" && got != want {
 		return fmt.Errorf("%w: %w: the projection at sequence %d follows stream %s, which was replaced by %s "+
-			"(deleted and created again): rebuild the projection with `refgc rebuild`", ErrCursorGap, ErrStreamChanged, cursor, want, got)
+			"(deleted and created again): rebuild the projection with `refgc rebuild`", ErrCursorGap, events.ErrStreamChanged, cursor, want, got)
 	}
 	return nil
 }
@@ -367,7 +369,7 @@ func (f *Follower) bind(info *jetstream.StreamInfo, cursor uint64) error {
 	id := StreamID(info)
 	if f.cfg.Bind != nil {
 		if err := f.cfg.Bind(id); err != nil {
-			if errors.Is(err, ErrStreamChanged) {
+			if errors.Is(err, events.ErrStreamChanged) {
 				return fmt.Errorf("%w: the projection at sequence %d cannot follow stream %s: %w: rebuild the projection with `refgc rebuild`",
 					ErrCursorGap, cursor, id, err)
 			}
@@ -571,7 +573,7 @@ func (f *Follower) watch(ctx context.Context, stop context.CancelCauseFunc) {
 
 // chunk is a batch of records read ahead, or the error that ends reading.
 type chunk struct {
-	recs []Record
+	recs []events.Record
 	err  error
 }
 
@@ -639,7 +641,7 @@ func (f *Follower) read(ctx context.Context, it jetstream.MessagesContext, ch ch
 		if f.cfg.MaxWait > 0 {
 			deadline = time.Now().Add(f.cfg.MaxWait)
 		}
-		batch := make([]Record, 0, min(f.cfg.MaxBatch, 64))
+		batch := make([]events.Record, 0, min(f.cfg.MaxBatch, 64))
 		var stop error // a gap, or a record that does not decode
 		for {
 			rec, ok, err := f.record(msg, next)
@@ -672,34 +674,34 @@ func (f *Follower) read(ctx context.Context, it jetstream.MessagesContext, ch ch
 // record turns a message into a Record; ok is false for a message at or
 // below the cursor (a redelivery), and err is a gap past it or, wrapping
 // ErrUndecodable, a message that does not decode.
-func (f *Follower) record(msg jetstream.Msg, next uint64) (Record, bool, error) {
+func (f *Follower) record(msg jetstream.Msg, next uint64) (events.Record, bool, error) {
 	md, err := msg.Metadata()
 	if err != nil {
 		// Not a JetStream message: cannot place it, so cannot apply it.
 		f.log.Warn("follower: message without metadata", "subject", msg.Subject(), "err", err)
-		return Record{}, false, nil
+		return events.Record{}, false, nil
 	}
 	seq := md.Sequence.Stream
 	f.seeStreamLast(seq+md.NumPending, false)
 	switch {
 	case seq < next:
-		return Record{}, false, nil
+		return events.Record{}, false, nil
 	case seq > next:
-		return Record{}, false, f.gapError(next-1, seq)
+		return events.Record{}, false, f.gapError(next-1, seq)
 	}
-	ev, err := Decode(msg.Data())
+	ev, err := events.Decode(msg.Data())
 	if err != nil {
 		if f.undecoded != nil {
 			f.undecoded.Inc()
 		}
-		return Record{}, false, f.undecodableError(seq, msg.Subject(), err)
+		return events.Record{}, false, f.undecodableError(seq, msg.Subject(), err)
 	}
-	return Record{Seq: seq, Event: ev, Valid: true}, true, nil
+	return events.Record{Seq: seq, Event: ev, Valid: true}, true, nil
 }
 
 func (f *Follower) undecodableError(seq uint64, subject string, err error) error {
 	todo := "upgrade refgc if a newer version wrote it; otherwise rebuild the projection with `refgc rebuild`, which passes over it"
-	if errors.Is(err, ErrUnsupportedVersion) {
+	if errors.Is(err, events.ErrUnsupportedVersion) {
 		todo = "upgrade refgc to a version that reads it"
 	}
 	return fmt.Errorf("%w: stream %s sequence %d (subject %s): %w; the projection stays at sequence %d: %s",
@@ -707,7 +709,7 @@ func (f *Follower) undecodableError(seq uint64, subject string, err error) error
 }
 
 // apply commits batch through cfg.Apply, retrying as the file comment says.
-func (f *Follower) apply(ctx context.Context, batch []Record) error {
+func (f *Follower) apply(ctx context.Context, batch []events.Record) error {
 	last := batch[len(batch)-1].Seq
 	wait := f.cfg.ApplyBackoff
 	for attempt := 0; ; attempt++ {

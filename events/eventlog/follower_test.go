@@ -1,4 +1,4 @@
-package events_test
+package eventlog_test
 
 import (
 	"bytes"
@@ -15,9 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 )
 
-func publishAll(t testing.TB, pub *events.Publisher, evs []events.Event) {
+func publishAll(t testing.TB, pub *eventlog.Publisher, evs []events.Event) {
 	t.Helper()
 	ctx := ctxT(t, 60*time.Second)
 	for len(evs) > 0 {
@@ -36,7 +37,7 @@ func publishAll(t testing.TB, pub *events.Publisher, evs []events.Event) {
 func TestFollowerExactlyOnceAcrossRestart(t *testing.T) {
 	const n = 10000
 	_, js, _ := setup(t)
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	publishAll(t, pub, testEvents(0, n))
 
 	// Interrupted: the projection stops itself once past the middle.
@@ -48,7 +49,7 @@ func TestFollowerExactlyOnceAcrossRestart(t *testing.T) {
 			cancel()
 		}
 	}
-	f1 := followerFor(t, js, interrupted, func(c *events.FollowerConfig) { c.MaxBatch = 128 })
+	f1 := followerFor(t, js, interrupted, func(c *eventlog.FollowerConfig) { c.MaxBatch = 128 })
 	if err := f1.Run(ctx); err != nil {
 		t.Fatalf("first Run: %v", err)
 	}
@@ -103,7 +104,7 @@ func TestFollowerExactlyOnceAcrossRestart(t *testing.T) {
 func TestFollowerRidesOutServerRestart(t *testing.T) {
 	const n = 3000
 	dir := t.TempDir()
-	srv, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: dir, Port: -1})
+	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: dir, Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,11 +115,11 @@ func TestFollowerRidesOutServerRestart(t *testing.T) {
 		defer srvMu.Unlock()
 		srv.Shutdown()
 	})
-	_, js := connect(t, srv.ClientURL(), events.ConnectOptions{Name: "restart-test"})
-	if _, err := events.EnsureStream(ctxT(t, 10*time.Second), js, events.StreamConfig{}); err != nil {
+	_, js := connect(t, srv.ClientURL(), eventlog.ConnectOptions{Name: "restart-test"})
+	if _, err := eventlog.EnsureStream(ctxT(t, 10*time.Second), js, eventlog.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	rec := newRecorder()
 	f := followerFor(t, js, rec, nil)
 	stop := runFollower(t, f)
@@ -162,7 +163,7 @@ func TestFollowerRidesOutServerRestart(t *testing.T) {
 	srvMu.Lock()
 	srv.Shutdown()
 	close(down)
-	srv, err = events.StartEmbedded(events.EmbeddedConfig{StoreDir: dir, Port: port})
+	srv, err = eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: dir, Port: port})
 	srvMu.Unlock()
 	if err != nil {
 		t.Fatalf("restart on port %d: %v", port, err)
@@ -207,19 +208,19 @@ func TestFollowerCursorGap(t *testing.T) {
 		}, "whose first sequence is 101"},
 		{"stream recreated", func(t *testing.T, js jetstream.JetStream, _ jetstream.Stream) {
 			ctx := ctxT(t, 10*time.Second)
-			if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+			if err := js.DeleteStream(ctx, eventlog.DefaultStreamName); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := events.EnsureStream(ctx, js, events.StreamConfig{}); err != nil {
+			if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {
 				t.Fatal(err)
 			}
-			publishAll(t, events.NewPublisher(js, events.PublisherConfig{}), testEvents(1000, 10))
+			publishAll(t, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), testEvents(1000, 10))
 		}, "whose last sequence is 10"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, js, s := setup(t)
-			pub := events.NewPublisher(js, events.PublisherConfig{})
+			pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 			publishAll(t, pub, testEvents(0, 50))
 			rec := newRecorder()
 			f := followerFor(t, js, rec, nil)
@@ -235,7 +236,7 @@ func TestFollowerCursorGap(t *testing.T) {
 
 			f2 := followerFor(t, js, rec, nil)
 			err := f2.Run(ctxT(t, 30*time.Second))
-			if !errors.Is(err, events.ErrCursorGap) {
+			if !errors.Is(err, eventlog.ErrCursorGap) {
 				t.Fatalf("Run = %v, want ErrCursorGap", err)
 			}
 			for _, part := range []string{"the projection at sequence 50", tt.want, "refgc rebuild"} {
@@ -258,7 +259,7 @@ func TestFollowerCursorGap(t *testing.T) {
 // follower stops with ErrCursorGap instead of waiting for ever.
 func TestFollowerStreamReplacedWhileRunning(t *testing.T) {
 	_, js, _ := setup(t)
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	publishAll(t, pub, testEvents(0, 50))
 	rec := newRecorder()
 	f := followerFor(t, js, rec, nil)
@@ -268,14 +269,14 @@ func TestFollowerStreamReplacedWhileRunning(t *testing.T) {
 	if err := f.WaitApplied(ctx, 50); err != nil {
 		t.Fatal(err)
 	}
-	if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+	if err := js.DeleteStream(ctx, eventlog.DefaultStreamName); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := events.EnsureStream(ctx, js, events.StreamConfig{}); err != nil {
+	if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
 	publishAll(t, pub, testEvents(100, 10))
-	if err := <-done; !errors.Is(err, events.ErrCursorGap) {
+	if err := <-done; !errors.Is(err, eventlog.ErrCursorGap) {
 		t.Fatalf("Run = %v, want ErrCursorGap", err)
 	}
 	rec.check(t, 50)
@@ -304,7 +305,7 @@ func TestFollowerUndecodable(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, js, _ := setup(t)
-			pub := events.NewPublisher(js, events.PublisherConfig{})
+			pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 			ctx := ctxT(t, 30*time.Second)
 			if tt.before > 0 {
 				publishAll(t, pub, testEvents(0, tt.before))
@@ -317,9 +318,9 @@ func TestFollowerUndecodable(t *testing.T) {
 			rec := newRecorder()
 			reg := prometheus.NewRegistry()
 			for run := range 2 { // a restart stops at the same record
-				f := followerFor(t, js, rec, func(c *events.FollowerConfig) { c.Registerer = reg })
+				f := followerFor(t, js, rec, func(c *eventlog.FollowerConfig) { c.Registerer = reg })
 				err := f.Run(ctx)
-				if !errors.Is(err, events.ErrUndecodable) || (tt.also != nil && !errors.Is(err, tt.also)) {
+				if !errors.Is(err, eventlog.ErrUndecodable) || (tt.also != nil && !errors.Is(err, tt.also)) {
 					t.Fatalf("run %d: Run = %v, want ErrUndecodable (and %v)", run, err, tt.also)
 				}
 				for _, part := range []string{fmt.Sprintf("sequence %d", bad), fmt.Sprintf("stays at sequence %d", bad-1), tt.todo} {
@@ -330,7 +331,7 @@ func TestFollowerUndecodable(t *testing.T) {
 				if c, _ := rec.Cursor(); c != bad-1 || f.Applied() != bad-1 {
 					t.Fatalf("run %d: cursor %d, Applied %d; want %d", run, c, f.Applied(), bad-1)
 				}
-				if err := f.WaitApplied(ctx, bad); !errors.Is(err, events.ErrFollowerStopped) {
+				if err := f.WaitApplied(ctx, bad); !errors.Is(err, eventlog.ErrFollowerStopped) {
 					t.Errorf("WaitApplied past the record = %v, want ErrFollowerStopped", err)
 				}
 			}
@@ -383,11 +384,11 @@ func (g gathererCollector) Collect(ch chan<- prometheus.Metric) {
 // once, and the follower carries on.
 func TestFollowerApplyRetry(t *testing.T) {
 	_, js, _ := setup(t)
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	publishAll(t, pub, testEvents(0, 100))
 	rec := newRecorder()
 	rec.failNext = 2
-	f := followerFor(t, js, rec, func(c *events.FollowerConfig) { c.ApplyBackoff = time.Millisecond })
+	f := followerFor(t, js, rec, func(c *eventlog.FollowerConfig) { c.ApplyBackoff = time.Millisecond })
 	runFollower(t, f)
 	if _, err := f.CatchUp(ctxT(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
@@ -398,10 +399,10 @@ func TestFollowerApplyRetry(t *testing.T) {
 // TestFollowerApplyGivesUp: an Apply that keeps failing stops Run with its error.
 func TestFollowerApplyGivesUp(t *testing.T) {
 	_, js, _ := setup(t)
-	publishAll(t, events.NewPublisher(js, events.PublisherConfig{}), testEvents(0, 5))
+	publishAll(t, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), testEvents(0, 5))
 	rec := newRecorder()
 	rec.failNext = 1 << 30
-	f := followerFor(t, js, rec, func(c *events.FollowerConfig) {
+	f := followerFor(t, js, rec, func(c *eventlog.FollowerConfig) {
 		c.ApplyBackoff = time.Millisecond
 		c.ApplyRetries = 2
 	})
@@ -409,7 +410,7 @@ func TestFollowerApplyGivesUp(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "injected apply failure") {
 		t.Fatalf("Run = %v, want the Apply error", err)
 	}
-	if err := f.WaitApplied(ctxT(t, 5*time.Second), 1); !errors.Is(err, events.ErrFollowerStopped) {
+	if err := f.WaitApplied(ctxT(t, 5*time.Second), 1); !errors.Is(err, eventlog.ErrFollowerStopped) {
 		t.Fatalf("WaitApplied after stop = %v, want ErrFollowerStopped", err)
 	}
 }
@@ -420,7 +421,7 @@ func TestFollowerWaitApplied(t *testing.T) {
 	_, js, _ := setup(t)
 	rec := newRecorder()
 	reg := prometheus.NewRegistry()
-	f := followerFor(t, js, rec, func(c *events.FollowerConfig) { c.Registerer = reg })
+	f := followerFor(t, js, rec, func(c *eventlog.FollowerConfig) { c.Registerer = reg })
 	ctx := ctxT(t, 30*time.Second)
 	// Before Run, on an empty stream, there is nothing to wait for.
 	if seq, err := f.CatchUp(ctx); err != nil || seq != 0 {
@@ -432,7 +433,7 @@ func TestFollowerWaitApplied(t *testing.T) {
 		t.Fatalf("WaitApplied before anything was published = %v", err)
 	}
 	runFollower(t, f)
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	publishAll(t, pub, testEvents(0, 20))
 	if err := f.WaitApplied(ctx, 20); err != nil {
 		t.Fatal(err)
@@ -449,7 +450,7 @@ func TestFollowerWaitApplied(t *testing.T) {
 }
 
 func TestNewFollowerNeedsCallbacks(t *testing.T) {
-	if _, err := events.NewFollower(nil, events.FollowerConfig{}); err == nil {
+	if _, err := eventlog.NewFollower(nil, eventlog.FollowerConfig{}); err == nil {
 		t.Fatal("NewFollower accepted a config without Cursor and Apply")
 	}
 }

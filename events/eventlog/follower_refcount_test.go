@@ -1,4 +1,4 @@
-package events_test
+package eventlog_test
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -103,9 +104,9 @@ func openProjection(t *testing.T, path string) *projection {
 	return &projection{p: p}
 }
 
-func (pr *projection) follower(t *testing.T, js jetstream.JetStream, maxBatch int) *events.Follower {
+func (pr *projection) follower(t *testing.T, js jetstream.JetStream, maxBatch int) *eventlog.Follower {
 	t.Helper()
-	f, err := events.NewFollower(js, events.FollowerConfig{
+	f, err := eventlog.NewFollower(js, eventlog.FollowerConfig{
 		Cursor: pr.p.Cursor, Bind: pr.p.BindStream, Apply: pr.Apply, MaxBatch: maxBatch, CheckInterval: 200 * time.Millisecond,
 	})
 	if err != nil {
@@ -129,7 +130,7 @@ func (pr *projection) dump(t *testing.T) []byte {
 func TestFollowerIntoRefcount(t *testing.T) {
 	const n = 10000
 	_, js, _ := setup(t)
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	evs := make([]events.Event, n)
 	for i := range evs {
 		evs[i] = graphEvent(i)
@@ -202,17 +203,17 @@ func TestFollowerRefusesRecreatedStream(t *testing.T) {
 	recreate := func(t *testing.T, js jetstream.JetStream) {
 		t.Helper()
 		ctx := ctxT(t, 30*time.Second)
-		if err := js.DeleteStream(ctx, events.DefaultStreamName); err != nil {
+		if err := js.DeleteStream(ctx, eventlog.DefaultStreamName); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := events.EnsureStream(ctx, js, events.StreamConfig{}); err != nil {
+		if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {
 			t.Fatal(err)
 		}
 		evs := make([]events.Event, after)
 		for i := range evs {
 			evs[i] = graphEvent(1000 + i)
 		}
-		publishAll(t, events.NewPublisher(js, events.PublisherConfig{}), evs)
+		publishAll(t, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), evs)
 	}
 	follow := func(t *testing.T) (jetstream.JetStream, jetstream.Stream, *projection) {
 		t.Helper()
@@ -221,12 +222,12 @@ func TestFollowerRefusesRecreatedStream(t *testing.T) {
 		for i := range evs {
 			evs[i] = graphEvent(i)
 		}
-		publishAll(t, events.NewPublisher(js, events.PublisherConfig{}), evs)
+		publishAll(t, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), evs)
 		return js, s, openProjection(t, filepath.Join(t.TempDir(), "refs.db"))
 	}
 	wantRefused := func(t *testing.T, err error) {
 		t.Helper()
-		if !errors.Is(err, events.ErrCursorGap) || !errors.Is(err, refcount.ErrStreamChanged) {
+		if !errors.Is(err, eventlog.ErrCursorGap) || !errors.Is(err, refcount.ErrStreamChanged) {
 			t.Fatalf("err = %v, want ErrCursorGap and ErrStreamChanged", err)
 		}
 		if !strings.Contains(err.Error(), "refgc rebuild") {
@@ -249,8 +250,8 @@ func TestFollowerRefusesRecreatedStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		bound, err := pr.p.StreamID()
-		if err != nil || bound != events.StreamID(info) {
-			t.Fatalf("projection bound to %q (%v), want %q", bound, err, events.StreamID(info))
+		if err != nil || bound != eventlog.StreamID(info) {
+			t.Fatalf("projection bound to %q (%v), want %q", bound, err, eventlog.StreamID(info))
 		}
 
 		recreate(t, js)
@@ -278,7 +279,7 @@ func TestFollowerRefusesRecreatedStream(t *testing.T) {
 		// the new stream at once.
 		_, err := f.CatchUp(ctx)
 		wantRefused(t, err)
-		if err := <-done; !errors.Is(err, events.ErrCursorGap) {
+		if err := <-done; !errors.Is(err, eventlog.ErrCursorGap) {
 			t.Fatalf("Run = %v, want ErrCursorGap", err)
 		}
 	})

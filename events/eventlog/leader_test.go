@@ -1,4 +1,4 @@
-package events_test
+package eventlog_test
 
 import (
 	"context"
@@ -8,33 +8,33 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/regtest"
 )
 
 func TestLeaderTakeover(t *testing.T) {
 	for _, how := range []string{"stops", "crashes"} {
 		t.Run("the leader "+how, func(t *testing.T) {
-			emb, err := events.StartEmbedded(events.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
+			emb, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(emb.Shutdown)
 			type inst struct {
-				l    *events.Leader
+				l    *eventlog.Leader
 				nc   *nats.Conn
 				stop context.CancelFunc
 				done chan struct{}
 			}
 			start := func(id string) inst {
 				t.Helper()
-				nc, err := events.Connect(emb.ClientURL(), events.ConnectOptions{})
+				nc, err := eventlog.Connect(emb.ClientURL(), eventlog.ConnectOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
 				t.Cleanup(nc.Close)
 				js, _ := jetstream.New(nc)
-				l, err := events.NewLeader(context.Background(), js, events.LeaderConfig{ID: id, TTL: 600 * time.Millisecond})
+				l, err := eventlog.NewLeader(context.Background(), js, eventlog.LeaderConfig{ID: id, TTL: 600 * time.Millisecond})
 				if err != nil {
 					t.Fatal(err)
 				}

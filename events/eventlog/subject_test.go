@@ -1,6 +1,7 @@
-package events_test
+package eventlog_test
 
 import (
+	"github.com/refgc/refgc/events/eventlog"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -42,7 +43,7 @@ func TestSubject(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := events.Subject(tt.e); got != tt.want {
+			if got := eventlog.Subject(tt.e); got != tt.want {
 				t.Errorf("Subject = %q, want %q", got, tt.want)
 			}
 		})
@@ -54,8 +55,8 @@ func TestSubject(t *testing.T) {
 func TestSubjectEveryKind(t *testing.T) {
 	seen := map[string]events.Kind{}
 	for _, k := range events.Kinds {
-		s := events.Subject(events.Event{Kind: k})
-		if !subjectMatches(events.SubjectPrefix+">", s) {
+		s := eventlog.Subject(events.Event{Kind: k})
+		if !subjectMatches(eventlog.SubjectPrefix+">", s) {
 			t.Errorf("%s: subject %q outside the stream", k, s)
 		}
 		if prev, dup := seen[s]; dup {
@@ -84,22 +85,22 @@ func TestSubjectFilter(t *testing.T) {
 		{"", "library/alpine", "refgc.events.*.library.alpine", []events.Event{alpine, alpineTag}, []events.Event{deeper, global}},
 		{events.TagSet, "library/alpine", "refgc.events.tag_set.library.alpine", []events.Event{alpineTag}, []events.Event{alpine}},
 		{"", "my.org/app", "refgc.events.*.my~org.app", []events.Event{dotted}, []events.Event{alpine}},
-		{"", events.NoRepoToken, "refgc.events.*._", []events.Event{global}, []events.Event{alpine}},
+		{"", eventlog.NoRepoToken, "refgc.events.*._", []events.Event{global}, []events.Event{alpine}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
-			f := events.SubjectFilter(tt.kind, tt.repo)
+			f := eventlog.SubjectFilter(tt.kind, tt.repo)
 			if f != tt.want {
 				t.Fatalf("SubjectFilter(%q, %q) = %q, want %q", tt.kind, tt.repo, f, tt.want)
 			}
 			for _, e := range tt.matches {
-				if !subjectMatches(f, events.Subject(e)) {
-					t.Errorf("%q does not match %q", f, events.Subject(e))
+				if !subjectMatches(f, eventlog.Subject(e)) {
+					t.Errorf("%q does not match %q", f, eventlog.Subject(e))
 				}
 			}
 			for _, e := range tt.misses {
-				if subjectMatches(f, events.Subject(e)) {
-					t.Errorf("%q matches %q", f, events.Subject(e))
+				if subjectMatches(f, eventlog.Subject(e)) {
+					t.Errorf("%q matches %q", f, eventlog.Subject(e))
 				}
 			}
 		})

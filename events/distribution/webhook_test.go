@@ -1,4 +1,4 @@
-package events
+package distribution
 
 import (
 	"bytes"
@@ -22,6 +22,10 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/events/internal/fixtures"
 	"github.com/refgc/refgc/internal/regtest"
 )
 
@@ -29,19 +33,19 @@ import (
 // failDead make the respective calls fail.
 type recordingSink struct {
 	mu          sync.Mutex
-	events      []Event
-	dead        []DeadLetter
+	events      []events.Event
+	dead        []eventlog.DeadLetter
 	failPublish error
 	failDead    error
 }
 
-func (s *recordingSink) PublishBatch(_ context.Context, evs []Event) ([]PubResult, error) {
+func (s *recordingSink) PublishBatch(_ context.Context, evs []events.Event) ([]eventlog.PubResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failPublish != nil {
 		return nil, s.failPublish
 	}
-	res := make([]PubResult, len(evs))
+	res := make([]eventlog.PubResult, len(evs))
 	for i, e := range evs {
 		for _, old := range s.events {
 			if old.ID == e.ID {
@@ -55,7 +59,7 @@ func (s *recordingSink) PublishBatch(_ context.Context, evs []Event) ([]PubResul
 	return res, nil
 }
 
-func (s *recordingSink) DeadLetter(_ context.Context, d DeadLetter) error {
+func (s *recordingSink) DeadLetter(_ context.Context, d eventlog.DeadLetter) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failDead != nil {
@@ -110,11 +114,11 @@ func (f *webhookFixture) post(t testing.TB, body []byte, hdr map[string]string) 
 }
 
 // split returns the translated events and the Refused events the sink holds.
-func (s *recordingSink) split() (translated, refused []Event) {
+func (s *recordingSink) split() (translated, refused []events.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range s.events {
-		if e.Kind == Refused {
+		if e.Kind == events.Refused {
 			refused = append(refused, e)
 		} else {
 			translated = append(translated, e)
@@ -133,7 +137,7 @@ func decodeResponse(t testing.TB, w *httptest.ResponseRecorder) WebhookResponse 
 }
 
 func TestWebhookStatus(t *testing.T) {
-	good := readFixture(t, "events/001.json")
+	good := fixtures.Read(t, "events/001.json")
 	// Every answer but 401 and 405 is 200: anything else would block the
 	// registry's queue. What is not accepted is dead-lettered and refused.
 	tests := []struct {
@@ -262,10 +266,10 @@ func TestWebhookWrongContentType(t *testing.T) {
 
 func TestWebhookMixedEnvelope(t *testing.T) {
 	f := newWebhookFixture(t, nil)
-	good1 := rawEvent("g1", "push", "demo", blobTarget(dL1))
-	bad1 := rawEvent("b1", "push", "Demo", blobTarget(dL1))
+	good1 := rawEvent("g1", "push", "demo", blobTarget(fixtures.L1))
+	bad1 := rawEvent("b1", "push", "Demo", blobTarget(fixtures.L1))
 	good2 := rawEvent("g2", "delete", "demo", map[string]any{"tag": "v1"})
-	bad2 := rawEvent("b2", "teleport", "demo", blobTarget(dL1))
+	bad2 := rawEvent("b2", "teleport", "demo", blobTarget(fixtures.L1))
 	drop := rawEvent("d1", "pull", "demo", map[string]any{"tag": "v1"})
 	bad3 := `[]`
 	w := f.post(t, envelope(good1, bad1, good2, bad2, drop, bad3), nil)
@@ -325,7 +329,7 @@ func TestWebhookMixedEnvelope(t *testing.T) {
 }
 
 func TestWebhookSinkFailure(t *testing.T) {
-	body := envelope(rawEvent("g1", "push", "demo", blobTarget(dL1)), `"bad"`)
+	body := envelope(rawEvent("g1", "push", "demo", blobTarget(fixtures.L1)), `"bad"`)
 	boom := errors.New("nats: no responders")
 	for _, tt := range []struct {
 		name string
@@ -369,7 +373,7 @@ func TestWebhookEnrichmentFailureCounted(t *testing.T) {
 	f := newWebhookFixture(t, func(c *WebhookConfig) {
 		c.Translate.Reader = &mapReader{err: errors.New("registry down")}
 	})
-	if w := f.post(t, readFixture(t, "events/030.json"), nil); w.Code != 200 {
+	if w := f.post(t, fixtures.Read(t, "events/030.json"), nil); w.Code != 200 {
 		t.Fatalf("code %d", w.Code)
 	}
 	if got := testutil.ToFloat64(f.m(t).enrichFail); got != 1 {
@@ -386,7 +390,7 @@ func TestWebhookReplayFixtures(t *testing.T) {
 	f := newWebhookFixture(t, func(c *WebhookConfig) { c.Translate.Reader = fixtureReader(t) })
 	files := fixtureFiles(t)
 	for _, name := range files {
-		if w := f.post(t, readFixture(t, name), nil); w.Code != 200 {
+		if w := f.post(t, fixtures.Read(t, name), nil); w.Code != 200 {
 			t.Fatalf("%s: code %d (%s)", name, w.Code, w.Body)
 		}
 	}
@@ -403,7 +407,7 @@ func TestWebhookReplayFixtures(t *testing.T) {
 	}
 	// Redelivery: the same ids again are duplicates.
 	for _, name := range files[len(files)-4:] {
-		w := f.post(t, readFixture(t, name), nil)
+		w := f.post(t, fixtures.Read(t, name), nil)
 		if w.Code != 200 || decodeResponse(t, w).Duplicates != 1 {
 			t.Fatalf("%s redelivered: %d %s", name, w.Code, w.Body)
 		}
@@ -446,12 +450,12 @@ func TestWebhookSharedRegistry(t *testing.T) {
 // redeliveries dedupe, dead letters land in their stream, and with the
 // server gone the handler answers 503.
 func TestWebhookIntoJetStream(t *testing.T) {
-	srv, err := StartEmbedded(EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
+	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
-	nc, err := Connect(srv.ClientURL(), ConnectOptions{Name: t.Name()})
+	nc, err := eventlog.Connect(srv.ClientURL(), eventlog.ConnectOptions{Name: t.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,12 +466,12 @@ func TestWebhookIntoJetStream(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	stream, err := EnsureStream(ctx, js, StreamConfig{})
+	stream, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := NewWebhook(WebhookConfig{
-		Sink:      NewPublisher(js, PublisherConfig{}),
+		Sink:      eventlog.NewPublisher(js, eventlog.PublisherConfig{}),
 		Token:     testToken,
 		Translate: TranslateOptions{Reader: fixtureReader(t)},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -494,7 +498,7 @@ func TestWebhookIntoJetStream(t *testing.T) {
 	}
 	files := fixtureFiles(t)
 	for _, name := range append(files, files...) { // everything delivered twice
-		if resp := post(readFixture(t, name)); resp.StatusCode != 200 {
+		if resp := post(fixtures.Read(t, name)); resp.StatusCode != 200 {
 			t.Fatalf("%s: %s", name, resp.Status)
 		}
 	}
@@ -519,13 +523,13 @@ func TestWebhookIntoJetStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []string
-	var last Event
+	var last events.Event
 	for msg := range batch.Messages() {
-		e, err := Decode(msg.Data())
+		e, err := events.Decode(msg.Data())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if msg.Subject() != Subject(e) {
+		if msg.Subject() != eventlog.Subject(e) {
 			t.Errorf("subject %s for %s", msg.Subject(), e.ID)
 		}
 		got = append(got, e.ID)
@@ -534,17 +538,17 @@ func TestWebhookIntoJetStream(t *testing.T) {
 	if len(got) != len(files)+1 {
 		t.Fatalf("read %d events", len(got))
 	}
-	if last.Kind != Refused || last.Refused.Reason != ReasonMalformedJSON {
+	if last.Kind != events.Refused || last.Refused.Reason != ReasonMalformedJSON {
 		t.Errorf("last event %+v, want the refusal of the malformed body", last)
 	}
 	for i, name := range files {
 		var env struct{ Events []DistributionEvent }
-		_ = json.Unmarshal(readFixture(t, name), &env)
+		_ = json.Unmarshal(fixtures.Read(t, name), &env)
 		if got[i] != env.Events[0].ID {
 			t.Errorf("event %d is %s, want %s (%s)", i, got[i], env.Events[0].ID, name)
 		}
 	}
-	dl, err := js.Stream(ctx, DefaultDeadLetterStreamName)
+	dl, err := js.Stream(ctx, eventlog.DefaultDeadLetterStreamName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -554,7 +558,7 @@ func TestWebhookIntoJetStream(t *testing.T) {
 
 	// The event log goes away: 503, so that the registry keeps the event.
 	srv.Shutdown()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, hs.URL, bytes.NewReader(readFixture(t, "events/001.json")))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, hs.URL, bytes.NewReader(fixtures.Read(t, "events/001.json")))
 	req.Header.Set("Content-Type", DistributionEventsMediaType)
 	req.Header.Set("Authorization", "Bearer "+testToken)
 	resp, err := hs.Client().Do(req)
@@ -570,10 +574,10 @@ func TestWebhookIntoJetStream(t *testing.T) {
 // noopSink acknowledges everything at once.
 type noopSink struct{}
 
-func (noopSink) PublishBatch(_ context.Context, evs []Event) ([]PubResult, error) {
-	return make([]PubResult, len(evs)), nil
+func (noopSink) PublishBatch(_ context.Context, evs []events.Event) ([]eventlog.PubResult, error) {
+	return make([]eventlog.PubResult, len(evs)), nil
 }
-func (noopSink) DeadLetter(context.Context, DeadLetter) error { return nil }
+func (noopSink) DeadLetter(context.Context, eventlog.DeadLetter) error { return nil }
 
 // BenchmarkWebhook measures single-event requests through the handler (auth,
 // limits, translation, metrics) with a no-op sink, reporting p50 and p99
@@ -600,7 +604,7 @@ func BenchmarkWebhook(b *testing.B) {
 		{"tag-delete", "events/031.json", full(nil)},
 	}
 	for _, c := range cases {
-		body := readFixture(b, c.file)
+		body := fixtures.Read(b, c.file)
 		b.Run(c.name, func(b *testing.B) {
 			lat := make([]time.Duration, 0, b.N)
 			b.ReportAllocs()
@@ -650,24 +654,24 @@ func TestWebhookWithRegistry(t *testing.T) {
 	r.DeleteTag(t, "app", "v1")
 
 	artDigest := digest.Digest(art.Digest.String())
-	find := func() (img, ref, del *Event) {
+	find := func() (img, ref, del *events.Event) {
 		sink.mu.Lock()
 		defer sink.mu.Unlock()
 		for i := range sink.events {
 			e := &sink.events[i]
 			switch {
-			case e.Kind == ManifestPushed && e.Manifest.Digest == imgDigest:
+			case e.Kind == events.ManifestPushed && e.Manifest.Digest == imgDigest:
 				img = e
-			case e.Kind == ManifestPushed && e.Manifest.Digest == artDigest:
+			case e.Kind == events.ManifestPushed && e.Manifest.Digest == artDigest:
 				ref = e
-			case e.Kind == TagDeleted && e.Tag.Repo == "app" && e.Tag.Name == "v1":
+			case e.Kind == events.TagDeleted && e.Tag.Repo == "app" && e.Tag.Name == "v1":
 				del = e
 			}
 		}
 		return img, ref, del
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	var imgEv, refEv, delEv *Event
+	var imgEv, refEv, delEv *events.Event
 	for {
 		if imgEv, refEv, delEv = find(); imgEv != nil && refEv != nil && delEv != nil {
 			break
@@ -678,10 +682,10 @@ func TestWebhookWithRegistry(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // polling for delivery, with a deadline
 	}
 
-	if imgEv.Manifest.Tag != "v1" || imgEv.Manifest.MediaType != MediaTypeOCIManifest || len(imgEv.Manifest.Blobs) != 3 || imgEv.Manifest.Subject != nil {
+	if imgEv.Manifest.Tag != "v1" || imgEv.Manifest.MediaType != events.MediaTypeOCIManifest || len(imgEv.Manifest.Blobs) != 3 || imgEv.Manifest.Subject != nil {
 		t.Errorf("image push: %+v", imgEv.Manifest)
 	}
-	wantSubject := &Descriptor{MediaType: string(subject.MediaType), Digest: imgDigest, Size: subject.Size}
+	wantSubject := &events.Descriptor{MediaType: string(subject.MediaType), Digest: imgDigest, Size: subject.Size}
 	if !reflect.DeepEqual(refEv.Manifest.Subject, wantSubject) {
 		t.Errorf("referrer subject %+v, want %+v", refEv.Manifest.Subject, wantSubject)
 	}
@@ -703,7 +707,7 @@ func TestWebhookWithRegistry(t *testing.T) {
 	// The reader on its own: the exact bytes, the media type, and a 404.
 	ctx := context.Background()
 	body, mt, err := reader.ReadManifest(ctx, "app", artDigest)
-	if err != nil || string(body) != string(art.Manifest) || mt != MediaTypeOCIManifest {
+	if err != nil || string(body) != string(art.Manifest) || mt != events.MediaTypeOCIManifest {
 		t.Errorf("ReadManifest: %q, %d bytes, %v", mt, len(body), err)
 	}
 	if _, _, err := reader.ReadManifest(ctx, "app", digest.FromString("absent")); !errors.Is(err, ErrManifestNotFound) {
@@ -755,8 +759,8 @@ func (c *fakeClock) Add(d time.Duration) {
 func TestWebhookReceived(t *testing.T) {
 	clock := newFakeClock()
 	f := newWebhookFixture(t, func(c *WebhookConfig) { c.Now = clock.Now })
-	untimed := `{"id":"untimed","action":"pull","target":{"repository":"demo","digest":"` + string(dL1) + `"},"source":{"addr":"reg:5000"}}`
-	w := f.post(t, envelope(rawEvent("timed", "push", "demo", blobTarget(dL1)), untimed), nil)
+	untimed := `{"id":"untimed","action":"pull","target":{"repository":"demo","digest":"` + string(fixtures.L1) + `"},"source":{"addr":"reg:5000"}}`
+	w := f.post(t, envelope(rawEvent("timed", "push", "demo", blobTarget(fixtures.L1)), untimed), nil)
 	if w.Code != 200 {
 		t.Fatalf("code %d (%s)", w.Code, w.Body)
 	}
@@ -788,7 +792,7 @@ func TestWebhookHugeAnnotation(t *testing.T) {
 	if r := decodeResponse(t, w); r.Accepted != 1 || len(translated) != 1 || len(refused) != 0 || len(f.sink.dead) != 0 {
 		t.Fatalf("response %+v; %d events, %d refused, %d dead letters", r, len(translated), len(refused), len(f.sink.dead))
 	}
-	if m := translated[0].Manifest; m == nil || m.Digest != dM1 || len(m.Blobs) != 2 {
+	if m := translated[0].Manifest; m == nil || m.Digest != fixtures.M1 || len(m.Blobs) != 2 {
 		t.Errorf("manifest %+v", m)
 	}
 }
@@ -840,7 +844,7 @@ func TestWebhookOverLimit(t *testing.T) {
 				t.Errorf("dead letter %s %q %s, %d bytes", d.Reason, d.Detail, d.Time, len(d.Body))
 			}
 			// The repository is in the kept start; the source, at the end, is not.
-			want := RefusedRef{Reason: ReasonTooLarge, Repo: "demo"}
+			want := events.RefusedRef{Reason: ReasonTooLarge, Repo: "demo"}
 			if r.ID != "refused-"+d.ID || *r.Refused != want || !r.Time.Equal(clock.Now()) || !r.Received.Equal(clock.Now()) ||
 				r.Source != "distribution" || r.Validate() != nil {
 				t.Errorf("Refused event %+v %+v", r, r.Refused)
@@ -944,7 +948,7 @@ func TestWebhookTokens(t *testing.T) {
 		{name: "empty entries are not tokens", tokens: []string{"", "x"}, send: " ", code: 401},
 		{name: "only empty entries: authentication off", tokens: []string{""}, code: 200},
 	}
-	good := readFixture(t, "events/001.json")
+	good := fixtures.Read(t, "events/001.json")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newWebhookFixture(t, func(c *WebhookConfig) { c.Token, c.Tokens = tt.token, tt.tokens })

@@ -1,4 +1,4 @@
-package events
+package distribution
 
 import (
 	"context"
@@ -18,12 +18,15 @@ import (
 	"github.com/distribution/distribution/v3/notifications"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/internal/fixtures"
 )
 
 // Digests of the fixture capture.
 var (
-	fxConfig1 = dFixA // config of demo:v1
-	fxLayer1  = dFixB // layer of demo:v1
+	fxConfig1 = fixtures.FixA // config of demo:v1
+	fxLayer1  = fixtures.FixB // layer of demo:v1
 	fxV1      = digest.Digest("sha256:c1d30b3156e28b8f1773439d8e9be1b26ba18c441a307ca65f6a24224974d854")
 	fxConfig2 = digest.Digest("sha256:07b24e891a5233c2c2d35ed14eab5ec59b2c2d2ebdcd472e3dec74199dfc6b21")
 	fxLayer2  = digest.Digest("sha256:cc7439ae98340d0ae1376e00071020d380d79e26c098139ecb979122dcf1437a")
@@ -39,8 +42,8 @@ const (
 )
 
 var (
-	fxBlobs1 = []Descriptor{{MediaType: dockerCfg, Digest: fxConfig1, Size: 233}, {MediaType: dockerLyr, Digest: fxLayer1, Size: 138}}
-	fxBlobs2 = []Descriptor{{MediaType: dockerCfg, Digest: fxConfig2, Size: 233}, {MediaType: dockerLyr, Digest: fxLayer2, Size: 135}}
+	fxBlobs1 = []events.Descriptor{{MediaType: dockerCfg, Digest: fxConfig1, Size: 233}, {MediaType: dockerLyr, Digest: fxLayer1, Size: 138}}
+	fxBlobs2 = []events.Descriptor{{MediaType: dockerCfg, Digest: fxConfig2, Size: 233}, {MediaType: dockerLyr, Digest: fxLayer2, Size: 135}}
 )
 
 // mapReader is a ManifestReader over fixed bodies, served without a media
@@ -64,7 +67,7 @@ func (m *mapReader) ReadManifest(_ context.Context, repo string, d digest.Digest
 }
 
 func fixtureReader(t testing.TB) *mapReader {
-	return &mapReader{bodies: map[digest.Digest][]byte{fxSigned: readFixture(t, "manifests/oci-with-subject.json")}}
+	return &mapReader{bodies: map[digest.Digest][]byte{fxSigned: fixtures.Read(t, "manifests/oci-with-subject.json")}}
 }
 
 // fixtureFiles lists every captured notification, in delivery order.
@@ -72,7 +75,7 @@ func fixtureFiles(t testing.TB) []string {
 	t.Helper()
 	var out []string
 	for _, dir := range []string{"events", "redelivery"} {
-		m, err := filepath.Glob(filepath.Join(fixtureDir, dir, "*.json"))
+		m, err := filepath.Glob(filepath.Join(fixtures.Dir, dir, "*.json"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,63 +91,63 @@ func fixtureFiles(t testing.TB) []string {
 
 // want is the expected translation of one fixture file.
 type want struct {
-	kind     Kind
+	kind     events.Kind
 	repo     string
 	digest   digest.Digest
 	tag      string
 	from     string
 	size     int64
-	blobs    []Descriptor
-	children []Descriptor
-	subject  *Descriptor
+	blobs    []events.Descriptor
+	children []events.Descriptor
+	subject  *events.Descriptor
 	enrich   bool // EnrichErr expected (the reader does not hold the manifest)
 	dropped  bool
 }
 
 var fixtureWants = map[string]want{
-	"events/001.json":     {kind: BlobPushed, repo: "demo", digest: fxLayer1, size: 138},
-	"events/002.json":     {kind: BlobPushed, repo: "demo", digest: fxConfig1, size: 233},
-	"events/003.json":     {kind: ManifestPushed, repo: "demo", digest: fxV1, tag: "v1", size: 423, blobs: fxBlobs1},
-	"events/004.json":     {kind: Touched, repo: "demo", digest: fxConfig1},
-	"events/005.json":     {kind: Touched, repo: "demo", digest: fxLayer1},
-	"events/006.json":     {kind: ManifestPushed, repo: "demo", digest: fxV1, tag: "v1again", size: 423, blobs: fxBlobs1},
-	"events/007.json":     {kind: Touched, repo: "demo", digest: fxLayer1},
-	"events/008.json":     {kind: Touched, repo: "demo", digest: fxV1},
-	"events/009.json":     {kind: Touched, repo: "demo", digest: fxV1},
-	"events/010.json":     {kind: BlobMounted, repo: "other", digest: fxConfig1, from: "demo", size: 233},
-	"events/011.json":     {kind: BlobMounted, repo: "other", digest: fxLayer1, from: "demo", size: 138},
-	"events/012.json":     {kind: ManifestPushed, repo: "other", digest: fxV1, tag: "v1", size: 423, blobs: fxBlobs1},
-	"events/013.json":     {kind: Touched, repo: "demo", digest: fxV1},
-	"events/014.json":     {kind: BlobMounted, repo: "bydigest", digest: fxLayer1, from: "demo", size: 138},
-	"events/015.json":     {kind: BlobMounted, repo: "bydigest", digest: fxConfig1, from: "demo", size: 233},
-	"events/016.json":     {kind: ManifestPushed, repo: "bydigest", digest: fxV1, size: 423, blobs: fxBlobs1},
-	"events/017.json":     {kind: BlobPushed, repo: "demo", digest: fxConfig2, size: 233},
-	"events/018.json":     {kind: BlobPushed, repo: "demo", digest: fxLayer2, size: 135},
-	"events/019.json":     {kind: ManifestPushed, repo: "demo", digest: fxV2, tag: "v2", size: 423, blobs: fxBlobs2},
-	"events/020.json":     {kind: Touched, repo: "demo", digest: fxV1},
-	"events/021.json":     {kind: Touched, repo: "demo", digest: fxConfig1},
-	"events/022.json":     {kind: Touched, repo: "demo", digest: fxV2},
-	"events/023.json":     {kind: Touched, repo: "demo", digest: fxConfig2},
-	"events/024.json":     {kind: Touched, repo: "demo", digest: fxV1},
-	"events/025.json":     {kind: Touched, repo: "demo", digest: fxV2},
-	"events/026.json":     {kind: ManifestPushed, repo: "demo", digest: fxIndex, tag: "idx", size: 541, enrich: true, children: []Descriptor{{MediaType: MediaTypeDockerManifest, Digest: fxV1, Size: 423}, {MediaType: MediaTypeDockerManifest, Digest: fxV2, Size: 423}}},
-	"events/027.json":     {kind: Touched, repo: "demo", digest: fxIndex},
-	"events/028.json":     {kind: Touched, repo: "demo", digest: fxV1},
-	"events/029.json":     {kind: Touched, repo: "demo", digest: fxIndex},
-	"events/030.json":     {kind: ManifestPushed, repo: "demo", digest: fxSigned, size: 604, blobs: []Descriptor{{MediaType: "application/vnd.oci.image.config.v1+json", Digest: fxConfig1, Size: 233}, {MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: fxLayer1, Size: 138}}, subject: &Descriptor{MediaType: MediaTypeOCIManifest, Digest: dFixS, Size: 10}},
-	"events/031.json":     {kind: TagDeleted, repo: "demo", tag: "v1again"},
-	"events/032.json":     {kind: DigestDeleted, repo: "other", digest: fxV1},
-	"events/033.json":     {kind: TagDeleted, repo: "other", tag: "v1"},
-	"events/034.json":     {kind: DigestDeleted, repo: "bydigest", digest: fxLayer1},
-	"events/035.json":     {kind: Touched, repo: "demo", digest: fxIndex},
-	"redelivery/001.json": {kind: TagDeleted, repo: "demo", tag: "v1"},
-	"redelivery/002.json": {kind: DigestDeleted, repo: "demo", digest: fxV2},
-	"redelivery/003.json": {kind: Touched, repo: "bydigest", digest: fxV1},
-	"redelivery/004.json": {kind: Touched, repo: "demo", digest: fxIndex},
+	"events/001.json":     {kind: events.BlobPushed, repo: "demo", digest: fxLayer1, size: 138},
+	"events/002.json":     {kind: events.BlobPushed, repo: "demo", digest: fxConfig1, size: 233},
+	"events/003.json":     {kind: events.ManifestPushed, repo: "demo", digest: fxV1, tag: "v1", size: 423, blobs: fxBlobs1},
+	"events/004.json":     {kind: events.Touched, repo: "demo", digest: fxConfig1},
+	"events/005.json":     {kind: events.Touched, repo: "demo", digest: fxLayer1},
+	"events/006.json":     {kind: events.ManifestPushed, repo: "demo", digest: fxV1, tag: "v1again", size: 423, blobs: fxBlobs1},
+	"events/007.json":     {kind: events.Touched, repo: "demo", digest: fxLayer1},
+	"events/008.json":     {kind: events.Touched, repo: "demo", digest: fxV1},
+	"events/009.json":     {kind: events.Touched, repo: "demo", digest: fxV1},
+	"events/010.json":     {kind: events.BlobMounted, repo: "other", digest: fxConfig1, from: "demo", size: 233},
+	"events/011.json":     {kind: events.BlobMounted, repo: "other", digest: fxLayer1, from: "demo", size: 138},
+	"events/012.json":     {kind: events.ManifestPushed, repo: "other", digest: fxV1, tag: "v1", size: 423, blobs: fxBlobs1},
+	"events/013.json":     {kind: events.Touched, repo: "demo", digest: fxV1},
+	"events/014.json":     {kind: events.BlobMounted, repo: "bydigest", digest: fxLayer1, from: "demo", size: 138},
+	"events/015.json":     {kind: events.BlobMounted, repo: "bydigest", digest: fxConfig1, from: "demo", size: 233},
+	"events/016.json":     {kind: events.ManifestPushed, repo: "bydigest", digest: fxV1, size: 423, blobs: fxBlobs1},
+	"events/017.json":     {kind: events.BlobPushed, repo: "demo", digest: fxConfig2, size: 233},
+	"events/018.json":     {kind: events.BlobPushed, repo: "demo", digest: fxLayer2, size: 135},
+	"events/019.json":     {kind: events.ManifestPushed, repo: "demo", digest: fxV2, tag: "v2", size: 423, blobs: fxBlobs2},
+	"events/020.json":     {kind: events.Touched, repo: "demo", digest: fxV1},
+	"events/021.json":     {kind: events.Touched, repo: "demo", digest: fxConfig1},
+	"events/022.json":     {kind: events.Touched, repo: "demo", digest: fxV2},
+	"events/023.json":     {kind: events.Touched, repo: "demo", digest: fxConfig2},
+	"events/024.json":     {kind: events.Touched, repo: "demo", digest: fxV1},
+	"events/025.json":     {kind: events.Touched, repo: "demo", digest: fxV2},
+	"events/026.json":     {kind: events.ManifestPushed, repo: "demo", digest: fxIndex, tag: "idx", size: 541, enrich: true, children: []events.Descriptor{{MediaType: events.MediaTypeDockerManifest, Digest: fxV1, Size: 423}, {MediaType: events.MediaTypeDockerManifest, Digest: fxV2, Size: 423}}},
+	"events/027.json":     {kind: events.Touched, repo: "demo", digest: fxIndex},
+	"events/028.json":     {kind: events.Touched, repo: "demo", digest: fxV1},
+	"events/029.json":     {kind: events.Touched, repo: "demo", digest: fxIndex},
+	"events/030.json":     {kind: events.ManifestPushed, repo: "demo", digest: fxSigned, size: 604, blobs: []events.Descriptor{{MediaType: "application/vnd.oci.image.config.v1+json", Digest: fxConfig1, Size: 233}, {MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: fxLayer1, Size: 138}}, subject: &events.Descriptor{MediaType: events.MediaTypeOCIManifest, Digest: fixtures.FixS, Size: 10}},
+	"events/031.json":     {kind: events.TagDeleted, repo: "demo", tag: "v1again"},
+	"events/032.json":     {kind: events.DigestDeleted, repo: "other", digest: fxV1},
+	"events/033.json":     {kind: events.TagDeleted, repo: "other", tag: "v1"},
+	"events/034.json":     {kind: events.DigestDeleted, repo: "bydigest", digest: fxLayer1},
+	"events/035.json":     {kind: events.Touched, repo: "demo", digest: fxIndex},
+	"redelivery/001.json": {kind: events.TagDeleted, repo: "demo", tag: "v1"},
+	"redelivery/002.json": {kind: events.DigestDeleted, repo: "demo", digest: fxV2},
+	"redelivery/003.json": {kind: events.Touched, repo: "bydigest", digest: fxV1},
+	"redelivery/004.json": {kind: events.Touched, repo: "demo", digest: fxIndex},
 }
 
 // summary flattens an event into the fields of want.
-func summary(e Event) want {
+func summary(e events.Event) want {
 	var w want
 	w.kind = e.Kind
 	switch {
@@ -170,7 +173,7 @@ func TestTranslateFixtures(t *testing.T) {
 			if !ok {
 				t.Fatalf("no expectation for %s", name)
 			}
-			raw := readFixture(t, name)
+			raw := fixtures.Read(t, name)
 			var env struct {
 				Events []DistributionEvent `json:"events"`
 			}
@@ -196,7 +199,7 @@ func TestTranslateFixtures(t *testing.T) {
 			}
 			ev := r.Events[0]
 			de := env.Events[0]
-			if ev.ID != de.ID || r.ID != de.ID || !ev.Time.Equal(de.Timestamp) || ev.V != Version ||
+			if ev.ID != de.ID || r.ID != de.ID || !ev.Time.Equal(de.Timestamp) || ev.V != events.Version ||
 				ev.Source != "distribution:"+de.Source.InstanceID || ev.Host != de.Source.Addr || ev.Host == "" ||
 				!ev.Received.IsZero() {
 				t.Errorf("envelope fields: %+v (registry event %s at %s from %s)", ev, de.ID, de.Timestamp, de.Source.InstanceID)
@@ -213,11 +216,11 @@ func TestTranslateFixtures(t *testing.T) {
 				t.Error(err)
 			}
 			// Through the wire encoding and back, unchanged.
-			b, err := Encode(ev)
+			b, err := events.Encode(ev)
 			if err != nil {
 				t.Fatal(err)
 			}
-			back, err := Decode(b)
+			back, err := events.Decode(b)
 			if err != nil || !reflect.DeepEqual(back.Manifest, ev.Manifest) || back.ID != ev.ID {
 				t.Errorf("encode/decode changed the event: %v", err)
 			}
@@ -237,36 +240,36 @@ func TestTranslateFixturesExact(t *testing.T) {
 		}
 		return tm
 	}
-	tests := map[string]Event{
+	tests := map[string]events.Event{
 		"events/001.json": {V: 1, ID: "01a2054a-d834-7ea3-946d-36a5d494a272", Time: ts("2026-11-22T22:05:20.820960181Z"),
-			Source: fxSource, Host: "vm:5055", Kind: BlobPushed, Blob: &Blob{Repo: "demo", Digest: fxLayer1, Size: 138}},
+			Source: fxSource, Host: "vm:5055", Kind: events.BlobPushed, Blob: &events.Blob{Repo: "demo", Digest: fxLayer1, Size: 138}},
 		"events/003.json": {V: 1, ID: "01a2054a-d83b-761f-a76b-cd6ad782b15f", Time: ts("2026-11-22T22:05:20.827401909Z"),
-			Source: fxSource, Host: "vm:5055", Kind: ManifestPushed, Manifest: &Manifest{Repo: "demo", Digest: fxV1,
-				MediaType: MediaTypeDockerManifest, Size: 423, Blobs: fxBlobs1, Tag: "v1"}},
+			Source: fxSource, Host: "vm:5055", Kind: events.ManifestPushed, Manifest: &events.Manifest{Repo: "demo", Digest: fxV1,
+				MediaType: events.MediaTypeDockerManifest, Size: 423, Blobs: fxBlobs1, Tag: "v1"}},
 		"events/010.json": {V: 1, ID: "01a2054b-17e8-7843-a4b2-d33f2571a795", Time: ts("2026-11-22T22:05:37.12854304Z"),
-			Source: fxSource, Host: "vm:5055", Kind: BlobMounted, Blob: &Blob{Repo: "other", Digest: fxConfig1, Size: 233, From: "demo"}},
-		"events/026.json": {V: 1, ID: "01a2054b-3014-79f9-9ed6-a1d9eca805eb", Time: ts("2026-11-22T22:05:43.316653969Z"), Source: fxSource, Host: "vm:5055", Kind: ManifestPushed,
-			Manifest: &Manifest{Repo: "demo", Digest: fxIndex, MediaType: MediaTypeOCIIndex, Size: 541, Tag: "idx", Unverified: true,
-				Children: []Descriptor{{MediaType: MediaTypeDockerManifest, Digest: fxV1, Size: 423}, {MediaType: MediaTypeDockerManifest, Digest: fxV2, Size: 423}}}},
+			Source: fxSource, Host: "vm:5055", Kind: events.BlobMounted, Blob: &events.Blob{Repo: "other", Digest: fxConfig1, Size: 233, From: "demo"}},
+		"events/026.json": {V: 1, ID: "01a2054b-3014-79f9-9ed6-a1d9eca805eb", Time: ts("2026-11-22T22:05:43.316653969Z"), Source: fxSource, Host: "vm:5055", Kind: events.ManifestPushed,
+			Manifest: &events.Manifest{Repo: "demo", Digest: fxIndex, MediaType: events.MediaTypeOCIIndex, Size: 541, Tag: "idx", Unverified: true,
+				Children: []events.Descriptor{{MediaType: events.MediaTypeDockerManifest, Digest: fxV1, Size: 423}, {MediaType: events.MediaTypeDockerManifest, Digest: fxV2, Size: 423}}}},
 		"events/030.json": {V: 1, ID: "01a2054b-58ad-77fa-87f7-fe6c410b0755", Time: ts("2026-11-22T22:05:53.709523445Z"),
-			Source: fxSource, Host: "vm:5055", Kind: ManifestPushed, Manifest: &Manifest{Repo: "demo", Digest: fxSigned,
-				MediaType: MediaTypeOCIManifest, Size: 604,
-				Blobs: []Descriptor{
+			Source: fxSource, Host: "vm:5055", Kind: events.ManifestPushed, Manifest: &events.Manifest{Repo: "demo", Digest: fxSigned,
+				MediaType: events.MediaTypeOCIManifest, Size: 604,
+				Blobs: []events.Descriptor{
 					{MediaType: "application/vnd.oci.image.config.v1+json", Digest: fxConfig1, Size: 233},
 					{MediaType: "application/vnd.oci.image.layer.v1.tar", Digest: fxLayer1, Size: 138},
 				},
-				Subject: &Descriptor{MediaType: MediaTypeOCIManifest, Digest: dFixS, Size: 10}}},
+				Subject: &events.Descriptor{MediaType: events.MediaTypeOCIManifest, Digest: fixtures.FixS, Size: 10}}},
 		"events/031.json": {V: 1, ID: "01a2054b-7621-7897-a652-01e6bb8120ec", Time: ts("2026-11-22T22:06:01.249563587Z"),
-			Source: fxSource, Host: "vm:5055", Kind: TagDeleted, Tag: &Tag{Repo: "demo", Name: "v1again"}},
+			Source: fxSource, Host: "vm:5055", Kind: events.TagDeleted, Tag: &events.Tag{Repo: "demo", Name: "v1again"}},
 		"events/034.json": {V: 1, ID: "01a2054b-763d-72ab-8e90-04e7b4908a42", Time: ts("2026-11-22T22:06:01.277175407Z"),
-			Source: fxSource, Host: "vm:5055", Kind: DigestDeleted, Ref: &Ref{Repo: "bydigest", Digest: fxLayer1}},
+			Source: fxSource, Host: "vm:5055", Kind: events.DigestDeleted, Ref: &events.Ref{Repo: "bydigest", Digest: fxLayer1}},
 		"events/035.json": {V: 1, ID: "01a2054b-efc7-7b28-ba5c-f2acc7233fc6", Time: ts("2026-11-22T22:06:32.391731496Z"),
-			Source: "distribution:01a2054b-e7d8-71fd-ac94-ccdeba62951c", Host: "vm:5055", Kind: Touched, Ref: &Ref{Repo: "demo", Digest: fxIndex}},
+			Source: "distribution:01a2054b-e7d8-71fd-ac94-ccdeba62951c", Host: "vm:5055", Kind: events.Touched, Ref: &events.Ref{Repo: "demo", Digest: fxIndex}},
 	}
 	reader := fixtureReader(t)
 	for name, wantEv := range tests {
 		t.Run(name, func(t *testing.T) {
-			raw := readFixture(t, name)
+			raw := fixtures.Read(t, name)
 			res := Translate(context.Background(), raw, TranslateOptions{Reader: reader})
 			if len(res) != 1 || len(res[0].Events) != 1 {
 				t.Fatalf("results %+v", res)
@@ -285,7 +288,7 @@ func TestTranslateFixturesExact(t *testing.T) {
 // every capture exactly as Distribution's own notifications.Event does.
 func TestMirrorMatchesDistribution(t *testing.T) {
 	for _, name := range fixtureFiles(t) {
-		raw := readFixture(t, name)
+		raw := fixtures.Read(t, name)
 		var theirs struct {
 			Events []notifications.Event `json:"events"`
 		}
@@ -333,7 +336,7 @@ func blobTarget(d digest.Digest) map[string]any {
 }
 
 func TestTranslateDeadLetters(t *testing.T) {
-	good := rawEvent("good-1", "push", "demo", blobTarget(dL1))
+	good := rawEvent("good-1", "push", "demo", blobTarget(fixtures.L1))
 	tests := []struct {
 		name      string
 		event     string
@@ -345,20 +348,20 @@ func TestTranslateDeadLetters(t *testing.T) {
 		{name: "not an object", event: `"hello"`, reason: ReasonMalformedJSON},
 		{name: "wrong field type", event: `{"id":"x","action":"push","target":{"size":"big"}}`, reason: ReasonMalformedJSON},
 		{name: "bad timestamp", event: `{"id":"x","action":"push","timestamp":"yesterday"}`, reason: ReasonMalformedJSON},
-		{name: "bad digest", event: rawEvent("e1", "push", "demo", blobTarget(digest.Digest(badDig))), reason: ReasonInvalidEvent, wantField: "blob.digest"},
-		{name: "dotdot repo", event: rawEvent("e2", "push", "demo/../etc", blobTarget(dL1)), reason: ReasonInvalidEvent, wantField: "blob.repo"},
-		{name: "upper-case repo", event: rawEvent("e3", "mount", "Demo", blobTarget(dL1)), reason: ReasonInvalidEvent, wantField: "blob.repo"},
-		{name: "bad mount source", event: rawEvent("e4", "mount", "demo", map[string]any{"digest": dL1, "fromRepository": "../x"}), reason: ReasonInvalidEvent, wantField: "blob.from"},
-		{name: "unknown action", event: rawEvent("e5", "frobnicate", "demo", blobTarget(dL1)), reason: ReasonUnknownAction},
+		{name: "bad digest", event: rawEvent("e1", "push", "demo", blobTarget(digest.Digest(fixtures.BadDigest))), reason: ReasonInvalidEvent, wantField: "blob.digest"},
+		{name: "dotdot repo", event: rawEvent("e2", "push", "demo/../etc", blobTarget(fixtures.L1)), reason: ReasonInvalidEvent, wantField: "blob.repo"},
+		{name: "upper-case repo", event: rawEvent("e3", "mount", "Demo", blobTarget(fixtures.L1)), reason: ReasonInvalidEvent, wantField: "blob.repo"},
+		{name: "bad mount source", event: rawEvent("e4", "mount", "demo", map[string]any{"digest": fixtures.L1, "fromRepository": "../x"}), reason: ReasonInvalidEvent, wantField: "blob.from"},
+		{name: "unknown action", event: rawEvent("e5", "frobnicate", "demo", blobTarget(fixtures.L1)), reason: ReasonUnknownAction},
 		{name: "missing action", event: `{"id":"e6","target":{"repository":"demo"}}`, reason: ReasonUnknownAction},
-		{name: "push of neither blob nor manifest", event: rawEvent("e7", "push", "demo", map[string]any{"mediaType": "text/html", "digest": dL1}), reason: ReasonInvalidEvent},
-		{name: "manifest push with bad digest", event: rawEvent("e8", "push", "demo", map[string]any{"mediaType": MediaTypeOCIManifest, "digest": "sha256:abc"}), reason: ReasonInvalidEvent, wantField: "target.digest"},
-		{name: "manifest push with bad tag", event: rawEvent("e9", "push", "demo", map[string]any{"mediaType": MediaTypeDockerManifest, "digest": dM1, "tag": "-bad tag", "references": []any{map[string]any{"digest": dL1, "size": 1}}}), reason: ReasonInvalidEvent, wantField: "manifest.tag"},
-		{name: "manifest push with bad reference", event: rawEvent("e10", "push", "demo", map[string]any{"mediaType": MediaTypeDockerManifest, "digest": dM1, "references": []any{map[string]any{"digest": "nope", "size": 1}}}), reason: ReasonInvalidEvent, wantField: "manifest.blobs[0].digest"},
+		{name: "push of neither blob nor manifest", event: rawEvent("e7", "push", "demo", map[string]any{"mediaType": "text/html", "digest": fixtures.L1}), reason: ReasonInvalidEvent},
+		{name: "manifest push with bad digest", event: rawEvent("e8", "push", "demo", map[string]any{"mediaType": events.MediaTypeOCIManifest, "digest": "sha256:abc"}), reason: ReasonInvalidEvent, wantField: "target.digest"},
+		{name: "manifest push with bad tag", event: rawEvent("e9", "push", "demo", map[string]any{"mediaType": events.MediaTypeDockerManifest, "digest": fixtures.M1, "tag": "-bad tag", "references": []any{map[string]any{"digest": fixtures.L1, "size": 1}}}), reason: ReasonInvalidEvent, wantField: "manifest.tag"},
+		{name: "manifest push with bad reference", event: rawEvent("e10", "push", "demo", map[string]any{"mediaType": events.MediaTypeDockerManifest, "digest": fixtures.M1, "references": []any{map[string]any{"digest": "nope", "size": 1}}}), reason: ReasonInvalidEvent, wantField: "manifest.blobs[0].digest"},
 		{name: "delete of nothing", event: rawEvent("e11", "delete", "demo", nil), reason: ReasonInvalidEvent},
 		{name: "delete with bad tag", event: rawEvent("e12", "delete", "demo", map[string]any{"tag": "a/b"}), reason: ReasonInvalidEvent, wantField: "tag.name"},
-		{name: "id with spaces", event: rawEvent("has space", "push", "demo", blobTarget(dL1)), reason: ReasonInvalidEvent, wantField: "id"},
-		{name: "pull without digest", event: rawEvent("e13", "pull", "demo", map[string]any{"mediaType": MediaTypeDockerManifest, "tag": "v1"}), dropped: true},
+		{name: "id with spaces", event: rawEvent("has space", "push", "demo", blobTarget(fixtures.L1)), reason: ReasonInvalidEvent, wantField: "id"},
+		{name: "pull without digest", event: rawEvent("e13", "pull", "demo", map[string]any{"mediaType": events.MediaTypeDockerManifest, "tag": "v1"}), dropped: true},
 	}
 	var all []string
 	for _, tt := range tests {
@@ -389,7 +392,7 @@ func TestTranslateDeadLetters(t *testing.T) {
 				if !strings.Contains(r.Err.Error(), tt.wantField) {
 					t.Errorf("error %q does not name %q", r.Err, tt.wantField)
 				}
-				if tt.reason == ReasonInvalidEvent && !errors.Is(r.Err, ErrInvalid) && tt.wantField != "" {
+				if tt.reason == ReasonInvalidEvent && !errors.Is(r.Err, events.ErrInvalid) && tt.wantField != "" {
 					t.Errorf("error %v is not a ValidationError", r.Err)
 				}
 			case tt.dropped:
@@ -409,7 +412,7 @@ func TestTranslateDeadLetters(t *testing.T) {
 }
 
 func TestTranslateEnvelopeFailures(t *testing.T) {
-	big := envelope(strings.Repeat(rawEvent("x", "push", "demo/app", blobTarget(dL1))+",", 20) + `{}`)
+	big := envelope(strings.Repeat(rawEvent("x", "push", "demo/app", blobTarget(fixtures.L1))+",", 20) + `{}`)
 	tests := []struct {
 		name   string
 		body   []byte
@@ -456,7 +459,7 @@ func TestTranslateEnvelopeFailures(t *testing.T) {
 }
 
 func TestTranslateIDFallbackAndClock(t *testing.T) {
-	ev := `{"action":"pull","target":{"repository":"demo","digest":"` + string(dL1) + `"}}`
+	ev := `{"action":"pull","target":{"repository":"demo","digest":"` + string(fixtures.L1) + `"}}`
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	opts := TranslateOptions{Now: func() time.Time { return now }}
 	a := Translate(context.Background(), envelope(ev), opts)
@@ -487,7 +490,7 @@ func TestTranslateHost(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ev := fmt.Sprintf(`{"id":"h1","timestamp":"2026-11-22T22:05:20Z","action":"pull",`+
-				`"target":{"repository":"demo","digest":%q},"source":{"addr":%q,"instanceID":"i"}}`, dL1, tt.addr)
+				`"target":{"repository":"demo","digest":%q},"source":{"addr":%q,"instanceID":"i"}}`, fixtures.L1, tt.addr)
 			r := Translate(context.Background(), envelope(ev), TranslateOptions{})[0]
 			if r.DeadLettered() || len(r.Events) != 1 {
 				t.Fatalf("not translated: %+v", r)
@@ -509,11 +512,11 @@ func hugeAnnotationPush(t testing.TB, id string, n int) []byte {
 	ev := DistributionEvent{
 		ID: id, Timestamp: ts, Action: ActionPush,
 		Target: DistributionTarget{
-			Descriptor: v1.Descriptor{MediaType: MediaTypeOCIManifest, Digest: dM1, Size: int64(n + 500)},
-			Repository: "demo", URL: "http://reg/v2/demo/manifests/" + dM1.String(), Tag: "big",
+			Descriptor: v1.Descriptor{MediaType: events.MediaTypeOCIManifest, Digest: fixtures.M1, Size: int64(n + 500)},
+			Repository: "demo", URL: "http://reg/v2/demo/manifests/" + fixtures.M1.String(), Tag: "big",
 			References: []v1.Descriptor{
-				{MediaType: "application/vnd.oci.image.config.v1+json", Digest: dCfg, Size: 7},
-				{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: dL1, Size: 10,
+				{MediaType: "application/vnd.oci.image.config.v1+json", Digest: fixtures.Cfg, Size: 7},
+				{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: fixtures.L1, Size: 10,
 					Annotations: map[string]string{"org.example.notes": strings.Repeat("<&>", n/3)}},
 			},
 		},
@@ -542,17 +545,17 @@ func TestTranslateHugeAnnotation(t *testing.T) {
 		t.Fatalf("not translated: %s %v", r.Reason, r.Err)
 	}
 	m := r.Events[0].Manifest
-	if m == nil || len(m.Blobs) != 2 || m.Blobs[1].Digest != dL1 {
+	if m == nil || len(m.Blobs) != 2 || m.Blobs[1].Digest != fixtures.L1 {
 		t.Fatalf("manifest %+v", m)
 	}
-	b, err := Encode(r.Events[0])
+	b, err := events.Encode(r.Events[0])
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(b) > 4096 {
 		t.Errorf("encoded event of %d bytes", len(b))
 	}
-	if _, err := Decode(b); err != nil {
+	if _, err := events.Decode(b); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -560,15 +563,15 @@ func TestTranslateHugeAnnotation(t *testing.T) {
 // TestTranslateEnrichment covers the manifest reads of manifest pushes.
 func TestTranslateEnrichment(t *testing.T) {
 	ctx := context.Background()
-	ev030 := readFixture(t, "events/030.json")
-	subject := &Descriptor{MediaType: MediaTypeOCIManifest, Digest: dFixS, Size: 10}
+	ev030 := fixtures.Read(t, "events/030.json")
+	subject := &events.Descriptor{MediaType: events.MediaTypeOCIManifest, Digest: fixtures.FixS, Size: 10}
 
 	// A Docker schema2 manifest pushed with includereferences off: the
 	// references come from the manifest itself.
-	body := []byte(imageManifest(MediaTypeDockerManifest, ""))
+	body := []byte(fixtures.ImageManifest(events.MediaTypeDockerManifest, ""))
 	d := digest.FromBytes(body)
 	noRefs := envelope(rawEvent("np", "push", "demo", map[string]any{
-		"mediaType": MediaTypeDockerManifest, "digest": d, "size": len(body), "tag": "latest",
+		"mediaType": events.MediaTypeDockerManifest, "digest": d, "size": len(body), "tag": "latest",
 		"url": "http://reg/v2/demo/manifests/" + d.String(),
 	}))
 	docker := &mapReader{bodies: map[digest.Digest][]byte{d: body}}
@@ -610,7 +613,11 @@ func TestTranslateEnrichment(t *testing.T) {
 		if r.EnrichErr != nil || len(r.Events) != 1 {
 			t.Fatalf("got %+v", r)
 		}
-		want := &Manifest{Repo: "demo", Digest: d, MediaType: MediaTypeDockerManifest, Size: int64(len(body)), Tag: "latest", Blobs: imageBlobs}
+		want := &events.Manifest{Repo: "demo", Digest: d, MediaType: events.MediaTypeDockerManifest, Size: int64(len(body)), Tag: "latest", Blobs: []events.Descriptor{
+			{MediaType: "application/vnd.oci.image.config.v1+json", Digest: fixtures.Cfg, Size: 7},
+			{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: fixtures.L1, Size: 10},
+			{MediaType: "application/vnd.oci.image.layer.v1.tar+gzip", Digest: fixtures.L2, Size: 20},
+		}}
 		if !reflect.DeepEqual(r.Events[0].Manifest, want) {
 			t.Errorf("got  %+v\nwant %+v", r.Events[0].Manifest, want)
 		}
@@ -623,7 +630,7 @@ func TestTranslateEnrichment(t *testing.T) {
 	})
 	t.Run("docker schema2 with references is not read", func(t *testing.T) {
 		rd := fixtureReader(t)
-		Translate(ctx, readFixture(t, "events/003.json"), TranslateOptions{Reader: rd})
+		Translate(ctx, fixtures.Read(t, "events/003.json"), TranslateOptions{Reader: rd})
 		if rd.reads.Load() != 0 {
 			t.Errorf("read %d manifests", rd.reads.Load())
 		}
@@ -633,7 +640,7 @@ func TestTranslateEnrichment(t *testing.T) {
 			"digest": fxSigned, "size": 604, "url": "http://reg/v2/demo/manifests/" + fxSigned.String(),
 		}))
 		r := Translate(ctx, ev, TranslateOptions{Reader: fixtureReader(t)})[0]
-		if r.DeadLettered() || r.Events[0].Manifest.MediaType != MediaTypeOCIManifest || r.Events[0].Manifest.Subject == nil {
+		if r.DeadLettered() || r.Events[0].Manifest.MediaType != events.MediaTypeOCIManifest || r.Events[0].Manifest.Subject == nil {
 			t.Fatalf("got %+v", r)
 		}
 		// Without a reader, a manifest of unknown media type cannot be a valid event.
@@ -658,19 +665,19 @@ func (blockingReader) ReadManifest(ctx context.Context, _ string, _ digest.Diges
 }
 
 func TestRegistryManifestReader(t *testing.T) {
-	body := readFixture(t, "manifests/oci-with-subject.json")
+	body := fixtures.Read(t, "manifests/oci-with-subject.json")
 	var lastAccept, lastAuth atomic.Value
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		lastAccept.Store(r.Header.Get("Accept"))
 		lastAuth.Store(r.Header.Get("Authorization"))
 		switch r.URL.Path {
 		case "/v2/demo/manifests/" + fxSigned.String():
-			w.Header().Set("Content-Type", MediaTypeOCIManifest)
+			w.Header().Set("Content-Type", events.MediaTypeOCIManifest)
 			_, _ = w.Write(body)
-		case "/v2/demo/manifests/" + dM1.String():
-			w.Header().Set("Content-Type", MediaTypeOCIManifest)
-			_, _ = w.Write(body) // not the bytes of dM1
-		case "/v2/demo/manifests/" + dM2.String():
+		case "/v2/demo/manifests/" + fixtures.M1.String():
+			w.Header().Set("Content-Type", events.MediaTypeOCIManifest)
+			_, _ = w.Write(body) // not the bytes of fixtures.M1
+		case "/v2/demo/manifests/" + fixtures.M2.String():
 			_, _ = w.Write(make([]byte, 2048))
 		case "/v2/private/manifests/" + fxSigned.String():
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
@@ -684,14 +691,14 @@ func TestRegistryManifestReader(t *testing.T) {
 	t.Run("reads and verifies", func(t *testing.T) {
 		r := &RegistryManifestReader{BaseURL: srv.URL + "/", Token: "s3cret"}
 		got, mt, err := r.ReadManifest(ctx, "demo", fxSigned)
-		if err != nil || string(got) != string(body) || mt != MediaTypeOCIManifest {
+		if err != nil || string(got) != string(body) || mt != events.MediaTypeOCIManifest {
 			t.Fatalf("got %d bytes, %q, %v", len(got), mt, err)
 		}
 		if lastAuth.Load() != "Bearer s3cret" {
 			t.Errorf("Authorization = %q", lastAuth.Load())
 		}
 		accept := lastAccept.Load().(string)
-		for _, want := range ManifestMediaTypes() {
+		for _, want := range events.ManifestMediaTypes() {
 			if !strings.Contains(accept, want) {
 				t.Errorf("Accept %q lacks %q", accept, want)
 			}
@@ -714,12 +721,12 @@ func TestRegistryManifestReader(t *testing.T) {
 		wantErr error
 		wantMsg string
 	}{
-		{name: "not found", repo: "demo", d: dL1, wantErr: ErrManifestNotFound},
-		{name: "digest mismatch", repo: "demo", d: dM1, wantErr: ErrDigestMismatch},
-		{name: "too large", repo: "demo", d: dM2, max: 1024, wantErr: ErrManifestTooLarge},
+		{name: "not found", repo: "demo", d: fixtures.L1, wantErr: ErrManifestNotFound},
+		{name: "digest mismatch", repo: "demo", d: fixtures.M1, wantErr: ErrDigestMismatch},
+		{name: "too large", repo: "demo", d: fixtures.M2, max: 1024, wantErr: events.ErrManifestTooLarge},
 		{name: "unauthorized", repo: "private", d: fxSigned, wantMsg: "401"},
-		{name: "bad repository, no request", repo: "../v2", d: fxSigned, wantErr: ErrInvalid},
-		{name: "bad digest, no request", repo: "demo", d: "sha256:../../x", wantErr: ErrInvalid},
+		{name: "bad repository, no request", repo: "../v2", d: fxSigned, wantErr: events.ErrInvalid},
+		{name: "bad digest, no request", repo: "demo", d: "sha256:../../x", wantErr: events.ErrInvalid},
 	}
 	for _, tt := range errs {
 		t.Run(tt.name, func(t *testing.T) {
@@ -732,11 +739,11 @@ func TestRegistryManifestReader(t *testing.T) {
 	}
 	t.Run("as the reader of Translate", func(t *testing.T) {
 		r := &RegistryManifestReader{BaseURL: srv.URL}
-		res := Translate(ctx, readFixture(t, "events/030.json"), TranslateOptions{Reader: r})[0]
-		if res.EnrichErr != nil || res.Events[0].Manifest.Subject == nil || res.Events[0].Manifest.Subject.Digest != dFixS {
+		res := Translate(ctx, fixtures.Read(t, "events/030.json"), TranslateOptions{Reader: r})[0]
+		if res.EnrichErr != nil || res.Events[0].Manifest.Subject == nil || res.Events[0].Manifest.Subject.Digest != fixtures.FixS {
 			t.Fatalf("got %+v", res)
 		}
-		res = Translate(ctx, readFixture(t, "events/026.json"), TranslateOptions{Reader: r})[0]
+		res = Translate(ctx, fixtures.Read(t, "events/026.json"), TranslateOptions{Reader: r})[0]
 		if !errors.Is(res.EnrichErr, ErrManifestNotFound) || len(res.Events) != 1 {
 			t.Fatalf("got %+v", res)
 		}
@@ -745,7 +752,7 @@ func TestRegistryManifestReader(t *testing.T) {
 
 func FuzzTranslate(f *testing.F) {
 	for _, dir := range []string{"events", "redelivery"} {
-		m, _ := filepath.Glob(filepath.Join(fixtureDir, dir, "*.json"))
+		m, _ := filepath.Glob(filepath.Join(fixtures.Dir, dir, "*.json"))
 		for _, name := range m {
 			b, err := os.ReadFile(name)
 			if err != nil {

@@ -1,7 +1,9 @@
-package events
+package eventlog
 
 import (
 	"strings"
+
+	"github.com/refgc/refgc/events"
 )
 
 // Subject layout of the event log:
@@ -29,7 +31,7 @@ const (
 // Subject returns the subject an event is published on. It expects a
 // validated event; for an invalid one it still returns a well-formed
 // subject, never one with empty tokens or wildcards.
-func Subject(e Event) string {
+func Subject(e events.Event) string {
 	var b strings.Builder
 	b.Grow(len(SubjectPrefix) + 48)
 	b.WriteString(SubjectPrefix)
@@ -43,7 +45,7 @@ func Subject(e Event) string {
 // every kind, repo "" every repository (including events with none), and a
 // repository matches exactly that repository, not the ones below it.
 // Pass NoRepoToken as repo to match only events without a repository.
-func SubjectFilter(kind Kind, repo string) string {
+func SubjectFilter(kind events.Kind, repo string) string {
 	k := "*"
 	if kind != "" {
 		k = kindToken(kind)
@@ -59,7 +61,7 @@ func SubjectFilter(kind Kind, repo string) string {
 }
 
 // EventRepo returns the repository an event is about, or "" if it names none.
-func EventRepo(e Event) string {
+func EventRepo(e events.Event) string {
 	switch {
 	case e.Manifest != nil:
 		return e.Manifest.Repo
@@ -85,7 +87,7 @@ func EventRepo(e Event) string {
 	return ""
 }
 
-func kindToken(k Kind) string {
+func kindToken(k events.Kind) string {
 	if k == "" {
 		return NoRepoToken
 	}

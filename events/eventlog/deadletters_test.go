@@ -1,27 +1,27 @@
-package events_test
+package eventlog_test
 
 import (
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 )
 
 func TestReadDeadLetters(t *testing.T) {
 	_, js, _ := setup(t)
 	ctx := ctxT(t, 10*time.Second)
-	if got, err := events.ReadDeadLetters(ctx, js, "", 10); err != nil || len(got) != 0 {
+	if got, err := eventlog.ReadDeadLetters(ctx, js, "", 10); err != nil || len(got) != 0 {
 		t.Fatalf("empty stream: %v %v", got, err)
 	}
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	for i := range 5 {
-		if err := pub.DeadLetter(ctx, events.DeadLetter{ID: fmt.Sprint("dl-", i), Source: "reg", Reason: "invalid_event",
+		if err := pub.DeadLetter(ctx, eventlog.DeadLetter{ID: fmt.Sprint("dl-", i), Source: "reg", Reason: "invalid_event",
 			Detail: fmt.Sprint("detail ", i), Body: []byte(fmt.Sprint("body ", i))}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	got, err := events.ReadDeadLetters(ctx, js, "", 3)
+	got, err := eventlog.ReadDeadLetters(ctx, js, "", 3)
 	if err != nil {
 		t.Fatal(err)
 	}

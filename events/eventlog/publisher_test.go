@@ -1,4 +1,4 @@
-package events_test
+package eventlog_test
 
 import (
 	"bytes"
@@ -12,12 +12,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 )
 
 func TestPublishDuplicate(t *testing.T) {
 	_, js, s := setup(t)
 	reg := prometheus.NewRegistry()
-	pub := events.NewPublisher(js, events.PublisherConfig{Registerer: reg})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg})
 	ctx := ctxT(t, 10*time.Second)
 	e := testEvent(1)
 	first, err := pub.Publish(ctx, e)
@@ -57,8 +58,8 @@ func TestPublishDuplicate(t *testing.T) {
 	if got := m.Header.Get(jetstream.MsgIDHeader); got != e.ID {
 		t.Errorf("Nats-Msg-Id = %q, want %q", got, e.ID)
 	}
-	if m.Subject != events.Subject(e) {
-		t.Errorf("subject %q, want %q", m.Subject, events.Subject(e))
+	if m.Subject != eventlog.Subject(e) {
+		t.Errorf("subject %q, want %q", m.Subject, eventlog.Subject(e))
 	}
 	got, err := events.Decode(m.Data)
 	if err != nil || got.ID != e.ID || got.Blob.Digest != e.Blob.Digest {
@@ -74,7 +75,7 @@ func TestPublishDuplicate(t *testing.T) {
 
 func TestPublishInvalid(t *testing.T) {
 	_, js, s := setup(t)
-	pub := events.NewPublisher(js, events.PublisherConfig{})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
 	ctx := ctxT(t, 10*time.Second)
 	bad := testEvent(5)
 	bad.Blob.Repo = "Not/Valid"
@@ -98,7 +99,7 @@ func TestPublishInvalid(t *testing.T) {
 
 func TestPublishAsyncAndBatch(t *testing.T) {
 	_, js, _ := setup(t)
-	pub := events.NewPublisher(js, events.PublisherConfig{MaxInflight: 16})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{MaxInflight: 16})
 	ctx := ctxT(t, 30*time.Second)
 	f, err := pub.PublishAsync(testEvent(0))
 	if err != nil {
@@ -136,11 +137,11 @@ func TestPublishAsyncAndBatch(t *testing.T) {
 func TestDeadLetter(t *testing.T) {
 	_, js, _ := setup(t)
 	reg := prometheus.NewRegistry()
-	pub := events.NewPublisher(js, events.PublisherConfig{Registerer: reg})
+	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg})
 	ctx := ctxT(t, 10*time.Second)
 	when := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 	body := []byte(`{"events":[{"bogus":true}]}`)
-	d := events.DeadLetter{ID: "abc-1", Source: "registry.example.com:5000", Reason: "invalid",
+	d := eventlog.DeadLetter{ID: "abc-1", Source: "registry.example.com:5000", Reason: "invalid",
 		Detail: "line one\nline two", Body: body, Time: when}
 	if err := pub.DeadLetter(ctx, d); err != nil {
 		t.Fatal(err)
@@ -148,10 +149,10 @@ func TestDeadLetter(t *testing.T) {
 	if err := pub.DeadLetter(ctx, d); err != nil { // deduplicated by id
 		t.Fatal(err)
 	}
-	if err := pub.DeadLetter(ctx, events.DeadLetter{Reason: "Free text, not a code", Body: []byte("x")}); err != nil {
+	if err := pub.DeadLetter(ctx, eventlog.DeadLetter{Reason: "Free text, not a code", Body: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}
-	s, err := js.Stream(ctx, events.DefaultDeadLetterStreamName)
+	s, err := js.Stream(ctx, eventlog.DefaultDeadLetterStreamName)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,11 +170,11 @@ func TestDeadLetter(t *testing.T) {
 		t.Errorf("body %q", m.Data)
 	}
 	for h, want := range map[string]string{
-		events.HeaderDeadLetterReason: "invalid",
-		events.HeaderDeadLetterDetail: "line one line two",
-		events.HeaderDeadLetterSource: "registry.example.com:5000",
-		events.HeaderDeadLetterID:     "abc-1",
-		events.HeaderDeadLetterTime:   "2025-03-04T05:06:07Z",
+		eventlog.HeaderDeadLetterReason: "invalid",
+		eventlog.HeaderDeadLetterDetail: "line one line two",
+		eventlog.HeaderDeadLetterSource: "registry.example.com:5000",
+		eventlog.HeaderDeadLetterID:     "abc-1",
+		eventlog.HeaderDeadLetterTime:   "2025-03-04T05:06:07Z",
 	} {
 		if got := m.Header.Get(h); got != want {
 			t.Errorf("header %s = %q, want %q", h, got, want)
@@ -219,8 +220,8 @@ func labelled(t *testing.T, reg *prometheus.Registry, name, label, value string)
 func TestPublisherSharedRegistry(t *testing.T) {
 	_, js, _ := setup(t)
 	reg := prometheus.NewRegistry()
-	a := events.NewPublisher(js, events.PublisherConfig{Registerer: reg})
-	b := events.NewPublisher(js, events.PublisherConfig{Registerer: reg})
+	a := eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg})
+	b := eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg})
 	ctx := ctxT(t, 10*time.Second)
 	if _, err := a.Publish(ctx, testEvent(1)); err != nil {
 		t.Fatal(err)
