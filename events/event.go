@@ -26,6 +26,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -235,6 +236,33 @@ func (n NodeRef) String() string {
 	default:
 		return string(n.Kind) + " " + n.Repo + "@" + n.Digest.String()
 	}
+}
+
+// ParseRef reads a node reference as operators write it: "repo:tag",
+// "repo@digest" (a manifest revision), "layer:repo@digest" or
+// "blob:digest". The reference is validated (NodeRef.Validate).
+func ParseRef(s string) (NodeRef, error) {
+	var ref NodeRef
+	switch {
+	case strings.HasPrefix(s, "blob:"):
+		ref = NodeRef{Kind: NodeBlob, Digest: digest.Digest(strings.TrimPrefix(s, "blob:"))}
+	case strings.HasPrefix(s, "layer:"):
+		repo, d, _ := strings.Cut(strings.TrimPrefix(s, "layer:"), "@")
+		ref = NodeRef{Kind: NodeLayer, Repo: repo, Digest: digest.Digest(d)}
+	case strings.Contains(s, "@"):
+		repo, d, _ := strings.Cut(s, "@")
+		ref = NodeRef{Kind: NodeManifest, Repo: repo, Digest: digest.Digest(d)}
+	default:
+		i := strings.LastIndex(s, ":")
+		if i < 0 {
+			return ref, fmt.Errorf("events: reference %q: want repo:tag, repo@digest, layer:repo@digest or blob:digest", s)
+		}
+		ref = NodeRef{Kind: NodeTag, Repo: s[:i], Name: s[i+1:]}
+	}
+	if err := ref.Validate(); err != nil {
+		return ref, fmt.Errorf("events: reference %q: %w", s, err)
+	}
+	return ref, nil
 }
 
 // Observation is the body of ObservedAbsent.

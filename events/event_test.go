@@ -187,3 +187,27 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestParseRef(t *testing.T) {
+	good := map[string]NodeKind{
+		"app:v1":                     NodeTag,
+		"registry.local/app:v1":      NodeTag,
+		"app@sha256:" + refHex:       NodeManifest,
+		"layer:a/b@sha256:" + refHex: NodeLayer,
+		"blob:sha256:" + refHex:      NodeBlob,
+		"team/app.x:latest":          NodeTag,
+	}
+	for s, kind := range good {
+		ref, err := ParseRef(s)
+		if err != nil || ref.Kind != kind {
+			t.Errorf("ParseRef(%q) = %+v, %v", s, ref, err)
+		}
+	}
+	for _, s := range []string{"app", "../x:v1", "App:v1", "app@sha256:zz", "blob:nope", "a/../../b:v1", "app:\x00"} {
+		if _, err := ParseRef(s); err == nil {
+			t.Errorf("ParseRef(%q) accepted", s)
+		}
+	}
+}
+
+const refHex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"

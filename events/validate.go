@@ -168,6 +168,18 @@ func (c *checker) node(field string, n NodeRef) {
 	}
 }
 
+// Validate checks a node reference as Event.Validate checks one in an
+// event's body: it returns a *ValidationError naming the first bad field
+// ("node.repo", "node.digest", …), or nil.
+func (n NodeRef) Validate() error {
+	c := &checker{}
+	c.node("node", n)
+	if c.err != nil {
+		return c.err
+	}
+	return nil
+}
+
 // Validate checks the envelope and the body its kind needs. It returns a
 // *ValidationError naming the first bad field, or nil.
 func (e *Event) Validate() error {

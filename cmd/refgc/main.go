@@ -24,6 +24,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/refcount"
 )
@@ -230,7 +231,7 @@ func refQuery(use, short, path string, takesRef bool) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			u := addr + path
 			if takesRef {
-				if _, err := daemon.ParseRef(args[0]); err != nil {
+				if _, err := events.ParseRef(args[0]); err != nil {
 					return err
 				}
 				u += "?" + url.Values{"ref": {args[0]}}.Encode()

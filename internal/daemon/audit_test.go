@@ -80,30 +80,6 @@ func TestAdminWhyAndImpact(t *testing.T) {
 	e.mustPull("app:v1") // nothing changed
 }
 
-func TestParseRef(t *testing.T) {
-	good := map[string]events.NodeKind{
-		"app:v1":                    events.NodeTag,
-		"registry.local/app:v1":     events.NodeTag,
-		"app@sha256:" + hex64:       events.NodeManifest,
-		"layer:a/b@sha256:" + hex64: events.NodeLayer,
-		"blob:sha256:" + hex64:      events.NodeBlob,
-		"team/app.x:latest":         events.NodeTag,
-	}
-	for s, kind := range good {
-		ref, err := daemon.ParseRef(s)
-		if err != nil || ref.Kind != kind {
-			t.Errorf("ParseRef(%q) = %+v, %v", s, ref, err)
-		}
-	}
-	for _, s := range []string{"app", "../x:v1", "App:v1", "app@sha256:zz", "blob:nope", "a/../../b:v1", "app:\x00"} {
-		if _, err := daemon.ParseRef(s); err == nil {
-			t.Errorf("ParseRef(%q) accepted", s)
-		}
-	}
-}
-
-const hex64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-
 func TestAdminToken(t *testing.T) {
 	e := newEnv(t, envOpts{noStorage: true, noRegistry: true, adminToken: "s3cret"})
 	for _, tc := range []struct {

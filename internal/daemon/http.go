@@ -233,38 +233,9 @@ func (d *Daemon) rebuild(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rep)
 }
 
-// ParseRef reads a node reference as operators write it: "repo:tag",
-// "repo@digest" (a manifest revision), "layer:repo@digest" or
-// "blob:digest".
-func ParseRef(s string) (events.NodeRef, error) {
-	var ref events.NodeRef
-	switch {
-	case strings.HasPrefix(s, "blob:"):
-		ref = events.NodeRef{Kind: events.NodeBlob, Digest: digest.Digest(strings.TrimPrefix(s, "blob:"))}
-	case strings.HasPrefix(s, "layer:"):
-		repo, d, _ := strings.Cut(strings.TrimPrefix(s, "layer:"), "@")
-		ref = events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: digest.Digest(d)}
-	case strings.Contains(s, "@"):
-		repo, d, _ := strings.Cut(s, "@")
-		ref = events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: digest.Digest(d)}
-	default:
-		i := strings.LastIndex(s, ":")
-		if i < 0 {
-			return ref, fmt.Errorf("daemon: reference %q: want repo:tag, repo@digest, layer:repo@digest or blob:digest", s)
-		}
-		ref = events.NodeRef{Kind: events.NodeTag, Repo: s[:i], Name: s[i+1:]}
-	}
-	ev := events.Event{V: events.Version, ID: "ref", Time: time.Unix(1, 0), Kind: events.ObservedAbsent,
-		Absent: &events.Observation{Node: ref}}
-	if err := ev.Validate(); err != nil {
-		return ref, fmt.Errorf("daemon: reference %q: %w", s, err)
-	}
-	return ref, nil
-}
-
 // why answers GET /v1/why?ref=… with the chain that keeps a node alive.
 func (d *Daemon) why(w http.ResponseWriter, r *http.Request) {
-	ref, err := ParseRef(r.URL.Query().Get("ref"))
+	ref, err := events.ParseRef(r.URL.Query().Get("ref"))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -283,7 +254,7 @@ func (d *Daemon) why(w http.ResponseWriter, r *http.Request) {
 // impact answers GET /v1/impact?ref=… with what deleting a tag or a
 // manifest revision would free.
 func (d *Daemon) impact(w http.ResponseWriter, r *http.Request) {
-	ref, err := ParseRef(r.URL.Query().Get("ref"))
+	ref, err := events.ParseRef(r.URL.Query().Get("ref"))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
