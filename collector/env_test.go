@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/events/eventlog"
@@ -41,7 +42,7 @@ type env struct {
 	log    *sinkLog
 	offset atomic.Int64
 	col    *collector.Collector
-	rec    *collector.Reconciler
+	rec    *reconcile.Reconciler
 	keep   bool
 	deadOK bool // dead letters are expected
 	// kept are objects that refgc keeps on purpose beyond what the oracle
@@ -129,7 +130,7 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 	// stay on the wall clock, behind it: the storage check's comparison of
 	// them is tested where the test writes storage itself.)
 	e.reg.Faults.ShiftTime(func() time.Duration { return time.Duration(e.offset.Load()) })
-	e.rec, err = collector.NewReconciler(collector.ReconcilerConfig{Projection: proj, Store: e.store, Log: e.log, Now: e.now})
+	e.rec, err = reconcile.New(reconcile.Config{Projection: proj, Store: e.store, Log: e.log, Now: e.now})
 	if err != nil {
 		t.Fatal(err)
 	}

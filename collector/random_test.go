@@ -22,6 +22,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
@@ -64,7 +65,7 @@ type world struct {
 	proj  *refcount.Projection
 	log   *collector.DirectLog
 	col   *collector.Collector
-	rec   *collector.Reconciler
+	rec   *reconcile.Reconciler
 	clock time.Time
 	seq   int
 	// net, when set, delivers the events through two registry instances
@@ -112,7 +113,7 @@ func newWorldSync(t testing.TB, concurrency int, sync bool) *world {
 	}
 	w.log = &collector.DirectLog{P: w.proj}
 	now := func() time.Time { return w.clock }
-	w.rec, err = collector.NewReconciler(collector.ReconcilerConfig{Projection: w.proj, Store: w.store, Log: w.log, Now: now})
+	w.rec, err = reconcile.New(reconcile.Config{Projection: w.proj, Store: w.store, Log: w.log, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}

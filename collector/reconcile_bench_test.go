@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
 )
@@ -171,7 +172,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer proj.Close()
-	r, err := collector.NewReconciler(collector.ReconcilerConfig{Projection: proj, Store: st,
+	r, err := reconcile.New(reconcile.Config{Projection: proj, Store: st,
 		Log: &collector.DirectLog{P: proj}, Logger: quietLogger})
 	if err != nil {
 		b.Fatal(err)

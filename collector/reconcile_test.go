@@ -20,7 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/events/eventlog"
@@ -72,9 +72,9 @@ func newDroppingEnv(t *testing.T, policy refcount.Policy, rate float64, seed uin
 	return e, sink
 }
 
-func (e *env) reconciler(reg prometheus.Registerer) *collector.Reconciler {
+func (e *env) reconciler(reg prometheus.Registerer) *reconcile.Reconciler {
 	e.t.Helper()
-	r, err := collector.NewReconciler(collector.ReconcilerConfig{Projection: e.proj, Store: e.store,
+	r, err := reconcile.New(reconcile.Config{Projection: e.proj, Store: e.store,
 		Log: e.log, Concurrency: 4, Now: e.now, Registerer: reg, Logger: quietLogger})
 	if err != nil {
 		e.t.Fatal(err)
@@ -82,7 +82,7 @@ func (e *env) reconciler(reg prometheus.Registerer) *collector.Reconciler {
 	return r
 }
 
-func (e *env) mustVerifyClean(r *collector.Reconciler) {
+func (e *env) mustVerifyClean(r *reconcile.Reconciler) {
 	e.t.Helper()
 	d, err := r.Verify(context.Background())
 	if err != nil {
@@ -277,7 +277,7 @@ func TestReconcileMendsCorruptProjection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Counts[collector.DriftMissingFromProjection] != 2 || d.Counts[collector.DriftMissingFromStorage] != 1 || d.Published != 0 {
+	if d.Counts[reconcile.DriftMissingFromProjection] != 2 || d.Counts[reconcile.DriftMissingFromStorage] != 1 || d.Published != 0 {
 		t.Fatalf("verify: %s", d)
 	}
 	if c, _ := e.proj.Cursor(); c != cur+3 {
@@ -316,7 +316,7 @@ func TestReconcileUnreadableManifestAndOrphan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Counts[collector.DriftUnreadableManifest] != 1 || d.Counts[collector.DriftMissingFromProjection] != 1 {
+	if d.Counts[reconcile.DriftUnreadableManifest] != 1 || d.Counts[reconcile.DriftMissingFromProjection] != 1 {
 		t.Fatalf("verify: %s", d)
 	}
 	free := []byte("free data")
@@ -328,7 +328,7 @@ func TestReconcileUnreadableManifestAndOrphan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Counts[collector.DriftOrphanData] != 1 {
+	if d.Counts[reconcile.DriftOrphanData] != 1 {
 		t.Fatalf("reconcile: %s", d)
 	}
 	if ni, _, _ := e.proj.Get(events.NodeRef{Kind: events.NodeBlob, Digest: fd}); !ni.Present || ni.Lease == nil {
@@ -442,7 +442,7 @@ func TestRebuildFromStream(t *testing.T) {
 		}
 	}
 	jslog := &eventlog.JetStreamLog{Publisher: pub, Follower: f}
-	r, err := collector.NewReconciler(collector.ReconcilerConfig{Projection: live, Store: st, Log: jslog, Logger: quietLogger})
+	r, err := reconcile.New(reconcile.Config{Projection: live, Store: st, Log: jslog, Logger: quietLogger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,7 +450,7 @@ func TestRebuildFromStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.AsOf != 600 || d.Published == 0 || d.Published != d.Counts[collector.DriftMissingFromStorage] {
+	if d.AsOf != 600 || d.Published == 0 || d.Published != d.Counts[reconcile.DriftMissingFromStorage] {
 		t.Fatalf("reconcile against empty storage: %s", d)
 	}
 	if d, err := r.Verify(ctx); err != nil || !d.Clean() {
@@ -509,7 +509,7 @@ func TestRebuildFromStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer walked.Close()
-	if id, err := walked.StreamID(); err != nil || id != collector.StorageWalkStreamID {
+	if id, err := walked.StreamID(); err != nil || id != reconcile.StorageWalkStreamID {
 		t.Errorf("walked projection bound to %q (%v)", id, err)
 	}
 	if err := walked.BindStream(eventlog.StreamID(info)); !errors.Is(err, refcount.ErrStreamChanged) {

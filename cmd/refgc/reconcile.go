@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
@@ -41,7 +41,7 @@ func (o *offline) flags(cmd *cobra.Command) {
 
 // reconciler opens the projection read-only and the storage, and returns a
 // reconciler without a log (it can verify and rebuild, never apply).
-func (o *offline) reconciler(ctx context.Context) (*collector.Reconciler, func(), error) {
+func (o *offline) reconciler(ctx context.Context) (*reconcile.Reconciler, func(), error) {
 	cfg := daemon.Defaults()
 	file := o.file
 	if file == "" {
@@ -82,7 +82,7 @@ func (o *offline) reconciler(ctx context.Context) (*collector.Reconciler, func()
 		p.Close()
 		return nil, nil, fmt.Errorf("storage: %w", err)
 	}
-	r, err := collector.NewReconciler(collector.ReconcilerConfig{Projection: p, Store: st,
+	r, err := reconcile.New(reconcile.Config{Projection: p, Store: st,
 		Concurrency: cfg.Collector.Concurrency, Logger: log})
 	if err != nil {
 		p.Close()
@@ -123,7 +123,7 @@ func newVerify() *cobra.Command {
 			"projection read-only and the storage from --config / --storage-root and verify here.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var drift collector.Drift
+			var drift reconcile.Drift
 			err := fetch(cmd.Context(), http.MethodGet, addr+daemon.VerifyPath, &drift)
 			if err != nil && daemonDown(err) {
 				r, done, oerr := o.reconciler(cmd.Context())
@@ -158,7 +158,7 @@ func newReconcile() *cobra.Command {
 		Short: "Ask the running daemon for a reconcile pass; a dry run (exit 1 on drift) unless --apply",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var drift collector.Drift
+			var drift reconcile.Drift
 			u := addr + daemon.ReconcilePath + "?" + url.Values{"apply": {fmt.Sprint(apply)}}.Encode()
 			if err := fetch(cmd.Context(), http.MethodPost, u, &drift); err != nil {
 				return err
@@ -195,7 +195,7 @@ func newRebuild() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var rep collector.RebuildReport
+			var rep reconcile.RebuildReport
 			err = fetch(cmd.Context(), http.MethodPost, addr+daemon.RebuildPath+"?"+url.Values{"out": {abs}}.Encode(), &rep)
 			if err != nil && daemonDown(err) {
 				r, done, oerr := o.reconciler(cmd.Context())

@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
@@ -36,9 +36,9 @@ func TestVerifyReconcileRebuildCommands(t *testing.T) {
 	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
 	down := "http://127.0.0.1:1"
 
-	drift := func(out string) collector.Drift {
+	drift := func(out string) reconcile.Drift {
 		t.Helper()
-		var dr collector.Drift
+		var dr reconcile.Drift
 		if err := json.Unmarshal([]byte(out), &dr); err != nil {
 			t.Fatalf("%q: %v", out, err)
 		}
@@ -90,7 +90,7 @@ func TestVerifyReconcileRebuildCommands(t *testing.T) {
 		t.Fatalf("offline verify after an unnotified push: %q %v", out, err)
 	}
 	out, err = runCmd(t, "rebuild", "--addr", down, "--data-dir", dir, "--storage-root", root, "--out", filepath.Join(t.TempDir(), "r.db"))
-	var rep collector.RebuildReport
+	var rep reconcile.RebuildReport
 	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || !errors.Is(err, errDrift) || rep.From != "storage" || rep.Differences == 0 {
 		t.Fatalf("offline rebuild: %q %v", out, err)
 	}

@@ -40,6 +40,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/events/eventlog"
@@ -77,7 +78,7 @@ type Daemon struct {
 	col    *collector.Collector
 	jslog  *eventlog.JetStreamLog
 	stream jetstream.Stream
-	rec    *collector.Reconciler // nil without storage
+	rec    *reconcile.Reconciler // nil without storage
 	reg    *prometheus.Registry
 	gauges *gauges
 

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
@@ -182,7 +183,7 @@ func (d *Daemon) collect(w http.ResponseWriter, r *http.Request) {
 // errorCode is 409 for what the daemon's state refuses, 500 otherwise.
 func errorCode(err error) int {
 	if errors.Is(err, ErrNoStorage) || errors.Is(err, ErrCollectionHalted) || errors.Is(err, ErrNotLeader) ||
-		errors.Is(err, collector.ErrRebuildTarget) || errors.Is(err, collector.ErrPaused) {
+		errors.Is(err, reconcile.ErrRebuildTarget) || errors.Is(err, collector.ErrPaused) {
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -8,7 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
 )
@@ -25,8 +25,8 @@ func haltsCollection(err error) bool {
 	return errors.Is(err, eventlog.ErrCursorGap) || errors.Is(err, eventlog.ErrUndecodable)
 }
 
-func (d *Daemon) newReconciler(log eventlog.Log, reg prometheus.Registerer) (*collector.Reconciler, error) {
-	r, err := collector.NewReconciler(collector.ReconcilerConfig{
+func (d *Daemon) newReconciler(log eventlog.Log, reg prometheus.Registerer) (*reconcile.Reconciler, error) {
+	r, err := reconcile.New(reconcile.Config{
 		Projection: d.proj, Store: d.store, Log: log, Concurrency: d.cfg.Collector.Concurrency,
 		Logger: d.log, Registerer: reg, Now: d.now,
 	})
@@ -146,15 +146,15 @@ func (d *Daemon) halt(ctx context.Context, err error) {
 
 // Verify compares storage with the projection and changes nothing. Once
 // the follower has stopped it compares with the projection as it stands.
-func (d *Daemon) Verify(ctx context.Context) (collector.Drift, error) {
+func (d *Daemon) Verify(ctx context.Context) (reconcile.Drift, error) {
 	if d.rec == nil {
-		return collector.Drift{}, ErrNoStorage
+		return reconcile.Drift{}, ErrNoStorage
 	}
 	r := d.rec
 	if !d.followerUp.Load() {
 		var err error
 		if r, err = d.newReconciler(nil, nil); err != nil {
-			return collector.Drift{}, err
+			return reconcile.Drift{}, err
 		}
 	}
 	d.passMu.Lock()
@@ -164,18 +164,18 @@ func (d *Daemon) Verify(ctx context.Context) (collector.Drift, error) {
 
 // Reconcile runs one reconcile pass now; with apply it publishes the
 // corrections and waits until the projection has applied them.
-func (d *Daemon) Reconcile(ctx context.Context, apply bool) (collector.Drift, error) {
+func (d *Daemon) Reconcile(ctx context.Context, apply bool) (reconcile.Drift, error) {
 	if d.rec == nil {
-		return collector.Drift{}, ErrNoStorage
+		return reconcile.Drift{}, ErrNoStorage
 	}
 	if !apply {
 		return d.Verify(ctx)
 	}
 	if why := d.halted.Load(); why != nil {
-		return collector.Drift{}, fmt.Errorf("%w: %s", ErrCollectionHalted, *why)
+		return reconcile.Drift{}, fmt.Errorf("%w: %s", ErrCollectionHalted, *why)
 	}
 	if !d.IsLeader() {
-		return collector.Drift{}, ErrNotLeader
+		return reconcile.Drift{}, ErrNotLeader
 	}
 	d.passMu.Lock()
 	defer d.passMu.Unlock()
@@ -186,9 +186,9 @@ func (d *Daemon) Reconcile(ctx context.Context, apply bool) (collector.Drift, er
 // replaying the event stream from sequence 1, or from a walk of storage
 // when the stream no longer starts there, and compares it with the live
 // projection. The live projection is left as it is.
-func (d *Daemon) Rebuild(ctx context.Context, path string) (collector.RebuildReport, error) {
+func (d *Daemon) Rebuild(ctx context.Context, path string) (reconcile.RebuildReport, error) {
 	if d.rec == nil {
-		return collector.RebuildReport{}, ErrNoStorage
+		return reconcile.RebuildReport{}, ErrNoStorage
 	}
 	d.passMu.Lock()
 	defer d.passMu.Unlock()

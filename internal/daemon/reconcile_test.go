@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
@@ -45,7 +45,7 @@ func TestReconcileEndpoints(t *testing.T) {
 	e.reg.DeleteTag(t, "app", "old")
 	e.settle()
 
-	var drift collector.Drift
+	var drift reconcile.Drift
 	adminJSON(t, http.MethodGet, e.d.URL()+daemon.VerifyPath, 200, &drift)
 	if !drift.Clean() {
 		t.Fatalf("verify after notified pushes: %v %v", drift, drift.Examples)
@@ -58,7 +58,7 @@ func TestReconcileEndpoints(t *testing.T) {
 	dark.DeleteTag(t, "dark", "gone")
 
 	adminJSON(t, http.MethodGet, e.d.URL()+daemon.VerifyPath, 200, &drift)
-	if drift.Clean() || drift.Counts[collector.DriftMissingFromProjection] == 0 || drift.Published != 0 {
+	if drift.Clean() || drift.Counts[reconcile.DriftMissingFromProjection] == 0 || drift.Published != 0 {
 		t.Fatalf("verify after unnotified pushes: %v", drift)
 	}
 	adminJSON(t, http.MethodPost, e.d.URL()+daemon.ReconcilePath, 200, &drift)
@@ -78,7 +78,7 @@ func TestReconcileEndpoints(t *testing.T) {
 		t.Errorf("refgc_reconcile_passes_total = %v", n)
 	}
 
-	var rb collector.RebuildReport
+	var rb reconcile.RebuildReport
 	out := filepath.Join(t.TempDir(), "rebuilt.db")
 	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out="+out, 200, &rb)
 	if rb.From != "log" || rb.Differences != 0 || rb.Cursor != rb.LiveCursor {

@@ -1,5 +1,14 @@
-package collector
-
+// Package reconcile is the reconciler: it walks the registry storage,
+// compares the graph it holds with the refcount projection, and turns what
+// differs into events, as events/distribution turns notifications into
+// events. It also verifies the projection and rebuilds it, from the event
+// log or from storage.
+//
+// In refgc's flow, notification → event → log → projection → collector →
+// storage, the reconciler runs beside the collector: it reads storage and
+// the projection and writes to the log (eventlog.Log), never to storage,
+// except to re-link what the collector unlinked (Healer).
+//
 // # Reconciliation
 //
 // A Reconciler walks the registry storage, computes the graph it really
@@ -36,6 +45,7 @@ package collector
 //     a retried publish is deduplicated by the log.
 //   - Nodes with a pending collector intent are left alone: the collector
 //     finishes or undoes its own work.
+package reconcile
 
 import (
 	"context"
@@ -54,6 +64,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
@@ -102,10 +113,10 @@ type Healer interface {
 	LinkLayer(ctx context.Context, repo string, d digest.Digest) error
 }
 
-// ReconcileStore is what the reconciler reads from registry storage.
+// Store is what the reconciler reads from registry storage.
 // store.Driver implements it. Each method gives an error matching
 // fs.ErrNotExist for what storage does not hold.
-type ReconcileStore interface {
+type Store interface {
 	Repositories(ctx context.Context, fn func(repo string) error) error
 	Tags(ctx context.Context, repo string, fn func(tag string, current digest.Digest) error) error
 	Revisions(ctx context.Context, repo string, fn func(d digest.Digest) error) error
@@ -116,10 +127,10 @@ type ReconcileStore interface {
 	LinkModTime(ctx context.Context, n events.NodeRef) (time.Time, error)
 }
 
-// ReconcilerConfig configures a Reconciler.
-type ReconcilerConfig struct {
+// Config configures a Reconciler.
+type Config struct {
 	Projection *refcount.Projection
-	Store      ReconcileStore
+	Store      Store
 	// Healer, if set, re-links what storage references but the collector
 	// unlinked (default: Store, if it implements Healer). Only with apply.
 	Healer Healer
@@ -145,13 +156,13 @@ type ReconcilerConfig struct {
 // Reconciler compares registry storage with the projection and corrects
 // the projection through the log. One pass runs at a time.
 type Reconciler struct {
-	cfg ReconcilerConfig
+	cfg Config
 	m   *reconcileMetrics
 	mu  sync.Mutex
 }
 
-// NewReconciler returns a reconciler.
-func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
+// New returns a reconciler.
+func New(cfg Config) (*Reconciler, error) {
 	if cfg.Projection == nil || cfg.Store == nil {
 		return nil, errors.New("collector: reconciler needs Projection and Store")
 	}
@@ -185,7 +196,7 @@ type Drift struct {
 	AsOf uint64 `json:"asOf"`
 	// Counts holds every drift type, zero included.
 	Counts map[string]int `json:"counts"`
-	// Examples holds up to ReconcilerConfig.Examples descriptions per type,
+	// Examples holds up to Config.Examples descriptions per type,
 	// sorted; which ones are kept when there are more depends on the walk's order.
 	Examples map[string][]string `json:"examples,omitempty"`
 	// Scanned counts what the walk saw: repositories, tags, revisions, layers, blobs.
@@ -601,7 +612,7 @@ func (w *walk) checkRevision(ctx context.Context, repo string, d digest.Digest, 
 	if err != nil {
 		return err
 	}
-	b, err := w.r.cfg.Store.ReadBlob(ctx, d, MaxManifestBytes)
+	b, err := w.r.cfg.Store.ReadBlob(ctx, d, collector.MaxManifestBytes)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -1,4 +1,4 @@
-package collector
+package reconcile
 
 import (
 	"bufio"
@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
@@ -24,10 +25,10 @@ var ErrRebuildTarget = errors.New("collector: rebuild target exists")
 // follow it.
 const StorageWalkStreamID = "storage-walk"
 
-// RebuildFromLog writes a fresh projection at path, which must not exist,
+// rebuildFromLog writes a fresh projection at path, which must not exist,
 // by replaying the whole log, and binds it to the stream it replayed. It
 // returns the projection, open.
-func RebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay eventlog.Replay) (*refcount.Projection, error) {
+func rebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay eventlog.Replay) (*refcount.Projection, error) {
 	p, err := openFresh(path, opts)
 	if err != nil {
 		return nil, err
@@ -44,14 +45,14 @@ func RebuildFromLog(ctx context.Context, path string, opts refcount.Options, rep
 	return p, nil
 }
 
-// RebuildFromStorage writes a fresh projection at path, which must not
+// rebuildFromStorage writes a fresh projection at path, which must not
 // exist, from a walk of storage: the presence events of a reconcile pass
 // against an empty projection, applied directly. Its cursor counts those
 // events; it is not a position in the log, so such a file is for
 // comparison and for recovery after the log was lost, not for following
 // the log: it is bound to StorageWalkStreamID, which a follower refuses.
 // It returns the projection, open, and the walk's drift.
-func (r *Reconciler) RebuildFromStorage(ctx context.Context, path string) (*refcount.Projection, Drift, error) {
+func (r *Reconciler) rebuildFromStorage(ctx context.Context, path string) (*refcount.Projection, Drift, error) {
 	opts := r.cfg.Projection.Options()
 	p, err := openFresh(path, opts)
 	if err != nil {
@@ -63,8 +64,8 @@ func (r *Reconciler) RebuildFromStorage(ctx context.Context, path string) (*refc
 		return nil, Drift{}, err
 	}
 	cfg := r.cfg
-	cfg.Projection, cfg.Log, cfg.Registerer = p, &DirectLog{P: p}, nil
-	fresh, err := NewReconciler(cfg)
+	cfg.Projection, cfg.Log, cfg.Registerer = p, &collector.DirectLog{P: p}, nil
+	fresh, err := New(cfg)
 	if err == nil {
 		var d Drift
 		d, err = fresh.Reconcile(ctx, true)
@@ -115,7 +116,7 @@ func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.R
 	var p *refcount.Projection
 	var err error
 	if replay != nil {
-		p, err = RebuildFromLog(ctx, path, r.cfg.Projection.Options(), replay)
+		p, err = rebuildFromLog(ctx, path, r.cfg.Projection.Options(), replay)
 	}
 	if replay == nil || errors.Is(err, eventlog.ErrLogTruncated) {
 		if err != nil {
@@ -123,7 +124,7 @@ func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.R
 		}
 		rep.From = "storage"
 		var d Drift
-		p, d, err = r.RebuildFromStorage(ctx, path)
+		p, d, err = r.rebuildFromStorage(ctx, path)
 		rep.Drift = &d
 	}
 	if err != nil {
@@ -136,7 +137,7 @@ func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.R
 	if rep.LiveCursor, err = r.cfg.Projection.Cursor(); err != nil {
 		return rep, err
 	}
-	cmp, err := CompareProjections(r.cfg.Projection, p, rep.From == "storage", r.cfg.Examples)
+	cmp, err := compareProjections(r.cfg.Projection, p, rep.From == "storage", r.cfg.Examples)
 	if err != nil {
 		return rep, err
 	}
@@ -145,19 +146,19 @@ func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.R
 	return rep, nil
 }
 
-// Comparison is the result of CompareProjections.
-type Comparison struct {
+// comparison is the result of compareProjections.
+type comparison struct {
 	Nodes       int      // nodes of the second projection
 	Differences int      // nodes whose lines differ or that only one side holds
 	Examples    []string // the first differences, "-" for the first projection, "+" for the second
 }
 
-// CompareProjections compares two projections dump line by dump line, by
+// compareProjections compares two projections dump line by dump line, by
 // node. With ignoreTimes, leases, times, sizes and media types are left out
 // (what a storage walk cannot know or knows differently). At most max
 // examples are kept.
-func CompareProjections(a, b *refcount.Projection, ignoreTimes bool, max int) (Comparison, error) {
-	var cmp Comparison
+func compareProjections(a, b *refcount.Projection, ignoreTimes bool, max int) (comparison, error) {
+	var cmp comparison
 	lines := func(p *refcount.Projection) (map[string][]byte, []string, error) {
 		m := map[string][]byte{}
 		var order []string
