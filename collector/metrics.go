@@ -1,6 +1,10 @@
 package collector
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/refgc/refgc/internal/prom"
+)
 
 type metrics struct {
 	deletions    *prometheus.CounterVec
@@ -53,12 +57,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.checkSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "refgc_collector_check_duration_seconds",
 		Help: "Duration of the storage check of one round.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)})
+	m.deletions = prom.Register(reg, m.deletions)
+	m.bytes = prom.Register(reg, m.bytes)
+	m.errors = prom.Register(reg, m.errors)
+	m.races = prom.Register(reg, m.races)
+	m.restores = prom.Register(reg, m.restores)
+	m.passSeconds = prom.Register(reg, m.passSeconds)
+	m.refused = prom.Register(reg, m.refused)
+	m.heals = prom.Register(reg, m.heals)
+	m.healFailures = prom.Register(reg, m.healFailures)
+	m.healDelay = prom.Register(reg, m.healDelay)
+	m.watermarkLag = prom.Register(reg, m.watermarkLag)
+	m.quietSources = prom.Register(reg, m.quietSources)
+	m.paused = prom.Register(reg, m.paused)
+	m.checkSeconds = prom.Register(reg, m.checkSeconds)
 	for _, r := range RefuseReasons {
 		m.refused.WithLabelValues(r)
-	}
-	if reg != nil {
-		reg.MustRegister(m.deletions, m.bytes, m.errors, m.races, m.restores, m.passSeconds,
-			m.refused, m.heals, m.healFailures, m.healDelay, m.watermarkLag, m.quietSources, m.paused, m.checkSeconds)
 	}
 	return m
 }

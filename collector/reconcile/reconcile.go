@@ -67,6 +67,7 @@ import (
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/prom"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -963,8 +964,10 @@ func newReconcileMetrics(reg prometheus.Registerer) *reconcileMetrics {
 		corrections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refgc_reconcile_corrections_total",
 			Help: "Correction events published by the reconciler, by event kind."}, []string{"kind"}),
 	}
-	if reg != nil {
-		reg.MustRegister(m.heals, m.drift, m.passes, m.duration, m.corrections)
-	}
+	m.heals = prom.Register(reg, m.heals)
+	m.drift = prom.Register(reg, m.drift)
+	m.passes = prom.Register(reg, m.passes)
+	m.duration = prom.Register(reg, m.duration)
+	m.corrections = prom.Register(reg, m.corrections)
 	return m
 }

@@ -55,6 +55,7 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/prom"
 )
 
 // Sink is where the webhook puts what it translated; *Publisher is one.
@@ -205,52 +206,37 @@ func NewWebhook(cfg WebhookConfig) http.Handler {
 
 func newWebhookMetrics(reg prometheus.Registerer) *webhookMetrics {
 	return &webhookMetrics{
-		requests: registerWebhookMetric(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		requests: prom.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_webhook_requests_total",
 			Help: "Notification requests answered, by HTTP status code.",
 		}, []string{"code"})),
-		received: registerWebhookMetric(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		received: prom.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_webhook_events_received_total",
 			Help: "Registry events received, by action (unknown and malformed ones grouped).",
 		}, []string{"action"})),
-		deadLettered: registerWebhookMetric(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		deadLettered: prom.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_webhook_events_dead_lettered_total",
 			Help: "Registry events stored as dead letters, by reason.",
 		}, []string{"reason"})),
-		refused: registerWebhookMetric(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		refused: prom.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_webhook_refused_total",
 			Help: "Notifications refused (dead-lettered, over the size limit, or unauthorized), by reason. " +
 				"Each is announced by a Refused event, unauthorized ones at most once a minute.",
 		}, []string{"reason"})),
-		unauthorized: registerWebhookMetric(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		unauthorized: prom.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "refgc_webhook_unauthorized_total",
 			Help: "Notification requests refused for a missing or wrong bearer token.",
 		})),
-		duration: registerWebhookMetric(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+		duration: prom.Register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "refgc_webhook_request_duration_seconds",
 			Help:    "Time to answer a notification request, publishing included.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		})),
-		enrichFail: registerWebhookMetric(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		enrichFail: prom.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "refgc_webhook_enrichment_failures_total",
 			Help: "Manifest pushes whose manifest could not be read (translated without a subject).",
 		})),
 	}
-}
-
-// registerWebhookMetric registers c, or returns the collector already
-// registered under the same description (several handlers may share a registry).
-func registerWebhookMetric[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(fmt.Sprintf("events: register webhook metric: %v", err))
-	}
-	return c
 }
 
 // actionLabel keeps the action label to a fixed set.

@@ -66,6 +66,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/prom"
 )
 
 // ErrCursorGap is returned (wrapped) when the stream no longer holds the
@@ -199,27 +200,27 @@ func NewFollower(js jetstream.JetStream, cfg FollowerConfig) (*Follower, error) 
 	}
 	if reg := cfg.Registerer; reg != nil {
 		l := prometheus.Labels{"stream": cfg.Stream}
-		f.lag = register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		f.lag = prom.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "refgc_follower_lag_events",
 			Help: "Events in the stream that the projection has not applied yet.",
 		}, []string{"stream"})).With(l)
-		f.appliedG = register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		f.appliedG = prom.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "refgc_follower_applied_sequence",
 			Help: "The last stream sequence the projection has applied.",
 		}, []string{"stream"})).With(l)
-		f.records = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		f.records = prom.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_follower_records_applied_total",
 			Help: "Records applied to the projection.",
 		}, []string{"stream"})).With(l)
-		f.undecoded = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		f.undecoded = prom.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_follower_undecodable_total",
 			Help: "Stream messages that did not decode into a valid event (the follower stops at them).",
 		}, []string{"stream"})).With(l)
-		f.applyErrs = register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		f.applyErrs = prom.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_follower_apply_errors_total",
 			Help: "Failed Apply calls (each is retried or stops the follower).",
 		}, []string{"stream"})).With(l)
-		f.applyDur = register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		f.applyDur = prom.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "refgc_follower_apply_seconds",
 			Help:    "Duration of successful Apply calls.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),

@@ -2,7 +2,6 @@ package eventlog
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/prom"
 )
 
 // Headers of a dead letter. The raw body is the message payload.
@@ -105,35 +105,20 @@ func NewPublisher(js jetstream.JetStream, cfg PublisherConfig) *Publisher {
 		p.maxInflight = DefaultMaxInflight
 	}
 	if cfg.Registerer != nil {
-		p.published = register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+		p.published = prom.Register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_events_published_total",
 			Help: "Events stored in the event log (duplicates excluded), by kind.",
 		}, []string{"kind"}))
-		p.duplicates = register(cfg.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
+		p.duplicates = prom.Register(cfg.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "refgc_events_duplicate_total",
 			Help: "Events the event log already held (same id within the duplicate window).",
 		}))
-		p.dead = register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+		p.dead = prom.Register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "refgc_events_dead_lettered_total",
 			Help: "Notifications stored in the dead-letter stream, by reason.",
 		}, []string{"reason"}))
 	}
 	return p
-}
-
-// register registers c, or returns the collector already registered under
-// the same description, so that several instances can share a registry.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(fmt.Sprintf("events: register metric: %v", err))
-	}
-	return c
 }
 
 // message validates and encodes e into the message that carries it.

@@ -44,6 +44,7 @@ import (
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/prom"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
 )
@@ -127,10 +128,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("daemon: data dir: %w", err)
 	}
 	d.reg = prometheus.NewRegistry()
-	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d.adminUnauthorized = prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_admin_unauthorized_total",
-		Help: "Admin requests refused for a missing or wrong token."})
-	d.reg.MustRegister(d.adminUnauthorized)
+	prom.Register(d.reg, collectors.NewGoCollector())
+	prom.Register(d.reg, collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.adminUnauthorized = prom.Register(d.reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_admin_unauthorized_total",
+		Help: "Admin requests refused for a missing or wrong token."}))
 
 	if err := d.connect(); err != nil {
 		return nil, err
@@ -207,7 +208,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			return nil, fmt.Errorf("daemon: %w", err)
 		}
 	}
-	d.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_leader",
+	prom.Register(d.reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_leader",
 		Help: "1 while this instance is the active collector."}, func() float64 {
 		if d.IsLeader() {
 			return 1

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/prom"
 )
 
 // gauges are the projection-wide figures, refreshed every StatsInterval
@@ -44,21 +45,26 @@ func newGauges(reg prometheus.Registerer, d *Daemon) *gauges {
 		refreshed: prometheus.NewGauge(prometheus.GaugeOpts{Name: "refgc_projection_stats_timestamp_seconds",
 			Help: "When the projection gauges were last refreshed."}),
 	}
-	reg.MustRegister(g.nodes, g.present, g.queued, g.queuedSize, g.intents, g.trash, g.cursor, g.refreshed,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_event_log_connected",
-			Help: "1 while the NATS connection is up."}, func() float64 {
-			if d.nc.Status() == nats.CONNECTED {
-				return 1
-			}
-			return 0
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_ready",
-			Help: "1 while /readyz answers 200."}, func() float64 {
-			if d.Ready() == nil {
-				return 1
-			}
-			return 0
-		}))
+	for _, c := range []**prometheus.GaugeVec{&g.nodes, &g.present, &g.queued, &g.queuedSize} {
+		*c = prom.Register(reg, *c)
+	}
+	for _, c := range []*prometheus.Gauge{&g.intents, &g.trash, &g.cursor, &g.refreshed} {
+		*c = prom.Register(reg, *c)
+	}
+	prom.Register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_event_log_connected",
+		Help: "1 while the NATS connection is up."}, func() float64 {
+		if d.nc.Status() == nats.CONNECTED {
+			return 1
+		}
+		return 0
+	}))
+	prom.Register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_ready",
+		Help: "1 while /readyz answers 200."}, func() float64 {
+		if d.Ready() == nil {
+			return 1
+		}
+		return 0
+	}))
 	return g
 }
 
