@@ -690,14 +690,25 @@ func (f *Follower) record(msg jetstream.Msg, next uint64) (events.Record, bool, 
 	case seq > next:
 		return events.Record{}, false, f.gapError(next-1, seq)
 	}
-	ev, err := events.Decode(msg.Data())
-	if err != nil {
+	rec := decodeRecord(seq, msg.Data())
+	if rec.Err != nil {
 		if f.undecoded != nil {
 			f.undecoded.Inc()
 		}
-		return events.Record{}, false, f.undecodableError(seq, msg.Subject(), err)
+		return events.Record{}, false, f.undecodableError(seq, msg.Subject(), rec.Err)
 	}
-	return events.Record{Seq: seq, Event: ev, Valid: true}, true, nil
+	return rec, true, nil
+}
+
+// decodeRecord is the one decoder of the log's records, for the follower
+// and for a replay: the event at seq, decoded and validated (Valid), or a
+// record with Err set.
+func decodeRecord(seq uint64, data []byte) events.Record {
+	ev, err := events.Decode(data)
+	if err != nil {
+		return events.Record{Seq: seq, Err: err}
+	}
+	return events.Record{Seq: seq, Event: ev, Valid: true}
 }
 
 func (f *Follower) undecodableError(seq uint64, subject string, err error) error {

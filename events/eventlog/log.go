@@ -96,11 +96,9 @@ func StreamReplay(s jetstream.Stream, batch int) Replay {
 			if seq > st.LastSeq {
 				break
 			}
-			rec := events.Record{Seq: seq}
-			if ev, err := events.Decode(msg.Data()); err != nil {
-				rec.Err = fmt.Errorf("collector: replay: sequence %d: %w", seq, err)
-			} else {
-				rec.Event = ev
+			rec := decodeRecord(seq, msg.Data())
+			if rec.Err != nil {
+				rec.Err = fmt.Errorf("collector: replay: sequence %d: %w", seq, rec.Err)
 			}
 			recs = append(recs, rec)
 			if len(recs) == batch || seq == st.LastSeq {
