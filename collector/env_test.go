@@ -119,9 +119,9 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 	if o.wrap != nil {
 		sink = o.wrap(e.log)
 	}
-	hook := httptest.NewServer(distribution.NewWebhook(distribution.WebhookConfig{Sink: sink, Token: testToken, Now: e.now,
+	hook := httptest.NewServer(regtest.Must(distribution.NewWebhook(distribution.WebhookConfig{Sink: sink, Token: testToken, Now: e.now,
 		MaxBodyBytes: o.maxBody,
-		Translate:    distribution.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}}))
+		Translate:    distribution.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}})))
 	t.Cleanup(hook.Close)
 	opts := regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken, Configure: o.configure}
 	e.reg = regtest.Start(t, opts)

@@ -399,7 +399,7 @@ func TestRebuildFromStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	if _, err := pub.PublishBatch(ctx, graphEvents(600)); err != nil {
 		t.Fatal(err)
 	}

@@ -161,10 +161,10 @@ type webhookMetrics struct {
 
 // NewWebhook returns the handler of Distribution's notifications. It
 // handles every request it gets as a notification POST; route it at
-// POST /v1/distribution/events. It panics if cfg.Sink is nil.
-func NewWebhook(cfg WebhookConfig) http.Handler {
+// POST /v1/distribution/events. It fails if cfg.Sink is nil.
+func NewWebhook(cfg WebhookConfig) (http.Handler, error) {
 	if cfg.Sink == nil {
-		panic("events: NewWebhook without a Sink")
+		return nil, errors.New("distribution: NewWebhook without a Sink")
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = DefaultMaxBodySize
@@ -201,7 +201,7 @@ func NewWebhook(cfg WebhookConfig) http.Handler {
 	if cfg.Registerer != nil {
 		h.m = newWebhookMetrics(cfg.Registerer)
 	}
-	return h
+	return h, nil
 }
 
 func newWebhookMetrics(reg prometheus.Registerer) *webhookMetrics {

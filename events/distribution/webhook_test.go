@@ -92,7 +92,7 @@ func newWebhookFixture(t testing.TB, mod func(*WebhookConfig)) *webhookFixture {
 	if mod != nil {
 		mod(&cfg)
 	}
-	f.h = NewWebhook(cfg)
+	f.h = regtest.Must(NewWebhook(cfg))
 	return f
 }
 
@@ -427,7 +427,7 @@ func TestWebhookReplayFixtures(t *testing.T) {
 func TestWebhookSharedRegistry(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	for range 2 {
-		NewWebhook(WebhookConfig{Sink: &recordingSink{}, Registerer: reg})
+		regtest.Must(NewWebhook(WebhookConfig{Sink: &recordingSink{}, Registerer: reg}))
 	}
 	names := map[string]bool{}
 	mfs, err := reg.Gather()
@@ -470,14 +470,14 @@ func TestWebhookIntoJetStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := NewWebhook(WebhookConfig{
-		Sink:      eventlog.NewPublisher(js, eventlog.PublisherConfig{}),
+	h := regtest.Must(NewWebhook(WebhookConfig{
+		Sink:      regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{})),
 		Token:     testToken,
 		Translate: TranslateOptions{Reader: fixtureReader(t)},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		// Short, so that the outage below answers well within the client's wait.
 		PublishTimeout: 500 * time.Millisecond,
-	})
+	}))
 	hs := httptest.NewServer(h)
 	t.Cleanup(hs.Close)
 	post := func(body []byte) *http.Response {
@@ -585,8 +585,8 @@ func (noopSink) DeadLetter(context.Context, eventlog.DeadLetter) error { return 
 func BenchmarkWebhook(b *testing.B) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	full := func(reader ManifestReader) http.Handler {
-		return NewWebhook(WebhookConfig{Sink: noopSink{}, Token: testToken, Registerer: prometheus.NewRegistry(),
-			Logger: quiet, Translate: TranslateOptions{Reader: reader}})
+		return regtest.Must(NewWebhook(WebhookConfig{Sink: noopSink{}, Token: testToken, Registerer: prometheus.NewRegistry(),
+			Logger: quiet, Translate: TranslateOptions{Reader: reader}}))
 	}
 	baseline := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.ReadAll(http.MaxBytesReader(w, r.Body, DefaultMaxBodySize))
@@ -638,11 +638,11 @@ func TestWebhookWithRegistry(t *testing.T) {
 	sink := &recordingSink{}
 	reg := prometheus.NewRegistry()
 	var reader RegistryManifestReader
-	hs := httptest.NewServer(NewWebhook(WebhookConfig{
+	hs := httptest.NewServer(regtest.Must(NewWebhook(WebhookConfig{
 		Sink: sink, Token: testToken, Registerer: reg,
 		Translate: TranslateOptions{Reader: &reader},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-	}))
+	})))
 	t.Cleanup(hs.Close)
 	r := regtest.Start(t, regtest.Options{NotifyURL: hs.URL + "/v1/distribution/events", NotifyToken: testToken})
 	reader.BaseURL = r.URL

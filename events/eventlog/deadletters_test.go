@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 func TestReadDeadLetters(t *testing.T) {
@@ -14,7 +15,7 @@ func TestReadDeadLetters(t *testing.T) {
 	if got, err := eventlog.ReadDeadLetters(ctx, js, "", 10); err != nil || len(got) != 0 {
 		t.Fatalf("empty stream: %v %v", got, err)
 	}
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	for i := range 5 {
 		if err := pub.DeadLetter(ctx, eventlog.DeadLetter{ID: fmt.Sprint("dl-", i), Source: "reg", Reason: "invalid_event",
 			Detail: fmt.Sprint("detail ", i), Body: []byte(fmt.Sprint("body ", i))}); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 // startServer starts an embedded server on dir; port -1 picks a free one.
@@ -260,7 +261,7 @@ func TestEmbeddedRestartKeepsStream(t *testing.T) {
 	if _, err := eventlog.EnsureStream(ctxT(t, 10*time.Second), js, eventlog.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	if _, err := pub.PublishBatch(ctxT(t, 10*time.Second), testEvents(0, 10)); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -146,7 +147,7 @@ func benchFollow(b *testing.B, cursor func() (uint64, error), apply func([]event
 	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- f.Run(ctx) }()
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < len(evs); i += 1000 {
@@ -220,7 +221,7 @@ func benchLatency(b *testing.B, cursor func() (uint64, error), apply func([]even
 	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- f.Run(ctx) }()
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	b.ResetTimer()
 	start := time.Now()
 	for i, e := range evs {
@@ -260,7 +261,7 @@ func benchLatency(b *testing.B, cursor func() (uint64, error), apply func([]even
 // stream info request and no wait).
 func BenchmarkCatchUp(b *testing.B) {
 	js, _ := benchSetup(b)
-	publishAll(b, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), testEvents(0, 100))
+	publishAll(b, regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{})), testEvents(0, 100))
 	r := newRecorder()
 	f := followerFor(b, js, r, nil)
 	runFollower(b, f)

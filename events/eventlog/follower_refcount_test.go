@@ -16,6 +16,7 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -130,7 +131,7 @@ func (pr *projection) dump(t *testing.T) []byte {
 func TestFollowerIntoRefcount(t *testing.T) {
 	const n = 10000
 	_, js, _ := setup(t)
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	evs := make([]events.Event, n)
 	for i := range evs {
 		evs[i] = graphEvent(i)
@@ -213,7 +214,7 @@ func TestFollowerRefusesRecreatedStream(t *testing.T) {
 		for i := range evs {
 			evs[i] = graphEvent(1000 + i)
 		}
-		publishAll(t, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), evs)
+		publishAll(t, regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{})), evs)
 	}
 	follow := func(t *testing.T) (jetstream.JetStream, jetstream.Stream, *projection) {
 		t.Helper()
@@ -222,7 +223,7 @@ func TestFollowerRefusesRecreatedStream(t *testing.T) {
 		for i := range evs {
 			evs[i] = graphEvent(i)
 		}
-		publishAll(t, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), evs)
+		publishAll(t, regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{})), evs)
 		return js, s, openProjection(t, filepath.Join(t.TempDir(), "refs.db"))
 	}
 	wantRefused := func(t *testing.T, err error) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 func publishAll(t testing.TB, pub *eventlog.Publisher, evs []events.Event) {
@@ -37,7 +38,7 @@ func publishAll(t testing.TB, pub *eventlog.Publisher, evs []events.Event) {
 func TestFollowerExactlyOnceAcrossRestart(t *testing.T) {
 	const n = 10000
 	_, js, _ := setup(t)
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	publishAll(t, pub, testEvents(0, n))
 
 	// Interrupted: the projection stops itself once past the middle.
@@ -119,7 +120,7 @@ func TestFollowerRidesOutServerRestart(t *testing.T) {
 	if _, err := eventlog.EnsureStream(ctxT(t, 10*time.Second), js, eventlog.StreamConfig{}); err != nil {
 		t.Fatal(err)
 	}
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	rec := newRecorder()
 	f := followerFor(t, js, rec, nil)
 	stop := runFollower(t, f)
@@ -214,13 +215,13 @@ func TestFollowerCursorGap(t *testing.T) {
 			if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {
 				t.Fatal(err)
 			}
-			publishAll(t, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), testEvents(1000, 10))
+			publishAll(t, regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{})), testEvents(1000, 10))
 		}, "whose last sequence is 10"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, js, s := setup(t)
-			pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+			pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 			publishAll(t, pub, testEvents(0, 50))
 			rec := newRecorder()
 			f := followerFor(t, js, rec, nil)
@@ -259,7 +260,7 @@ func TestFollowerCursorGap(t *testing.T) {
 // follower stops with ErrCursorGap instead of waiting for ever.
 func TestFollowerStreamReplacedWhileRunning(t *testing.T) {
 	_, js, _ := setup(t)
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	publishAll(t, pub, testEvents(0, 50))
 	rec := newRecorder()
 	f := followerFor(t, js, rec, nil)
@@ -305,7 +306,7 @@ func TestFollowerUndecodable(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, js, _ := setup(t)
-			pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+			pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 			ctx := ctxT(t, 30*time.Second)
 			if tt.before > 0 {
 				publishAll(t, pub, testEvents(0, tt.before))
@@ -384,7 +385,7 @@ func (g gathererCollector) Collect(ch chan<- prometheus.Metric) {
 // once, and the follower carries on.
 func TestFollowerApplyRetry(t *testing.T) {
 	_, js, _ := setup(t)
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	publishAll(t, pub, testEvents(0, 100))
 	rec := newRecorder()
 	rec.failNext = 2
@@ -399,7 +400,7 @@ func TestFollowerApplyRetry(t *testing.T) {
 // TestFollowerApplyGivesUp: an Apply that keeps failing stops Run with its error.
 func TestFollowerApplyGivesUp(t *testing.T) {
 	_, js, _ := setup(t)
-	publishAll(t, eventlog.NewPublisher(js, eventlog.PublisherConfig{}), testEvents(0, 5))
+	publishAll(t, regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{})), testEvents(0, 5))
 	rec := newRecorder()
 	rec.failNext = 1 << 30
 	f := followerFor(t, js, rec, func(c *eventlog.FollowerConfig) {
@@ -433,7 +434,7 @@ func TestFollowerWaitApplied(t *testing.T) {
 		t.Fatalf("WaitApplied before anything was published = %v", err)
 	}
 	runFollower(t, f)
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	publishAll(t, pub, testEvents(0, 20))
 	if err := f.WaitApplied(ctx, 20); err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package eventlog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -87,8 +88,11 @@ type Publisher struct {
 }
 
 // NewPublisher returns a Publisher over js. Streams are not created here:
-// call EnsureStream first.
-func NewPublisher(js jetstream.JetStream, cfg PublisherConfig) *Publisher {
+// call EnsureStream first. It fails without a JetStream.
+func NewPublisher(js jetstream.JetStream, cfg PublisherConfig) (*Publisher, error) {
+	if js == nil {
+		return nil, errors.New("eventlog: NewPublisher without a JetStream")
+	}
 	p := &Publisher{
 		js:          js,
 		stream:      cfg.Stream,
@@ -118,7 +122,7 @@ func NewPublisher(js jetstream.JetStream, cfg PublisherConfig) *Publisher {
 			Help: "Notifications stored in the dead-letter stream, by reason.",
 		}, []string{"reason"}))
 	}
-	return p
+	return p, nil
 }
 
 // message validates and encodes e into the message that carries it.

@@ -13,12 +13,13 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 func TestPublishDuplicate(t *testing.T) {
 	_, js, s := setup(t)
 	reg := prometheus.NewRegistry()
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg}))
 	ctx := ctxT(t, 10*time.Second)
 	e := testEvent(1)
 	first, err := pub.Publish(ctx, e)
@@ -75,7 +76,7 @@ func TestPublishDuplicate(t *testing.T) {
 
 func TestPublishInvalid(t *testing.T) {
 	_, js, s := setup(t)
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	ctx := ctxT(t, 10*time.Second)
 	bad := testEvent(5)
 	bad.Blob.Repo = "Not/Valid"
@@ -99,7 +100,7 @@ func TestPublishInvalid(t *testing.T) {
 
 func TestPublishAsyncAndBatch(t *testing.T) {
 	_, js, _ := setup(t)
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{MaxInflight: 16})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{MaxInflight: 16}))
 	ctx := ctxT(t, 30*time.Second)
 	f, err := pub.PublishAsync(testEvent(0))
 	if err != nil {
@@ -137,7 +138,7 @@ func TestPublishAsyncAndBatch(t *testing.T) {
 func TestDeadLetter(t *testing.T) {
 	_, js, _ := setup(t)
 	reg := prometheus.NewRegistry()
-	pub := eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg})
+	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg}))
 	ctx := ctxT(t, 10*time.Second)
 	when := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 	body := []byte(`{"events":[{"bogus":true}]}`)
@@ -220,8 +221,8 @@ func labelled(t *testing.T, reg *prometheus.Registry, name, label, value string)
 func TestPublisherSharedRegistry(t *testing.T) {
 	_, js, _ := setup(t)
 	reg := prometheus.NewRegistry()
-	a := eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg})
-	b := eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg})
+	a := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg}))
+	b := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{Registerer: reg}))
 	ctx := ctxT(t, 10*time.Second)
 	if _, err := a.Publish(ctx, testEvent(1)); err != nil {
 		t.Fatal(err)

@@ -158,7 +158,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("daemon: follower: %w", err)
 	}
-	d.pub = eventlog.NewPublisher(d.js, eventlog.PublisherConfig{Registerer: d.reg})
+	d.pub, err = eventlog.NewPublisher(d.js, eventlog.PublisherConfig{Registerer: d.reg})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: publisher: %w", err)
+	}
 	d.jslog = &eventlog.JetStreamLog{Publisher: d.pub, Follower: d.fol}
 
 	var reader distribution.ManifestReader
@@ -188,10 +191,13 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if cfg.Storage == nil {
 		d.log.Warn("no storage configured: events are recorded, nothing is collected")
 	}
-	hook := distribution.NewWebhook(distribution.WebhookConfig{
+	hook, err := distribution.NewWebhook(distribution.WebhookConfig{
 		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
 		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
 	})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: webhook: %w", err)
+	}
 	if cfg.Webhook.Token == "" && !slices.ContainsFunc(cfg.Webhook.Tokens, func(s string) bool { return s != "" }) {
 		d.log.Warn("webhook token empty: notifications are not authenticated")
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/daemon"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 // When the stream no longer holds the event after the projection's cursor
@@ -192,7 +193,7 @@ func gapBlob(i int) events.Event {
 
 func publishEvents(t *testing.T, js jetstream.JetStream, evs ...events.Event) {
 	t.Helper()
-	if _, err := eventlog.NewPublisher(js, eventlog.PublisherConfig{}).PublishBatch(context.Background(), evs); err != nil {
+	if _, err := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{})).PublishBatch(context.Background(), evs); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -17,3 +17,12 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(2 * time.Millisecond)
 	}
 }
+
+// Must returns v, and panics if err is set: for a constructor whose error
+// a test does not expect, in an expression.
+func Must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
