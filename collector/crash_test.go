@@ -310,7 +310,7 @@ func TestRemovalRacingWithNewReferenceIsUndone(t *testing.T) {
 			// notifications with the wall clock; this one carries the
 			// collector's clock, which the test moved forward.)
 			ev := events.Event{V: events.Version, ID: "pull-race", Time: e.now().UTC(), Source: "registry",
-				Kind: events.Touched, Ref: &events.Ref{Repo: "app", Digest: digest.Digest(d.String())}}
+				Kind: events.Touched, Ref: &events.RepoDigest{Repo: "app", Digest: digest.Digest(d.String())}}
 			if _, err := e.log.PublishBatch(context.Background(), []events.Event{ev}); err != nil {
 				t.Error(err)
 			}

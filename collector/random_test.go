@@ -492,7 +492,7 @@ func TestRandomDirect(t *testing.T) {
 					w.emit(events.Event{Kind: events.TagDeleted, Tag: &events.Tag{Repo: repo, Name: tg}})
 				}
 				w.must(w.store.DeleteRevision(ctx, repo, m.desc.Digest, nil))
-				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.Ref{Repo: repo, Digest: m.desc.Digest}})
+				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.RepoDigest{Repo: repo, Digest: m.desc.Digest}})
 				counts["delete manifest"]++
 			}
 		case op < 28:
@@ -501,14 +501,14 @@ func TestRandomDirect(t *testing.T) {
 			if m := livePick(repo, false); m != nil && r.IntN(2) == 0 {
 				d := m.blobs[1].Digest
 				w.must(w.store.DeleteLayerLink(ctx, repo, d))
-				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.Ref{Repo: repo, Digest: d}})
+				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.RepoDigest{Repo: repo, Digest: d}})
 				counts["delete used layer"]++
 				break
 			}
 			d := w.pushBlob(r, repo, mtLayer, 64).Digest
 			if r.IntN(2) == 0 {
 				w.must(w.store.DeleteLayerLink(ctx, repo, d))
-				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.Ref{Repo: repo, Digest: d}})
+				w.emit(events.Event{Kind: events.DigestDeleted, Ref: &events.RepoDigest{Repo: repo, Digest: d}})
 				counts["delete blob"]++
 			}
 		case op < 30:
@@ -533,7 +533,7 @@ func TestRandomDirect(t *testing.T) {
 			}
 		case op < 77:
 			if m := livePick("", true); m != nil {
-				w.emit(events.Event{Kind: events.Touched, Ref: &events.Ref{Repo: m.repo, Digest: m.desc.Digest}})
+				w.emit(events.Event{Kind: events.Touched, Ref: &events.RepoDigest{Repo: m.repo, Digest: m.desc.Digest}})
 				counts["pull"]++
 			}
 		case op < 99:

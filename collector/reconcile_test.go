@@ -369,7 +369,7 @@ func graphEvents(n int) []events.Event {
 		case 3:
 			add(events.Event{Kind: events.TagDeleted, Tag: &events.Tag{Repo: repo, Name: tag}})
 		case 5:
-			add(events.Event{Kind: events.DigestDeleted, Ref: &events.Ref{Repo: repo, Digest: man}})
+			add(events.Event{Kind: events.DigestDeleted, Ref: &events.RepoDigest{Repo: repo, Digest: man}})
 		case 6:
 			prev := digest.FromString(fmt.Sprintf("manifest-%d", img-5))
 			add(events.Event{Kind: events.TagSet, Tag: &events.Tag{Repo: repo, Name: tag, Digest: prev}})

@@ -118,7 +118,7 @@ type Event struct {
 
 	Manifest  *Manifest       `json:"manifest,omitempty"`
 	Tag       *Tag            `json:"tag,omitempty"`
-	Ref       *Ref            `json:"ref,omitempty"`
+	Ref       *RepoDigest     `json:"ref,omitempty"`
 	Blob      *Blob           `json:"blob,omitempty"`
 	Repo      *Repo           `json:"repo,omitempty"`
 	Label     *Label          `json:"label,omitempty"`
@@ -167,8 +167,8 @@ type Tag struct {
 	Digest digest.Digest `json:"digest,omitempty"`
 }
 
-// Ref is a digest in a repository: the body of DigestDeleted and Touched.
-type Ref struct {
+// RepoDigest is a digest in a repository: the body of DigestDeleted and Touched.
+type RepoDigest struct {
 	Repo   string        `json:"repo"`
 	Digest digest.Digest `json:"digest"`
 }

@@ -71,11 +71,11 @@ func IsIndexMediaType(mt string) bool {
 	return mt == MediaTypeOCIIndex || mt == MediaTypeDockerList
 }
 
-// Refs is what a manifest references, as ParseManifest found it.
+// ManifestRefs is what a manifest references, as ParseManifest found it.
 //
 // Blobs and Children hold each digest at most once, in the order of first
 // appearance in the manifest.
-type Refs struct {
+type ManifestRefs struct {
 	// MediaType is the manifest's media type, after detection.
 	MediaType string
 	// Blobs are the config and the layers (image manifests), or the blobs
@@ -152,30 +152,30 @@ type schema1Layer struct {
 // ErrUnknownMediaType, bodies over MaxManifestSize ErrManifestTooLarge, and
 // anything else wrong ErrMalformedManifest. Every digest is checked with
 // ValidateDigest.
-func ParseManifest(mediaType string, b []byte) (Refs, error) {
+func ParseManifest(mediaType string, b []byte) (ManifestRefs, error) {
 	if len(b) > MaxManifestSize {
-		return Refs{}, fmt.Errorf("%w: %d bytes (limit %d)", ErrManifestTooLarge, len(b), MaxManifestSize)
+		return ManifestRefs{}, fmt.Errorf("%w: %d bytes (limit %d)", ErrManifestTooLarge, len(b), MaxManifestSize)
 	}
 	var w wireManifest
 	if err := json.Unmarshal(b, &w); err != nil {
-		return Refs{}, fmt.Errorf("%w: %w", ErrMalformedManifest, err)
+		return ManifestRefs{}, fmt.Errorf("%w: %w", ErrMalformedManifest, err)
 	}
 	mt := BaseMediaType(mediaType)
 	bodyMT := BaseMediaType(w.MediaType)
 	if genericMediaTypes[mt] {
 		mt = detectMediaType(&w, bodyMT)
 		if mt == "" {
-			return Refs{}, fmt.Errorf("%w: cannot detect the format of a manifest served as %q", ErrUnknownMediaType, clip(mediaType))
+			return ManifestRefs{}, fmt.Errorf("%w: cannot detect the format of a manifest served as %q", ErrUnknownMediaType, clip(mediaType))
 		}
 	}
 	if !IsManifestMediaType(mt) {
-		return Refs{}, fmt.Errorf("%w: %q", ErrUnknownMediaType, clip(mt))
+		return ManifestRefs{}, fmt.Errorf("%w: %q", ErrUnknownMediaType, clip(mt))
 	}
 	if bodyMT != "" && bodyMT != mt {
-		return Refs{}, fmt.Errorf("%w: served as %q but its mediaType field says %q", ErrMalformedManifest, clip(mt), clip(bodyMT))
+		return ManifestRefs{}, fmt.Errorf("%w: served as %q but its mediaType field says %q", ErrMalformedManifest, clip(mt), clip(bodyMT))
 	}
 
-	r := Refs{MediaType: mt}
+	r := ManifestRefs{MediaType: mt}
 	var err error
 	switch mt {
 	case MediaTypeOCIManifest, MediaTypeDockerManifest:
@@ -229,14 +229,14 @@ func ParseManifest(mediaType string, b []byte) (Refs, error) {
 		}
 	}
 	if err != nil {
-		return Refs{}, err
+		return ManifestRefs{}, err
 	}
 	if w.Subject != nil {
 		switch mt {
 		case MediaTypeOCIManifest, MediaTypeOCIIndex, MediaTypeOCIArtifact:
 			s, serr := manifestDescriptor("subject", *w.Subject)
 			if serr != nil {
-				return Refs{}, serr
+				return ManifestRefs{}, serr
 			}
 			r.Subject = &s
 		}

@@ -68,7 +68,7 @@ func pullHeavy(n int) []events.Event {
 				if j%2 == 1 {
 					d = m.Blobs[j%len(m.Blobs)].Digest
 				}
-				out = append(out, events.Event{Kind: events.Touched, Ref: &events.Ref{Repo: m.Repo, Digest: d}})
+				out = append(out, events.Event{Kind: events.Touched, Ref: &events.RepoDigest{Repo: m.Repo, Digest: d}})
 			}
 		}
 	}

@@ -36,7 +36,7 @@ func fxBlob(kind events.Kind, repo string, d digest.Digest, size int64, from str
 }
 
 func fxRef(kind events.Kind, repo string, d digest.Digest) events.Event {
-	return events.Event{Kind: kind, Ref: &events.Ref{Repo: repo, Digest: d}}
+	return events.Event{Kind: kind, Ref: &events.RepoDigest{Repo: repo, Digest: d}}
 }
 
 func fixtureSequence() []events.Event {

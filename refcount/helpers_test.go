@@ -194,11 +194,11 @@ func delT(repo, tag string) events.Event {
 }
 
 func delD(repo, d string) events.Event {
-	return events.Event{Kind: events.DigestDeleted, Ref: &events.Ref{Repo: repo, Digest: dg(d)}}
+	return events.Event{Kind: events.DigestDeleted, Ref: &events.RepoDigest{Repo: repo, Digest: dg(d)}}
 }
 
 func touch(repo, d string) events.Event {
-	return events.Event{Kind: events.Touched, Ref: &events.Ref{Repo: repo, Digest: dg(d)}}
+	return events.Event{Kind: events.Touched, Ref: &events.RepoDigest{Repo: repo, Digest: dg(d)}}
 }
 
 func delRepo(repo string) events.Event {

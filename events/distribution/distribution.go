@@ -362,11 +362,11 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 			res.Dropped = "pull without a digest"
 			return res
 		}
-		ev.Kind, ev.Ref = events.Touched, &events.Ref{Repo: t.Repository, Digest: t.Digest}
+		ev.Kind, ev.Ref = events.Touched, &events.RepoDigest{Repo: t.Repository, Digest: t.Digest}
 	case ActionDelete:
 		switch {
 		case t.Digest != "":
-			ev.Kind, ev.Ref = events.DigestDeleted, &events.Ref{Repo: t.Repository, Digest: t.Digest}
+			ev.Kind, ev.Ref = events.DigestDeleted, &events.RepoDigest{Repo: t.Repository, Digest: t.Digest}
 		case t.Tag != "":
 			ev.Kind, ev.Tag = events.TagDeleted, &events.Tag{Repo: t.Repository, Name: t.Tag}
 		default:
@@ -482,7 +482,7 @@ func manifestPushed(ctx context.Context, t *DistributionTarget, opts *TranslateO
 	return m, nil
 }
 
-func readRefs(ctx context.Context, opts *TranslateOptions, repo string, d digest.Digest) (events.Refs, error) {
+func readRefs(ctx context.Context, opts *TranslateOptions, repo string, d digest.Digest) (events.ManifestRefs, error) {
 	timeout := opts.EnrichTimeout
 	if timeout <= 0 {
 		timeout = DefaultEnrichTimeout
@@ -491,10 +491,10 @@ func readRefs(ctx context.Context, opts *TranslateOptions, repo string, d digest
 	defer cancel()
 	body, mt, err := opts.Reader.ReadManifest(ctx, repo, d)
 	if err != nil {
-		return events.Refs{}, err
+		return events.ManifestRefs{}, err
 	}
 	if got := d.Algorithm().FromBytes(body); got != d {
-		return events.Refs{}, fmt.Errorf("%w: read %s", ErrDigestMismatch, got)
+		return events.ManifestRefs{}, fmt.Errorf("%w: read %s", ErrDigestMismatch, got)
 	}
 	return events.ParseManifest(mt, body)
 }

@@ -262,9 +262,9 @@ func TestTranslateFixturesExact(t *testing.T) {
 		"events/031.json": {V: 1, ID: "01a2054b-7621-7897-a652-01e6bb8120ec", Time: ts("2026-11-22T22:06:01.249563587Z"),
 			Source: fxSource, Host: "vm:5055", Kind: events.TagDeleted, Tag: &events.Tag{Repo: "demo", Name: "v1again"}},
 		"events/034.json": {V: 1, ID: "01a2054b-763d-72ab-8e90-04e7b4908a42", Time: ts("2026-11-22T22:06:01.277175407Z"),
-			Source: fxSource, Host: "vm:5055", Kind: events.DigestDeleted, Ref: &events.Ref{Repo: "bydigest", Digest: fxLayer1}},
+			Source: fxSource, Host: "vm:5055", Kind: events.DigestDeleted, Ref: &events.RepoDigest{Repo: "bydigest", Digest: fxLayer1}},
 		"events/035.json": {V: 1, ID: "01a2054b-efc7-7b28-ba5c-f2acc7233fc6", Time: ts("2026-11-22T22:06:32.391731496Z"),
-			Source: "distribution:01a2054b-e7d8-71fd-ac94-ccdeba62951c", Host: "vm:5055", Kind: events.Touched, Ref: &events.Ref{Repo: "demo", Digest: fxIndex}},
+			Source: "distribution:01a2054b-e7d8-71fd-ac94-ccdeba62951c", Host: "vm:5055", Kind: events.Touched, Ref: &events.RepoDigest{Repo: "demo", Digest: fxIndex}},
 	}
 	reader := fixtureReader(t)
 	for name, wantEv := range tests {

@@ -50,7 +50,7 @@ func graphEvent(i int) events.Event {
 		if img%10 == 0 {
 			e.Kind, e.Tag = events.TagSet, &events.Tag{Repo: repo, Name: fmt.Sprintf("v%d", img%50), Digest: prev}
 		} else {
-			e.Kind, e.Ref = events.Touched, &events.Ref{Repo: repo, Digest: man}
+			e.Kind, e.Ref = events.Touched, &events.RepoDigest{Repo: repo, Digest: man}
 		}
 	}
 	return e

@@ -22,7 +22,7 @@ func TestSubject(t *testing.T) {
 			"refgc.events.tag_set.alpine"},
 		{"dots escaped", events.Event{Kind: events.BlobPushed, Blob: &events.Blob{Repo: "my.org/app.v2/x", Digest: d}},
 			"refgc.events.blob_pushed.my~org.app~v2.x"},
-		{"separators kept", events.Event{Kind: events.Touched, Ref: &events.Ref{Repo: "a_b/c__d/e--f", Digest: d}},
+		{"separators kept", events.Event{Kind: events.Touched, Ref: &events.RepoDigest{Repo: "a_b/c__d/e--f", Digest: d}},
 			"refgc.events.touched.a_b.c__d.e--f"},
 		{"repository deleted", events.Event{Kind: events.RepositoryDeleted, Repo: &events.Repo{Name: "team/app"}},
 			"refgc.events.repository_deleted.team.app"},
