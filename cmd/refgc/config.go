@@ -89,13 +89,29 @@ func (c csvList) Set(v string) error {
 
 func (c csvList) Type() string { return "strings" }
 
-// resolve applies the precedence flags > environment > file > defaults.
-// The flag set holds the defaults and any flags given; the file and the
-// environment fill in what was not given on the command line.
+// resolve loads the serve configuration (loadConfig) and validates it.
 func resolve(cmd *cobra.Command, cfg *daemon.Config, file, storageRoot *string) error {
-	fs := cmd.Flags()
+	if err := loadConfig(cmd.Flags(), cfg, file, storageRoot); err != nil {
+		return err
+	}
+	return cfg.Validate()
+}
+
+// loadConfig is the one configuration loader, of serve and of the offline
+// commands (verify, rebuild). It applies the precedence flags >
+// environment > file > defaults: fs holds flags bound to cfg, whose values
+// are the defaults and any flags given. The file (*file, else
+// REFGC_CONFIG) is laid over cfg; then every flag of fs is set again from
+// the command line or, failing that, from its environment variable; and a
+// storage root (--storage-root, REFGC_STORAGE_ROOT) stands for a
+// filesystem storage section.
+func loadConfig(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string) error {
 	given := map[string]string{}
-	fs.Visit(func(f *pflag.Flag) { given[f.Name] = f.Value.String() })
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			given[f.Name] = f.Value.String()
+		}
+	})
 	if *file == "" {
 		*file = os.Getenv(envName("config"))
 	}
@@ -131,5 +147,5 @@ func resolve(cmd *cobra.Command, cfg *daemon.Config, file, storageRoot *string) 
 	if *storageRoot != "" {
 		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": *storageRoot}}
 	}
-	return cfg.Validate()
+	return nil
 }

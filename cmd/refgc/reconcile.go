@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/internal/daemon"
@@ -27,44 +28,30 @@ import (
 // printed first, and the exit status is 1.
 var errDrift = errors.New("the projection differs from storage")
 
-// offline locates the projection and the storage when no daemon answers.
+// offline locates the projection and the storage when no daemon answers,
+// with the configuration loader of serve (loadConfig): --config,
+// --data-dir and --storage-root, or their environment variables.
 type offline struct {
-	file, dataDir, storageRoot string
+	cfg               daemon.Config
+	fs                *pflag.FlagSet
+	file, storageRoot string
 }
 
 func (o *offline) flags(cmd *cobra.Command) {
-	f := cmd.Flags()
-	f.StringVarP(&o.file, "config", "c", "", "the daemon's YAML configuration (for its dataDir and storage, used when no daemon answers)")
-	f.StringVar(&o.dataDir, "data-dir", "", "the daemon's data directory (overrides the configuration's)")
-	f.StringVar(&o.storageRoot, "storage-root", "", "registry filesystem storage root (overrides the configuration's storage)")
+	o.cfg = daemon.Defaults()
+	o.fs = pflag.NewFlagSet("offline", pflag.ContinueOnError)
+	o.fs.StringVarP(&o.file, "config", "c", "", "the daemon's YAML configuration (for its dataDir and storage, used when no daemon answers)")
+	o.fs.StringVar(&o.cfg.DataDir, "data-dir", o.cfg.DataDir, "the daemon's data directory (overrides the configuration's)")
+	o.fs.StringVar(&o.storageRoot, "storage-root", "", "registry filesystem storage root (overrides the configuration's storage)")
+	cmd.Flags().AddFlagSet(o.fs)
 }
 
 // reconciler opens the projection read-only and the storage, and returns a
 // reconciler without a log (it can verify and rebuild, never apply).
 func (o *offline) reconciler(ctx context.Context) (*reconcile.Reconciler, func(), error) {
-	cfg := daemon.Defaults()
-	file := o.file
-	if file == "" {
-		file = os.Getenv(envName("config"))
-	}
-	if file != "" {
-		f, err := os.Open(file)
-		if err != nil {
-			return nil, nil, fmt.Errorf("config: %w", err)
-		}
-		err = cfg.DecodeYAML(f)
-		f.Close()
-		if err != nil {
-			return nil, nil, fmt.Errorf("config %s: %w", file, err)
-		}
-	}
-	if o.dataDir != "" {
-		cfg.DataDir = o.dataDir
-	} else if v, ok := os.LookupEnv(envName("data-dir")); ok {
-		cfg.DataDir = v
-	}
-	if o.storageRoot != "" {
-		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": o.storageRoot}}
+	cfg := &o.cfg
+	if err := loadConfig(o.fs, cfg, &o.file, &o.storageRoot); err != nil {
+		return nil, nil, err
 	}
 	if cfg.Storage == nil {
 		return nil, nil, fmt.Errorf("%w: give --config or --storage-root", daemon.ErrNoStorage)

@@ -97,4 +97,11 @@ func TestVerifyReconcileRebuildCommands(t *testing.T) {
 	if _, err := runCmd(t, "verify", "--addr", down, "--data-dir", dir); err == nil {
 		t.Fatal("offline verify without storage: no error")
 	}
+	// The offline commands load configuration as serve does: the
+	// environment stands for the flags.
+	t.Setenv("REFGC_DATA_DIR", dir)
+	t.Setenv("REFGC_STORAGE_ROOT", root)
+	if out, err := runCmd(t, "verify", "--addr", down); !errors.Is(err, errDrift) || drift(out).Clean() {
+		t.Fatalf("offline verify configured by the environment: %q %v", out, err)
+	}
 }
