@@ -111,9 +111,9 @@ type Config struct {
 	ClockSkew time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
-	// BatchSize bounds the candidates of one round (default 256).
+	// BatchSize bounds the candidates of one round (DefaultBatchSize).
 	BatchSize int
-	// Concurrency bounds storage operations in flight (default 8).
+	// Concurrency bounds storage operations in flight (DefaultConcurrency).
 	Concurrency int
 	// RateLimit bounds storage operations per second (0: unlimited).
 	RateLimit float64
@@ -127,8 +127,10 @@ type Config struct {
 
 // Collector defaults.
 const (
-	DefaultQuietAfter = 5 * time.Minute
-	DefaultClockSkew  = 2 * time.Second
+	DefaultQuietAfter  = 5 * time.Minute
+	DefaultClockSkew   = 2 * time.Second
+	DefaultBatchSize   = 256
+	DefaultConcurrency = 8
 )
 
 // Collector drains the zero-ref queue.
@@ -161,10 +163,10 @@ func New(cfg Config) (*Collector, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.BatchSize <= 0 {
-		cfg.BatchSize = 256
+		cfg.BatchSize = DefaultBatchSize
 	}
 	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 8
+		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.Source == "" {
 		cfg.Source = "refgc-collector"

@@ -30,10 +30,11 @@ type Options struct {
 	// Changing it on an existing file requeues every node once.
 	Untagged Policy
 	// Grace is how long a push, mount or touch protects a node, and how long
-	// a node stays unheld before it may be collected (default 1 h).
+	// a node stays unheld before it may be collected (DefaultGrace, 1 h).
 	Grace time.Duration
 	// Retention is how long blob data stays after the last reference to it
-	// went, so that unlinked manifests can be restored (default 24 h).
+	// went, so that unlinked manifests can be restored (DefaultRetention,
+	// 24 h).
 	Retention time.Duration
 	// NoSync skips fsync on commit. For tests and benchmarks only.
 	NoSync bool
@@ -48,15 +49,21 @@ type Options struct {
 	Now func() time.Time
 }
 
+// Projection defaults.
+const (
+	DefaultGrace     = time.Hour
+	DefaultRetention = 24 * time.Hour
+)
+
 func (o *Options) defaults() {
 	if o.Untagged == "" {
 		o.Untagged = PolicyDelete
 	}
 	if o.Grace <= 0 {
-		o.Grace = time.Hour
+		o.Grace = DefaultGrace
 	}
 	if o.Retention <= 0 {
-		o.Retention = 24 * time.Hour
+		o.Retention = DefaultRetention
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = time.Second

@@ -104,6 +104,13 @@ const (
 var DriftTypes = []string{DriftMissingFromProjection, DriftMissingFromStorage,
 	DriftCountMismatch, DriftOrphanData, DriftUnreadableManifest, DriftUnlinkedLive, DriftLost}
 
+// Reconciler defaults.
+const (
+	DefaultConcurrency = 8
+	DefaultExamples    = 10
+	DefaultBatchSize   = 256
+)
+
 // ErrNoLog is returned by Reconcile with apply when the reconciler has no Log.
 var ErrNoLog = errors.New("collector: reconcile with apply needs a Log")
 
@@ -168,13 +175,13 @@ func New(cfg Config) (*Reconciler, error) {
 		return nil, errors.New("collector: reconciler needs Projection and Store")
 	}
 	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 8
+		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.Examples <= 0 {
-		cfg.Examples = 10
+		cfg.Examples = DefaultExamples
 	}
 	if cfg.BatchSize <= 0 {
-		cfg.BatchSize = 256
+		cfg.BatchSize = DefaultBatchSize
 	}
 	if cfg.Source == "" {
 		cfg.Source = "refgc-reconciler"

@@ -141,8 +141,8 @@ func Defaults() Config {
 		Addr:    ":8080",
 		NATS:    NATSConfig{Listen: "127.0.0.1:4222"},
 		Collector: CollectorConfig{
-			Interval: time.Minute, Grace: time.Hour, Retention: 24 * time.Hour,
-			Untagged: string(refcount.PolicyDelete), Concurrency: 8, BatchSize: 256,
+			Interval: time.Minute, Grace: refcount.DefaultGrace, Retention: refcount.DefaultRetention,
+			Untagged: string(refcount.PolicyDelete), Concurrency: collector.DefaultConcurrency, BatchSize: collector.DefaultBatchSize,
 			ReconcileInterval: 24 * time.Hour, QuietAfter: collector.DefaultQuietAfter,
 		},
 		StatsInterval: 15 * time.Second,
