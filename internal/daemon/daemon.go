@@ -133,18 +133,64 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.adminUnauthorized = prom.Register(d.reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_admin_unauthorized_total",
 		Help: "Admin requests refused for a missing or wrong token."}))
 
-	if err := d.connect(); err != nil {
+	if err := d.startLog(ctx); err != nil {
 		return nil, err
 	}
-	if d.stream, err = eventlog.EnsureStream(ctx, d.js, eventlog.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
-		return nil, fmt.Errorf("daemon: %w", err)
+	if err := d.openProjection(); err != nil {
+		return nil, err
 	}
+	reader, err := d.startCollecting(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.serve(reader); err != nil {
+		return nil, err
+	}
+	d.log.Info("refgc started", "addr", d.ln.Addr().String(), "nats", d.nc.ConnectedUrlRedacted(),
+		"dataDir", cfg.DataDir, "grace", cfg.Collector.Grace, "retention", cfg.Collector.Retention,
+		"untagged", cfg.Collector.Untagged, "interval", cfg.Collector.Interval, "dryRun", cfg.Collector.DryRun)
+	return d, nil
+}
+
+// startLog connects to the event log (an embedded NATS server unless an
+// external one is configured), ensures its stream and creates the
+// publisher. closeLog undoes it.
+func (d *Daemon) startLog(ctx context.Context) (err error) {
+	cfg := d.cfg
+	if err := d.connect(); err != nil {
+		return err
+	}
+	if d.stream, err = eventlog.EnsureStream(ctx, d.js, eventlog.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	d.pub, err = eventlog.NewPublisher(d.js, eventlog.PublisherConfig{Registerer: d.reg})
+	if err != nil {
+		return fmt.Errorf("daemon: publisher: %w", err)
+	}
+	return nil
+}
+
+// closeLog closes the NATS connection and stops the embedded server.
+func (d *Daemon) closeLog() {
+	if d.nc != nil {
+		d.nc.Close()
+	}
+	if d.emb != nil {
+		d.emb.Shutdown()
+	}
+}
+
+// openProjection opens the projection and the follower that feeds it
+// from the log, and the Log the collector and the reconciler write
+// through. closeProjection undoes it.
+func (d *Daemon) openProjection() (err error) {
+	cfg := d.cfg
 	d.proj, err = refcount.Open(filepath.Join(cfg.DataDir, ProjectionFile), refcount.Options{
 		Untagged: refcount.Policy(cfg.Collector.Untagged), Grace: cfg.Collector.Grace,
 		Retention: cfg.Collector.Retention, NoSync: cfg.NoSync,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("daemon: projection: %w", err)
+		return fmt.Errorf("daemon: projection: %w", err)
 	}
 	d.fol, err = eventlog.NewFollower(d.js, eventlog.FollowerConfig{
 		Cursor: d.proj.Cursor,
@@ -156,14 +202,27 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Logger: d.log, Registerer: d.reg,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("daemon: follower: %w", err)
-	}
-	d.pub, err = eventlog.NewPublisher(d.js, eventlog.PublisherConfig{Registerer: d.reg})
-	if err != nil {
-		return nil, fmt.Errorf("daemon: publisher: %w", err)
+		return fmt.Errorf("daemon: follower: %w", err)
 	}
 	d.jslog = &eventlog.JetStreamLog{Publisher: d.pub, Follower: d.fol}
+	return nil
+}
 
+// closeProjection closes the projection.
+func (d *Daemon) closeProjection() {
+	if d.proj != nil {
+		if err := d.proj.Close(); err != nil {
+			d.log.Error("close projection", "err", err)
+		}
+	}
+}
+
+// startCollecting opens the storage, the collector and the reconciler
+// (when storage is configured), and the leader election (with HA). It
+// returns how the webhook reads manifests. Nothing here needs closing:
+// the loops stop with the daemon's context.
+func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestReader, err error) {
+	cfg := d.cfg
 	var reader distribution.ManifestReader
 	if cfg.Storage != nil {
 		d.store, err = store.FromConfig(ctx, cfg.Storage, store.WithLogger(d.log))
@@ -191,17 +250,6 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if cfg.Storage == nil {
 		d.log.Warn("no storage configured: events are recorded, nothing is collected")
 	}
-	hook, err := distribution.NewWebhook(distribution.WebhookConfig{
-		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
-		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("daemon: webhook: %w", err)
-	}
-	if cfg.Webhook.Token == "" && !slices.ContainsFunc(cfg.Webhook.Tokens, func(s string) bool { return s != "" }) {
-		d.log.Warn("webhook token empty: notifications are not authenticated")
-	}
-	d.gauges = newGauges(d.reg, d)
 	if cfg.HA.Enabled {
 		id := cfg.HA.ID
 		if id == "" {
@@ -221,10 +269,30 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		}
 		return 0
 	}))
+	return reader, nil
+}
+
+// serve creates the webhook and the HTTP server, and starts the
+// follower, the gauges, the election, the reconcile and collector loops
+// and the server. The loops stop with the daemon's context; closeServing
+// closes what serve opened.
+func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
+	cfg := d.cfg
+	hook, err := distribution.NewWebhook(distribution.WebhookConfig{
+		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
+		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("daemon: webhook: %w", err)
+	}
+	if cfg.Webhook.Token == "" && !slices.ContainsFunc(cfg.Webhook.Tokens, func(s string) bool { return s != "" }) {
+		d.log.Warn("webhook token empty: notifications are not authenticated")
+	}
+	d.gauges = newGauges(d.reg, d)
 
 	d.ln, err = net.Listen("tcp", cfg.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("daemon: listen: %w", err)
+		return fmt.Errorf("daemon: listen: %w", err)
 	}
 	d.srv = &http.Server{Handler: d.routes(hook), ReadHeaderTimeout: 10 * time.Second}
 
@@ -261,7 +329,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}
 	if d.rec != nil {
 		if err := d.startReconcile(runCtx); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if d.col != nil && cfg.Collector.Interval > 0 {
@@ -277,10 +345,14 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 			d.finish()
 		}
 	}()
-	d.log.Info("refgc started", "addr", d.ln.Addr().String(), "nats", d.nc.ConnectedUrlRedacted(),
-		"dataDir", cfg.DataDir, "grace", cfg.Collector.Grace, "retention", cfg.Collector.Retention,
-		"untagged", cfg.Collector.Untagged, "interval", cfg.Collector.Interval, "dryRun", cfg.Collector.DryRun)
-	return d, nil
+	return nil
+}
+
+// closeServing closes the listener if the server never took it over.
+func (d *Daemon) closeServing() {
+	if d.ln != nil && d.srv == nil {
+		_ = d.ln.Close()
+	}
 }
 
 func (d *Daemon) connect() error {
@@ -477,18 +549,7 @@ func (d *Daemon) close() {
 		d.cancel()
 	}
 	d.wg.Wait()
-	if d.ln != nil && d.srv == nil {
-		_ = d.ln.Close()
-	}
-	if d.proj != nil {
-		if err := d.proj.Close(); err != nil {
-			d.log.Error("close projection", "err", err)
-		}
-	}
-	if d.nc != nil {
-		d.nc.Close()
-	}
-	if d.emb != nil {
-		d.emb.Shutdown()
-	}
+	d.closeServing()
+	d.closeProjection()
+	d.closeLog()
 }
