@@ -170,12 +170,8 @@ func (e *env) drain() collector.Report {
 // garbage left (except what e.kept names).
 func (e *env) collectAndVerify() collector.Report {
 	e.t.Helper()
-	e.settle()
 	var rep collector.Report
-	regtest.VerifyCollection(e.t, e.reg.Root, e.keep, e.kept, func() { rep = e.drain() })
-	if ms, err := e.d.Projection().Check(); err != nil || len(ms) > 0 {
-		e.t.Errorf("projection check: %v %v", ms, err)
-	}
+	regtest.CollectAndVerify(e.t, e.reg.Root, e.keep, e.kept, e.settle, func() { rep = e.drain() }, e.d.Projection().Check)
 	return rep
 }
 

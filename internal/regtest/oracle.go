@@ -454,3 +454,16 @@ func VerifyCollection(t testing.TB, root string, keepUntagged bool, kept map[str
 		t.Errorf("garbage left behind: %v", left)
 	}
 }
+
+// CollectAndVerify is a collection test's last step: settle (wait until
+// every notification sent so far is in the projection), then
+// VerifyCollection around drain (passes while the clock moves past grace
+// and retention), then the projection's own invariant check.
+func CollectAndVerify[M any](t testing.TB, root string, keepUntagged bool, kept map[string]bool, settle, drain func(), check func() ([]M, error)) {
+	t.Helper()
+	settle()
+	VerifyCollection(t, root, keepUntagged, kept, drain)
+	if ms, err := check(); err != nil || len(ms) > 0 {
+		t.Errorf("projection check: %v %v", ms, err)
+	}
+}
