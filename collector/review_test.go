@@ -174,3 +174,49 @@ func TestRewrittenLinkIsRefusedOnce(t *testing.T) {
 		t.Errorf("garbage left: junk's layer %v, a's layer %v", w.hasBlob(layerJ.Digest), w.hasBlob(layerA.Digest))
 	}
 }
+
+// The reconciler heals too: a tag in storage whose revision the collector
+// unlinked (its notification lost) gets the revision back while the data
+// is there, and is reported as lost once the data is gone.
+func TestReconcilerHealsWhatStorageUses(t *testing.T) {
+	w := newWorld(t, 1)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(5, 6))
+	image := func() events.Descriptor {
+		cfg, layer := w.pushBlob(r, "app", mtConf, 16), w.pushBlob(r, "app", mtLayer, 64)
+		return w.putManifest("app", "", []events.Descriptor{cfg, layer}, nil, nil)
+	}
+	healable, lost := image(), image()
+	w.clock = w.clock.Add(2 * testGrace)
+	w.pass() // both untagged revisions are unlinked
+	if w.hasRevision("app", healable.Digest) || w.hasRevision("app", lost.Digest) {
+		t.Fatal("the untagged revisions were not unlinked")
+	}
+	for range 3 { // lost's data is purged past the retention; healable is kept in the trash below
+		w.clock = w.clock.Add(testRetention)
+		w.pass()
+	}
+	if w.hasBlob(lost.Digest) {
+		t.Fatal("the data was not purged")
+	}
+	// healable again: unlinked just now, its data still there.
+	healable = image()
+	w.clock = w.clock.Add(2 * testGrace)
+	w.pass()
+	// Tags written while their notifications were lost.
+	w.linkTag("app", "keep", healable.Digest)
+	w.linkTag("app", "gone", lost.Digest)
+	d, err := w.rec.Reconcile(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Counts[collector.DriftUnlinkedLive] != 1 || d.Healed != 1 || d.Counts[collector.DriftLost] != 1 {
+		t.Fatalf("drift %s healed %d: want one healed and one lost", d, d.Healed)
+	}
+	if !w.hasRevision("app", healable.Digest) {
+		t.Fatal("the tagged revision was not linked again")
+	}
+	if v, err := w.rec.Verify(ctx); err != nil || v.Counts[collector.DriftLost] != 1 || v.Counts[collector.DriftUnlinkedLive] != 0 {
+		t.Fatalf("verify after: %s, %v", v, err)
+	}
+}
