@@ -209,6 +209,10 @@ type Report struct {
 	// Unavailable is the longest time between an unlink and its heal among
 	// this pass's heals: how long a live object could not be pulled.
 	Unavailable time.Duration `json:"unavailable,omitempty"`
+	// HealLag is the longest time between receiving a notification that
+	// proved an unlinked object live and healing it: refgc's own share of
+	// Unavailable (the rest is the registry's delivery delay).
+	HealLag time.Duration `json:"healLag,omitempty"`
 	// View is how complete the projection's view was at the pass's start.
 	View     *View         `json:"view,omitempty"`
 	Errors   int           `json:"errors"`

@@ -173,6 +173,9 @@ func (c *Collector) heal(ctx context.Context, rep *Report) error {
 				"unlinked", h.UnlinkedAt, "proved_live", h.ProvedAt, "unavailable_for", delay)
 			rep.Healed++
 			rep.Unavailable = max(rep.Unavailable, delay)
+			if !h.Received.IsZero() {
+				rep.HealLag = max(rep.HealLag, now.Sub(h.Received))
+			}
 		}
 		evs = append(evs, c.healedEvent(n, healID(h)))
 	}

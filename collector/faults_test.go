@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -100,6 +101,11 @@ func TestLateTagHealsUnlinkedRevision(t *testing.T) {
 	rep = e.pass()
 	if rep.Healed == 0 {
 		t.Fatalf("report %+v: want a heal", rep)
+	}
+	// Healed at the first pass after the late notification arrived: the
+	// object was unavailable for the notification's delay and no more.
+	if rep.HealLag <= 0 || rep.HealLag > time.Minute {
+		t.Errorf("heal lag %s, want the time to the next pass", rep.HealLag)
 	}
 	e.mustPull("app:v1")
 	e.mustPull("app@" + d.String())

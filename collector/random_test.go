@@ -613,7 +613,7 @@ func TestRandomRegistry(t *testing.T) {
 	}
 	heldFor := 0 // operations until held notifications are released
 	refusedFor := 0
-	var unavailable time.Duration
+	var unavailable, healLag time.Duration
 	via := func() *regtest.Registry { return regs[r.IntN(len(regs))] }
 	settle := func() {
 		for _, rg := range regs {
@@ -795,6 +795,7 @@ func TestRandomRegistry(t *testing.T) {
 			counts["refused"] += rep.Refused
 			counts["healed"] += rep.Healed
 			unavailable = max(unavailable, rep.Unavailable)
+			healLag = max(healLag, rep.HealLag)
 			after, err := regtest.Present(e.reg.Root)
 			if err != nil {
 				t.Fatal(err)
@@ -824,7 +825,8 @@ func TestRandomRegistry(t *testing.T) {
 		counts["notifications held"] += st.Held
 		counts["requests refused"] += st.Refused
 	}
-	t.Logf("longest unavailability between an unlink and its heal: %s", unavailable)
+	t.Logf("longest unavailability between an unlink and its heal: %s; longest time from the proving notification's receipt to the heal: %s",
+		unavailable, healLag)
 	for k, img := range tags {
 		rp, _, _ := strings.Cut(k, ":")
 		if !broken[rp+"@"+regtest.Digest(t, img).String()] {

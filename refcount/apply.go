@@ -23,6 +23,7 @@ type TrashEntry struct {
 func (t *txn) apply(seq uint64, e *events.Event) error {
 	t.seq = seq
 	t.now = e.Time.UnixNano()
+	t.received = e.Received.UTC()
 	if !e.Received.IsZero() && e.Source != "" && e.Kind != events.Refused {
 		// (A refused notification may not say which instance sent it:
 		// its pause stands for it.)

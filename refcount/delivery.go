@@ -59,7 +59,10 @@ type Heal struct {
 	// the event that proved it live (often before UnlinkedAt: a late one).
 	UnlinkedAt time.Time `json:"unlinkedAt"`
 	ProvedAt   time.Time `json:"provedAt"`
-	Seq        uint64    `json:"seq"`
+	// Received is when refgc received the event that proved it live
+	// (zero for an event refgc made itself).
+	Received time.Time `json:"received,omitzero"`
+	Seq      uint64    `json:"seq"`
 }
 
 // sourceExpiry is how long a registry instance may send nothing before its
@@ -272,7 +275,7 @@ func (t *txn) revive(k []byte) {
 		return
 	}
 	t.putJSON(t.tx.Bucket(bucketHeals), k, Heal{Node: ref, UnlinkedAt: unlinked,
-		ProvedAt: time.Unix(0, t.now).UTC(), Seq: t.seq})
+		ProvedAt: time.Unix(0, t.now).UTC(), Received: t.received, Seq: t.seq})
 }
 
 // bury drops a node's tombstone and pending heal: an explicit delete wins
