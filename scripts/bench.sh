@@ -20,3 +20,4 @@ run e2e           go test ./internal/daemon -run '^$' -bench BenchmarkWebhookE2E
 run collector     go test ./collector -run '^$' -bench BenchmarkCollectorDeletes -benchtime 3x
 run store         go test ./store -run '^$' -bench . -benchtime 2s -count 5
 run reconcile     go test ./collector -run '^$' -bench BenchmarkReconcilePass -benchtime 3x
+run random      go test ./collector -run 'TestRandomDirect|TestRandomRegistry' -collector.ops=10000 -timeout 60m -v
