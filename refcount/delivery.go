@@ -303,51 +303,14 @@ func (t *txn) healed(c *events.CollectedRef) {
 
 // Sources returns the delivery state of every registry instance, by name.
 func (p *Projection) Sources() ([]SourceState, error) {
-	var out []SourceState
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSources).ForEach(func(_, v []byte) error {
-			var s SourceState
-			if err := json.Unmarshal(v, &s); err != nil {
-				return fmt.Errorf("%w: source: %w", ErrCorrupt, err)
-			}
-			out = append(out, s)
-			return nil
-		})
-	})
-	return out, err
+	return listJSON[SourceState](p, bucketSources, "source")
 }
 
 // Pauses returns the pauses no reconcile has lifted yet, by repository.
-func (p *Projection) Pauses() ([]Pause, error) {
-	var out []Pause
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPauses).ForEach(func(_, v []byte) error {
-			var ps Pause
-			if err := json.Unmarshal(v, &ps); err != nil {
-				return fmt.Errorf("%w: pause: %w", ErrCorrupt, err)
-			}
-			out = append(out, ps)
-			return nil
-		})
-	})
-	return out, err
-}
+func (p *Projection) Pauses() ([]Pause, error) { return listJSON[Pause](p, bucketPauses, "pause") }
 
 // Heals returns the heals the collector has still to carry out.
-func (p *Projection) Heals() ([]Heal, error) {
-	var out []Heal
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketHeals).ForEach(func(_, v []byte) error {
-			var h Heal
-			if err := json.Unmarshal(v, &h); err != nil {
-				return fmt.Errorf("%w: heal: %w", ErrCorrupt, err)
-			}
-			out = append(out, h)
-			return nil
-		})
-	})
-	return out, err
-}
+func (p *Projection) Heals() ([]Heal, error) { return listJSON[Heal](p, bucketHeals, "heal") }
 
 // LastReconcile returns the AsOf of the last reconcile of the whole
 // registry (0: none yet).
@@ -370,4 +333,20 @@ func (p *Projection) Tombstoned(ref events.NodeRef) (bool, error) {
 		return nil
 	})
 	return ok, err
+}
+
+// listJSON returns the JSON records of a bucket, in key order.
+func listJSON[T any](p *Projection, bucket []byte, what string) ([]T, error) {
+	var out []T
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+			var x T
+			if err := json.Unmarshal(v, &x); err != nil {
+				return fmt.Errorf("%w: %s: %w", ErrCorrupt, what, err)
+			}
+			out = append(out, x)
+			return nil
+		})
+	})
+	return out, err
 }
