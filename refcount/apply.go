@@ -232,6 +232,21 @@ func (t *txn) repositoryDeleted(repo string) {
 	if t.flush() != nil { // scans read the bucket: write the working set first
 		return
 	}
+	// What the collector unlinked there cannot be healed into a deleted
+	// repository by a statement older than the delete.
+	for _, b := range [][]byte{bucketTrash, bucketTombs, bucketHeals} {
+		for _, kind := range []byte{kManifest, kLayer} {
+			prefix := repoPrefix(kind, repo)
+			var keys [][]byte
+			c := t.tx.Bucket(b).Cursor()
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				keys = append(keys, append([]byte(nil), k...))
+			}
+			for _, k := range keys {
+				t.del(t.tx.Bucket(b), k)
+			}
+		}
+	}
 	for _, kind := range []byte{kTag, kManifest, kLayer, kLabel, kLegacy} {
 		prefix := repoPrefix(kind, repo)
 		var keys [][]byte

@@ -206,3 +206,20 @@ func TestExplicitDeleteBuriesTombstone(t *testing.T) {
 		t.Fatal("an explicitly deleted revision came back")
 	}
 }
+
+func TestRepositoryDeleteBuriesItsTombstones(t *testing.T) {
+	f := newFixture(t, Options{Grace: time.Hour})
+	f.apply(pushM("app", "m", "", []string{"l"}, nil, ""))
+	f.advance(2 * time.Hour)
+	if err := f.collect(manN("app", "m")); err != nil {
+		t.Fatal(err)
+	}
+	f.apply(delRepo("app"))
+	f.apply(setT("app", "v1", "m")) // older than the delete, late
+	if heals, _ := f.p.Heals(); len(heals) != 0 {
+		t.Fatalf("heals into a deleted repository: %+v", heals)
+	}
+	if ok, _ := f.p.Tombstoned(manN("app", "m")); ok {
+		t.Fatal("the trash entry of a deleted repository stays")
+	}
+}
