@@ -215,6 +215,29 @@ func (t *txn) reconciled(r *events.Reconciliation) {
 	}
 	if len(r.Repos) == 0 {
 		t.put(t.tx.Bucket(bucketMeta), keyReconciled, u64(r.AsOf))
+		t.pruneStamps(t.now - int64(t.p.opts.Retention))
+	}
+}
+
+// pruneStamps forgets the registry time of deleted tags changed before
+// the given time (unix ns): only a notification later than the trash
+// retention could still be ordered by it, and what such a late tag event
+// would bring back into the projection, the next reconcile takes out.
+func (t *txn) pruneStamps(before int64) {
+	b := t.tx.Bucket(bucketStamps)
+	var drop [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		if int64(readU64(v)) < before && !t.exists(k) {
+			drop = append(drop, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	for _, k := range drop {
+		t.del(b, k)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/refgc/refgc/events"
 )
 
@@ -221,5 +223,22 @@ func TestRepositoryDeleteBuriesItsTombstones(t *testing.T) {
 	}
 	if ok, _ := f.p.Tombstoned(manN("app", "m")); ok {
 		t.Fatal("the trash entry of a deleted repository stays")
+	}
+}
+
+func TestWholeReconcilePrunesOldTagStamps(t *testing.T) {
+	f := newFixture(t, Options{Retention: time.Hour})
+	f.apply(pushM("app", "m", "", nil, nil, ""), setT("app", "gone", "m"), setT("app", "kept", "m"), delT("app", "gone"))
+	f.advance(2 * time.Hour)
+	f.apply(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: f.seq}})
+	err := f.p.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketStamps)
+		if b.Get(tagKey("app", "gone")) != nil || b.Get(tagKey("app", "kept")) == nil {
+			t.Errorf("stamps: gone %v, kept %v", b.Get(tagKey("app", "gone")) != nil, b.Get(tagKey("app", "kept")) != nil)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
