@@ -58,6 +58,9 @@ type View struct {
 	// whole registry.
 	Paused []refcount.Pause `json:"paused,omitempty"`
 	Whole  bool             `json:"whole,omitempty"`
+	// LastReconcile is the log sequence at which the last reconcile of the
+	// whole registry began (0: none yet).
+	LastReconcile uint64 `json:"lastReconcile"`
 }
 
 // View computes the bounds and the pauses at now.
@@ -88,10 +91,13 @@ func (c *Collector) View(now time.Time) (View, error) {
 			v.Bound, v.Bounding = s.Watermark, s.Source
 		}
 	}
-	v.Paused, err = c.cfg.Projection.Pauses()
+	if v.Paused, err = c.cfg.Projection.Pauses(); err != nil {
+		return v, err
+	}
 	for _, p := range v.Paused {
 		v.Whole = v.Whole || p.Repo == ""
 	}
+	v.LastReconcile, err = c.cfg.Projection.LastReconcile()
 	return v, err
 }
 
