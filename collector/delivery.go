@@ -73,6 +73,9 @@ func (c *Collector) View(now time.Time) (View, error) {
 	retention := c.cfg.Projection.Options().Retention
 	starting := now.Sub(c.started) < c.cfg.QuietAfter
 	for _, s := range srcs {
+		if s.Gone {
+			continue // restarted: its queue is lost, and the pause stands for it
+		}
 		// Purges cannot be healed: a source bounds them until it has been
 		// quiet for the whole retention (or while this collector starts),
 		// and is taken for gone after that.

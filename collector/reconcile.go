@@ -122,6 +122,9 @@ type ReconcilerConfig struct {
 	// Healer, if set, re-links what storage references but the collector
 	// unlinked (default: Store, if it implements Healer). Only with apply.
 	Healer Healer
+	// Intents, if set, holds the intents of other collectors (under --ha):
+	// their nodes are left alone as the projection's own intents are.
+	Intents IntentStore
 	// Log receives the corrections. Verify only needs its CatchUp, and works
 	// without a Log (AsOf is then the projection's cursor).
 	Log Log
@@ -311,7 +314,7 @@ func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drif
 		return w.drift, fmt.Errorf("collector: reconcile: catch up: %w", err)
 	}
 	w.drift.AsOf = w.asOf
-	if err := w.markBusy(); err != nil {
+	if err := w.markBusy(ctx); err != nil {
 		return w.drift, err
 	}
 	if repos != nil {
@@ -332,7 +335,7 @@ func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drif
 			return w.drift, err
 		}
 	}
-	if err := w.markBusy(); err != nil { // intents recorded during the walk
+	if err := w.markBusy(ctx); err != nil { // intents recorded during the walk
 		return w.drift, err
 	}
 	if err := w.absent(); err != nil {
@@ -374,10 +377,17 @@ func (w *walk) walkSome(ctx context.Context, repos []string) error {
 	return g.Wait()
 }
 
-func (w *walk) markBusy() error {
+func (w *walk) markBusy(ctx context.Context) error {
 	ins, err := w.r.cfg.Projection.Intents()
 	if err != nil {
 		return fmt.Errorf("collector: reconcile: intents: %w", err)
+	}
+	if w.r.cfg.Intents != nil {
+		shared, err := w.r.cfg.Intents.ListIntents(ctx)
+		if err != nil {
+			return fmt.Errorf("collector: reconcile: shared intents: %w", err)
+		}
+		ins = append(ins, shared...)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -65,6 +65,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		StoreDir:           cfg.StoreDir,
 		JetStreamMaxStore:  cfg.MaxStore,
 		JetStreamMaxMemory: cfg.MaxMemory,
+		MaxPayload:         MaxEncodedSize + 64<<10, // the largest event, with its headers
 		NoSigs:             true,
 		NoLog:              cfg.Logger == nil,
 	}

@@ -63,7 +63,9 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 	case events.Healed:
 		t.healed(e.Collected)
 	case events.Refused:
-		t.pause(e.Refused.Repo, "refused_"+e.Refused.Reason)
+		if e.Refused.Reason != events.RefusedUnauthorized {
+			t.pause(e.Refused.Repo, "refused_"+e.Refused.Reason)
+		}
 	case events.Reconciled:
 		t.reconciled(e.Reconcile)
 	}

@@ -28,6 +28,10 @@ type SourceState struct {
 	Host      string    `json:"host,omitempty"`
 	Watermark time.Time `json:"watermark"`
 	Received  time.Time `json:"received"`
+	// Gone is set when another instance took over its host (a restart):
+	// its queue is lost, and its watermark bounds nothing until it
+	// delivers again.
+	Gone bool `json:"gone,omitempty"`
 }
 
 // Pause says that the projection may miss events, from LastSeq on, in Repo
@@ -74,6 +78,8 @@ const sourceExpiry = 7 * 24 * time.Hour
 // a new instance: a registry restarted (a new instance on a known host), or
 // one refgc had not heard from appeared beside others. Either may have
 // lost a queue, or delivered elsewhere before: the view may miss events.
+// Only an instance's first event is judged so: two instances that share
+// an address (a misconfiguration) alternate without pausing anything.
 func (t *txn) delivered(e *events.Event) {
 	src, fresh := t.source(e.Source)
 	if src == nil {
@@ -85,6 +91,7 @@ func (t *txn) delivered(e *events.Event) {
 	if e.Received.After(src.Received) {
 		src.Received = e.Received.UTC()
 	}
+	src.Gone = false
 	others := 0
 	if fresh {
 		others = t.expireSources(e.Source, e.Received.Add(-sourceExpiry))
@@ -97,11 +104,12 @@ func (t *txn) delivered(e *events.Event) {
 		t.put(hosts, []byte(e.Host), []byte(e.Source))
 	}
 	switch {
-	case prev != "" && prev != e.Source:
+	case fresh && prev != "" && prev != e.Source:
 		// The host runs a new instance: the old one's queue, and whatever
 		// it still held, is gone. Its watermark no longer means anything.
-		delete(t.sources, prev)
-		t.del(t.tx.Bucket(bucketSources), []byte(prev))
+		if old, _ := t.source(prev); old != nil {
+			old.Gone = true
+		}
 		t.pause("", PauseRestart)
 	case fresh && others > 0:
 		t.pause("", PauseNewInstance)

@@ -91,8 +91,8 @@ func TestPausesAndReconciles(t *testing.T) {
 		t.Fatalf("after a restart: %v", got)
 	}
 	srcs, _ := f.p.Sources()
-	if len(srcs) != 1 || srcs[0].Source != "distribution:i2" {
-		t.Fatalf("the restarted instance's old source stays: %+v", srcs)
+	if len(srcs) != 2 || !srcs[0].Gone || srcs[0].Source != "distribution:i1" || srcs[1].Gone {
+		t.Fatalf("sources after a restart: %+v, want the old one gone", srcs)
 	}
 	// An instance on another host: a new replica, or a registry restarted
 	// on a new host (as containers are): it may have lost a queue too.
@@ -240,5 +240,22 @@ func TestWholeReconcilePrunesOldTagStamps(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestWhatPausesNothing(t *testing.T) {
+	f := newFixture(t, Options{})
+	// A request that failed authentication proves nothing: anyone may send one.
+	f.apply(events.Event{Kind: events.Refused, Refused: &events.RefusedRef{Reason: events.RefusedUnauthorized}})
+	// Two instances that share an address alternate: only each one's first
+	// event is judged.
+	f.apply(ingested(pushB("app", "l1"), "distribution:i1", "reg:5000", t0, t0))
+	f.apply(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: f.seq + 1}})
+	f.apply(ingested(pushB("app", "l2"), "distribution:i2", "reg:5000", t0, t0))
+	f.apply(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: f.seq + 1}})
+	f.apply(ingested(pushB("app", "l3"), "distribution:i1", "reg:5000", t0, t0),
+		ingested(pushB("app", "l4"), "distribution:i2", "reg:5000", t0, t0))
+	if ps, _ := f.p.Pauses(); len(ps) != 0 {
+		t.Fatalf("pauses %+v", ps)
 	}
 }

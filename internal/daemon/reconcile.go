@@ -26,7 +26,7 @@ func haltsCollection(err error) bool {
 
 func (d *Daemon) newReconciler(log collector.Log, reg prometheus.Registerer) (*collector.Reconciler, error) {
 	r, err := collector.NewReconciler(collector.ReconcilerConfig{
-		Projection: d.proj, Store: d.store, Log: log, Concurrency: d.cfg.Collector.Concurrency,
+		Projection: d.proj, Store: d.store, Log: log, Intents: d.intentStore(), Concurrency: d.cfg.Collector.Concurrency,
 		Logger: d.log, Registerer: reg, Now: d.now,
 	})
 	if err != nil {
