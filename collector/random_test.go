@@ -73,6 +73,8 @@ type world struct {
 	// mirror, when set, receives every delivered event too: a standby's
 	// projection.
 	mirror *collector.DirectLog
+	// keep is the untagged policy keep: every revision is a root.
+	keep bool
 }
 
 // delivery models the notification queues of two registry instances on
@@ -98,10 +100,16 @@ func newWorld(t testing.TB, concurrency int) *world { return newWorldSync(t, con
 // newWorldSync is newWorld with the projection's fsyncs on or off.
 func newWorldSync(t testing.TB, concurrency int, sync bool) *world {
 	t.Helper()
-	w := &world{t: t, root: t.TempDir(), clock: time.Now().UTC().Truncate(time.Second)}
+	return newWorldPolicy(t, concurrency, sync, refcount.PolicyDelete)
+}
+
+// newWorldPolicy is newWorldSync with an untagged policy.
+func newWorldPolicy(t testing.TB, concurrency int, sync bool, policy refcount.Policy) *world {
+	t.Helper()
+	w := &world{t: t, root: t.TempDir(), clock: time.Now().UTC().Truncate(time.Second), keep: policy == refcount.PolicyKeep}
 	var err error
 	w.proj, err = refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
-		refcount.Options{Untagged: refcount.PolicyDelete, Grace: testGrace, Retention: testRetention, NoSync: !sync})
+		refcount.Options{Untagged: policy, Grace: testGrace, Retention: testRetention, NoSync: !sync})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +343,7 @@ func (w *world) putManifest(repo, tag string, blobs, children []events.Descripto
 // before it is still on disk after it.
 func (w *world) pass() collector.Report {
 	w.t.Helper()
-	before, err := regtest.Reachable(w.root, false)
+	before, err := regtest.Reachable(w.root, w.keep)
 	w.must(err)
 	rep, err := w.col.Pass(context.Background())
 	w.must(err)
@@ -354,7 +362,7 @@ func (w *world) pass() collector.Report {
 // exactly the reachable objects remain.
 func (w *world) finish() collector.Report {
 	w.t.Helper()
-	before, err := regtest.Reachable(w.root, false)
+	before, err := regtest.Reachable(w.root, w.keep)
 	w.must(err)
 	var total collector.Report
 	for range 6 {
@@ -392,6 +400,8 @@ type pushed struct {
 // TestRandomDirect drives the projection and the collector with random
 // registry activity written straight into storage, the events built by
 // hand, and checks each pass against the on-disk reachability oracle.
+// Under --untagged keep every revision is a root: the oracle keeps them
+// all, and the run is a quarter as long.
 func TestRandomDirect(t *testing.T) {
 	ops := 10000
 	if testing.Short() {
@@ -400,8 +410,20 @@ func TestRandomDirect(t *testing.T) {
 	if *opsFlag > 0 {
 		ops = *opsFlag
 	}
+	for _, policy := range []refcount.Policy{refcount.PolicyDelete, refcount.PolicyKeep} {
+		t.Run(string(policy), func(t *testing.T) {
+			if policy == refcount.PolicyKeep {
+				randomDirect(t, policy, ops/4)
+			} else {
+				randomDirect(t, policy, ops)
+			}
+		})
+	}
+}
+
+func randomDirect(t *testing.T, policy refcount.Policy, ops int) {
 	r := rand.New(rand.NewPCG(seed(t), 7))
-	w := newWorld(t, 4)
+	w := newWorldPolicy(t, 4, false, policy)
 	counts := map[string]int{}
 	if !*noFaultsFlag {
 		w.net = &delivery{r: rand.New(rand.NewPCG(r.Uint64(), 8)), counts: counts}
