@@ -331,7 +331,7 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if err != nil {
 		return 0, err
 	}
-	if v.Whole || (purge && len(v.Paused) > 0) {
+	if v.Whole || (purge && len(v.Paused)+len(v.Silent) > 0) {
 		return 0, nil
 	}
 	paused := map[string]bool{}

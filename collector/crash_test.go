@@ -184,8 +184,12 @@ func (e *env) reopen() {
 	e.t.Cleanup(func() { proj.Close() })
 	e.proj = proj
 	e.log.P = proj
+	e.rec, err = collector.NewReconciler(collector.ReconcilerConfig{Projection: proj, Store: e.store, Log: e.log, Now: e.now})
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	e.col, err = collector.New(collector.Config{Projection: proj, Storage: e.store, Log: e.log,
-		Now: e.now, Concurrency: 4})
+		Now: e.now, Concurrency: 4, Reconcile: e.reconcile})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -234,7 +238,7 @@ func TestCrashAndRestart(t *testing.T) {
 
 				cr := &crasher{st: e.store, log: e.log, kind: kind, point: point}
 				col, err := collector.New(collector.Config{Projection: e.proj, Storage: cr, Reader: e.store, Log: cr,
-					Now: e.now, Concurrency: 4, BatchSize: 2})
+					Now: e.now, Concurrency: 4, BatchSize: 2, Reconcile: e.reconcile})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -54,6 +54,10 @@ type View struct {
 	Bounding string `json:"bounding,omitempty"`
 	// Quiet are the sources that no longer bound unlinks.
 	Quiet []string `json:"quiet,omitempty"`
+	// Silent are the sources that delivered nothing for the trash
+	// retention: each may have restarted without a word from its
+	// successor. A pass marks them gone and pauses until a reconcile.
+	Silent []string `json:"silent,omitempty"`
 	// Paused are the pauses in force; Whole is set when one covers the
 	// whole registry.
 	Paused []refcount.Pause `json:"paused,omitempty"`
@@ -79,8 +83,12 @@ func (c *Collector) View(now time.Time) (View, error) {
 		// Purges cannot be healed: a source bounds them until it has been
 		// quiet for the whole retention (or while this collector starts),
 		// and is taken for gone after that.
-		if (starting || now.Sub(s.Received) < retention) && s.Watermark.Before(v.PurgeBound) {
-			v.PurgeBound = s.Watermark
+		if starting || now.Sub(s.Received) < retention {
+			if s.Watermark.Before(v.PurgeBound) {
+				v.PurgeBound = s.Watermark
+			}
+		} else {
+			v.Silent = append(v.Silent, s.Source)
 		}
 		last := s.Received
 		if c.started.After(last) {
@@ -114,10 +122,17 @@ func (c *Collector) observe(v View, now time.Time) {
 	}
 }
 
-// view computes the view for a pass, asking for the reconcile that lifts
-// its pauses first when a Reconcile hook is configured.
+// view computes the view for a pass: it pauses for the sources that fell
+// silent, and asks for the reconcile that lifts its pauses first when a
+// Reconcile hook is configured.
 func (c *Collector) view(ctx context.Context) (View, error) {
 	v, err := c.View(c.cfg.Now())
+	if err == nil && len(v.Silent) > 0 {
+		if err := c.silence(ctx, v.Silent); err != nil {
+			return v, err
+		}
+		v, err = c.View(c.cfg.Now())
+	}
 	if err != nil || len(v.Paused) == 0 || c.cfg.Reconcile == nil {
 		return v, err
 	}
@@ -136,6 +151,27 @@ func (c *Collector) view(ctx context.Context) (View, error) {
 		c.cfg.Logger.Warn("reconcile to lift a pause failed; collection stays paused", "err", err)
 	}
 	return c.View(c.cfg.Now())
+}
+
+// silence publishes a RefusedSourceSilent event for each silent source:
+// the projection marks it gone and pauses collection until a reconcile.
+func (c *Collector) silence(ctx context.Context, sources []string) error {
+	now := c.cfg.Now().UTC()
+	evs := make([]events.Event, 0, len(sources))
+	for _, src := range sources {
+		c.cfg.Logger.Warn("a registry instance delivered nothing for the trash retention: taken for gone, collection pauses until a reconcile",
+			"source", src)
+		sum := sha256.Sum256([]byte(src))
+		evs = append(evs, events.Event{V: events.Version, ID: "silent-" + hex.EncodeToString(sum[:12]) + "-" + now.Format("20060102T150405"),
+			Time: now, Source: src, Kind: events.Refused, Refused: &events.RefusedRef{Reason: events.RefusedSourceSilent}})
+	}
+	if err := c.cfg.Log.Publish(ctx, evs); err != nil {
+		return fmt.Errorf("collector: publish silent sources: %w", err)
+	}
+	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
+		return fmt.Errorf("collector: catch up: %w", err)
+	}
+	return nil
 }
 
 // heal re-links in storage what a late event proved live after the

@@ -75,6 +75,10 @@ type world struct {
 	mirror *collector.DirectLog
 	// keep is the untagged policy keep: every revision is a root.
 	keep bool
+	// stamp, when set, marks each event as a registry instance sends it.
+	stamp func(*events.Event)
+	// mute loses every event emitted while it is set.
+	mute bool
 }
 
 // delivery models the notification queues of two registry instances on
@@ -141,6 +145,12 @@ func (w *world) emit(evs ...events.Event) {
 	for i := range evs {
 		w.seq++
 		evs[i].V, evs[i].ID, evs[i].Time, evs[i].Source = events.Version, fmt.Sprintf("ev-%d", w.seq), w.clock, "test"
+		if w.stamp != nil {
+			w.stamp(&evs[i])
+		}
+	}
+	if w.mute {
+		return
 	}
 	if w.net == nil {
 		w.deliver(evs)

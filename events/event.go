@@ -263,6 +263,13 @@ type CollectedRef struct {
 // view: it is recorded and counted, and pauses nothing.
 const RefusedUnauthorized = "unauthorized"
 
+// RefusedSourceSilent is the Refused reason the collector publishes for a
+// registry instance (the event's Source) that delivered nothing for the
+// trash retention: it may have restarted and lost its queue without a word
+// from its successor. The instance is marked gone and collection pauses
+// until a reconcile.
+const RefusedSourceSilent = "source_silent"
+
 // RefusedRef is the body of Refused.
 type RefusedRef struct {
 	// Reason is a small fixed code (a dead-letter reason, "too_large",

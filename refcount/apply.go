@@ -63,6 +63,9 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 	case events.Healed:
 		t.healed(e.Collected)
 	case events.Refused:
+		if e.Refused.Reason == events.RefusedSourceSilent {
+			t.silenced(e.Source)
+		}
 		if e.Refused.Reason != events.RefusedUnauthorized {
 			t.pause(e.Refused.Repo, "refused_"+e.Refused.Reason)
 		}

@@ -167,6 +167,16 @@ func (t *txn) source(name string) (s *SourceState, fresh bool) {
 	return s, raw == nil
 }
 
+// silenced marks a known source gone: it was silent for too long.
+func (t *txn) silenced(name string) {
+	if _, cached := t.sources[name]; !cached && t.tx.Bucket(bucketSources).Get([]byte(name)) == nil {
+		return
+	}
+	if s, _ := t.source(name); s != nil {
+		s.Gone = true
+	}
+}
+
 func (t *txn) flushSources() {
 	b := t.tx.Bucket(bucketSources)
 	for name, s := range t.sources {
