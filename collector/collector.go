@@ -208,6 +208,10 @@ type Report struct {
 	// Unavailable is the longest time between an unlink and its heal among
 	// this pass's heals: how long a live object could not be pulled.
 	Unavailable time.Duration `json:"unavailable,omitempty"`
+	// HealLag is the longest time between receiving a notification that
+	// proved an unlinked object live and healing it: refgc's own share of
+	// Unavailable (the rest is the registry's delivery delay).
+	HealLag time.Duration `json:"healLag,omitempty"`
 	// View is how complete the projection's view was at the pass's start.
 	View     *View         `json:"view,omitempty"`
 	Errors   int           `json:"errors"`
@@ -326,7 +330,7 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if err != nil {
 		return 0, err
 	}
-	if v.Whole || (purge && len(v.Paused) > 0) {
+	if v.Whole || (purge && len(v.Paused)+len(v.Silent) > 0) {
 		return 0, nil
 	}
 	paused := map[string]bool{}

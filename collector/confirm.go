@@ -56,6 +56,10 @@ const (
 	// RefuseUnknownReference: a revision the projection does not know
 	// references the candidate.
 	RefuseUnknownReference = "unknown_reference"
+	// RefuseSubjectLive: the candidate is a referrer whose subject's
+	// revision is in storage and stays (a subject pushed again whose
+	// notification is late): a referrer lives as long as its subject.
+	RefuseSubjectLive = "subject_live"
 	// RefuseStorageError: the repository could not be read (a storage
 	// error, a corrupt link): its candidates wait for the next round, and
 	// the other repositories go on. No pause: nothing was found missing.
@@ -66,7 +70,8 @@ const (
 )
 
 // RefuseReasons lists the reasons a candidate is refused.
-var RefuseReasons = []string{RefuseTagged, RefuseRewritten, RefuseUnknownReference, RefuseStorageError, RefuseRecheck}
+var RefuseReasons = []string{RefuseTagged, RefuseRewritten, RefuseUnknownReference, RefuseSubjectLive,
+	RefuseStorageError, RefuseRecheck}
 
 // refusal is one candidate the storage check turned down.
 type refusal struct {
@@ -163,7 +168,9 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		}
 	}
 	var unknown []digest.Digest
+	stored := map[digest.Digest]bool{}
 	err := rd.Revisions(ctx, repo, func(d digest.Digest) error {
+		stored[d] = true
 		n := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}
 		if want[n] {
 			return nil
@@ -202,6 +209,27 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		}
 		for _, x := range refs.Children {
 			refuse(events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: x.Digest}, RefuseUnknownReference, by)
+		}
+	}
+	// A referrer goes with its subject only: while the subject's revision
+	// is in storage and is not going in this round, the referrer stays.
+	for changed := true; changed; {
+		changed = false
+		for _, cd := range cands {
+			if cd.Node.Kind != events.NodeManifest || !want[cd.Node] {
+				continue
+			}
+			m, ok, err := c.cfg.Projection.Manifest(cd.Node)
+			if err != nil {
+				return nil, err
+			}
+			if !ok || m.Subject == nil || !stored[m.Subject.Digest] {
+				continue
+			}
+			if subj := (events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: m.Subject.Digest}); !want[subj] {
+				refuse(cd.Node, RefuseSubjectLive, "subject "+m.Subject.Digest.String())
+				changed = true
+			}
 		}
 	}
 	return out, nil

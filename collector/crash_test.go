@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/regtest"
@@ -185,8 +186,12 @@ func (e *env) reopen() {
 	e.t.Cleanup(func() { proj.Close() })
 	e.proj = proj
 	e.log.P = proj
+	e.rec, err = reconcile.New(reconcile.Config{Projection: proj, Store: e.store, Log: e.log, Now: e.now})
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	e.col, err = collector.New(collector.Config{Projection: proj, Storage: e.store, Log: e.log,
-		Now: e.now, Concurrency: 4})
+		Now: e.now, Concurrency: 4, Reconcile: e.reconcile})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -235,7 +240,7 @@ func TestCrashAndRestart(t *testing.T) {
 
 				cr := &crasher{st: e.store, log: e.log, kind: kind, point: point}
 				col, err := collector.New(collector.Config{Projection: e.proj, Storage: cr, Reader: e.store, Log: cr,
-					Now: e.now, Concurrency: 4, BatchSize: 2})
+					Now: e.now, Concurrency: 4, BatchSize: 2, Reconcile: e.reconcile})
 				if err != nil {
 					t.Fatal(err)
 				}

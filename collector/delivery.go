@@ -54,10 +54,17 @@ type View struct {
 	Bounding string `json:"bounding,omitempty"`
 	// Quiet are the sources that no longer bound unlinks.
 	Quiet []string `json:"quiet,omitempty"`
+	// Silent are the sources that delivered nothing for the trash
+	// retention: each may have restarted without a word from its
+	// successor. A pass marks them gone and pauses until a reconcile.
+	Silent []string `json:"silent,omitempty"`
 	// Paused are the pauses in force; Whole is set when one covers the
 	// whole registry.
 	Paused []refcount.Pause `json:"paused,omitempty"`
 	Whole  bool             `json:"whole,omitempty"`
+	// LastReconcile is the log sequence at which the last reconcile of the
+	// whole registry began (0: none yet).
+	LastReconcile uint64 `json:"lastReconcile"`
 }
 
 // View computes the bounds and the pauses at now.
@@ -70,11 +77,18 @@ func (c *Collector) View(now time.Time) (View, error) {
 	retention := c.cfg.Projection.Options().Retention
 	starting := now.Sub(c.started) < c.cfg.QuietAfter
 	for _, s := range srcs {
+		if s.Gone {
+			continue // restarted: its queue is lost, and the pause stands for it
+		}
 		// Purges cannot be healed: a source bounds them until it has been
 		// quiet for the whole retention (or while this collector starts),
 		// and is taken for gone after that.
-		if (starting || now.Sub(s.Received) < retention) && s.Watermark.Before(v.PurgeBound) {
-			v.PurgeBound = s.Watermark
+		if starting || now.Sub(s.Received) < retention {
+			if s.Watermark.Before(v.PurgeBound) {
+				v.PurgeBound = s.Watermark
+			}
+		} else {
+			v.Silent = append(v.Silent, s.Source)
 		}
 		last := s.Received
 		if c.started.After(last) {
@@ -88,10 +102,13 @@ func (c *Collector) View(now time.Time) (View, error) {
 			v.Bound, v.Bounding = s.Watermark, s.Source
 		}
 	}
-	v.Paused, err = c.cfg.Projection.Pauses()
+	if v.Paused, err = c.cfg.Projection.Pauses(); err != nil {
+		return v, err
+	}
 	for _, p := range v.Paused {
 		v.Whole = v.Whole || p.Repo == ""
 	}
+	v.LastReconcile, err = c.cfg.Projection.LastReconcile()
 	return v, err
 }
 
@@ -105,10 +122,17 @@ func (c *Collector) observe(v View, now time.Time) {
 	}
 }
 
-// view computes the view for a pass, asking for the reconcile that lifts
-// its pauses first when a Reconcile hook is configured.
+// view computes the view for a pass: it pauses for the sources that fell
+// silent, and asks for the reconcile that lifts its pauses first when a
+// Reconcile hook is configured.
 func (c *Collector) view(ctx context.Context) (View, error) {
 	v, err := c.View(c.cfg.Now())
+	if err == nil && len(v.Silent) > 0 {
+		if err := c.silence(ctx, v.Silent); err != nil {
+			return v, err
+		}
+		v, err = c.View(c.cfg.Now())
+	}
 	if err != nil || len(v.Paused) == 0 || c.cfg.Reconcile == nil {
 		return v, err
 	}
@@ -127,6 +151,27 @@ func (c *Collector) view(ctx context.Context) (View, error) {
 		c.cfg.Logger.Warn("reconcile to lift a pause failed; collection stays paused", "err", err)
 	}
 	return c.View(c.cfg.Now())
+}
+
+// silence publishes a RefusedSourceSilent event for each silent source:
+// the projection marks it gone and pauses collection until a reconcile.
+func (c *Collector) silence(ctx context.Context, sources []string) error {
+	now := c.cfg.Now().UTC()
+	evs := make([]events.Event, 0, len(sources))
+	for _, src := range sources {
+		c.cfg.Logger.Warn("a registry instance delivered nothing for the trash retention: taken for gone, collection pauses until a reconcile",
+			"source", src)
+		sum := sha256.Sum256([]byte(src))
+		evs = append(evs, events.Event{V: events.Version, ID: "silent-" + hex.EncodeToString(sum[:12]) + "-" + now.Format("20060102T150405"),
+			Time: now, Source: src, Kind: events.Refused, Refused: &events.RefusedRef{Reason: events.RefusedSourceSilent}})
+	}
+	if err := c.cfg.Log.Publish(ctx, evs); err != nil {
+		return fmt.Errorf("collector: publish silent sources: %w", err)
+	}
+	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
+		return fmt.Errorf("collector: catch up: %w", err)
+	}
+	return nil
 }
 
 // heal re-links in storage what a late event proved live after the
@@ -173,6 +218,9 @@ func (c *Collector) heal(ctx context.Context, rep *Report) error {
 				"unlinked", h.UnlinkedAt, "proved_live", h.ProvedAt, "unavailable_for", delay)
 			rep.Healed++
 			rep.Unavailable = max(rep.Unavailable, delay)
+			if !h.Received.IsZero() {
+				rep.HealLag = max(rep.HealLag, now.Sub(h.Received))
+			}
 		}
 		evs = append(evs, c.healedEvent(n, healID(h)))
 	}

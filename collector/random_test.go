@@ -74,6 +74,12 @@ type world struct {
 	// mirror, when set, receives every delivered event too: a standby's
 	// projection.
 	mirror *collector.DirectLog
+	// keep is the untagged policy keep: every revision is a root.
+	keep bool
+	// stamp, when set, marks each event as a registry instance sends it.
+	stamp func(*events.Event)
+	// mute loses every event emitted while it is set.
+	mute bool
 }
 
 // delivery models the notification queues of two registry instances on
@@ -99,10 +105,16 @@ func newWorld(t testing.TB, concurrency int) *world { return newWorldSync(t, con
 // newWorldSync is newWorld with the projection's fsyncs on or off.
 func newWorldSync(t testing.TB, concurrency int, sync bool) *world {
 	t.Helper()
-	w := &world{t: t, root: t.TempDir(), clock: time.Now().UTC().Truncate(time.Second)}
+	return newWorldPolicy(t, concurrency, sync, refcount.PolicyDelete)
+}
+
+// newWorldPolicy is newWorldSync with an untagged policy.
+func newWorldPolicy(t testing.TB, concurrency int, sync bool, policy refcount.Policy) *world {
+	t.Helper()
+	w := &world{t: t, root: t.TempDir(), clock: time.Now().UTC().Truncate(time.Second), keep: policy == refcount.PolicyKeep}
 	var err error
 	w.proj, err = refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
-		refcount.Options{Untagged: refcount.PolicyDelete, Grace: testGrace, Retention: testRetention, NoSync: !sync})
+		refcount.Options{Untagged: policy, Grace: testGrace, Retention: testRetention, NoSync: !sync})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +146,12 @@ func (w *world) emit(evs ...events.Event) {
 	for i := range evs {
 		w.seq++
 		evs[i].V, evs[i].ID, evs[i].Time, evs[i].Source = events.Version, fmt.Sprintf("ev-%d", w.seq), w.clock, "test"
+		if w.stamp != nil {
+			w.stamp(&evs[i])
+		}
+	}
+	if w.mute {
+		return
 	}
 	if w.net == nil {
 		w.deliver(evs)
@@ -336,7 +354,7 @@ func (w *world) putManifest(repo, tag string, blobs, children []events.Descripto
 // before it is still on disk after it.
 func (w *world) pass() collector.Report {
 	w.t.Helper()
-	before, err := regtest.Reachable(w.root, false)
+	before, err := regtest.Reachable(w.root, w.keep)
 	w.must(err)
 	rep, err := w.col.Pass(context.Background())
 	w.must(err)
@@ -355,7 +373,7 @@ func (w *world) pass() collector.Report {
 // exactly the reachable objects remain.
 func (w *world) finish() collector.Report {
 	w.t.Helper()
-	before, err := regtest.Reachable(w.root, false)
+	before, err := regtest.Reachable(w.root, w.keep)
 	w.must(err)
 	var total collector.Report
 	for range 6 {
@@ -393,6 +411,8 @@ type pushed struct {
 // TestRandomDirect drives the projection and the collector with random
 // registry activity written straight into storage, the events built by
 // hand, and checks each pass against the on-disk reachability oracle.
+// Under --untagged keep every revision is a root: the oracle keeps them
+// all, and the run is a quarter as long.
 func TestRandomDirect(t *testing.T) {
 	ops := 10000
 	if testing.Short() {
@@ -401,8 +421,20 @@ func TestRandomDirect(t *testing.T) {
 	if *opsFlag > 0 {
 		ops = *opsFlag
 	}
+	for _, policy := range []refcount.Policy{refcount.PolicyDelete, refcount.PolicyKeep} {
+		t.Run(string(policy), func(t *testing.T) {
+			if policy == refcount.PolicyKeep {
+				randomDirect(t, policy, ops/4)
+			} else {
+				randomDirect(t, policy, ops)
+			}
+		})
+	}
+}
+
+func randomDirect(t *testing.T, policy refcount.Policy, ops int) {
 	r := rand.New(rand.NewPCG(seed(t), 7))
-	w := newWorld(t, 4)
+	w := newWorldPolicy(t, 4, false, policy)
 	counts := map[string]int{}
 	if !*noFaultsFlag {
 		w.net = &delivery{r: rand.New(rand.NewPCG(r.Uint64(), 8)), counts: counts}
@@ -614,7 +646,7 @@ func TestRandomRegistry(t *testing.T) {
 	}
 	heldFor := 0 // operations until held notifications are released
 	refusedFor := 0
-	var unavailable time.Duration
+	var unavailable, healLag time.Duration
 	via := func() *regtest.Registry { return regs[r.IntN(len(regs))] }
 	settle := func() {
 		for _, rg := range regs {
@@ -796,6 +828,7 @@ func TestRandomRegistry(t *testing.T) {
 			counts["refused"] += rep.Refused
 			counts["healed"] += rep.Healed
 			unavailable = max(unavailable, rep.Unavailable)
+			healLag = max(healLag, rep.HealLag)
 			after, err := regtest.Present(e.reg.Root)
 			if err != nil {
 				t.Fatal(err)
@@ -825,7 +858,8 @@ func TestRandomRegistry(t *testing.T) {
 		counts["notifications held"] += st.Held
 		counts["requests refused"] += st.Refused
 	}
-	t.Logf("longest unavailability between an unlink and its heal: %s", unavailable)
+	t.Logf("longest unavailability between an unlink and its heal: %s; longest time from the proving notification's receipt to the heal: %s",
+		unavailable, healLag)
 	for k, img := range tags {
 		rp, _, _ := strings.Cut(k, ":")
 		if !broken[rp+"@"+regtest.Digest(t, img).String()] {

@@ -5,12 +5,14 @@ package collector_test
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/events/eventlog"
@@ -174,5 +176,120 @@ func TestRewrittenLinkIsRefusedOnce(t *testing.T) {
 	}
 	if w.hasBlob(layerJ.Digest) || w.hasBlob(layerA.Digest) {
 		t.Errorf("garbage left: junk's layer %v, a's layer %v", w.hasBlob(layerJ.Digest), w.hasBlob(layerA.Digest))
+	}
+}
+
+// The reconciler heals too: a tag in storage whose revision the collector
+// unlinked (its notification lost) gets the revision back while the data
+// is there, and is reported as lost once the data is gone.
+func TestReconcilerHealsWhatStorageUses(t *testing.T) {
+	w := newWorld(t, 1)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(5, 6))
+	image := func() events.Descriptor {
+		cfg, layer := w.pushBlob(r, "app", mtConf, 16), w.pushBlob(r, "app", mtLayer, 64)
+		return w.putManifest("app", "", []events.Descriptor{cfg, layer}, nil, nil)
+	}
+	healable, lost := image(), image()
+	w.clock = w.clock.Add(2 * testGrace)
+	w.pass() // both untagged revisions are unlinked
+	if w.hasRevision("app", healable.Digest) || w.hasRevision("app", lost.Digest) {
+		t.Fatal("the untagged revisions were not unlinked")
+	}
+	for range 3 { // lost's data is purged past the retention; healable is kept in the trash below
+		w.clock = w.clock.Add(testRetention)
+		w.pass()
+	}
+	if w.hasBlob(lost.Digest) {
+		t.Fatal("the data was not purged")
+	}
+	// healable again: unlinked just now, its data still there.
+	healable = image()
+	w.clock = w.clock.Add(2 * testGrace)
+	w.pass()
+	// Tags written while their notifications were lost.
+	w.linkTag("app", "keep", healable.Digest)
+	w.linkTag("app", "gone", lost.Digest)
+	d, err := w.rec.Reconcile(ctx, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Counts[reconcile.DriftUnlinkedLive] != 1 || d.Healed != 1 || d.Counts[reconcile.DriftLost] != 1 {
+		t.Fatalf("drift %s healed %d: want one healed and one lost", d, d.Healed)
+	}
+	if !w.hasRevision("app", healable.Digest) {
+		t.Fatal("the tagged revision was not linked again")
+	}
+	if v, err := w.rec.Verify(ctx); err != nil || v.Counts[reconcile.DriftLost] != 1 || v.Counts[reconcile.DriftUnlinkedLive] != 0 {
+		t.Fatalf("verify after: %s, %v", v, err)
+	}
+}
+
+// A referrer stays while its subject's revision is in storage: here the
+// subject was unlinked, then pushed again with a tag whose notification is
+// late, when the referrer's grace ends.
+func TestReferrerStaysWhileItsSubjectIsStored(t *testing.T) {
+	w := newWorld(t, 1)
+	r := rand.New(rand.NewPCG(7, 8))
+	cfg, layer := w.pushBlob(r, "a", mtConf, 16), w.pushBlob(r, "a", mtLayer, 64)
+	s := w.putManifest("a", "v1", []events.Descriptor{cfg, layer}, nil, nil)
+	w.clock = w.clock.Add(testGrace / 2)
+	cfg2, layer2 := w.pushBlob(r, "a", mtConf, 17), w.pushBlob(r, "a", mtLayer, 65)
+	ref := w.putManifest("a", "", []events.Descriptor{cfg2, layer2}, nil, &s)
+	w.must(w.store.DeleteTag(context.Background(), "a", "v1"))
+	w.emit(events.Event{Kind: events.TagDeleted, Tag: &events.Tag{Repo: "a", Name: "v1"}})
+	w.clock = w.clock.Add(testGrace + testGrace/4)
+	w.pass() // the subject is unlinked; the referrer is still in its grace
+	if w.hasRevision("a", s.Digest) || !w.hasRevision("a", ref.Digest) {
+		t.Fatal("want the subject unlinked and the referrer kept")
+	}
+	w.linkRevision("a", s.Digest) // pushed again as a:v2; the notification is late
+	w.linkTag("a", "v2", s.Digest)
+	w.clock = w.clock.Add(2 * testGrace)
+	rep := w.pass() // fails if the referrer goes
+	if rep.Refused == 0 {
+		t.Fatalf("report %+v: want the referrer refused", rep)
+	}
+}
+
+// A registry instance that restarted with notifications in its queue, and
+// whose successor says nothing, is silent: after the trash retention the
+// collector takes it for gone and pauses until a reconcile, which finds
+// what the lost notifications said, before any purge.
+func TestSilentInstancePausesPurges(t *testing.T) {
+	w := newWorld(t, 1)
+	r := rand.New(rand.NewPCG(9, 10))
+	via := 0
+	instance := [2]int{}
+	w.stamp = func(e *events.Event) {
+		e.Source, e.Host = fmt.Sprintf("distribution:reg%d-%d", via, instance[via]), fmt.Sprintf("reg%d:5000", via)
+		e.Received = w.clock
+	}
+	cfg, layer := w.pushBlob(r, "a", mtConf, 16), w.pushBlob(r, "a", mtLayer, 64)
+	w.putManifest("a", "v1", []events.Descriptor{cfg, layer}, nil, nil)
+	via = 1
+	w.emit(events.Event{Kind: events.Touched, Ref: &events.RepoDigest{Repo: "a", Digest: cfg.Digest}})
+	w.pass() // both instances known (the second one's arrival is reconciled)
+	// Through instance 1, b mounts the layer and pushes an image using it;
+	// the instance restarts before sending, and its successor stays idle.
+	w.mute = true
+	w.linkLayer("b", layer.Digest)
+	cfgB := w.pushBlob(r, "b", mtConf, 17)
+	w.putManifest("b", "v1", []events.Descriptor{cfgB, layer}, nil, nil)
+	w.mute = false
+	instance[1]++
+	via = 0
+	w.must(w.store.DeleteTag(context.Background(), "a", "v1"))
+	w.emit(events.Event{Kind: events.TagDeleted, Tag: &events.Tag{Repo: "a", Name: "v1"}})
+	for range 12 {
+		w.clock = w.clock.Add(testGrace)
+		w.emit(events.Event{Kind: events.Touched, Ref: &events.RepoDigest{Repo: "a", Digest: cfg.Digest}})
+		w.pass() // fails if b's layer data is purged
+	}
+	if !w.hasBlob(layer.Digest) {
+		t.Fatal("the layer b uses was purged")
+	}
+	if srcs, _ := w.proj.Sources(); len(srcs) != 2 || !srcs[1].Gone {
+		t.Fatalf("sources %+v: want the silent instance gone", srcs)
 	}
 }

@@ -36,7 +36,15 @@ import (
 const Version = 1
 
 // MaxEncodedSize bounds one encoded event; Decode refuses larger input.
-const MaxEncodedSize = 1 << 20
+// It holds the ManifestPushed of the largest manifest a registry with
+// Distribution's default 4 MiB limit accepts: its descriptors, re-encoded
+// without annotations, are at most about as long as the manifest. The
+// event log's messages must take it: the embedded server is configured
+// for it; an external NATS needs max_payload of at least 8 MiB + 64 KiB.
+const MaxEncodedSize = 8 << 20
+
+// MaxDeadLetterBody bounds the raw body a dead letter keeps.
+const MaxDeadLetterBody = 1 << 20
 
 // ErrUnsupportedVersion is returned by Decode for an envelope written by a
 // newer refgc than this one. Upgrade the reader; never skip such events.
@@ -284,6 +292,18 @@ type CollectedRef struct {
 	// new reference: the node stays, and the collector restores its links.
 	AsOf uint64 `json:"asOf"`
 }
+
+// RefusedUnauthorized is the Refused reason of a request that failed
+// authentication. Its body is never read, so it proves nothing about the
+// view: it is recorded and counted, and pauses nothing.
+const RefusedUnauthorized = "unauthorized"
+
+// RefusedSourceSilent is the Refused reason the collector publishes for a
+// registry instance (the event's Source) that delivered nothing for the
+// trash retention: it may have restarted and lost its queue without a word
+// from its successor. The instance is marked gone and collection pauses
+// until a reconcile.
+const RefusedSourceSilent = "source_silent"
 
 // RefusedRef is the body of Refused.
 type RefusedRef struct {

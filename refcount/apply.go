@@ -23,6 +23,7 @@ type TrashEntry struct {
 func (t *txn) apply(seq uint64, e *events.Event) error {
 	t.seq = seq
 	t.now = e.Time.UnixNano()
+	t.received = e.Received.UTC()
 	if !e.Received.IsZero() && e.Source != "" && e.Kind != events.Refused {
 		// (A refused notification may not say which instance sent it:
 		// its pause stands for it.)
@@ -62,7 +63,12 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 	case events.Healed:
 		t.healed(e.Collected)
 	case events.Refused:
-		t.pause(e.Refused.Repo, "refused_"+e.Refused.Reason)
+		if e.Refused.Reason == events.RefusedSourceSilent {
+			t.silenced(e.Source)
+		}
+		if e.Refused.Reason != events.RefusedUnauthorized {
+			t.pause(e.Refused.Repo, "refused_"+e.Refused.Reason)
+		}
 	case events.Reconciled:
 		t.reconciled(e.Reconcile)
 	}
@@ -230,6 +236,21 @@ func (t *txn) touched(repo string, d digest.Digest) {
 func (t *txn) repositoryDeleted(repo string) {
 	if t.flush() != nil { // scans read the bucket: write the working set first
 		return
+	}
+	// What the collector unlinked there cannot be healed into a deleted
+	// repository by a statement older than the delete.
+	for _, b := range [][]byte{bucketTrash, bucketTombs, bucketHeals} {
+		for _, kind := range []byte{kManifest, kLayer} {
+			prefix := repoPrefix(kind, repo)
+			var keys [][]byte
+			c := t.tx.Bucket(b).Cursor()
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				keys = append(keys, append([]byte(nil), k...))
+			}
+			for _, k := range keys {
+				t.del(t.tx.Bucket(b), k)
+			}
+		}
 	}
 	for _, kind := range []byte{kTag, kManifest, kLayer, kLabel, kLegacy} {
 		prefix := repoPrefix(kind, repo)

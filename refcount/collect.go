@@ -148,20 +148,7 @@ func putIntent(tx *bolt.Tx, in Intent) error {
 }
 
 // Intents returns the recorded intents, in id order.
-func (p *Projection) Intents() ([]Intent, error) {
-	var out []Intent
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketIntents).ForEach(func(_, v []byte) error {
-			var in Intent
-			if err := json.Unmarshal(v, &in); err != nil {
-				return fmt.Errorf("%w: intent: %w", ErrCorrupt, err)
-			}
-			out = append(out, in)
-			return nil
-		})
-	})
-	return out, err
-}
+func (p *Projection) Intents() ([]Intent, error) { return listJSON[Intent](p, bucketIntents, "intent") }
 
 // DropIntents removes intents in one transaction.
 func (p *Projection) DropIntents(ids []string) error {
@@ -181,18 +168,7 @@ func (p *Projection) DropIntents(ids []string) error {
 
 // Trash returns the unlinked, restorable manifest revisions, oldest first.
 func (p *Projection) Trash() ([]TrashEntry, error) {
-	var out []TrashEntry
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketTrash).ForEach(func(_, v []byte) error {
-			var e TrashEntry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return fmt.Errorf("%w: trash: %w", ErrCorrupt, err)
-			}
-			out = append(out, e)
-			return nil
-		})
-	})
-	return out, err
+	return listJSON[TrashEntry](p, bucketTrash, "trash")
 }
 
 // TrashEntryOf returns the trash entry of a manifest revision, if any.

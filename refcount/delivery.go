@@ -28,6 +28,10 @@ type SourceState struct {
 	Host      string    `json:"host,omitempty"`
 	Watermark time.Time `json:"watermark"`
 	Received  time.Time `json:"received"`
+	// Gone is set when another instance took over its host (a restart):
+	// its queue is lost, and its watermark bounds nothing until it
+	// delivers again.
+	Gone bool `json:"gone,omitempty"`
 }
 
 // Pause says that the projection may miss events, from LastSeq on, in Repo
@@ -59,7 +63,10 @@ type Heal struct {
 	// the event that proved it live (often before UnlinkedAt: a late one).
 	UnlinkedAt time.Time `json:"unlinkedAt"`
 	ProvedAt   time.Time `json:"provedAt"`
-	Seq        uint64    `json:"seq"`
+	// Received is when refgc received the event that proved it live
+	// (zero for an event refgc made itself).
+	Received time.Time `json:"received,omitzero"`
+	Seq      uint64    `json:"seq"`
 }
 
 // sourceExpiry is how long a registry instance may send nothing before its
@@ -71,6 +78,8 @@ const sourceExpiry = 7 * 24 * time.Hour
 // a new instance: a registry restarted (a new instance on a known host), or
 // one refgc had not heard from appeared beside others. Either may have
 // lost a queue, or delivered elsewhere before: the view may miss events.
+// Only an instance's first event is judged so: two instances that share
+// an address (a misconfiguration) alternate without pausing anything.
 func (t *txn) delivered(e *events.Event) {
 	src, fresh := t.source(e.Source)
 	if src == nil {
@@ -82,6 +91,7 @@ func (t *txn) delivered(e *events.Event) {
 	if e.Received.After(src.Received) {
 		src.Received = e.Received.UTC()
 	}
+	src.Gone = false
 	others := 0
 	if fresh {
 		others = t.expireSources(e.Source, e.Received.Add(-sourceExpiry))
@@ -94,11 +104,12 @@ func (t *txn) delivered(e *events.Event) {
 		t.put(hosts, []byte(e.Host), []byte(e.Source))
 	}
 	switch {
-	case prev != "" && prev != e.Source:
+	case fresh && prev != "" && prev != e.Source:
 		// The host runs a new instance: the old one's queue, and whatever
 		// it still held, is gone. Its watermark no longer means anything.
-		delete(t.sources, prev)
-		t.del(t.tx.Bucket(bucketSources), []byte(prev))
+		if old, _ := t.source(prev); old != nil {
+			old.Gone = true
+		}
 		t.pause("", PauseRestart)
 	case fresh && others > 0:
 		t.pause("", PauseNewInstance)
@@ -154,6 +165,16 @@ func (t *txn) source(name string) (s *SourceState, fresh bool) {
 	}
 	t.sources[name] = s
 	return s, raw == nil
+}
+
+// silenced marks a known source gone: it was silent for too long.
+func (t *txn) silenced(name string) {
+	if _, cached := t.sources[name]; !cached && t.tx.Bucket(bucketSources).Get([]byte(name)) == nil {
+		return
+	}
+	if s, _ := t.source(name); s != nil {
+		s.Gone = true
+	}
 }
 
 func (t *txn) flushSources() {
@@ -212,6 +233,29 @@ func (t *txn) reconciled(r *events.Reconciliation) {
 	}
 	if len(r.Repos) == 0 {
 		t.put(t.tx.Bucket(bucketMeta), keyReconciled, u64(r.AsOf))
+		t.pruneStamps(t.now - int64(t.p.opts.Retention))
+	}
+}
+
+// pruneStamps forgets the registry time of deleted tags changed before
+// the given time (unix ns): only a notification later than the trash
+// retention could still be ordered by it, and what such a late tag event
+// would bring back into the projection, the next reconcile takes out.
+func (t *txn) pruneStamps(before int64) {
+	b := t.tx.Bucket(bucketStamps)
+	var drop [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		if int64(readU64(v)) < before && !t.exists(k) {
+			drop = append(drop, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	for _, k := range drop {
+		t.del(b, k)
 	}
 }
 
@@ -272,7 +316,7 @@ func (t *txn) revive(k []byte) {
 		return
 	}
 	t.putJSON(t.tx.Bucket(bucketHeals), k, Heal{Node: ref, UnlinkedAt: unlinked,
-		ProvedAt: time.Unix(0, t.now).UTC(), Seq: t.seq})
+		ProvedAt: time.Unix(0, t.now).UTC(), Received: t.received, Seq: t.seq})
 }
 
 // bury drops a node's tombstone and pending heal: an explicit delete wins
@@ -300,51 +344,14 @@ func (t *txn) healed(c *events.CollectedRef) {
 
 // Sources returns the delivery state of every registry instance, by name.
 func (p *Projection) Sources() ([]SourceState, error) {
-	var out []SourceState
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSources).ForEach(func(_, v []byte) error {
-			var s SourceState
-			if err := json.Unmarshal(v, &s); err != nil {
-				return fmt.Errorf("%w: source: %w", ErrCorrupt, err)
-			}
-			out = append(out, s)
-			return nil
-		})
-	})
-	return out, err
+	return listJSON[SourceState](p, bucketSources, "source")
 }
 
 // Pauses returns the pauses no reconcile has lifted yet, by repository.
-func (p *Projection) Pauses() ([]Pause, error) {
-	var out []Pause
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPauses).ForEach(func(_, v []byte) error {
-			var ps Pause
-			if err := json.Unmarshal(v, &ps); err != nil {
-				return fmt.Errorf("%w: pause: %w", ErrCorrupt, err)
-			}
-			out = append(out, ps)
-			return nil
-		})
-	})
-	return out, err
-}
+func (p *Projection) Pauses() ([]Pause, error) { return listJSON[Pause](p, bucketPauses, "pause") }
 
 // Heals returns the heals the collector has still to carry out.
-func (p *Projection) Heals() ([]Heal, error) {
-	var out []Heal
-	err := p.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketHeals).ForEach(func(_, v []byte) error {
-			var h Heal
-			if err := json.Unmarshal(v, &h); err != nil {
-				return fmt.Errorf("%w: heal: %w", ErrCorrupt, err)
-			}
-			out = append(out, h)
-			return nil
-		})
-	})
-	return out, err
-}
+func (p *Projection) Heals() ([]Heal, error) { return listJSON[Heal](p, bucketHeals, "heal") }
 
 // LastReconcile returns the AsOf of the last reconcile of the whole
 // registry (0: none yet).
@@ -367,4 +374,20 @@ func (p *Projection) Tombstoned(ref events.NodeRef) (bool, error) {
 		return nil
 	})
 	return ok, err
+}
+
+// listJSON returns the JSON records of a bucket, in key order.
+func listJSON[T any](p *Projection, bucket []byte, what string) ([]T, error) {
+	var out []T
+	err := p.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
+			var x T
+			if err := json.Unmarshal(v, &x); err != nil {
+				return fmt.Errorf("%w: %s: %w", ErrCorrupt, what, err)
+			}
+			out = append(out, x)
+			return nil
+		})
+	})
+	return out, err
 }

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/refgc/refgc/events"
 )
 
@@ -89,8 +91,8 @@ func TestPausesAndReconciles(t *testing.T) {
 		t.Fatalf("after a restart: %v", got)
 	}
 	srcs, _ := f.p.Sources()
-	if len(srcs) != 1 || srcs[0].Source != "distribution:i2" {
-		t.Fatalf("the restarted instance's old source stays: %+v", srcs)
+	if len(srcs) != 2 || !srcs[0].Gone || srcs[0].Source != "distribution:i1" || srcs[1].Gone {
+		t.Fatalf("sources after a restart: %+v, want the old one gone", srcs)
 	}
 	// An instance on another host: a new replica, or a registry restarted
 	// on a new host (as containers are): it may have lost a queue too.
@@ -204,5 +206,56 @@ func TestExplicitDeleteBuriesTombstone(t *testing.T) {
 	}
 	if ni, _ := f.info(manN("app", "m")); ni.Present {
 		t.Fatal("an explicitly deleted revision came back")
+	}
+}
+
+func TestRepositoryDeleteBuriesItsTombstones(t *testing.T) {
+	f := newFixture(t, Options{Grace: time.Hour})
+	f.apply(pushM("app", "m", "", []string{"l"}, nil, ""))
+	f.advance(2 * time.Hour)
+	if err := f.collect(manN("app", "m")); err != nil {
+		t.Fatal(err)
+	}
+	f.apply(delRepo("app"))
+	f.apply(setT("app", "v1", "m")) // older than the delete, late
+	if heals, _ := f.p.Heals(); len(heals) != 0 {
+		t.Fatalf("heals into a deleted repository: %+v", heals)
+	}
+	if ok, _ := f.p.Tombstoned(manN("app", "m")); ok {
+		t.Fatal("the trash entry of a deleted repository stays")
+	}
+}
+
+func TestWholeReconcilePrunesOldTagStamps(t *testing.T) {
+	f := newFixture(t, Options{Retention: time.Hour})
+	f.apply(pushM("app", "m", "", nil, nil, ""), setT("app", "gone", "m"), setT("app", "kept", "m"), delT("app", "gone"))
+	f.advance(2 * time.Hour)
+	f.apply(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: f.seq}})
+	err := f.p.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketStamps)
+		if b.Get(tagKey("app", "gone")) != nil || b.Get(tagKey("app", "kept")) == nil {
+			t.Errorf("stamps: gone %v, kept %v", b.Get(tagKey("app", "gone")) != nil, b.Get(tagKey("app", "kept")) != nil)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWhatPausesNothing(t *testing.T) {
+	f := newFixture(t, Options{})
+	// A request that failed authentication proves nothing: anyone may send one.
+	f.apply(events.Event{Kind: events.Refused, Refused: &events.RefusedRef{Reason: events.RefusedUnauthorized}})
+	// Two instances that share an address alternate: only each one's first
+	// event is judged.
+	f.apply(ingested(pushB("app", "l1"), "distribution:i1", "reg:5000", t0, t0))
+	f.apply(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: f.seq + 1}})
+	f.apply(ingested(pushB("app", "l2"), "distribution:i2", "reg:5000", t0, t0))
+	f.apply(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: f.seq + 1}})
+	f.apply(ingested(pushB("app", "l3"), "distribution:i1", "reg:5000", t0, t0),
+		ingested(pushB("app", "l4"), "distribution:i2", "reg:5000", t0, t0))
+	if ps, _ := f.p.Pauses(); len(ps) != 0 {
+		t.Fatalf("pauses %+v", ps)
 	}
 }

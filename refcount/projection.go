@@ -281,10 +281,11 @@ type txn struct {
 	cache map[string]*node
 	dirty map[string]struct{}
 	// sources caches the delivery state of the batch's sources.
-	sources map[string]*SourceState
-	now     int64  // the current event's time, unix ns
-	seq     uint64 // the current event's sequence
-	err     error
+	sources  map[string]*SourceState
+	now      int64     // the current event's time, unix ns
+	received time.Time // when the current event was received, if ingested
+	seq      uint64    // the current event's sequence
+	err      error
 }
 
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -98,6 +99,16 @@ func (m *model) do(e events.Event) {
 			delete(sub(m.layers, e.Ref.Repo), e.Ref.Digest)
 		}
 	case events.RepositoryDeleted:
+		for k := range m.trash {
+			if strings.HasPrefix(k, "manifest "+e.Repo.Name+"@") {
+				delete(m.trash, k)
+			}
+		}
+		for k := range m.tombs {
+			if strings.HasPrefix(k, "layer "+e.Repo.Name+"@") {
+				delete(m.tombs, k)
+			}
+		}
 		delete(m.tags, e.Repo.Name)
 		delete(m.manifests, e.Repo.Name)
 		delete(m.layers, e.Repo.Name)

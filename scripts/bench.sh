@@ -9,7 +9,7 @@ run() { # name, command...
   local name=$1; shift
   if [ -n "$only" ] && [[ $name != *"$only"* ]]; then return; fi
   echo "== $name: $*"; uptime
-  "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)' || true
+  "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)|operations in|unavailability' || true
 }
 run refcount      go test ./refcount -run '^$' -bench 'Apply|RawPuts' -benchtime 100x -count 3
 run eventlog      go test ./events -run '^$' -bench BenchmarkEventLog -benchtime 100000x -count 3
@@ -20,3 +20,4 @@ run e2e           go test ./internal/daemon -run '^$' -bench BenchmarkWebhookE2E
 run collector     go test ./collector -run '^$' -bench BenchmarkCollectorDeletes -benchtime 3x
 run store         go test ./store -run '^$' -bench . -benchtime 2s -count 5
 run reconcile     go test ./collector -run '^$' -bench BenchmarkReconcilePass -benchtime 3x
+run random        go test ./collector -run 'TestRandomDirect|TestRandomRegistry' -collector.ops=10000 -timeout 60m -v

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/distribution/distribution/v3/configuration"
 
+	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/store"
 )
@@ -60,6 +62,10 @@ func TestComposeFile(t *testing.T) {
 		n := svc("nats")
 		if !strings.HasPrefix(n.Image, "nats:2") || !slices.Contains(n.Command, "-js") {
 			t.Errorf("nats: image %q command %v", n.Image, n.Command)
+		}
+		conf, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "nats.conf"))
+		if err != nil || !strings.Contains(string(conf), fmt.Sprintf("max_payload: %d", events.MaxEncodedSize+64<<10)) {
+			t.Errorf("deploy/nats.conf must let the largest event through (%v)", err)
 		}
 	})
 	t.Run("refgc is built here", func(t *testing.T) {

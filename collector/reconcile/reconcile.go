@@ -114,6 +114,12 @@ const (
 // ErrNoLog is returned by Reconcile with apply when the reconciler has no Log.
 var ErrNoLog = errors.New("collector: reconcile with apply needs a Log")
 
+// IntentLister lists the intents other collectors shared
+// (collector.KVIntents under --ha).
+type IntentLister interface {
+	ListIntents(ctx context.Context) ([]refcount.Intent, error)
+}
+
 // Healer writes back links the collector removed. store.Driver implements
 // it. Both give an error matching fs.ErrNotExist when the data is gone.
 type Healer interface {
@@ -142,6 +148,9 @@ type Config struct {
 	// Healer, if set, re-links what storage references but the collector
 	// unlinked (default: Store, if it implements Healer). Only with apply.
 	Healer Healer
+	// Intents, if set, holds the intents of other collectors (under --ha):
+	// their nodes are left alone as the projection's own intents are.
+	Intents IntentLister
 	// Log receives the corrections. Verify only needs its CatchUp, and works
 	// without a Log (AsOf is then the projection's cursor).
 	Log eventlog.Log
@@ -331,7 +340,7 @@ func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drif
 		return w.drift, fmt.Errorf("collector: reconcile: catch up: %w", err)
 	}
 	w.drift.AsOf = w.asOf
-	if err := w.markBusy(); err != nil {
+	if err := w.markBusy(ctx); err != nil {
 		return w.drift, err
 	}
 	if repos != nil {
@@ -352,7 +361,7 @@ func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drif
 			return w.drift, err
 		}
 	}
-	if err := w.markBusy(); err != nil { // intents recorded during the walk
+	if err := w.markBusy(ctx); err != nil { // intents recorded during the walk
 		return w.drift, err
 	}
 	if err := w.absent(); err != nil {
@@ -394,10 +403,17 @@ func (w *walk) walkSome(ctx context.Context, repos []string) error {
 	return g.Wait()
 }
 
-func (w *walk) markBusy() error {
+func (w *walk) markBusy(ctx context.Context) error {
 	ins, err := w.r.cfg.Projection.Intents()
 	if err != nil {
 		return fmt.Errorf("collector: reconcile: intents: %w", err)
+	}
+	if w.r.cfg.Intents != nil {
+		shared, err := w.r.cfg.Intents.ListIntents(ctx)
+		if err != nil {
+			return fmt.Errorf("collector: reconcile: shared intents: %w", err)
+		}
+		ins = append(ins, shared...)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -76,8 +76,8 @@ var DeadLetterReasons = []string{ReasonMalformedJSON, ReasonTooLarge, ReasonInva
 // '&' as six-byte \u escapes, so a manifest made of annotations full of them
 // grows up to six times, 24 MiB) and indented (three spaces a level, a
 // line a field), inside one envelope. Domain events carry no annotations,
-// so what such a notification translates into stays far below
-// MaxEncodedSize.
+// so what such a notification translates into stays below MaxEncodedSize;
+// an event that would not is dead-lettered (ReasonTooLarge) all the same.
 const DefaultMaxBodySize = 32 << 20
 
 // DefaultEnrichTimeout bounds one manifest read during translation.
@@ -377,6 +377,13 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 	}
 	if err := ev.Validate(); err != nil {
 		return fail(ReasonInvalidEvent, err)
+	}
+	if ev.Kind == events.ManifestPushed && len(ev.Manifest.Blobs)+len(ev.Manifest.Children) > 1000 {
+		// Only a manifest's references can make an event large.
+		if b, err := events.Encode(ev); err != nil || len(b) > events.MaxEncodedSize {
+			return fail(ReasonTooLarge, fmt.Errorf("manifest push of %d references encodes over %d bytes",
+				len(ev.Manifest.Blobs)+len(ev.Manifest.Children), events.MaxEncodedSize))
+		}
 	}
 	res.Events = []events.Event{ev}
 	return res

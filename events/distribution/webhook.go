@@ -75,7 +75,7 @@ const DefaultWebhookPublishTimeout = 10 * time.Second
 
 // ReasonUnauthorized is the Refused reason of requests with a missing or
 // wrong bearer token. It is never a dead-letter reason: such a body is not read.
-const ReasonUnauthorized = "unauthorized"
+const ReasonUnauthorized = events.RefusedUnauthorized
 
 // UnauthorizedRefusalInterval is the least time, on the webhook's clock,
 // between two Refused events for unauthorized requests.

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/refgc/refgc/events"
 )
 
 // EmbeddedConfig configures an in-process nats-server with JetStream, for
@@ -65,6 +67,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		StoreDir:           cfg.StoreDir,
 		JetStreamMaxStore:  cfg.MaxStore,
 		JetStreamMaxMemory: cfg.MaxMemory,
+		MaxPayload:         events.MaxEncodedSize + 64<<10, // the largest event, with its headers
 		NoSigs:             true,
 		NoLog:              cfg.Logger == nil,
 	}

@@ -67,7 +67,7 @@ type DeadLetter struct {
 	Reason string
 	// Detail is the human-readable explanation (the error text).
 	Detail string
-	// Body is the raw notification; cut at MaxEncodedSize.
+	// Body is the raw notification; cut at MaxDeadLetterBody.
 	Body []byte
 	// Time is when it was received; now if zero.
 	Time time.Time
@@ -133,6 +133,10 @@ func (p *Publisher) message(e events.Event) (*nats.Msg, error) {
 	b, err := events.Encode(e)
 	if err != nil {
 		return nil, err
+	}
+	if len(b) > events.MaxEncodedSize {
+		// The log would take it, and every reader refuse it.
+		return nil, fmt.Errorf("%w: event %s of %d bytes", events.ErrTooLarge, e.ID, len(b))
 	}
 	return &nats.Msg{Subject: Subject(e), Data: b, Header: nats.Header{}}, nil
 }
@@ -259,9 +263,9 @@ func (p *Publisher) DeadLetter(ctx context.Context, d DeadLetter) error {
 	}
 	body := d.Body
 	m := &nats.Msg{Subject: DeadLetterPrefix + sourceToken(d.Source), Header: nats.Header{}}
-	if len(body) > events.MaxEncodedSize {
+	if len(body) > events.MaxDeadLetterBody {
 		m.Header.Set(HeaderDeadLetterTruncated, strconv.Itoa(len(body)))
-		body = body[:events.MaxEncodedSize]
+		body = body[:events.MaxDeadLetterBody]
 	}
 	m.Data = body
 	m.Header.Set(HeaderDeadLetterReason, headerValue(d.Reason))

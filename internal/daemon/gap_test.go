@@ -40,7 +40,9 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 	}
 	js, _ := jetstream.New(nc)
 	publish(js, gapBlob(0), gapBlob(1), gapBlob(2))
-	if _, err := d.Follower().CatchUp(ctx); err != nil {
+	waitStartReconcile(t, d) // its corrections and Reconciled event follow the three
+	applied, err := d.Follower().CatchUp(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	nc.Close()
@@ -63,7 +65,7 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSequence(6)); err != nil {
+	if err := st.Purge(ctx, jetstream.WithPurgeSequence(applied+2)); err != nil { // applied+1 goes
 		t.Fatal(err)
 	}
 	nc.Close()
@@ -97,6 +99,7 @@ func TestRecreatedStreamHaltsCollection(t *testing.T) {
 	}
 	js, _ := jetstream.New(nc)
 	publishEvents(t, js, gapBlob(0), gapBlob(1), gapBlob(2))
+	waitStartReconcile(t, d)
 	applied, err := d.Follower().CatchUp(ctx) // the three, and the start-up reconcile's Reconciled event
 	if err != nil {
 		t.Fatal(err)
@@ -201,6 +204,15 @@ func publishEvents(t *testing.T, js jetstream.JetStream, evs ...events.Event) {
 // waitHalted waits until the daemon refuses collection, then checks that
 // the follower's error wraps want, that /readyz says why (with reason in
 // its body) while /healthz is fine, and that POST /v1/collect gets 409.
+// waitStartReconcile waits until the start-up reconcile of an empty
+// projection has published its events: a pass waits for it.
+func waitStartReconcile(t *testing.T, d *daemon.Daemon) {
+	t.Helper()
+	if _, err := d.Collect(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func waitHalted(t *testing.T, d *daemon.Daemon, want error, reason string) {
 	t.Helper()
 	ctx := context.Background()

@@ -27,7 +27,7 @@ func haltsCollection(err error) bool {
 
 func (d *Daemon) newReconciler(log eventlog.Log, reg prometheus.Registerer) (*reconcile.Reconciler, error) {
 	r, err := reconcile.New(reconcile.Config{
-		Projection: d.proj, Store: d.store, Log: log, Concurrency: d.cfg.Collector.Concurrency,
+		Projection: d.proj, Store: d.store, Log: log, Intents: d.intentStore(), Concurrency: d.cfg.Collector.Concurrency,
 		Logger: d.log, Registerer: reg, Now: d.now,
 	})
 	if err != nil {
