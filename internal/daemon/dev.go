@@ -116,11 +116,11 @@ func StartDev(ctx context.Context, dc DevConfig) (*Dev, error) {
 	return dev, nil
 }
 
-// DevRegistryConfig is the registry configuration Dev runs: filesystem
+// devRegistryConfig is the registry configuration Dev runs: filesystem
 // storage under root, deletes enabled, no blob descriptor cache (its
 // answers can outlive collected data), no upload purging, and
 // notifications with references to hookURL carrying the bearer token.
-func DevRegistryConfig(root, hookURL, token string) *configuration.Configuration {
+func devRegistryConfig(root, hookURL, token string) *configuration.Configuration {
 	cfg := &configuration.Configuration{}
 	cfg.Log.Level = "warn"
 	b := make([]byte, 16)
@@ -148,7 +148,7 @@ func (dev *Dev) startRegistry(ctx context.Context, dc DevConfig, root string) er
 	if err != nil {
 		return fmt.Errorf("daemon: registry listen: %w", err)
 	}
-	dev.app = handlers.NewApp(ctx, DevRegistryConfig(root, dev.WebhookURL(), dc.Token))
+	dev.app = handlers.NewApp(ctx, devRegistryConfig(root, dev.WebhookURL(), dc.Token))
 	dev.srv = &http.Server{Handler: dev.app, ReadHeaderTimeout: 30 * time.Second}
 	dev.RegistryHost = ln.Addr().String()
 	dev.RegistryURL = "http://" + dev.RegistryHost
