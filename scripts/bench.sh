@@ -12,10 +12,10 @@ run() { # name, command...
   "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)|operations in|unavailability' || true
 }
 run refcount      go test ./refcount -run '^$' -bench 'Apply|RawPuts' -benchtime 100x -count 3
-run eventlog      go test ./events -run '^$' -bench BenchmarkEventLog -benchtime 100000x -count 3
-run latency       go test ./events -run '^$' -bench BenchmarkLatency -benchtime 5000x -count 3
-run catchup       go test ./events -run '^$' -bench BenchmarkCatchUp -benchtime 2000x
-run webhook       go test ./events -run '^$' -bench BenchmarkWebhook -benchtime 2s -count 3
+run eventlog      go test ./events/eventlog -run '^$' -bench BenchmarkEventLog -benchtime 100000x -count 3
+run latency       go test ./events/eventlog -run '^$' -bench BenchmarkLatency -benchtime 5000x -count 3
+run catchup       go test ./events/eventlog -run '^$' -bench BenchmarkCatchUp -benchtime 2000x
+run webhook       go test ./events/distribution -run '^$' -bench BenchmarkWebhook -benchtime 2s -count 3
 run e2e           go test ./internal/daemon -run '^$' -bench BenchmarkWebhookE2E -benchtime 5000x -count 3
 run collector     go test ./collector -run '^$' -bench BenchmarkCollectorDeletes -benchtime 3x
 run store         go test ./store -run '^$' -bench . -benchtime 2s -count 5
