@@ -100,7 +100,7 @@ func TestManyLayersWebhookIntoJetStream(t *testing.T) {
 	}
 	h, err := NewWebhook(WebhookConfig{
 		Sink: pub, Token: testToken,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), PublishTimeout: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), PublishTimeout: 30 * time.Second, // 1.5 MB through JetStream, under the race detector
 	})
 	if err != nil {
 		t.Fatal(err)
