@@ -111,7 +111,7 @@ func BlobDigests(t testing.TB, img v1.Image) []v1.Hash {
 // Push writes img (blobs and manifest) at ref: "repo:tag" or "repo@digest".
 func (r *Registry) Push(t testing.TB, ref string, img v1.Image) v1.Hash {
 	t.Helper()
-	if err := remote.Write(r.Ref(t, ref), img); err != nil {
+	if err := remote.Write(r.Ref(t, ref), img, transport); err != nil {
 		t.Fatalf("regtest: push %s: %v", ref, err)
 	}
 	return Digest(t, img)
@@ -175,7 +175,7 @@ func (r *Registry) PushReferrer(t testing.TB, repo string, subject v1.Descriptor
 	}
 	rp := r.Repo(t, repo)
 	for _, l := range []v1.Layer{cfg, layer} {
-		if err := remote.WriteLayer(rp, l); err != nil {
+		if err := remote.WriteLayer(rp, l, transport); err != nil {
 			t.Fatalf("regtest: write blob: %v", err)
 		}
 	}
@@ -234,13 +234,13 @@ func Describe(t testing.TB, m interface {
 // mounting its blobs across repositories instead of uploading them.
 func (r *Registry) Mount(t testing.TB, from, to string) v1.Hash {
 	t.Helper()
-	img, err := remote.Image(r.Ref(t, from))
+	img, err := remote.Image(r.Ref(t, from), transport)
 	if err != nil {
 		t.Fatalf("regtest: get %s: %v", from, err)
 	}
 	// Layers of a remote image are remote.MountableLayers: remote.Write
 	// mounts them from their repository.
-	if err := remote.Write(r.Ref(t, to), img); err != nil {
+	if err := remote.Write(r.Ref(t, to), img, transport); err != nil {
 		t.Fatalf("regtest: mount %s to %s: %v", from, to, err)
 	}
 	return Digest(t, img)
@@ -249,7 +249,7 @@ func (r *Registry) Mount(t testing.TB, from, to string) v1.Hash {
 // DeleteTag deletes repo:tag through the API.
 func (r *Registry) DeleteTag(t testing.TB, repo, tag string) {
 	t.Helper()
-	if err := remote.Delete(r.Ref(t, repo+":"+tag)); err != nil {
+	if err := remote.Delete(r.Ref(t, repo+":"+tag), transport); err != nil {
 		t.Fatalf("regtest: delete %s:%s: %v", repo, tag, err)
 	}
 }
@@ -257,7 +257,7 @@ func (r *Registry) DeleteTag(t testing.TB, repo, tag string) {
 // DeleteManifest deletes repo@d through the API.
 func (r *Registry) DeleteManifest(t testing.TB, repo string, d v1.Hash) {
 	t.Helper()
-	if err := remote.Delete(r.Ref(t, repo+"@"+d.String())); err != nil {
+	if err := remote.Delete(r.Ref(t, repo+"@"+d.String()), transport); err != nil {
 		t.Fatalf("regtest: delete %s@%s: %v", repo, d, err)
 	}
 }
@@ -290,6 +290,16 @@ var acceptManifests = []string{
 }
 
 // do sends one request and reads its body entirely.
+// client and transport make the requests of this package, on a transport
+// of their own: httptest.Server.Close closes http.DefaultTransport's idle
+// connections, and would break a request under way in another test's
+// server shutdown.
+var (
+	ownTransport = http.DefaultTransport.(*http.Transport).Clone()
+	client       = &http.Client{Transport: ownTransport}
+	transport    = remote.WithTransport(ownTransport)
+)
+
 func (r *Registry) do(t testing.TB, method, path, contentType string, body []byte) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(method, r.URL+path, bytes.NewReader(body))
@@ -302,7 +312,7 @@ func (r *Registry) do(t testing.TB, method, path, contentType string, body []byt
 	for _, a := range acceptManifests {
 		req.Header.Add("Accept", a)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("regtest: %s %s: %v", method, path, err)
 	}
@@ -326,7 +336,7 @@ func (r *Registry) Pull(t testing.TB, ref string) {
 func (r *Registry) TryPull(t testing.TB, ref string) error {
 	t.Helper()
 	nref := r.Ref(t, ref)
-	desc, err := remote.Get(nref)
+	desc, err := remote.Get(nref, transport)
 	if err != nil {
 		return err
 	}
