@@ -8,11 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
-	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/jstest"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -49,20 +47,7 @@ func (f *fanLog) CatchUp(ctx context.Context) (uint64, error) { return f.own.Cat
 // leader, whose own projection never saw it, finishes or undoes.
 func TestNewLeaderUndoesIntentsOfTheLast(t *testing.T) {
 	ctx := context.Background()
-	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := eventlog.Connect(srv.ClientURL(), eventlog.ConnectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, _ := jstest.Start(t)
 	kv, err := collector.NewKVIntents(ctx, js, "", 1)
 	if err != nil {
 		t.Fatal(err)

@@ -24,6 +24,7 @@ import (
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/jstest"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
@@ -381,20 +382,7 @@ func graphEvents(n int) []events.Event {
 func TestRebuildFromStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := eventlog.Connect(srv.ClientURL(), eventlog.ConnectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, _ := jstest.Start(t)
 	stream, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{})
 	if err != nil {
 		t.Fatal(err)

@@ -12,12 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/jstest"
 )
 
 // manyLayersPush is the notification of a manifest push (includereferences
@@ -75,20 +75,7 @@ func TestManyLayersTranslateDecodes(t *testing.T) {
 // 200. (It once exceeded the server's max payload: 503 for ever, and the
 // registry's queue blocked behind it.)
 func TestManyLayersWebhookIntoJetStream(t *testing.T) {
-	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := eventlog.Connect(srv.ClientURL(), eventlog.ConnectOptions{Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, _ := jstest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {

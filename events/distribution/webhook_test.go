@@ -26,6 +26,7 @@ import (
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/events/internal/fixtures"
+	"github.com/refgc/refgc/internal/jstest"
 	"github.com/refgc/refgc/internal/regtest"
 )
 
@@ -450,20 +451,7 @@ func TestWebhookSharedRegistry(t *testing.T) {
 // redeliveries dedupe, dead letters land in their stream, and with the
 // server gone the handler answers 503.
 func TestWebhookIntoJetStream(t *testing.T) {
-	srv, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := eventlog.Connect(srv.ClientURL(), eventlog.ConnectOptions{Name: t.Name()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js, srv := jstest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	stream, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{})
