@@ -106,12 +106,7 @@ func resolve(cmd *cobra.Command, cfg *daemon.Config, file, storageRoot *string) 
 // storage root (--storage-root, REFGC_STORAGE_ROOT) stands for a
 // filesystem storage section.
 func loadConfig(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string) error {
-	given := map[string]string{}
-	fs.VisitAll(func(f *pflag.Flag) {
-		if f.Changed {
-			given[f.Name] = f.Value.String()
-		}
-	})
+	given := changedFlags(fs)
 	if *file == "" {
 		*file = os.Getenv(envName("config"))
 	}
@@ -126,6 +121,20 @@ func loadConfig(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 			return fmt.Errorf("config %s: %w", *file, err)
 		}
 	}
+	if err := setFlags(fs, given); err != nil {
+		return err
+	}
+	if *storageRoot != "" {
+		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": *storageRoot}}
+	}
+	return nil
+}
+
+// setFlags sets every flag of fs (but --config) again: from the command
+// line (given) or, failing that, from its environment variable. It is the
+// last layer of loadConfig, and all of the configuration of `refgc dev`,
+// which reads no file.
+func setFlags(fs *pflag.FlagSet, given map[string]string) error {
 	var err error
 	fs.VisitAll(func(f *pflag.Flag) {
 		if err != nil || f.Name == "config" {
@@ -141,11 +150,16 @@ func loadConfig(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 			}
 		}
 	})
-	if err != nil {
-		return err
-	}
-	if *storageRoot != "" {
-		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": *storageRoot}}
-	}
-	return nil
+	return err
+}
+
+// changedFlags returns the flags given on the command line, by name.
+func changedFlags(fs *pflag.FlagSet) map[string]string {
+	given := map[string]string{}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			given[f.Name] = f.Value.String()
+		}
+	})
+	return given
 }

@@ -101,3 +101,22 @@ storage:
 		}
 	})
 }
+
+// `refgc dev` reads its flags through the same last layer as serve: the
+// command line first, then REFGC_<FLAG>.
+func TestDevFlagsFromEnvironment(t *testing.T) {
+	t.Setenv("REFGC_GRACE", "7m")
+	t.Setenv("REFGC_ADDR", "127.0.0.1:9999")
+	cmd := newDev()
+	if err := cmd.ParseFlags([]string{"--addr", "127.0.0.1:8181"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := setFlags(cmd.Flags(), changedFlags(cmd.Flags())); err != nil {
+		t.Fatal(err)
+	}
+	grace, _ := cmd.Flags().GetDuration("grace")
+	addr, _ := cmd.Flags().GetString("addr")
+	if grace != 7*time.Minute || addr != "127.0.0.1:8181" {
+		t.Fatalf("grace %s addr %s: want the environment's grace and the command line's address", grace, addr)
+	}
+}

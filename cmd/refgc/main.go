@@ -91,6 +91,9 @@ func newDev() *cobra.Command {
 		Short: "Run a Distribution registry and refgc in one process, to try refgc out",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := setFlags(cmd.Flags(), changedFlags(cmd.Flags())); err != nil {
+				return err
+			}
 			if os.Getenv("OTEL_TRACES_EXPORTER") == "" {
 				os.Setenv("OTEL_TRACES_EXPORTER", "none")
 			}
