@@ -147,7 +147,8 @@ func TestRestoreAndDryRun(t *testing.T) {
 		t.Fatalf("dry run: %+v", plan)
 	}
 	e.mustPull("app@" + d.String()) // a dry run deletes nothing
-	e.advance(2 * testGrace)        // and the pull's lease ends
+	e.settle()                      // the pull's notification is in, with its time
+	e.advance(2 * testGrace)        // and its lease ends
 
 	if _, err := e.col.Pass(context.Background()); err != nil {
 		t.Fatal(err)

@@ -301,7 +301,8 @@ func TestAdminCollectAndRestore(t *testing.T) {
 		t.Fatalf("dry run: %+v", plan)
 	}
 	e.mustPull("app@" + d.String())
-	e.advance(2 * testGrace) // the pull's lease ends
+	e.settle()               // the pull's notification is in, with its time
+	e.advance(2 * testGrace) // and its lease ends
 	var rep collector.Report
 	post(daemon.CollectPath, &rep)
 	if rep.Unlinked == 0 {
