@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/opencontainers/go-digest"
 
@@ -30,36 +31,10 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 	publish := func(js jetstream.JetStream, evs ...events.Event) { publishEvents(t, js, evs...) }
 
 	// 1. A daemon applies three events, then stops.
-	d, err := daemon.Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := eventlog.Connect(d.NATSURL(), eventlog.ConnectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	publish(js, gapBlob(0), gapBlob(1), gapBlob(2))
-	waitStartReconcile(t, d) // its corrections and Reconciled event follow the three
-	applied, err := d.Follower().CatchUp(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc.Close()
-	if err := d.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	applied := applyThenStop(t, cfg, nil)
 
 	// 2. While it is down, more events arrive and the stream is purged past them.
-	emb, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err = eventlog.Connect(emb.ClientURL(), eventlog.ConnectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ = jetstream.New(nc)
+	js, nc, emb := offlineStream(t, cfg)
 	publish(js, gapBlob(3), gapBlob(4), gapBlob(5))
 	st, err := js.Stream(ctx, eventlog.DefaultStreamName)
 	if err != nil {
@@ -72,7 +47,7 @@ func TestCursorGapHaltsCollection(t *testing.T) {
 	emb.Shutdown()
 
 	// 3. The daemon starts again: it serves, but never collects.
-	d, err = daemon.Start(ctx, cfg)
+	d, err := daemon.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,41 +64,17 @@ func TestRecreatedStreamHaltsCollection(t *testing.T) {
 	cfg := haltConfig(t)
 
 	// 1. A daemon applies three events, then stops.
-	d, err := daemon.Start(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := eventlog.Connect(d.NATSURL(), eventlog.ConnectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	publishEvents(t, js, gapBlob(0), gapBlob(1), gapBlob(2))
-	waitStartReconcile(t, d)
-	applied, err := d.Follower().CatchUp(ctx) // the three, and the start-up reconcile's Reconciled event
-	if err != nil {
-		t.Fatal(err)
-	}
-	bound, err := d.Projection().StreamID()
-	if err != nil || bound == "" {
-		t.Fatalf("projection bound to %q (%v)", bound, err)
-	}
-	nc.Close()
-	if err := d.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
+	var bound string
+	applied := applyThenStop(t, cfg, func(d *daemon.Daemon) {
+		var err error
+		if bound, err = d.Projection().StreamID(); err != nil || bound == "" {
+			t.Fatalf("projection bound to %q (%v)", bound, err)
+		}
+	})
 
 	// 2. While it is down, the stream is deleted and created again, and
 	// receives more events than the projection had applied.
-	emb, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err = eventlog.Connect(emb.ClientURL(), eventlog.ConnectOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ = jetstream.New(nc)
+	js, nc, emb := offlineStream(t, cfg)
 	if err := js.DeleteStream(ctx, eventlog.DefaultStreamName); err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +86,7 @@ func TestRecreatedStreamHaltsCollection(t *testing.T) {
 	emb.Shutdown()
 
 	// 3. The daemon starts again: it serves, but never collects.
-	d, err = daemon.Start(ctx, cfg)
+	d, err := daemon.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +155,53 @@ func publishEvents(t *testing.T, js jetstream.JetStream, evs ...events.Event) {
 // waitHalted waits until the daemon refuses collection, then checks that
 // the follower's error wraps want, that /readyz says why (with reason in
 // its body) while /healthz is fine, and that POST /v1/collect gets 409.
+// applyThenStop starts a daemon on cfg, publishes three events, waits until
+// they and the start-up reconcile's events are applied, runs check, stops
+// the daemon and returns the projection's cursor.
+func applyThenStop(t *testing.T, cfg daemon.Config, check func(*daemon.Daemon)) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	d, err := daemon.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := eventlog.Connect(d.NATSURL(), eventlog.ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	publishEvents(t, js, gapBlob(0), gapBlob(1), gapBlob(2))
+	waitStartReconcile(t, d) // its corrections and Reconciled event follow the three
+	applied, err := d.Follower().CatchUp(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if check != nil {
+		check(d)
+	}
+	nc.Close()
+	if err := d.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return applied
+}
+
+// offlineStream opens the stopped daemon's event log with a server of its
+// own, as an operator would; the caller closes nc and shuts emb down.
+func offlineStream(t *testing.T, cfg daemon.Config) (jetstream.JetStream, *nats.Conn, *eventlog.Embedded) {
+	t.Helper()
+	emb, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "nats"), Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := eventlog.Connect(emb.ClientURL(), eventlog.ConnectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	return js, nc, emb
+}
+
 // waitStartReconcile waits until the start-up reconcile of an empty
 // projection has published its events: a pass waits for it.
 func waitStartReconcile(t *testing.T, d *daemon.Daemon) {
