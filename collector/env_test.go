@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,7 +39,7 @@ type env struct {
 	proj   *refcount.Projection
 	store  *store.Driver
 	log    *sinkLog
-	offset atomic.Int64
+	clock  regtest.Clock
 	col    *collector.Collector
 	rec    *reconcile.Reconciler
 	keep   bool
@@ -129,7 +128,7 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 	// move with the clock the test advances. (Storage modification times
 	// stay on the wall clock, behind it: the storage check's comparison of
 	// them is tested where the test writes storage itself.)
-	e.reg.Faults.ShiftTime(func() time.Duration { return time.Duration(e.offset.Load()) })
+	e.reg.Faults.ShiftTime(e.clock.Offset)
 	e.rec, err = reconcile.New(reconcile.Config{Projection: proj, Store: e.store, Log: e.log, Now: e.now})
 	if err != nil {
 		t.Fatal(err)
@@ -151,10 +150,10 @@ func (e *env) reconcile(ctx context.Context, repos []string) error {
 	return err
 }
 
-func (e *env) now() time.Time { return time.Now().Add(time.Duration(e.offset.Load())) }
+func (e *env) now() time.Time { return e.clock.Now() }
 
 // advance moves the collector's clock forward.
-func (e *env) advance(d time.Duration) { e.offset.Add(int64(d)) }
+func (e *env) advance(d time.Duration) { e.clock.Advance(d) }
 
 // settle waits until the registry has delivered every notification so far:
 // the registry sends them in order, so the pull of the marker comes last.

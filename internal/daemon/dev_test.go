@@ -35,7 +35,7 @@ func TestDev(t *testing.T) {
 	if err := remote.Write(ref, regtest.RandomImage(t, 1)); err != nil {
 		t.Fatal(err)
 	}
-	poll(t, "demo:v1 in the projection", func() bool {
+	regtest.WaitFor(t, "demo:v1 in the projection", func() bool {
 		_, ok, err := dev.Projection().Get(events.NodeRef{Kind: events.NodeTag, Repo: "demo", Name: "v1"})
 		return err == nil && ok
 	})

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,7 +43,7 @@ type env struct {
 	t      *testing.T
 	d      *daemon.Daemon
 	reg    *regtest.Registry
-	offset atomic.Int64
+	clock  regtest.Clock
 	keep   bool
 	marker v1.Image
 	marks  int
@@ -101,26 +100,14 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	e.reg = regtest.StartFromConfigFile(t, registryYML, regtest.Options{Root: root, NotifyURL: d.WebhookURL(), NotifyToken: testToken})
 	// The registry's clock is the test's (see collector's env).
-	e.reg.Faults.ShiftTime(func() time.Duration { return time.Duration(e.offset.Load()) })
+	e.reg.Faults.ShiftTime(e.clock.Offset)
 	e.marker = regtest.RandomImage(t, 1)
 	e.settle()
 	return e
 }
 
-func (e *env) now() time.Time          { return time.Now().Add(time.Duration(e.offset.Load())) }
-func (e *env) advance(d time.Duration) { e.offset.Add(int64(d)) }
-
-// poll waits until cond holds, failing the test after 30 s.
-func poll(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+func (e *env) now() time.Time          { return e.clock.Now() }
+func (e *env) advance(d time.Duration) { e.clock.Advance(d) }
 
 // settle waits until every notification sent so far is in the projection:
 // the registry delivers in order, so a fresh marker tag arriving means
@@ -131,7 +118,7 @@ func (e *env) settle() {
 	tag := fmt.Sprintf("m%d", e.marks)
 	e.reg.Push(e.t, "marker:"+tag, e.marker)
 	ref := events.NodeRef{Kind: events.NodeTag, Repo: "marker", Name: tag}
-	poll(e.t, "marker "+tag, func() bool {
+	regtest.WaitFor(e.t, "marker "+tag, func() bool {
 		_, ok, err := e.d.Projection().Get(ref)
 		return err == nil && ok
 	})
