@@ -74,7 +74,7 @@ type SchemeResult struct {
 	// repository partition i and digest partition i on one machine.
 	RepoObjects, RepoBytes, RepoEvents Stats
 	DigestObjects, DigestBytes         Stats
-	DigestStatements                   Stats
+	DigestStatements, DigestWrites     Stats
 	MachineObjects, MachineBytes       Stats
 	// Per push: statements sent to digest partitions, edges they add,
 	// distinct digest partitions they reach (mean and 99th percentile).
@@ -242,7 +242,8 @@ func (a *accountant) scheme(s *repoSide, name string) SchemeResult {
 		return r
 	}
 	r.RepoObjects, r.RepoBytes = stats(s.objs), stats(s.bytes)
-	r.DigestObjects, r.DigestBytes, r.DigestStatements = stats(d.objs), stats(d.bytes), stats(d.stmts)
+	r.DigestObjects, r.DigestBytes = stats(d.objs), stats(d.bytes)
+	r.DigestStatements, r.DigestWrites = stats(d.stmts), stats(d.writes)
 	mo, mb := make([]int64, s.n), make([]int64, s.n)
 	for p := range mo {
 		mo[p] = s.objs[p] + d.objs[p]
