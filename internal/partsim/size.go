@@ -127,24 +127,21 @@ func newBody(repoLen, mediaType int, size int64) bodyJSON {
 		len(`","mediaType":"`) + mediaType + len(`","size":`) + decLen(size) + len(`}`)}
 }
 
-func (b *bodyJSON) blob(mediaType int, size int64) {
-	if b.blobs == 0 {
-		b.n += len(`,"blobs":[]`)
-	} else {
-		b.n++
-	}
-	b.blobs++
-	b.n += descJSONLen(mediaType, size)
-}
+func (b *bodyJSON) blob(mediaType int, size int64) { b.item(&b.blobs, `,"blobs":[]`, mediaType, size) }
 
 // child must be called after every blob.
 func (b *bodyJSON) child(mediaType int, size int64) {
-	if b.children == 0 {
-		b.n += len(`,"children":[]`)
+	b.item(&b.children, `,"children":[]`, mediaType, size)
+}
+
+// item adds a descriptor to the list field whose count is n.
+func (b *bodyJSON) item(n *int, field string, mediaType int, size int64) {
+	if *n == 0 {
+		b.n += len(field)
 	} else {
-		b.n++
+		b.n++ // the comma
 	}
-	b.children++
+	*n++
 	b.n += descJSONLen(mediaType, size)
 }
 
