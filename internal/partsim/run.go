@@ -147,27 +147,17 @@ func simulate(cfg Config, also observer) (*Result, error) {
 	return res, nil
 }
 
-// sizeRegistry draws repositories until they hold about cfg.Objects
-// nodes. A pilot over the first repositories measures nodes per unit of
-// weight (pushes × platforms); the registry then takes as many
-// repositories as that ratio asks for.
+// sizeRegistry draws repositories until they hold cfg.Objects nodes: a
+// first generation, without accounting, finds how many it takes (the
+// registry is a function of the seed, so the measured run generates the
+// same one). Placement needs every repository's size before the run.
 func sizeRegistry(cfg *Config) []repoTraits {
+	g := newGenerator(*cfg, nullObserver{})
 	var ts []repoTraits
-	var w int64
-	for i := 0; w < cfg.Objects/64 || i < 16; i++ {
+	for i := 0; g.objects < cfg.Objects; i++ {
 		t := traits(cfg, i)
 		ts = append(ts, t)
-		w += t.weight()
-	}
-	pilot := newGenerator(*cfg, nullObserver{})
-	pilot.run(ts)
-	ratio := float64(pilot.objects) / float64(w)
-	ts = ts[:0]
-	w = 0
-	for i := 0; float64(w)*ratio < float64(cfg.Objects); i++ {
-		t := traits(cfg, i)
-		ts = append(ts, t)
-		w += t.weight()
+		g.repo(i, t)
 	}
 	return ts
 }
