@@ -1,0 +1,151 @@
+package partsim
+
+import "strconv"
+
+// The byte model of the refcount projection: the length of every key and
+// value that refcount writes for a node, an edge or a tag, following the
+// layout documented in refcount's package doc (schema.go, node.go). The
+// calibration test applies generated events to a real projection and checks
+// these figures against the bbolt file.
+
+// Fixed widths of the projection's encoding.
+const (
+	digestKeyLen = 1 + 32 // an algorithm byte and the raw sha256 hash
+	blobKeyLen   = 1 + digestKeyLen
+	digestText   = 71 // "sha256:" and 64 hex digits, as JSON carries it
+	timeVarint   = 9  // a unix-nanosecond time of this century, zigzag varint
+	stampLen     = 8  // stamps/<tag key> → uint64
+	// leafOverhead is bbolt's leaf element header, paid once per key.
+	leafOverhead = 16
+	// versionLen is what a cross-partition in-edge adds to its value in the
+	// partitioned design: the uvarint stream sequence of the statement.
+	versionLen = 5
+)
+
+// Media types the generated manifests carry.
+const (
+	mtManifest = "application/vnd.oci.image.manifest.v1+json"
+	mtIndex    = "application/vnd.oci.image.index.v1+json"
+	mtConfig   = "application/vnd.oci.image.config.v1+json"
+	mtLayer    = "application/vnd.oci.image.layer.v1.tar+gzip"
+)
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+func varintLen(v int64) int {
+	u := uint64(v) << 1
+	if v < 0 {
+		u = ^u
+	}
+	return uvarintLen(u)
+}
+
+func decLen(v int64) int { return len(strconv.FormatInt(v, 10)) }
+
+// Key lengths.
+func repoKeyLen(repoLen, nameLen int) int { return 1 + repoLen + 1 + nameLen }
+func repoDigestKeyLen(repoLen int) int    { return 1 + repoLen + 1 + digestKeyLen }
+
+// subKeyLen is <node key> 0x01 <type> <rest>.
+func subKeyLen(nodeLen, restLen int) int { return nodeLen + 2 + restLen }
+
+// record is what the length of an encoded node record (refcount's
+// node.encode) depends on.
+type record struct {
+	count     uint64
+	lease     bool // a lease was ever set
+	zero      bool // zeroSince set: the node is unheld
+	queued    bool
+	seqLen    int
+	size      int64
+	mediaType int // length of the media type
+	heard     bool
+	// declared edges: how many, and their encoded length
+	declN, declLen int
+}
+
+// edge declares an outgoing edge to a key of length to.
+func (r *record) edge(to int) {
+	r.declN++
+	r.declLen += 1 + uvarintLen(uint64(to)) + to
+}
+
+// blobMediaType is the media type length of a manifest's i-th blob: the
+// config first, then layers.
+func blobMediaType(i int) int {
+	if i == 0 {
+		return len(mtConfig)
+	}
+	return len(mtLayer)
+}
+
+func (r *record) len() int {
+	n := 1 + uvarintLen(r.count)
+	n += pick(r.lease, timeVarint, 1) + pick(r.zero, timeVarint, 1) + pick(r.queued, timeVarint, 1)
+	n += r.seqLen + varintLen(r.size)
+	n += uvarintLen(uint64(r.mediaType)) + r.mediaType
+	n += uvarintLen(uint64(r.declN)) + r.declLen
+	if r.heard {
+		n += timeVarint
+	}
+	return n
+}
+
+func pick(c bool, a, b int) int {
+	if c {
+		return a
+	}
+	return b
+}
+
+// descJSONLen is the JSON length of an events.Descriptor.
+func descJSONLen(mediaType int, size int64) int {
+	n := len(`{"digest":"`) + digestText + len(`","size":`) + decLen(size) + len(`}`)
+	if mediaType > 0 {
+		n += len(`"mediaType":"`) + mediaType + len(`",`)
+	}
+	return n
+}
+
+// bodyJSON accumulates the JSON length of an events.Manifest (without its
+// tag), which refcount keeps under <manifest key> 0x01 'j'.
+type bodyJSON struct {
+	n        int
+	blobs    int
+	children int
+}
+
+func newBody(repoLen, mediaType int, size int64) bodyJSON {
+	return bodyJSON{n: len(`{"repo":"`) + repoLen + len(`","digest":"`) + digestText +
+		len(`","mediaType":"`) + mediaType + len(`","size":`) + decLen(size) + len(`}`)}
+}
+
+func (b *bodyJSON) blob(mediaType int, size int64) { b.item(&b.blobs, `,"blobs":[]`, mediaType, size) }
+
+// child must be called after every blob.
+func (b *bodyJSON) child(mediaType int, size int64) {
+	b.item(&b.children, `,"children":[]`, mediaType, size)
+}
+
+// item adds a descriptor to the list field whose count is n.
+func (b *bodyJSON) item(n *int, field string, mediaType int, size int64) {
+	if *n == 0 {
+		b.n += len(field)
+	} else {
+		b.n++ // the comma
+	}
+	*n++
+	b.n += descJSONLen(mediaType, size)
+}
+
+// subject must be called last.
+func (b *bodyJSON) subject(mediaType int, size int64) {
+	b.n += len(`,"subject":`) + descJSONLen(mediaType, size)
+}
