@@ -180,6 +180,10 @@ func (s *Server) handler(next http.Handler) http.Handler {
 				s.slowed.Add(1)
 				_, _ = io.Copy(io.Discard, r.Body)
 				w.Header().Set("Content-Type", "application/xml")
+				// S3 sends no Retry-After; this one does, so that the
+				// SDK's own retries do not sleep real time in tests (the
+				// backoff under test is refgc's, on an injected clock).
+				w.Header().Set("Retry-After", "0")
 				w.WriteHeader(http.StatusServiceUnavailable)
 				_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?>`+
 					`<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
