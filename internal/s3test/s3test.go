@@ -103,6 +103,10 @@ type Server struct {
 	counts   [nVerbs]atomic.Int64
 	throttle atomic.Int64 // requests still to answer 503 SlowDown
 	slowed   atomic.Int64 // requests answered 503 SlowDown
+	mu       sync.Mutex
+	pinned   string // with ThrottleRequest: the request refused, "" until one arrives
+	pinLeft  int    // its refusals still to come
+	pinning  bool
 	srv      *httptest.Server
 }
 
@@ -158,6 +162,35 @@ func (s *Server) Counts() Counts {
 // prefix receives more requests than it can take.
 func (s *Server) Throttle(n int) { s.throttle.Store(int64(n)) }
 
+// ThrottleRequest answers 503 SlowDown to the next request and to its
+// retries (the same method and URL), n times in all, while every other
+// request is served: a hot prefix, and the way to make an SDK that retries
+// a throttled request 3 times give up on exactly one request (n = 4).
+func (s *Server) ThrottleRequest(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pinned, s.pinLeft, s.pinning = "", n, n > 0
+}
+
+// refusePinned reports whether r is the pinned request with refusals left.
+func (s *Server) refusePinned(r *http.Request) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.pinning {
+		return false
+	}
+	key := r.Method + " " + r.URL.String()
+	if s.pinned == "" {
+		s.pinned = key
+	}
+	if key != s.pinned {
+		return false
+	}
+	s.pinLeft--
+	s.pinning = s.pinLeft > 0
+	return true
+}
+
 // SlowedDown returns how many requests were answered 503 SlowDown.
 func (s *Server) SlowedDown() int64 { return s.slowed.Load() }
 
@@ -171,24 +204,22 @@ func (s *Server) Put(key string, content []byte) error {
 func (s *Server) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.counts[classify(r)].Add(1)
-		for {
+		refuse := s.refusePinned(r)
+		for !refuse {
 			n := s.throttle.Load()
 			if n <= 0 {
 				break
 			}
-			if s.throttle.CompareAndSwap(n, n-1) {
-				s.slowed.Add(1)
-				_, _ = io.Copy(io.Discard, r.Body)
-				w.Header().Set("Content-Type", "application/xml")
-				// S3 sends no Retry-After; this one does, so that the
-				// SDK's own retries do not sleep real time in tests (the
-				// backoff under test is refgc's, on an injected clock).
-				w.Header().Set("Retry-After", "0")
-				w.WriteHeader(http.StatusServiceUnavailable)
-				_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?>`+
-					`<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
-				return
-			}
+			refuse = s.throttle.CompareAndSwap(n, n-1)
+		}
+		if refuse {
+			s.slowed.Add(1)
+			_, _ = io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?>`+
+				`<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
