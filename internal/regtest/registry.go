@@ -142,7 +142,7 @@ func Start(t testing.TB, opts Options) *Registry {
 
 // StartFromConfigFile runs a registry from a registry configuration file
 // (such as a deployment's), overriding what a test must own: storage goes
-// to the filesystem driver under opts.Root (the file's other storage keys,
+// to the filesystem driver under opts.Root, or to s3 with opts.S3 (the file's other storage keys,
 // such as delete and maintenance, are kept), the listener is httptest's,
 // and, if opts.NotifyURL is set, every notification endpoint of the file
 // posts to it (with opts.NotifyToken, if set).
@@ -161,6 +161,9 @@ func StartFromConfigFile(t testing.TB, path string, opts Options) *Registry {
 		opts.Root = t.TempDir()
 	}
 	storage := configuration.Storage{"filesystem": configuration.Parameters{"rootdirectory": opts.Root}}
+	if opts.S3 != nil {
+		storage = configuration.Storage{"s3": configuration.Parameters(opts.S3)}
+	}
 	for k, v := range cfg.Storage {
 		switch k {
 		case "delete", "maintenance", "cache", "redirect", "tag":
