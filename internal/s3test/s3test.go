@@ -30,6 +30,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
@@ -99,7 +100,7 @@ type Server struct {
 	// Mirror is Options.Mirror.
 	Mirror string
 
-	backend  *s3mem.Backend
+	backend  gofakes3.Backend
 	counts   [nVerbs]atomic.Int64
 	throttle atomic.Int64 // requests still to answer 503 SlowDown
 	slowed   atomic.Int64 // requests answered 503 SlowDown
@@ -110,18 +111,19 @@ type Server struct {
 	srv      *httptest.Server
 }
 
-// Start runs a server for the duration of the test.
+// Start runs a server for the duration of the test. Its bucket lists by
+// seeking in an index of its keys (see indexed).
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	mem := s3mem.New()
 	if err := mem.CreateBucket(Bucket); err != nil {
 		t.Fatalf("s3test: %v", err)
 	}
-	var backend gofakes3.Backend = mem
+	var backend gofakes3.Backend = newIndexed(mem, Bucket)
 	if opts.Mirror != "" {
-		backend = &mirror{Backend: mem, dir: opts.Mirror}
+		backend = &mirror{Backend: backend, dir: opts.Mirror}
 	}
-	s := &Server{Mirror: opts.Mirror, backend: mem}
+	s := &Server{Mirror: opts.Mirror, backend: backend}
 	faker := gofakes3.New(backend, gofakes3.WithLogger(gofakes3.DiscardLog()))
 	s.srv = httptest.NewServer(s.handler(faker.Server()))
 	t.Cleanup(s.srv.Close)
@@ -197,7 +199,9 @@ func (s *Server) SlowedDown() int64 { return s.slowed.Load() }
 // Put stores an object directly in the backend, without a request (and
 // without counting one): for setting up large buckets quickly.
 func (s *Server) Put(key string, content []byte) error {
-	_, err := s.backend.PutObject(Bucket, strings.TrimPrefix(key, "/"), map[string]string{}, bytes.NewReader(content), int64(len(content)), nil)
+	// The metadata a PUT through the API records.
+	meta := map[string]string{"Last-Modified": time.Now().UTC().Format(http.TimeFormat)}
+	_, err := s.backend.PutObject(Bucket, strings.TrimPrefix(key, "/"), meta, bytes.NewReader(content), int64(len(content)), nil)
 	return err
 }
 
