@@ -20,6 +20,7 @@ import (
 	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/regtest"
+	"github.com/refgc/refgc/internal/s3test"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
 )
@@ -43,7 +44,8 @@ type env struct {
 	col    *collector.Collector
 	rec    *reconcile.Reconciler
 	keep   bool
-	deadOK bool // dead letters are expected
+	s3     *s3test.Server // the S3 server, with envOptions.s3
+	deadOK bool           // dead letters are expected
 	// kept are objects that refgc keeps on purpose beyond what the oracle
 	// marks (a child deleted while its index lives keeps its data).
 	kept map[string]bool
@@ -94,6 +96,11 @@ type envOptions struct {
 	configure func(*configuration.Configuration)
 	// maxBody is the webhook's body limit (0: its default).
 	maxBody int64
+	// s3 puts the registry's storage in an in-process S3 server (the s3
+	// driver), mirrored as files under the registry's Root for the oracle.
+	s3 bool
+	// storeOpts are the store's options.
+	storeOpts []store.Option
 }
 
 // newEnvWith is newEnv with its parts changed by o.
@@ -110,7 +117,12 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 	e.log.cond = sync.NewCond(&e.log.mu)
 
 	root := t.TempDir()
-	e.store, err = store.New(context.Background(), "filesystem", map[string]any{"rootdirectory": root})
+	driver, params := "filesystem", map[string]any{"rootdirectory": root}
+	if o.s3 {
+		e.s3 = s3test.Start(t, s3test.Options{Mirror: root})
+		driver, params = "s3", e.s3.Params("")
+	}
+	e.store, err = store.New(context.Background(), driver, params, o.storeOpts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,6 +135,9 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 		Translate:    distribution.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}})))
 	t.Cleanup(hook.Close)
 	opts := regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken, Configure: o.configure}
+	if o.s3 {
+		opts.S3 = params
+	}
 	e.reg = regtest.Start(t, opts)
 	// The registry's clock is the test's: its notifications' timestamps
 	// move with the clock the test advances. (Storage modification times

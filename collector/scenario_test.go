@@ -119,10 +119,12 @@ func TestScenarios(t *testing.T) {
 			}
 		}},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			tc.run(newEnv(t, tc.policy))
-		})
+	for _, backend := range []string{"filesystem", "s3"} {
+		for _, tc := range tests {
+			t.Run(backend+"/"+tc.name, func(t *testing.T) {
+				tc.run(newEnvWith(t, tc.policy, envOptions{s3: backend == "s3"}))
+			})
+		}
 	}
 }
 

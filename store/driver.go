@@ -13,6 +13,7 @@ import (
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/refgc/refgc/events"
 )
@@ -25,6 +26,8 @@ type Driver struct {
 	d           storagedriver.StorageDriver
 	concurrency int
 	log         *slog.Logger
+	backoff     Backoff
+	reg         prometheus.Registerer
 }
 
 // Option configures a Driver.
@@ -48,16 +51,19 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
-// FromDriver returns a Driver acting on an existing storage driver.
+// FromDriver returns a Driver acting on an existing storage driver. Its
+// calls back off while the backend throttles them (see Backoff).
 func FromDriver(d storagedriver.StorageDriver, opts ...Option) *Driver {
 	s := &Driver{d: d, concurrency: DefaultConcurrency, log: slog.Default()}
 	for _, o := range opts {
 		o(s)
 	}
+	s.d = &backoffDriver{StorageDriver: d, t: newThrottle(s.backoff, s.reg)}
 	return s
 }
 
-// StorageDriver returns the underlying Distribution storage driver.
+// StorageDriver returns the underlying Distribution storage driver, its
+// calls backing off while the backend throttles them.
 func (s *Driver) StorageDriver() storagedriver.StorageDriver { return s.d }
 
 func isNotFound(err error) bool {
@@ -334,7 +340,9 @@ func (s *Driver) Tags(ctx context.Context, repo string, fn func(tag string, curr
 // digest, serially. found is false if dir does not exist.
 func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Digest) error) (found bool, err error) {
 	var fnErr error
+	visited := false
 	err = s.d.Walk(ctx, dir, func(fi storagedriver.FileInfo) error {
+		visited = true
 		rel, ok := strings.CutPrefix(path.Clean(fi.Path()), dir+"/")
 		if !ok {
 			return nil
@@ -366,6 +374,23 @@ func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Dig
 			return false, nil
 		}
 		return true, err
+	}
+	if !visited {
+		// Object stores have no directories: a walk of a prefix that
+		// holds nothing succeeds without visiting anything.
+		return s.exists(ctx, dir)
+	}
+	return true, nil
+}
+
+// exists reports whether dir holds anything (a directory without files is
+// absent on object stores).
+func (s *Driver) exists(ctx context.Context, dir string) (bool, error) {
+	if _, err := s.d.Stat(ctx, dir); err != nil {
+		if isNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("store: stat %s: %w", dir, err)
 	}
 	return true, nil
 }

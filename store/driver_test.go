@@ -74,10 +74,10 @@ func sorted(ds ...digest.Digest) []digest.Digest {
 	return ds
 }
 
-func TestLinksAndWalks(t *testing.T) {
+func TestLinksAndWalks(t *testing.T) { forEachBackend(t, testLinksAndWalks) }
+
+func testLinksAndWalks(t *testing.T, s *Driver) {
 	ctx := context.Background()
-	root := t.TempDir()
-	s := newFS(t, root)
 
 	if got := repos(t, s); len(got) != 0 {
 		t.Fatalf("empty storage has repositories %v", got)
@@ -117,7 +117,7 @@ func TestLinksAndWalks(t *testing.T) {
 	}
 
 	// Link files are exactly what Distribution writes.
-	b, err := os.ReadFile(filepath.Join(root, "docker/registry/v2/repositories/a/b/_manifests/tags/latest/current/link"))
+	b, err := s.StorageDriver().GetContent(ctx, "/docker/registry/v2/repositories/a/b/_manifests/tags/latest/current/link")
 	if err != nil || string(b) != m2.String() {
 		t.Fatalf("current link %q, %v", b, err)
 	}
@@ -126,7 +126,7 @@ func TestLinksAndWalks(t *testing.T) {
 		"repositories/a/_manifests/revisions/sha256/" + m1.Encoded() + "/link",
 		"repositories/a/_manifests/tags/latest/index/sha256/" + m1.Encoded() + "/link",
 	} {
-		if _, err := os.Stat(filepath.Join(root, "docker/registry/v2", p)); err != nil {
+		if _, err := s.StorageDriver().Stat(ctx, "/docker/registry/v2/"+p); err != nil {
 			t.Errorf("missing %s: %v", p, err)
 		}
 	}
@@ -245,9 +245,10 @@ func TestLinksAndWalks(t *testing.T) {
 	}
 }
 
-func TestUploadsKeepRepository(t *testing.T) {
+func TestUploadsKeepRepository(t *testing.T) { forEachBackend(t, testUploadsKeepRepository) }
+
+func testUploadsKeepRepository(t *testing.T, s *Driver) {
 	ctx := context.Background()
-	s := newFS(t, t.TempDir())
 	p, _ := repoPath("up", "_uploads", "0123", "startedat")
 	if err := s.StorageDriver().PutContent(ctx, p, []byte("x")); err != nil {
 		t.Fatal(err)
@@ -264,10 +265,10 @@ func TestUploadsKeepRepository(t *testing.T) {
 	}
 }
 
-func TestWalkErrors(t *testing.T) {
+func TestWalkErrors(t *testing.T) { forEachBackend(t, testWalkErrors) }
+
+func testWalkErrors(t *testing.T, s *Driver) {
 	ctx := context.Background()
-	root := t.TempDir()
-	s := newFS(t, root)
 	var ds []digest.Digest
 	for i := range 40 {
 		d := putBlob(t, s, fmt.Sprint("blob", i))

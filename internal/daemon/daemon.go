@@ -225,7 +225,7 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 	cfg := d.cfg
 	var reader distribution.ManifestReader
 	if cfg.Storage != nil {
-		d.store, err = store.FromConfig(ctx, cfg.Storage, store.WithLogger(d.log))
+		d.store, err = store.FromConfig(ctx, cfg.Storage, store.WithLogger(d.log), store.WithRegisterer(d.reg))
 		if err != nil {
 			return nil, fmt.Errorf("daemon: storage: %w", err)
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
+	"github.com/refgc/refgc/internal/s3test"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -57,6 +58,8 @@ type envOpts struct {
 	noRegistry      bool
 	collectInterval time.Duration
 	adminToken      string
+	// s3 stores in an in-process S3 server (registry and refgc alike).
+	s3 bool
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -75,8 +78,15 @@ func newEnv(t *testing.T, o envOpts) *env {
 	cfg.NATS.Listen = "127.0.0.1:-1"
 	cfg.Webhook.Token = testToken
 	cfg.AdminToken = o.adminToken
+	var s3 map[string]any
+	if o.s3 {
+		s3 = s3test.Start(t, s3test.Options{Mirror: root}).Params("")
+	}
 	if !o.noStorage {
 		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
+		if o.s3 {
+			cfg.Storage = map[string]any{"s3": s3}
+		}
 	}
 	cfg.Collector.Interval = o.collectInterval
 	cfg.Collector.Grace, cfg.Collector.Retention = o.grace, testRetention
@@ -98,7 +108,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if o.noRegistry {
 		return e
 	}
-	e.reg = regtest.StartFromConfigFile(t, registryYML, regtest.Options{Root: root, NotifyURL: d.WebhookURL(), NotifyToken: testToken})
+	e.reg = regtest.StartFromConfigFile(t, registryYML, regtest.Options{Root: root, NotifyURL: d.WebhookURL(), NotifyToken: testToken, S3: s3})
 	// The registry's clock is the test's (see collector's env).
 	e.reg.Faults.ShiftTime(e.clock.Offset)
 	e.marker = regtest.RandomImage(t, 1)
@@ -196,8 +206,15 @@ func value(m *dto.Metric) float64 {
 	return 0
 }
 
+// TestEndToEnd runs with the storage on the filesystem, and on the s3
+// driver against an in-process S3 server.
 func TestEndToEnd(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	t.Run("filesystem", func(t *testing.T) { testEndToEnd(t, envOpts{}) })
+	t.Run("s3", func(t *testing.T) { testEndToEnd(t, envOpts{s3: true}) })
+}
+
+func testEndToEnd(t *testing.T, o envOpts) {
+	e := newEnv(t, o)
 	// Images sharing layers, across repositories, with an index and a referrer.
 	base := regtest.RandomImage(t, 2)
 	e.reg.Push(t, "app:v1", base)

@@ -5,8 +5,9 @@
 //
 // Invariants:
 //   - A registry started here stores on the filesystem driver under its
-//     Root, runs with deletes enabled, without the blob descriptor cache and
-//     without upload purging, so the storage is exactly what the API did.
+//     Root (or on the s3 driver, Root mirroring its bucket), runs with
+//     deletes enabled, without the blob descriptor cache and without
+//     upload purging, so the storage is exactly what the API did.
 //   - Everything is torn down by t.Cleanup. Notifications go through a relay
 //     owned by this package, one per registry instance, whose Faults inject
 //     delivery faults (late, lost, duplicated, refused, reordered between
@@ -40,6 +41,7 @@ import (
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the driver tests use
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"     // and the s3 one, against internal/s3test
 	"github.com/sirupsen/logrus"
 )
 
@@ -54,6 +56,11 @@ type Options struct {
 	NotifyToken string
 	// Configure, if set, may change the configuration last, before start.
 	Configure func(*configuration.Configuration)
+	// S3, if set, are the parameters of the s3 storage driver the registry
+	// stores with instead of the filesystem (see internal/s3test); Root
+	// must then be a directory that mirrors the bucket, which the oracle
+	// reads.
+	S3 map[string]any
 }
 
 // Registry is a running in-process registry.
@@ -64,8 +71,9 @@ type Registry struct {
 	Host string
 	// Root is the filesystem storage root directory.
 	Root string
-	// Driver is a filesystem storage driver on Root, separate from the
-	// registry's own instance but over the same files.
+	// Driver is a storage driver over the registry's storage (filesystem
+	// on Root, or s3 with Options.S3), separate from the registry's own
+	// instance.
 	Driver storagedriver.StorageDriver
 	// App is the registry application.
 	App *handlers.App
@@ -114,6 +122,10 @@ func Start(t testing.TB, opts Options) *Registry {
 		opts.Root = t.TempDir()
 	}
 	cfg := Config(opts.Root)
+	if opts.S3 != nil {
+		delete(cfg.Storage, "filesystem")
+		cfg.Storage["s3"] = configuration.Parameters(opts.S3)
+	}
 	if opts.NotifyURL != "" {
 		cfg.Notifications = configuration.Notifications{
 			EventConfig: configuration.Events{IncludeReferences: true},
@@ -130,7 +142,7 @@ func Start(t testing.TB, opts Options) *Registry {
 
 // StartFromConfigFile runs a registry from a registry configuration file
 // (such as a deployment's), overriding what a test must own: storage goes
-// to the filesystem driver under opts.Root (the file's other storage keys,
+// to the filesystem driver under opts.Root, or to s3 with opts.S3 (the file's other storage keys,
 // such as delete and maintenance, are kept), the listener is httptest's,
 // and, if opts.NotifyURL is set, every notification endpoint of the file
 // posts to it (with opts.NotifyToken, if set).
@@ -149,6 +161,9 @@ func StartFromConfigFile(t testing.TB, path string, opts Options) *Registry {
 		opts.Root = t.TempDir()
 	}
 	storage := configuration.Storage{"filesystem": configuration.Parameters{"rootdirectory": opts.Root}}
+	if opts.S3 != nil {
+		storage = configuration.Storage{"s3": configuration.Parameters(opts.S3)}
+	}
 	for k, v := range cfg.Storage {
 		switch k {
 		case "delete", "maintenance", "cache", "redirect", "tag":
@@ -216,9 +231,13 @@ func start(t testing.TB, cfg *configuration.Configuration, opts Options) *Regist
 	if err != nil {
 		t.Fatalf("regtest: %v", err)
 	}
-	drv, err := factory.Create(context.Background(), "filesystem", map[string]any{"rootdirectory": opts.Root})
+	driver, params := "filesystem", map[string]any{"rootdirectory": opts.Root}
+	if opts.S3 != nil {
+		driver, params = "s3", opts.S3
+	}
+	drv, err := factory.Create(context.Background(), driver, params)
 	if err != nil {
-		t.Fatalf("regtest: filesystem driver: %v", err)
+		t.Fatalf("regtest: %s driver: %v", driver, err)
 	}
 	r := &Registry{URL: srv.URL, Host: u.Host, Root: opts.Root, Driver: drv, App: app, Config: cfg,
 		InstanceID: id, Faults: faults, server: srv}
