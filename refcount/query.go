@@ -199,7 +199,8 @@ func (m Mismatch) String() string {
 }
 
 // Check recounts every node from the declared edges of the alive nodes and
-// returns every mismatch: counts, edges in in/, and queue entries.
+// returns every mismatch: counts, edges in in/, queue entries, and the
+// figures of Stats (meta/counts).
 func (p *Projection) Check() ([]Mismatch, error) {
 	var out []Mismatch
 	err := p.db.View(func(tx *bolt.Tx) error {
@@ -270,6 +271,15 @@ func (p *Projection) Check() ([]Mismatch, error) {
 			if nodes[k] == nil {
 				keys = append(keys, k)
 			}
+		}
+		if stored, ok, err := readCounts(tx); err != nil {
+			return err
+		} else if ok {
+			want, err := scanCounts(tx)
+			if err != nil {
+				return err
+			}
+			out = append(out, countMismatches(stored, want)...)
 		}
 		slices.Sort(keys)
 		t := &txn{p: p}
