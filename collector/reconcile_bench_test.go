@@ -32,8 +32,8 @@ var (
 // benchLayout writes a registry's storage directly on disk: repos
 // repositories with manifests/repos OCI image manifests each; every
 // manifest has its own config and layer and one layer shared within its
-// repository; every other manifest is tagged.
-func benchLayout(b *testing.B, root string, repos, manifests int) {
+// repository; every tagEvery-th manifest is tagged (v<i>).
+func benchLayout(b *testing.B, root string, repos, manifests, tagEvery int) {
 	b.Helper()
 	base := filepath.Join(root, "docker/registry/v2")
 	write := func(p string, content []byte) error {
@@ -98,7 +98,7 @@ func benchLayout(b *testing.B, root string, repos, manifests int) {
 						return err
 					}
 				}
-				if i%2 == 0 {
+				if i%tagEvery == 0 {
 					tag := filepath.Join(repo, "_manifests/tags", fmt.Sprintf("v%d", i))
 					if err := link(filepath.Join(tag, "index/sha256", md.Encoded(), "link"), md); err != nil {
 						return err
@@ -162,7 +162,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 	ctx := context.Background()
 	root := b.TempDir()
 	start := time.Now()
-	benchLayout(b, root, *benchRepos, *benchManifests)
+	benchLayout(b, root, *benchRepos, *benchManifests, 2)
 	st, err := store.New(ctx, "filesystem", map[string]any{"rootdirectory": root})
 	if err != nil {
 		b.Fatal(err)

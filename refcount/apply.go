@@ -250,6 +250,9 @@ func (t *txn) repositoryDeleted(repo string) {
 			for _, k := range keys {
 				t.del(t.tx.Bucket(b), k)
 			}
+			if bytes.Equal(b, bucketTrash) {
+				t.delta.trash -= int64(len(keys))
+			}
 		}
 	}
 	for _, kind := range []byte{kTag, kManifest, kLayer, kLabel, kLegacy} {
@@ -377,6 +380,9 @@ func (t *txn) trash(k []byte, ref events.NodeRef, at time.Time) {
 	}
 	for _, hk := range drop {
 		t.del(t.nodes, hk)
+	}
+	if t.tx.Bucket(bucketTrash).Get(k) == nil {
+		t.delta.trash++
 	}
 	t.putJSON(t.tx.Bucket(bucketTrash), k, entry)
 }

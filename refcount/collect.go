@@ -144,7 +144,13 @@ func putIntent(tx *bolt.Tx, in Intent) error {
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucketIntents).Put([]byte(in.ID), raw)
+	b := tx.Bucket(bucketIntents)
+	if b.Get([]byte(in.ID)) == nil {
+		if err := addCounts(tx, counts{intents: 1}); err != nil {
+			return err
+		}
+	}
+	return b.Put([]byte(in.ID), raw)
 }
 
 // Intents returns the recorded intents, in id order.
@@ -157,12 +163,17 @@ func (p *Projection) DropIntents(ids []string) error {
 	}
 	return p.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketIntents)
+		var d counts
 		for _, id := range ids {
+			if b.Get([]byte(id)) == nil {
+				continue
+			}
+			d.intents--
 			if err := b.Delete([]byte(id)); err != nil {
 				return err
 			}
 		}
-		return nil
+		return addCounts(tx, d)
 	})
 }
 
@@ -207,6 +218,9 @@ func (p *Projection) PruneTrash(before time.Time) (int, error) {
 				return err
 			}
 		}
+		if err := addCounts(tx, counts{trash: -int64(len(drop))}); err != nil {
+			return err
+		}
 		n += len(drop)
 		drop = drop[:0]
 		tombs := tx.Bucket(bucketTombs)
@@ -240,25 +254,32 @@ type Stats struct {
 	Trash      int                       `json:"trash"`
 }
 
-// Stats counts nodes by kind; it reads the whole file.
+// Stats returns the counts by kind. It reads the counts that every write
+// keeps in step (meta/counts), whatever the size of the projection; only a
+// file opened read-only that has none yet is counted by a scan.
 func (p *Projection) Stats() (Stats, error) {
 	s := Stats{Nodes: map[events.NodeKind]int{}, Present: map[events.NodeKind]int{},
 		Queued: map[events.NodeKind]int{}, QueuedSize: map[events.NodeKind]int64{}}
 	err := p.db.View(func(tx *bolt.Tx) error {
 		s.Cursor = readU64(tx.Bucket(bucketMeta).Get(keyCursor))
-		s.Intents = tx.Bucket(bucketIntents).Stats().KeyN
-		s.Trash = tx.Bucket(bucketTrash).Stats().KeyN
-		return forEachNode(tx, func(_ []byte, ref events.NodeRef, n *node) error {
-			s.Nodes[ref.Kind]++
-			if n.present() {
-				s.Present[ref.Kind]++
+		c, ok, err := readCounts(tx)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if c, err = scanCounts(tx); err != nil {
+				return err
 			}
-			if n.queuedAt != 0 {
-				s.Queued[ref.Kind]++
-				s.QueuedSize[ref.Kind] += n.size
-			}
-			return nil
-		})
+		}
+		s.Intents, s.Trash = int(c.intents), int(c.trash)
+		for b, kc := range c.kinds { // only what is not zero, as a scan would find
+			kind := kindOfKey(b)
+			setNonZero(s.Nodes, kind, int(kc.nodes))
+			setNonZero(s.Present, kind, int(kc.present))
+			setNonZero(s.Queued, kind, int(kc.queued))
+			setNonZero(s.QueuedSize, kind, kc.queuedSize)
+		}
+		return nil
 	})
 	return s, err
 }
@@ -279,4 +300,10 @@ func forEachNode(tx *bolt.Tx, fn func(k []byte, ref events.NodeRef, n *node) err
 		}
 		return fn(k, ref, n)
 	})
+}
+
+func setNonZero[V int | int64](m map[events.NodeKind]V, k events.NodeKind, v V) {
+	if v != 0 {
+		m[k] = v
+	}
 }

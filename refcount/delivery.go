@@ -288,6 +288,7 @@ func (t *txn) revive(k []byte) {
 			return
 		}
 		t.del(trash, k)
+		t.delta.trash--
 		unlinked = e.UnlinkedAt
 		if n := t.get(k); !n.present() {
 			if e.Manifest.Digest != "" {
@@ -322,7 +323,10 @@ func (t *txn) revive(k []byte) {
 // bury drops a node's tombstone and pending heal: an explicit delete wins
 // over an earlier statement that arrives late.
 func (t *txn) bury(k []byte) {
-	t.del(t.tx.Bucket(bucketTrash), k)
+	if t.tx.Bucket(bucketTrash).Get(k) != nil {
+		t.delta.trash--
+		t.del(t.tx.Bucket(bucketTrash), k)
+	}
 	t.del(t.tx.Bucket(bucketTombs), k)
 	t.del(t.tx.Bucket(bucketHeals), k)
 }

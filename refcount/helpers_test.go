@@ -126,6 +126,7 @@ func (f *fixture) check() {
 	for _, m := range ms {
 		f.t.Errorf("check: %s", m)
 	}
+	sameMismatches(f.t, f.p, false)
 }
 
 // collect re-checks and commits the removal of a node, as the collector does.

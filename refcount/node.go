@@ -35,6 +35,13 @@ type node struct {
 	decl  []edge // declared outgoing edges (the subject edge is declared by the referrer and kept here with kind edgeSubject, pointing at the subject)
 }
 
+// clone returns a copy of n sharing its declared edges (for the counts,
+// which read its flags, queue time and size only).
+func (n *node) clone() *node {
+	c := *n
+	return &c
+}
+
 func (n *node) present() bool { return n.flags&flagPresent != 0 }
 func (n *node) active() bool  { return n.flags&flagActive != 0 }
 func (n *node) alive() bool   { return n.present() || n.count > 0 }

@@ -141,6 +141,9 @@ func (p *Projection) init(tx *bolt.Tx) error {
 	if err := meta.Put(keySchema, u64(SchemaVersion)); err != nil {
 		return err
 	}
+	if err := backfillCounts(tx); err != nil {
+		return fmt.Errorf("refcount: count the projection: %w", err)
+	}
 	if old := Policy(meta.Get(keyPolicy)); old != p.opts.Untagged {
 		if err := meta.Put(keyPolicy, []byte(p.opts.Untagged)); err != nil {
 			return err
@@ -177,6 +180,7 @@ func (p *Projection) requeue(tx *bolt.Tx) error {
 		if err != nil {
 			return err
 		}
+		t.orig[string(k)] = n.clone()
 		n.queuedAt = 0
 		t.cache[string(k)] = n
 		t.dirty[string(k)] = struct{}{}
@@ -190,6 +194,13 @@ func (p *Projection) requeue(tx *bolt.Tx) error {
 
 // Close closes the file.
 func (p *Projection) Close() error { return p.db.Close() }
+
+// PageWrites returns how many pages the file's commits have written since
+// Open: divided by the events applied, the storage cost of an event.
+func (p *Projection) PageWrites() int64 {
+	s := p.db.Stats()
+	return s.TxStats.GetWrite()
+}
 
 // Path returns the file's path.
 func (p *Projection) Path() string { return p.db.Path() }
@@ -280,6 +291,10 @@ type txn struct {
 	queue *bolt.Bucket
 	cache map[string]*node
 	dirty map[string]struct{}
+	// orig holds each cached node as its record stood when read (nil: no
+	// record), and delta what the transaction changed of the counts.
+	orig  map[string]*node
+	delta counts
 	// sources caches the delivery state of the batch's sources.
 	sources  map[string]*SourceState
 	now      int64     // the current event's time, unix ns
@@ -290,7 +305,8 @@ type txn struct {
 
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {
 	return &txn{p: p, tx: tx, nodes: tx.Bucket(bucketNodes), queue: tx.Bucket(bucketQueue),
-		cache: make(map[string]*node), dirty: make(map[string]struct{}), sources: make(map[string]*SourceState)}
+		cache: make(map[string]*node), dirty: make(map[string]struct{}), sources: make(map[string]*SourceState),
+		orig: make(map[string]*node), delta: newCounts()}
 }
 
 // get returns the node record for k, a new empty one if there is none.
@@ -307,15 +323,17 @@ func (t *txn) get(k []byte) *node {
 		return n
 	}
 	n := &node{}
+	var orig *node
 	if v := t.nodes.Get(k); v != nil {
 		d, err := decodeNode(v)
 		if err != nil {
 			t.fail(fmt.Errorf("node %q: %w", k, err))
 		} else {
-			n = d
+			n, orig = d, d.clone()
 		}
 	}
 	t.cache[string(k)] = n
+	t.orig[string(k)] = orig
 	return n
 }
 
@@ -567,15 +585,24 @@ func (t *txn) flush() error {
 			}
 			n.queuedAt = want
 		}
+		t.delta.node(k, t.orig[ks], -1)
 		if !n.alive() && !n.active() {
 			t.del(t.nodes, k)
 		} else {
 			t.put(t.nodes, k, n.encode())
+			t.delta.node(k, n, 1)
 		}
 	}
 	clear(t.dirty)
 	clear(t.cache)
+	clear(t.orig)
 	t.flushSources()
+	if t.err == nil {
+		if err := addCounts(t.tx, t.delta); err != nil {
+			t.fail(err)
+		}
+		t.delta = newCounts()
+	}
 	return t.err
 }
 

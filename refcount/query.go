@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -196,119 +195,6 @@ type Mismatch struct {
 
 func (m Mismatch) String() string {
 	return fmt.Sprintf("%s: %s stored %d, recounted %d", m.Node, m.What, m.Stored, m.Want)
-}
-
-// Check recounts every node from the declared edges of the alive nodes and
-// returns every mismatch: counts, edges in in/, and queue entries.
-func (p *Projection) Check() ([]Mismatch, error) {
-	var out []Mismatch
-	err := p.db.View(func(tx *bolt.Tx) error {
-		nodes := map[string]*node{}
-		stored := map[string]map[string]bool{}
-		if err := tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
-			if isSub(k) {
-				to, typ, from, err := splitSub(k)
-				if err != nil || typ != subIn {
-					return err
-				}
-				m := stored[string(to)]
-				if m == nil {
-					m = map[string]bool{}
-					stored[string(to)] = m
-				}
-				m[string(from)] = true
-				return nil
-			}
-			n, err := decodeNode(v)
-			if err != nil {
-				return err
-			}
-			nodes[string(k)] = n
-			return nil
-		}); err != nil {
-			return err
-		}
-		present := func(k []byte) bool { n := nodes[string(k)]; return n != nil && n.present() }
-		want := map[string]map[string]bool{} // to → from
-		add := func(from, to []byte) {
-			m := want[string(to)]
-			if m == nil {
-				m = map[string]bool{}
-				want[string(to)] = m
-			}
-			m[string(from)] = true
-		}
-		for ks, n := range nodes {
-			if !n.alive() {
-				continue
-			}
-			for _, e := range n.decl {
-				if e.kind == edgeSubject {
-					if present(e.to) && n.present() {
-						add(e.to, []byte(ks))
-					}
-				} else {
-					add([]byte(ks), e.to)
-				}
-			}
-		}
-		queued := map[string]int64{}
-		if err := tx.Bucket(bucketQueue).ForEach(func(k, _ []byte) error {
-			if len(k) < 9 {
-				return fmt.Errorf("%w: queue key", ErrCorrupt)
-			}
-			queued[string(k[8:])] = int64(binary.BigEndian.Uint64(k))
-			return nil
-		}); err != nil {
-			return err
-		}
-		keys := make([]string, 0, len(nodes)+len(want))
-		for k := range nodes {
-			keys = append(keys, k)
-		}
-		for k := range want {
-			if nodes[k] == nil {
-				keys = append(keys, k)
-			}
-		}
-		slices.Sort(keys)
-		t := &txn{p: p}
-		for _, ks := range keys {
-			k := []byte(ks)
-			ref, err := parseNodeKey(k)
-			if err != nil {
-				return err
-			}
-			n := nodes[ks]
-			if n == nil {
-				n = &node{}
-			}
-			w := uint64(len(want[ks]))
-			if n.count != w {
-				out = append(out, Mismatch{Node: ref, What: "count", Stored: n.count, Want: w})
-			}
-			var missing, extra uint64
-			for f := range want[ks] {
-				if !stored[ks][f] {
-					missing++
-				}
-			}
-			for f := range stored[ks] {
-				if !want[ks][f] {
-					extra++
-				}
-			}
-			if missing+extra > 0 {
-				out = append(out, Mismatch{Node: ref, What: "edges", Stored: uint64(len(stored[ks])), Want: w})
-			}
-			shouldQueue := n.present() && w == 0 && !t.isRoot(k, n)
-			if _, isQueued := queued[ks]; isQueued != shouldQueue {
-				out = append(out, Mismatch{Node: ref, What: "queued", Stored: b2u(isQueued), Want: b2u(shouldQueue)})
-			}
-		}
-		return nil
-	})
-	return out, err
 }
 
 func b2u(b bool) uint64 {

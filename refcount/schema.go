@@ -13,6 +13,7 @@
 //	  policy   → "delete" | "keep"
 //	  policyAt → uint64 unix ns when the policy last became "delete" (its grace starts afresh)
 //	  reconciled → uint64 AsOf of the last reconcile of the whole registry
+//	  counts   → the figures of Stats, kept in step by every write (counts.go)
 //	nodes/
 //	  <node key>                    → node record (flags, count, lease, zero-since,
 //	                                  queue time, last event sequence, size, media
@@ -128,6 +129,7 @@ var (
 	keyPolicy     = []byte("policy")
 	keyPolicyAt   = []byte("policyAt")
 	keyReconciled = []byte("reconciled")
+	keyCounts     = []byte("counts")
 )
 
 // Node key kind bytes.

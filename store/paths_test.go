@@ -3,73 +3,15 @@ package store
 import (
 	"context"
 	"errors"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 
-	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/refgc/refgc/internal/regtest"
 )
-
-// countingDriver counts every call that reaches the storage driver.
-type countingDriver struct {
-	storagedriver.StorageDriver
-	calls atomic.Int64
-}
-
-func (c *countingDriver) GetContent(ctx context.Context, p string) ([]byte, error) {
-	c.calls.Add(1)
-	return c.StorageDriver.GetContent(ctx, p)
-}
-
-func (c *countingDriver) PutContent(ctx context.Context, p string, b []byte) error {
-	c.calls.Add(1)
-	return c.StorageDriver.PutContent(ctx, p, b)
-}
-
-func (c *countingDriver) Reader(ctx context.Context, p string, off int64) (io.ReadCloser, error) {
-	c.calls.Add(1)
-	return c.StorageDriver.Reader(ctx, p, off)
-}
-
-func (c *countingDriver) Writer(ctx context.Context, p string, a bool) (storagedriver.FileWriter, error) {
-	c.calls.Add(1)
-	return c.StorageDriver.Writer(ctx, p, a)
-}
-
-func (c *countingDriver) Stat(ctx context.Context, p string) (storagedriver.FileInfo, error) {
-	c.calls.Add(1)
-	return c.StorageDriver.Stat(ctx, p)
-}
-
-func (c *countingDriver) List(ctx context.Context, p string) ([]string, error) {
-	c.calls.Add(1)
-	return c.StorageDriver.List(ctx, p)
-}
-
-func (c *countingDriver) Move(ctx context.Context, a, b string) error {
-	c.calls.Add(1)
-	return c.StorageDriver.Move(ctx, a, b)
-}
-
-func (c *countingDriver) Delete(ctx context.Context, p string) error {
-	c.calls.Add(1)
-	return c.StorageDriver.Delete(ctx, p)
-}
-
-func (c *countingDriver) RedirectURL(r *http.Request, p string) (string, error) {
-	c.calls.Add(1)
-	return c.StorageDriver.RedirectURL(r, p)
-}
-
-func (c *countingDriver) Walk(ctx context.Context, p string, f storagedriver.WalkFn, o ...func(*storagedriver.WalkOptions)) error {
-	c.calls.Add(1)
-	return c.StorageDriver.Walk(ctx, p, f, o...)
-}
 
 const hexA = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
@@ -83,7 +25,7 @@ func TestRefusesUnsafeNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	fs := newFS(t, root)
-	cd := &countingDriver{StorageDriver: fs.StorageDriver()}
+	cd := &regtest.CountingDriver{StorageDriver: fs.StorageDriver()}
 	s := FromDriver(cd)
 	ctx := context.Background()
 	good := digest.Digest("sha256:" + hexA)
@@ -135,12 +77,12 @@ func TestRefusesUnsafeNames(t *testing.T) {
 	}
 	for _, c := range calls {
 		t.Run(c.name, func(t *testing.T) {
-			before := cd.calls.Load()
+			before := cd.Ops.Load()
 			err := c.fn()
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("got %v, want ErrInvalid", err)
 			}
-			if n := cd.calls.Load() - before; n != 0 {
+			if n := cd.Ops.Load() - before; n != 0 {
 				t.Fatalf("%d driver calls before refusing", n)
 			}
 		})

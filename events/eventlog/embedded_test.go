@@ -180,7 +180,10 @@ func (r *recorder) check(t testing.TB, want int) {
 
 func followerFor(t testing.TB, js jetstream.JetStream, r *recorder, mod func(*eventlog.FollowerConfig)) *eventlog.Follower {
 	t.Helper()
-	cfg := eventlog.FollowerConfig{Cursor: r.Cursor, Apply: r.Apply, CheckInterval: 200 * time.Millisecond}
+	cfg := eventlog.FollowerConfig{CheckInterval: 200 * time.Millisecond}
+	if r != nil {
+		cfg.Cursor, cfg.Apply = r.Cursor, r.Apply
+	}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -12,7 +12,8 @@ import (
 )
 
 // gauges are the projection-wide figures, refreshed every StatsInterval
-// from refcount Stats (a full scan, too costly for each scrape).
+// from refcount Stats (counts kept in step by every write: one read,
+// whatever the size of the projection).
 type gauges struct {
 	d          *Daemon
 	nodes      *prometheus.GaugeVec
