@@ -286,6 +286,24 @@ func (e *Event) Validate() error {
 				c.digest(fmt.Sprintf("legacy.derived[%d]", i), d)
 			}
 		}
+	case LegacyDerived:
+		if need("legacy", e.Legacy != nil) {
+			l := e.Legacy
+			c.repo("legacy.repo", l.Repo)
+			c.check("legacy.id", validateID(l.ID))
+			if l.Parent != "" {
+				c.fail("legacy.parent", "not allowed for kind legacy.derived")
+			}
+			if l.Storage != "" {
+				c.fail("legacy.storage", "not allowed for kind legacy.derived")
+			}
+			if len(l.Derived) == 0 {
+				c.fail("legacy.derived", "required for kind legacy.derived")
+			}
+			for i, d := range l.Derived {
+				c.digest(fmt.Sprintf("legacy.derived[%d]", i), d)
+			}
+		}
 	case ObservedAbsent:
 		if need("absent", e.Absent != nil) {
 			c.node("absent.node", e.Absent.Node)
