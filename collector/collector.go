@@ -119,6 +119,10 @@ type Config struct {
 	RateLimit float64
 	// DryRun reports what a pass would delete without deleting anything.
 	DryRun bool
+	// Owners routes, by event source, the nodes that a registry keeps in
+	// its own database to their owner (see owners.go); nodes of other
+	// sources, and other kinds, go to Storage.
+	Owners map[string]OwnerRoute
 	// Source names this collector in the events it publishes.
 	Source     string
 	Logger     *slog.Logger
@@ -138,14 +142,19 @@ type Collector struct {
 	cfg     Config
 	limiter *rate.Limiter
 	m       *metrics
+	om      *ownerMetrics
 	mu      sync.Mutex // one pass at a time
 	started time.Time  // sources count as delivering at least until QuietAfter past it
 }
 
 // New returns a collector.
 func New(cfg Config) (*Collector, error) {
-	if cfg.Projection == nil || cfg.Log == nil || (cfg.Storage == nil && !cfg.DryRun) {
-		return nil, errors.New("collector: Projection, Log and Storage are required")
+	if cfg.Projection == nil || cfg.Log == nil || (cfg.Storage == nil && !cfg.DryRun && len(cfg.Owners) == 0) {
+		return nil, errors.New("collector: Projection, Log and Storage (or Owners) are required")
+	}
+	if cfg.Storage == nil && len(cfg.Owners) > 0 {
+		// Every object has an owner of its own: what none takes fails.
+		cfg.Storage, cfg.Reader = noStorage{}, noStorage{}
 	}
 	if cfg.Reader == nil {
 		cfg.Reader, _ = cfg.Storage.(StorageReader)
@@ -177,7 +186,7 @@ func New(cfg Config) (*Collector, error) {
 	if cfg.Started.IsZero() {
 		cfg.Started = cfg.Now()
 	}
-	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), started: cfg.Started}
+	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), om: newOwnerMetrics(cfg.Registerer), started: cfg.Started}
 	if cfg.RateLimit > 0 {
 		burst := int(cfg.RateLimit)
 		if burst < 1 {
@@ -399,9 +408,24 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 // act does the storage operation of each intent and returns the ones done.
 func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Report) []refcount.Intent {
 	var mu sync.Mutex
-	var done []refcount.Intent
+	var done, owned []refcount.Intent
+	var corrections []events.Event
+	if len(c.cfg.Owners) > 0 {
+		owned = slices.DeleteFunc(slices.Clone(intents), func(in refcount.Intent) bool { return !c.owned(in) })
+		intents = slices.DeleteFunc(slices.Clone(intents), c.owned)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.cfg.Concurrency)
+	if len(owned) > 0 {
+		g.Go(func() error {
+			var d []refcount.Intent
+			d, corrections = c.askOwners(gctx, owned, rep, &mu)
+			mu.Lock()
+			done = append(done, d...)
+			mu.Unlock()
+			return nil
+		})
+	}
 	for _, in := range intents {
 		g.Go(func() error {
 			if err := c.storageOp(gctx, in); err != nil {
@@ -420,6 +444,10 @@ func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Rep
 		})
 	}
 	_ = g.Wait()
+	if err := c.publishCorrections(ctx, corrections); err != nil {
+		c.cfg.Logger.Error("publishing owners' statements failed; the next refusal states them again", "err", err)
+		rep.Errors++
+	}
 	return done
 }
 
@@ -539,6 +567,9 @@ func (c *Collector) settle(ctx context.Context, in refcount.Intent) (raced bool,
 
 // undo puts back what an intent's storage operation removed.
 func (c *Collector) undo(ctx context.Context, in refcount.Intent) error {
+	if c.owned(in) {
+		return nil // the owner deletes only what it does not use: nothing to put back
+	}
 	n := in.Node
 	switch n.Kind {
 	case events.NodeManifest:
@@ -613,7 +644,7 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 	// What is redone passes the storage check first, as in a round.
 	cands := make([]refcount.Candidate, 0, len(redo))
 	for _, in := range redo {
-		cands = append(cands, refcount.Candidate{Node: in.Node})
+		cands = append(cands, refcount.Candidate{Node: in.Node, Origin: in.Origin})
 	}
 	refusals, err := c.confirm(ctx, cands)
 	if err != nil {
