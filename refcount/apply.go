@@ -282,14 +282,14 @@ func (t *txn) label(l *events.Label, attach bool) {
 	lk := key2(kLabel, l.Repo, l.ID)
 	mk := manifestKey(l.Repo, l.Digest)
 	e := edge{edgeLabel, lk}
-	if !t.labelNewer(lk, mk) {
-		return // an older statement than the last one about it
-	}
-	if attach {
+	if attach { // the label exists, whatever the order of its changes
 		n := t.get(lk)
 		t.lease(lk, n)
 		t.stated(lk, n)
 		t.setPresent(lk, n, true)
+	}
+	if !t.labelNewer(lk, mk) {
+		return // older than the last change of the label on the manifest
 	}
 	if !t.exists(mk) {
 		return

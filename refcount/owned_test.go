@@ -74,6 +74,16 @@ func TestOwnedModel(t *testing.T) {
 			f.apply(attach(true))
 			f.expect(lbl, 1, true)
 		}},
+		{"an attach that arrives after its detach still states the label", func(f *fixture) {
+			f.apply(pushM("app", "m", "v1", []string{"l"}, nil, ""))
+			f.advance(hour)
+			f.apply(attach(false))
+			f.expect(lbl, -1, false)
+			late := attach(true)
+			late.Time = t0.Add(hour / 2)
+			f.apply(late)
+			f.expect(lbl, 0, true) // unheld, so it is collected in time
+		}},
 		{"derived storage lives with its image, in any order", func(f *fixture) {
 			f.apply(derived("img2", "der")) // before the image's own statement
 			f.expect(img("img2"), 0, true)

@@ -40,7 +40,9 @@ func TestQuayEndToEnd(t *testing.T) {
 	label := func(uuid string) bool { return exists(t, db, `SELECT 1 FROM label WHERE uuid = ?`, uuid) }
 	img := func(id string) bool { return exists(t, db, `SELECT 1 FROM image WHERE docker_image_id = ?`, id) }
 	hasBlob := func(d digest.Digest) bool { return exists(t, db, `SELECT 1 FROM blob WHERE digest = ?`, d.String()) }
-	manifest := func(d digest.Digest) bool { return exists(t, db, `SELECT 1 FROM manifest WHERE digest = ?`, d.String()) }
+	manifest := func(d digest.Digest) bool {
+		return exists(t, db, `SELECT 1 FROM manifest WHERE digest = ?`, d.String())
+	}
 
 	// A legacy chain img1 ← img2 ← img3, img2 with derived storage; M1 stands for img3.
 	st1, st2, st3 := blob("storage-1"), blob("storage-2"), blob("storage-3")

@@ -39,6 +39,7 @@ type harness struct {
 	reg    *quay.Registry
 	svc    micro.Service
 	faults *faultPublisher
+	owner  *countingOwner
 	offset atomic.Int64
 	start  time.Time
 }
@@ -89,8 +90,9 @@ func newHarness(t *testing.T, faults *faultPublisher) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.owner = &countingOwner{next: client, n: map[owner.Status]int{}}
 	h.col, err = collector.New(collector.Config{Projection: h.proj, Log: &eventlog.JetStreamLog{Publisher: pub, Follower: fol},
-		Owners: map[string]collector.OwnerRoute{h.reg.Source(): {Owner: client}}, Now: h.now, Concurrency: 4})
+		Owners: map[string]collector.OwnerRoute{h.reg.Source(): {Owner: h.owner}}, Now: h.now, Concurrency: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,4 +267,21 @@ func (f *faultPublisher) release(ctx context.Context, all bool) error {
 		}
 	}
 	return nil
+}
+
+// countingOwner counts the owner's answers by status.
+type countingOwner struct {
+	next collector.Owner
+	mu   sync.Mutex
+	n    map[owner.Status]int
+}
+
+func (c *countingOwner) Delete(ctx context.Context, items []owner.Item) ([]owner.Result, error) {
+	res, err := c.next.Delete(ctx, items)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range res {
+		c.n[r.Status]++
+	}
+	return res, err
 }
