@@ -71,3 +71,14 @@ func (d *Daemon) owners() (map[string]collector.OwnerRoute, error) {
 	}
 	return routes, nil
 }
+
+// ownedBy reports whether an owner deletes the nodes of kind that origin
+// stated (the collector's routing, from the configuration alone).
+func (d *Daemon) ownedBy(origin string, kind events.NodeKind) bool {
+	for _, o := range d.cfg.Owners {
+		if o.Source == origin {
+			return len(o.Kinds) == 0 || slices.Contains(o.Kinds, kind)
+		}
+	}
+	return false
+}
