@@ -143,8 +143,11 @@ type Collector struct {
 	limiter *rate.Limiter
 	m       *metrics
 	om      *ownerMetrics
-	mu      sync.Mutex // one pass at a time
-	started time.Time  // sources count as delivering at least until QuietAfter past it
+	// corrections are owners' statements about objects they still use,
+	// published at the end of the round's commit.
+	corrections []events.Event
+	mu          sync.Mutex // one pass at a time
+	started     time.Time  // sources count as delivering at least until QuietAfter past it
 }
 
 // New returns a collector.
@@ -444,10 +447,7 @@ func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Rep
 		})
 	}
 	_ = g.Wait()
-	if err := c.publishCorrections(ctx, corrections); err != nil {
-		c.cfg.Logger.Error("publishing owners' statements failed; the next refusal states them again", "err", err)
-		rep.Errors++
-	}
+	c.corrections = append(c.corrections, corrections...) // published by commit, after the removals
 	return done
 }
 
@@ -473,7 +473,12 @@ func (c *Collector) storageOp(ctx context.Context, in refcount.Intent) error {
 
 // commit publishes a Collected event per intent, waits for the projection
 // to apply them, undoes the removals that raced, and drops the intents.
-func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Report) error {
+func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Report) (err error) {
+	defer func() {
+		if err == nil {
+			err = c.publishCorrections(ctx)
+		}
+	}()
 	if len(done) == 0 {
 		return nil
 	}

@@ -186,8 +186,12 @@ func (c *Collector) askOwner(ctx context.Context, o Owner, intents []refcount.In
 }
 
 // publishCorrections publishes what owners stated about objects they
-// still use, and waits until the projection applied it.
-func (c *Collector) publishCorrections(ctx context.Context, evs []events.Event) error {
+// still use, and waits until the projection applied it. It runs after the
+// round's removals are committed: a statement about a holder that the same
+// round removed must not make that removal look raced.
+func (c *Collector) publishCorrections(ctx context.Context) error {
+	evs := c.corrections
+	c.corrections = nil
 	if len(evs) == 0 {
 		return nil
 	}

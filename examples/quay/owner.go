@@ -12,6 +12,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -37,7 +38,12 @@ func (r *Registry) HandleDelete(ctx context.Context, req owner.Request) (owner.R
 	defer func() { _ = tx.Rollback() }()
 	now := r.tick()
 	resp := owner.Response{V: owner.Version}
-	for _, it := range req.Items {
+	// Holders first, as gc.py's loop goes: tags, manifests, images, then
+	// labels and blobs, so that what a holder deleted here releases is
+	// deleted in the same request.
+	items := slices.Clone(req.Items)
+	slices.SortStableFunc(items, func(a, b owner.Item) int { return kindOrder[a.Node.Kind] - kindOrder[b.Node.Kind] })
+	for _, it := range items {
 		res, err := r.deleteOne(tx, it, now.UnixMilli())
 		if err != nil {
 			return owner.Response{}, fmt.Errorf("quay: %s: %w", it.Node, err)
@@ -155,6 +161,9 @@ func (r *Registry) deleteOne(tx *sql.Tx, it owner.Item, nowMS int64) (owner.Resu
 	// Layer links: Quay links blobs to manifests, not to repositories.
 	return absent, nil
 }
+
+var kindOrder = map[events.NodeKind]int{events.NodeTag: 0, events.NodeManifest: 1, events.NodeLegacy: 2,
+	events.NodeLabel: 3, events.NodeLayer: 4, events.NodeBlob: 5}
 
 func scanID(tx *sql.Tx, id *int64, query string, args ...any) error {
 	return tx.QueryRow(query, args...).Scan(id)
