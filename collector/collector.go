@@ -539,14 +539,19 @@ func (c *Collector) healedEvent(n events.NodeRef, id string) events.Event {
 
 // publishHealed publishes Healed events and waits until they are applied.
 func (c *Collector) publishHealed(ctx context.Context, evs []events.Event) error {
+	return c.publishApplied(ctx, evs, "heals")
+}
+
+// publishApplied publishes events and waits until the projection applied them.
+func (c *Collector) publishApplied(ctx context.Context, evs []events.Event, what string) error {
 	if len(evs) == 0 {
 		return nil
 	}
 	if err := c.cfg.Log.Publish(ctx, evs); err != nil {
-		return fmt.Errorf("collector: publish heals: %w", err)
+		return fmt.Errorf("collector: publish %s: %w", what, err)
 	}
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
-		return fmt.Errorf("collector: catch up after heals: %w", err)
+		return fmt.Errorf("collector: catch up after %s: %w", what, err)
 	}
 	return nil
 }

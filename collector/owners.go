@@ -192,16 +192,7 @@ func (c *Collector) askOwner(ctx context.Context, o Owner, intents []refcount.In
 func (c *Collector) publishCorrections(ctx context.Context) error {
 	evs := c.corrections
 	c.corrections = nil
-	if len(evs) == 0 {
-		return nil
-	}
-	if err := c.cfg.Log.Publish(ctx, evs); err != nil {
-		return fmt.Errorf("collector: publish owners' statements: %w", err)
-	}
-	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
-		return fmt.Errorf("collector: catch up after owners' statements: %w", err)
-	}
-	return nil
+	return c.publishApplied(ctx, evs, "owners' statements")
 }
 
 // ownedNode reports whether the projection's node goes to an owner.

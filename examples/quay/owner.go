@@ -104,31 +104,13 @@ func (r *Registry) deleteOne(tx *sql.Tx, it owner.Item, nowMS int64) (owner.Resu
 		if err := scanID(tx, &id, `SELECT id FROM image WHERE repo = ? AND docker_image_id = ?`, n.Repo, n.Name); err != nil {
 			return absentOr(err)
 		}
-		var stmts []events.Event
-		manifests, err := ids(tx, `SELECT manifest_id FROM manifest_legacy_image WHERE image_id = ?`, id)
+		manifests, err := statementsOf(tx, manifestStatement, `SELECT manifest_id FROM manifest_legacy_image WHERE image_id = ?`, id)
 		if err != nil {
 			return owner.Result{}, err
 		}
-		for _, m := range manifests {
-			s, err := manifestStatement(tx, m)
-			if err != nil {
-				return owner.Result{}, err
-			}
-			stmts = append(stmts, s)
-		}
-		children, err := ids(tx, `SELECT id FROM image WHERE parent_id = ?`, id)
-		if err != nil {
-			return owner.Result{}, err
-		}
-		for _, c := range children {
-			s, err := imageStatement(tx, c)
-			if err != nil {
-				return owner.Result{}, err
-			}
-			stmts = append(stmts, s)
-		}
-		if len(stmts) > 0 {
-			return inUse("legacy_image_used", stmts, nil)
+		children, err := statementsOf(tx, imageStatement, `SELECT id FROM image WHERE parent_id = ?`, id)
+		if stmts := append(manifests, children...); err != nil || len(stmts) > 0 {
+			return inUse("legacy_image_used", stmts, err)
 		}
 		return deleted(tx, []string{
 			`DELETE FROM derived_storage WHERE source_image_id = ?`, // derived storage goes with its image
@@ -194,31 +176,13 @@ func deleted(tx *sql.Tx, stmts []string, id int64) (owner.Result, error) {
 
 // blobHolders states what holds a blob: manifests, images, derived storage.
 func blobHolders(tx *sql.Tx, id int64, n events.NodeRef) ([]events.Event, error) {
-	var stmts []events.Event
-	manifests, err := ids(tx, `SELECT manifest_id FROM manifest_blob WHERE blob_id = ?`, id)
+	manifests, err := statementsOf(tx, manifestStatement, `SELECT manifest_id FROM manifest_blob WHERE blob_id = ?`, id)
 	if err != nil {
 		return nil, err
 	}
-	for _, m := range manifests {
-		s, err := manifestStatement(tx, m)
-		if err != nil {
-			return nil, err
-		}
-		stmts = append(stmts, s)
-	}
-	images, err := ids(tx, `SELECT id FROM image WHERE storage_id = ?
+	images, err := statementsOf(tx, imageStatement, `SELECT id FROM image WHERE storage_id = ?
 		UNION SELECT source_image_id FROM derived_storage WHERE derivative_id = ?`, id, id)
-	if err != nil {
-		return nil, err
-	}
-	for _, i := range images {
-		s, err := imageStatement(tx, i)
-		if err != nil {
-			return nil, err
-		}
-		stmts = append(stmts, s)
-	}
-	return stmts, nil
+	return append(manifests, images...), err
 }
 
 func currentTag(tx *sql.Tx, repo, name string, nowMS int64) ([]events.Event, error) {

@@ -6,6 +6,7 @@ package quay
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
@@ -29,26 +30,18 @@ func manifestStatement(q querier, id int64) (events.Event, error) {
 		return events.Event{}, fmt.Errorf("quay: manifest %d: %w", id, err)
 	}
 	m.Size = int64(len(body))
-	rows, err := q.Query(`SELECT b.digest, b.size FROM manifest_blob mb JOIN blob b ON b.id = mb.blob_id
-		WHERE mb.manifest_id = ? ORDER BY b.digest`, id)
-	if err != nil {
-		return events.Event{}, err
-	}
-	for rows.Next() {
+	m.Blobs, err = scanRows(q, `SELECT b.digest, b.size FROM manifest_blob mb JOIN blob b ON b.id = mb.blob_id
+		WHERE mb.manifest_id = ? ORDER BY b.digest`, []any{id}, func(r *sql.Rows) (events.Descriptor, error) {
 		var d events.Descriptor
-		if err := rows.Scan(&d.Digest, &d.Size); err != nil {
-			rows.Close()
-			return events.Event{}, err
-		}
-		m.Blobs = append(m.Blobs, d)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+		err := r.Scan(&d.Digest, &d.Size)
+		return d, err
+	})
+	if err != nil {
 		return events.Event{}, err
 	}
 	err = q.QueryRow(`SELECT i.docker_image_id FROM manifest_legacy_image ml JOIN image i ON i.id = ml.image_id
 		WHERE ml.manifest_id = ?`, id).Scan(&m.Legacy)
-	if err != nil && err != sql.ErrNoRows {
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return events.Event{}, err
 	}
 	return events.Event{Kind: events.ManifestPushed, Manifest: m}, nil
@@ -65,74 +58,75 @@ func imageStatement(q querier, id int64) (events.Event, error) {
 		return events.Event{}, fmt.Errorf("quay: image %d: %w", id, err)
 	}
 	l.Parent = parent.String
-	rows, err := q.Query(`SELECT b.digest FROM derived_storage ds JOIN blob b ON b.id = ds.derivative_id
-		WHERE ds.source_image_id = ? ORDER BY b.digest`, id)
-	if err != nil {
-		return events.Event{}, err
-	}
-	defer rows.Close()
-	for rows.Next() {
+	l.Derived, err = scanRows(q, `SELECT b.digest FROM derived_storage ds JOIN blob b ON b.id = ds.derivative_id
+		WHERE ds.source_image_id = ? ORDER BY b.digest`, []any{id}, func(r *sql.Rows) (digest.Digest, error) {
 		var d digest.Digest
-		if err := rows.Scan(&d); err != nil {
-			return events.Event{}, err
-		}
-		l.Derived = append(l.Derived, d)
-	}
-	return events.Event{Kind: events.LegacyImageCreated, Legacy: l}, rows.Err()
+		err := r.Scan(&d)
+		return d, err
+	})
+	return events.Event{Kind: events.LegacyImageCreated, Legacy: l}, err
 }
 
 // labelStatements are the label.attached of every manifest carrying a label.
 func labelStatements(q querier, labelID int64) ([]events.Event, error) {
-	rows, err := q.Query(`SELECT m.repo, m.digest, l.uuid FROM manifest_label ml JOIN manifest m ON m.id = ml.manifest_id
-		JOIN label l ON l.id = ml.label_id WHERE ml.label_id = ?`, labelID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []events.Event
-	for rows.Next() {
+	return scanRows(q, `SELECT m.repo, m.digest, l.uuid FROM manifest_label ml JOIN manifest m ON m.id = ml.manifest_id
+		JOIN label l ON l.id = ml.label_id WHERE ml.label_id = ?`, []any{labelID}, func(r *sql.Rows) (events.Event, error) {
 		l := &events.Label{}
-		if err := rows.Scan(&l.Repo, &l.Digest, &l.ID); err != nil {
-			return nil, err
-		}
-		out = append(out, events.Event{Kind: events.LabelAttached, Label: l})
-	}
-	return out, rows.Err()
+		err := r.Scan(&l.Repo, &l.Digest, &l.ID)
+		return events.Event{Kind: events.LabelAttached, Label: l}, err
+	})
 }
 
 // tagStatements are the tag.set of every current tag pointing at a manifest.
 func tagStatements(q querier, manifestID int64) ([]events.Event, error) {
-	rows, err := q.Query(`SELECT t.repo, t.name, m.digest FROM tag t JOIN manifest m ON m.id = t.manifest_id
-		WHERE t.manifest_id = ? AND t.lifetime_end IS NULL`, manifestID)
+	return scanRows(q, `SELECT t.repo, t.name, m.digest FROM tag t JOIN manifest m ON m.id = t.manifest_id
+		WHERE t.manifest_id = ? AND t.lifetime_end IS NULL`, []any{manifestID}, func(r *sql.Rows) (events.Event, error) {
+		t := &events.Tag{}
+		err := r.Scan(&t.Repo, &t.Name, &t.Digest)
+		return events.Event{Kind: events.TagSet, Tag: t}, err
+	})
+}
+
+// statementsOf states each row a query finds, with state.
+func statementsOf(q querier, state func(querier, int64) (events.Event, error), query string, args ...any) ([]events.Event, error) {
+	rowIDs, err := ids(q, query, args...)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []events.Event
-	for rows.Next() {
-		t := &events.Tag{}
-		if err := rows.Scan(&t.Repo, &t.Name, &t.Digest); err != nil {
+	out := make([]events.Event, 0, len(rowIDs))
+	for _, id := range rowIDs {
+		e, err := state(q, id)
+		if err != nil {
 			return nil, err
 		}
-		out = append(out, events.Event{Kind: events.TagSet, Tag: t})
+		out = append(out, e)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // ids runs a query that returns row ids.
 func ids(q querier, query string, args ...any) ([]int64, error) {
+	return scanRows(q, query, args, func(r *sql.Rows) (int64, error) {
+		var id int64
+		err := r.Scan(&id)
+		return id, err
+	})
+}
+
+// scanRows reads every row of a query with scan.
+func scanRows[T any](q querier, query string, args []any, scan func(*sql.Rows) (T, error)) ([]T, error) {
 	rows, err := q.Query(query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []int64
+	var out []T
 	for rows.Next() {
-		var id int64
-		if err := rows.Scan(&id); err != nil {
+		v, err := scan(rows)
+		if err != nil {
 			return nil, err
 		}
-		out = append(out, id)
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }
