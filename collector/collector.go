@@ -119,6 +119,10 @@ type Config struct {
 	RateLimit float64
 	// DryRun reports what a pass would delete without deleting anything.
 	DryRun bool
+	// Owners routes, by event source, the nodes that a registry keeps in
+	// its own database to their owner (see owners.go); nodes of other
+	// sources, and other kinds, go to Storage.
+	Owners map[string]OwnerRoute
 	// Source names this collector in the events it publishes.
 	Source     string
 	Logger     *slog.Logger
@@ -138,14 +142,22 @@ type Collector struct {
 	cfg     Config
 	limiter *rate.Limiter
 	m       *metrics
-	mu      sync.Mutex // one pass at a time
-	started time.Time  // sources count as delivering at least until QuietAfter past it
+	om      *ownerMetrics
+	// corrections are owners' statements about objects they still use,
+	// published at the end of the round's commit.
+	corrections []events.Event
+	mu          sync.Mutex // one pass at a time
+	started     time.Time  // sources count as delivering at least until QuietAfter past it
 }
 
 // New returns a collector.
 func New(cfg Config) (*Collector, error) {
-	if cfg.Projection == nil || cfg.Log == nil || (cfg.Storage == nil && !cfg.DryRun) {
-		return nil, errors.New("collector: Projection, Log and Storage are required")
+	if cfg.Projection == nil || cfg.Log == nil || (cfg.Storage == nil && !cfg.DryRun && len(cfg.Owners) == 0) {
+		return nil, errors.New("collector: Projection, Log and Storage (or Owners) are required")
+	}
+	if cfg.Storage == nil && len(cfg.Owners) > 0 {
+		// Every object has an owner of its own: what none takes fails.
+		cfg.Storage, cfg.Reader = noStorage{}, noStorage{}
 	}
 	if cfg.Reader == nil {
 		cfg.Reader, _ = cfg.Storage.(StorageReader)
@@ -177,7 +189,7 @@ func New(cfg Config) (*Collector, error) {
 	if cfg.Started.IsZero() {
 		cfg.Started = cfg.Now()
 	}
-	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), started: cfg.Started}
+	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), om: newOwnerMetrics(cfg.Registerer), started: cfg.Started}
 	if cfg.RateLimit > 0 {
 		burst := int(cfg.RateLimit)
 		if burst < 1 {
@@ -399,9 +411,24 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 // act does the storage operation of each intent and returns the ones done.
 func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Report) []refcount.Intent {
 	var mu sync.Mutex
-	var done []refcount.Intent
+	var done, owned []refcount.Intent
+	var corrections []events.Event
+	if len(c.cfg.Owners) > 0 {
+		owned = slices.DeleteFunc(slices.Clone(intents), func(in refcount.Intent) bool { return !c.owned(in) })
+		intents = slices.DeleteFunc(slices.Clone(intents), c.owned)
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.cfg.Concurrency)
+	if len(owned) > 0 {
+		g.Go(func() error {
+			var d []refcount.Intent
+			d, corrections = c.askOwners(gctx, owned, rep, &mu)
+			mu.Lock()
+			done = append(done, d...)
+			mu.Unlock()
+			return nil
+		})
+	}
 	for _, in := range intents {
 		g.Go(func() error {
 			if err := c.storageOp(gctx, in); err != nil {
@@ -420,6 +447,7 @@ func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Rep
 		})
 	}
 	_ = g.Wait()
+	c.corrections = append(c.corrections, corrections...) // published by commit, after the removals
 	return done
 }
 
@@ -445,7 +473,12 @@ func (c *Collector) storageOp(ctx context.Context, in refcount.Intent) error {
 
 // commit publishes a Collected event per intent, waits for the projection
 // to apply them, undoes the removals that raced, and drops the intents.
-func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Report) error {
+func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Report) (err error) {
+	defer func() {
+		if err == nil {
+			err = c.publishCorrections(ctx)
+		}
+	}()
 	if len(done) == 0 {
 		return nil
 	}
@@ -506,14 +539,19 @@ func (c *Collector) healedEvent(n events.NodeRef, id string) events.Event {
 
 // publishHealed publishes Healed events and waits until they are applied.
 func (c *Collector) publishHealed(ctx context.Context, evs []events.Event) error {
+	return c.publishApplied(ctx, evs, "heals")
+}
+
+// publishApplied publishes events and waits until the projection applied them.
+func (c *Collector) publishApplied(ctx context.Context, evs []events.Event, what string) error {
 	if len(evs) == 0 {
 		return nil
 	}
 	if err := c.cfg.Log.Publish(ctx, evs); err != nil {
-		return fmt.Errorf("collector: publish heals: %w", err)
+		return fmt.Errorf("collector: publish %s: %w", what, err)
 	}
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
-		return fmt.Errorf("collector: catch up after heals: %w", err)
+		return fmt.Errorf("collector: catch up after %s: %w", what, err)
 	}
 	return nil
 }
@@ -539,6 +577,9 @@ func (c *Collector) settle(ctx context.Context, in refcount.Intent) (raced bool,
 
 // undo puts back what an intent's storage operation removed.
 func (c *Collector) undo(ctx context.Context, in refcount.Intent) error {
+	if c.owned(in) {
+		return nil // the owner deletes only what it does not use: nothing to put back
+	}
 	n := in.Node
 	switch n.Kind {
 	case events.NodeManifest:
@@ -613,7 +654,7 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 	// What is redone passes the storage check first, as in a round.
 	cands := make([]refcount.Candidate, 0, len(redo))
 	for _, in := range redo {
-		cands = append(cands, refcount.Candidate{Node: in.Node})
+		cands = append(cands, refcount.Candidate{Node: in.Node, Origin: in.Origin})
 	}
 	refusals, err := c.confirm(ctx, cands)
 	if err != nil {

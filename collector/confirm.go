@@ -85,7 +85,7 @@ type refusal struct {
 func (c *Collector) confirm(ctx context.Context, cands []refcount.Candidate) ([]refusal, error) {
 	byRepo := map[string][]refcount.Candidate{}
 	for _, cd := range cands {
-		if cd.Node.Kind == events.NodeManifest || cd.Node.Kind == events.NodeLayer {
+		if (cd.Node.Kind == events.NodeManifest || cd.Node.Kind == events.NodeLayer) && c.ownerOf(cd.Origin, cd.Node.Kind) == nil {
 			byRepo[cd.Node.Repo] = append(byRepo[cd.Node.Repo], cd)
 		}
 	}

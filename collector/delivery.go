@@ -185,6 +185,14 @@ func (c *Collector) heal(ctx context.Context, rep *Report) error {
 	var evs []events.Event
 	for _, h := range heals {
 		n := h.Node
+		if owned, err := c.ownedNode(n); err != nil {
+			return err
+		} else if owned {
+			// The owner's statement brought it back; its database is
+			// the storage, and nothing is to be re-linked here.
+			evs = append(evs, c.healedEvent(n, healID(h)))
+			continue
+		}
 		if _, err := c.cfg.Reader.LinkModTime(ctx, n); err == nil {
 			// The registry wrote it again itself (a re-push): nothing to
 			// heal, and writing it would undo a delete racing with us.

@@ -80,6 +80,10 @@ const (
 	LabelDetached Kind = "label.detached"
 	// LegacyImageCreated: a legacy (v1) image with its parent and blobs (Legacy).
 	LegacyImageCreated Kind = "legacy.created"
+	// LegacyDerived: derived storage (a squashed or converted form) was
+	// made for an existing legacy image; it lives as long as the image
+	// (Legacy, with ID and Derived only: no Parent, no Storage).
+	LegacyDerived Kind = "legacy.derived"
 	// BlobObserved: the reconciler found blob data in storage (Blob, Repo may be empty).
 	BlobObserved Kind = "blob.observed"
 	// ObservedAbsent: the reconciler did not find a node that the projection
@@ -105,7 +109,7 @@ const (
 // Kinds lists every kind, in a stable order.
 var Kinds = []Kind{ManifestPushed, TagSet, TagDeleted, DigestDeleted, BlobPushed,
 	BlobMounted, Touched, RepositoryDeleted, LabelAttached, LabelDetached,
-	LegacyImageCreated, BlobObserved, ObservedAbsent, Collected, Healed, Refused, Reconciled}
+	LegacyImageCreated, LegacyDerived, BlobObserved, ObservedAbsent, Collected, Healed, Refused, Reconciled}
 
 // Event is the versioned envelope. Exactly one body pointer is set, the one
 // its Kind names.
@@ -201,12 +205,12 @@ type Label struct {
 	ID     string        `json:"id"`
 }
 
-// LegacyImage is the body of LegacyImageCreated.
+// LegacyImage is the body of LegacyImageCreated and LegacyDerived.
 type LegacyImage struct {
 	Repo    string          `json:"repo"`
 	ID      string          `json:"id"`
 	Parent  string          `json:"parent,omitempty"`
-	Storage digest.Digest   `json:"storage"`
+	Storage digest.Digest   `json:"storage,omitempty"`
 	Derived []digest.Digest `json:"derived,omitempty"`
 }
 

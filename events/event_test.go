@@ -40,6 +40,9 @@ func validEvents() []Event {
 		with(base(LegacyImageCreated), func(e *Event) {
 			e.Legacy = &LegacyImage{Repo: "app", ID: "img2", Parent: "img1", Storage: dA, Derived: []digest.Digest{dB}}
 		}),
+		with(base(LegacyDerived), func(e *Event) {
+			e.Legacy = &LegacyImage{Repo: "app", ID: "img2", Derived: []digest.Digest{dB}}
+		}),
 		with(base(BlobObserved), func(e *Event) { e.Blob = &Blob{Digest: dA, Size: 1} }),
 		with(base(ObservedAbsent), func(e *Event) {
 			e.Absent = &Observation{Node: NodeRef{Kind: NodeLayer, Repo: "app", Digest: dA}, AsOf: 7}
@@ -117,6 +120,11 @@ func TestValidateRefuses(t *testing.T) {
 		set(m)
 		return Event{V: 1, ID: "x", Time: evTime, Kind: ManifestPushed, Manifest: m}
 	}
+	derived := func(set func(*LegacyImage)) Event {
+		l := &LegacyImage{Repo: "app", ID: "img1", Derived: []digest.Digest{dB}}
+		set(l)
+		return Event{V: 1, ID: "x", Time: evTime, Kind: LegacyDerived, Legacy: l}
+	}
 	tests := []struct {
 		name  string
 		ev    Event
@@ -142,6 +150,11 @@ func TestValidateRefuses(t *testing.T) {
 		{"unknown kind", Event{V: 1, ID: "x", Time: evTime, Kind: "blob.teleported"}, "kind"},
 		{"missing id", Event{V: 1, Time: evTime, Kind: RepositoryDeleted, Repo: &Repo{Name: "a"}}, "id"},
 		{"missing time", Event{V: 1, ID: "x", Kind: RepositoryDeleted, Repo: &Repo{Name: "a"}}, "time"},
+		{"derived storage without a blob", derived(func(l *LegacyImage) { l.Derived = nil }), "legacy.derived"},
+		{"derived storage with a parent", derived(func(l *LegacyImage) { l.Parent = "img0" }), "legacy.parent"},
+		{"derived storage with its image's storage", derived(func(l *LegacyImage) { l.Storage = dA }), "legacy.storage"},
+		{"derived storage with a bad digest", derived(func(l *LegacyImage) { l.Derived = []digest.Digest{"sha256:zz"} }), "legacy.derived[0]"},
+		{"derived storage of a bad image id", derived(func(l *LegacyImage) { l.ID = "a b" }), "legacy.id"},
 		{"unknown node kind", Event{V: 1, ID: "x", Time: evTime, Kind: ObservedAbsent, Absent: &Observation{Node: NodeRef{Kind: "disk"}}}, "absent.node.kind"},
 	}
 	for _, tc := range tests {

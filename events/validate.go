@@ -273,15 +273,24 @@ func (e *Event) Validate() error {
 			c.digest("label.digest", e.Label.Digest)
 			c.check("label.id", validateID(e.Label.ID))
 		}
-	case LegacyImageCreated:
+	case LegacyImageCreated, LegacyDerived:
 		if need("legacy", e.Legacy != nil) {
 			l := e.Legacy
 			c.repo("legacy.repo", l.Repo)
 			c.check("legacy.id", validateID(l.ID))
-			if l.Parent != "" {
-				c.check("legacy.parent", validateID(l.Parent))
+			switch {
+			case e.Kind == LegacyImageCreated:
+				if l.Parent != "" {
+					c.check("legacy.parent", validateID(l.Parent))
+				}
+				c.digest("legacy.storage", l.Storage)
+			case l.Parent != "":
+				c.fail("legacy.parent", "not allowed for kind legacy.derived")
+			case l.Storage != "":
+				c.fail("legacy.storage", "not allowed for kind legacy.derived")
+			case len(l.Derived) == 0:
+				c.fail("legacy.derived", "required for kind legacy.derived")
 			}
-			c.digest("legacy.storage", l.Storage)
 			for i, d := range l.Derived {
 				c.digest(fmt.Sprintf("legacy.derived[%d]", i), d)
 			}

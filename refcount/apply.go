@@ -24,6 +24,7 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 	t.seq = seq
 	t.now = e.Time.UnixNano()
 	t.received = e.Received.UTC()
+	t.evSource = e.Source
 	if !e.Received.IsZero() && e.Source != "" && e.Kind != events.Refused {
 		// (A refused notification may not say which instance sent it:
 		// its pause stands for it.)
@@ -56,6 +57,8 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 		t.label(e.Label, false)
 	case events.LegacyImageCreated:
 		t.legacyCreated(e.Legacy)
+	case events.LegacyDerived:
+		t.legacyDerived(e.Legacy)
 	case events.ObservedAbsent:
 		t.observedAbsent(e.Absent)
 	case events.Collected:
@@ -108,6 +111,7 @@ func (t *txn) manifestPushed(m *events.Manifest) {
 	n.size, n.mediaType = m.Size, m.MediaType
 	n.heard = t.now
 	n.setFlag(flagPinned, m.Unverified)
+	t.stated(k, n)
 	body := *m
 	body.Tag = ""
 	t.putJSON(t.nodes, subKey(k, subBody, nil), body)
@@ -142,6 +146,7 @@ func (t *txn) tagSet(repo, tag string, d digest.Digest) {
 	t.put(t.nodes, subKey(mk, subHistory, k), []byte{histCurrent})
 	t.setDecl(k, n, []edge{{edgeTag, mk}})
 	t.named(k, n)
+	t.stated(k, n)
 	t.setPresent(k, n, true)
 }
 
@@ -195,6 +200,7 @@ func (t *txn) blobLinkedNoLease(lk []byte, repo string, d digest.Digest, size in
 		n.size = size
 	}
 	t.named(lk, n)
+	t.stated(lk, n)
 	t.setPresent(lk, n, true)
 	t.blobPresent(d, size, false)
 }
@@ -210,6 +216,7 @@ func (t *txn) blobPresent(d digest.Digest, size int64, leased bool) {
 	} else {
 		t.named(k, n)
 	}
+	t.stated(k, n)
 	t.setPresent(k, n, true)
 }
 
@@ -278,10 +285,14 @@ func (t *txn) label(l *events.Label, attach bool) {
 	lk := key2(kLabel, l.Repo, l.ID)
 	mk := manifestKey(l.Repo, l.Digest)
 	e := edge{edgeLabel, lk}
-	if attach {
+	if attach { // the label exists, whatever the order of its changes
 		n := t.get(lk)
 		t.lease(lk, n)
+		t.stated(lk, n)
 		t.setPresent(lk, n, true)
+	}
+	if !t.labelNewer(lk, mk) {
+		return // older than the last change of the label on the manifest
 	}
 	if !t.exists(mk) {
 		return
@@ -311,8 +322,9 @@ func (t *txn) legacyCreated(l *events.LegacyImage) {
 		t.blobPresent(d, 0, false)
 		decl = appendUnique(decl, edge{edgeData, blobKey(d)})
 	}
-	t.setDecl(k, n, decl)
+	t.setDecl(k, n, keepDerived(decl, n.decl, l.Storage))
 	t.lease(k, n)
+	t.stated(k, n)
 	t.setPresent(k, n, true)
 }
 

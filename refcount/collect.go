@@ -40,6 +40,9 @@ type Intent struct {
 	Restore bool `json:"restore,omitempty"`
 	// Manifest is what the manifest referenced, to restore its links.
 	Manifest *events.Manifest `json:"manifest,omitempty"`
+	// Origin is the event source that stated the node present: the
+	// collector routes the deletion to its owner, if it has one.
+	Origin string `json:"origin,omitempty"`
 }
 
 // BeginCollect re-checks a candidate in a write transaction and, if it may
@@ -106,7 +109,7 @@ func (p *Projection) beginCollect(tx *bolt.Tx, id string, ref events.NodeRef, no
 			return fmt.Errorf("%w: %s not eligible until %s", ErrNotEligible, ref, time.Unix(0, n.queuedAt).UTC())
 		}
 		in = Intent{ID: id, Node: ref, Purge: ref.Kind == events.NodeBlob, AsOf: cursor,
-			Size: n.size, Created: now.UTC()}
+			Size: n.size, Created: now.UTC(), Origin: newOriginNames(tx).name(n.origin)}
 		if ref.Kind == events.NodeManifest {
 			tags, err := historyTags(tx, k)
 			if err != nil {

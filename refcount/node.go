@@ -32,7 +32,11 @@ type node struct {
 	// in storage (a push, a mount, the reconciler's observation): the
 	// collector's storage check refuses to unlink a link rewritten after it.
 	heard int64
-	decl  []edge // declared outgoing edges (the subject edge is declared by the referrer and kept here with kind edgeSubject, pointing at the subject)
+	// origin is the interned id of the event source that last stated the
+	// node present (origins/), 0 when unknown: the collector routes the
+	// node's deletion to that source's owner, if one is configured.
+	origin uint64
+	decl   []edge // declared outgoing edges (the subject edge is declared by the referrer and kept here with kind edgeSubject, pointing at the subject)
 }
 
 // clone returns a copy of n sharing its declared edges (for the counts,
@@ -71,8 +75,11 @@ func (n *node) encode() []byte {
 		b = binary.AppendUvarint(b, uint64(len(e.to)))
 		b = append(b, e.to...)
 	}
-	if n.heard != 0 { // a trailing field: records written before it have none
+	if n.heard != 0 || n.origin != 0 { // trailing fields: records written before them have none
 		b = binary.AppendVarint(b, n.heard)
+	}
+	if n.origin != 0 {
+		b = binary.AppendUvarint(b, n.origin)
 	}
 	return b
 }
@@ -156,6 +163,9 @@ func decodeNode(b []byte) (*node, error) {
 	}
 	if d.err == nil && len(d.b) > 0 {
 		n.heard = d.varint()
+	}
+	if d.err == nil && len(d.b) > 0 {
+		n.origin = d.uvarint()
 	}
 	if d.err == nil && len(d.b) > 0 {
 		d.fail()

@@ -299,8 +299,11 @@ type txn struct {
 	sources  map[string]*SourceState
 	now      int64     // the current event's time, unix ns
 	received time.Time // when the current event was received, if ingested
-	seq      uint64    // the current event's sequence
-	err      error
+	evSource string    // the current event's source
+	// origins caches the interned ids of the batch's sources.
+	origins map[string]uint64
+	seq     uint64 // the current event's sequence
+	err     error
 }
 
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {

@@ -21,6 +21,9 @@ type Candidate struct {
 	// EligibleAt is when it became collectable (after lease and grace).
 	EligibleAt time.Time
 	Size       int64
+	// Origin is the event source that last stated the node present ("" if
+	// unknown): the collector asks that source's owner, if it has one.
+	Origin string
 }
 
 // Candidates returns up to limit nodes eligible for collection at now,
@@ -36,6 +39,7 @@ func (p *Projection) CandidatesOf(now time.Time, limit int, keep func(events.Nod
 	var out []Candidate
 	err := p.db.View(func(tx *bolt.Tx) error {
 		nodes := tx.Bucket(bucketNodes)
+		origins := newOriginNames(tx)
 		c := tx.Bucket(bucketQueue).Cursor()
 		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
 			if len(k) < 9 {
@@ -58,7 +62,7 @@ func (p *Projection) CandidatesOf(now time.Time, limit int, keep func(events.Nod
 				return err
 			}
 			out = append(out, Candidate{Node: ref, Since: time.Unix(0, n.zeroSince).UTC(),
-				EligibleAt: time.Unix(0, at).UTC(), Size: n.size})
+				EligibleAt: time.Unix(0, at).UTC(), Size: n.size, Origin: origins.name(n.origin)})
 		}
 		return nil
 	})
@@ -89,6 +93,8 @@ type NodeInfo struct {
 	Heard     *time.Time `json:"heard,omitempty"`
 	Size      int64      `json:"size,omitempty"`
 	MediaType string     `json:"mediaType,omitempty"`
+	// Origin is the event source that last stated the node present.
+	Origin string `json:"origin,omitempty"`
 }
 
 func timePtr(ns int64) *time.Time {
@@ -105,7 +111,8 @@ func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
 		return NodeInfo{}, err
 	}
 	ni := NodeInfo{Node: ref, Present: n.present(), Count: n.count, Lease: timePtr(n.lease),
-		Eligible: timePtr(n.queuedAt), LastSeq: n.lastSeq, Pinned: n.flags&flagPinned != 0, Heard: timePtr(n.heard), Size: n.size, MediaType: n.mediaType}
+		Eligible: timePtr(n.queuedAt), LastSeq: n.lastSeq, Pinned: n.flags&flagPinned != 0, Heard: timePtr(n.heard), Size: n.size, MediaType: n.mediaType,
+		Origin: newOriginNames(tx).name(n.origin)}
 	if n.count == 0 {
 		ni.Since = timePtr(n.zeroSince)
 	}
@@ -162,7 +169,7 @@ func (p *Projection) Dump(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	enc := json.NewEncoder(bw)
 	err := p.forEachInfo(func(ni NodeInfo) error {
-		ni.LastSeq, ni.Heard = 0, nil // the storage checks' bookkeeping, not graph state
+		ni.LastSeq, ni.Heard, ni.Origin = 0, nil, "" // the collector's bookkeeping, not graph state
 		return enc.Encode(ni)
 	})
 	if err != nil {

@@ -17,7 +17,8 @@
 //	nodes/
 //	  <node key>                    → node record (flags, count, lease, zero-since,
 //	                                  queue time, last event sequence, size, media
-//	                                  type, declared edges, last heard present)
+//	                                  type, declared edges, last heard present,
+//	                                  origin: the interned source that stated it)
 //	  <node key> 0x01 'i' <from key>     → edge kind   (an incoming edge: a holder)
 //	  <node key> 0x01 'r' <referrer key> → ∅           (a referrer declaring it as subject)
 //	  <node key> 0x01 'h' <tag key>      → state byte  (a tag that pointed at this manifest)
@@ -32,6 +33,11 @@
 //	  <node key> → JSON Heal (an unlinked node a later event proved live: re-link it)
 //	stamps/
 //	  <tag key> → uint64 unix ns (registry time of the tag's last change; kept after a delete)
+//	  <label key> 0x01 's' <manifest key> → uint64 unix ns (time of the label's last
+//	                                  attach or detach on that manifest)
+//	origins/
+//	  'n' <source> → uint64 id (an event source interned for node records)
+//	  'i' <uint64 id> → <source>
 //	sources/
 //	  <source> → JSON SourceState (delivery watermark of one registry instance)
 //	hosts/
@@ -79,7 +85,12 @@
 //     tombstone and records a heal: the collector re-links it in storage.
 //     An explicit delete drops the tombstone instead.
 //   - Tag changes are ordered by the registry's timestamp per tag (last
-//     writer wins): a tag event older than stamps/ says is ignored.
+//     writer wins): a tag event older than stamps/ says is ignored. Label
+//     attaches and detaches are ordered the same way per label and manifest.
+//   - A node's origin is the source of the newest event that stated it
+//     present (a push, a tag, a label attach, a legacy image); ids in
+//     origins/ are given in the order sources first state anything, so a
+//     replay gives the same ids.
 //   - sources/ holds, per registry instance, the newest event time and the
 //     newest receipt time of the events ingested from it (those with
 //     Received set); hosts/ maps a registry host to its current instance. A
@@ -105,7 +116,7 @@ import (
 )
 
 // SchemaVersion is the layout version this package writes.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // Bucket and meta keys, declared once.
 var (
@@ -120,9 +131,10 @@ var (
 	bucketSources = []byte("sources")
 	bucketHosts   = []byte("hosts")
 	bucketPauses  = []byte("pauses")
+	bucketOrigins = []byte("origins")
 
 	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketQueue, bucketTrash, bucketIntents,
-		bucketTombs, bucketHeals, bucketStamps, bucketSources, bucketHosts, bucketPauses}
+		bucketTombs, bucketHeals, bucketStamps, bucketSources, bucketHosts, bucketPauses, bucketOrigins}
 
 	keySchema     = []byte("schema")
 	keyCursor     = []byte("cursor")
@@ -183,6 +195,9 @@ var migrations = []Migration{
 	// Version 2 adds buckets (created by Open before migrations run) and a
 	// trailing field to node records (absent means unknown): nothing to rewrite.
 	{From: 1, Apply: func(*bolt.Tx) error { return nil }},
+	// Version 3 adds origins/ and a trailing origin to node records (absent
+	// means unknown: the node goes to Distribution storage, as before).
+	{From: 2, Apply: func(*bolt.Tx) error { return nil }},
 }
 
 func nodeKey(n events.NodeRef) []byte {

@@ -161,6 +161,10 @@ type Config struct {
 	Examples int
 	// BatchSize bounds the events of one publish (default 256).
 	BatchSize int
+	// Owned, if set, says which nodes an owner deletes (the collector's
+	// Owners): they live in that registry's database, not in storage, so
+	// the walk never takes them for missing.
+	Owned func(origin string, kind events.NodeKind) bool
 	// Source names the reconciler in its events (default "refgc-reconciler").
 	Source     string
 	Logger     *slog.Logger
@@ -754,7 +758,8 @@ func (w *walk) walkBlobs(ctx context.Context) error {
 // not see.
 func (w *walk) absent() error {
 	err := w.r.cfg.Projection.ForEach(func(ni refcount.NodeInfo) error {
-		if !ni.Present || ni.LastSeq > w.asOf || w.busy[ni.Node] {
+		if !ni.Present || ni.LastSeq > w.asOf || w.busy[ni.Node] ||
+			(w.r.cfg.Owned != nil && w.r.cfg.Owned(ni.Origin, ni.Node.Kind)) {
 			return nil
 		}
 		n := ni.Node

@@ -45,6 +45,10 @@ type Config struct {
 	// HA elects one active collector among instances sharing the event log.
 	HA HAConfig `yaml:"ha"`
 
+	// Owners route, per event source, the objects a registry keeps in its
+	// own database to that registry's deletion service (owners.go).
+	Owners []OwnerConfig `yaml:"owners"`
+
 	// StatsInterval is how often the projection's gauges are refreshed.
 	StatsInterval time.Duration `yaml:"statsInterval"`
 	// ReadyMaxLag is the largest follower lag /readyz accepts.
@@ -192,7 +196,7 @@ func (c *Config) Validate() error {
 	if c.NATS.URL == "" && c.NATS.Listen == "" {
 		return bad("nats: set url or listen")
 	}
-	return nil
+	return validateOwners(c.Owners)
 }
 
 // NewLogger builds the slog logger LogFormat and LogLevel describe.

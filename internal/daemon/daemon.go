@@ -394,8 +394,12 @@ func (d *Daemon) connect() error {
 
 func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collector.Collector, error) {
 	cc := d.cfg.Collector
+	owners, err := d.owners()
+	if err != nil {
+		return nil, err
+	}
 	c, err := collector.New(collector.Config{
-		Projection: d.proj, Storage: d.store, Log: d.jslog, Now: d.now,
+		Projection: d.proj, Storage: d.store, Log: d.jslog, Now: d.now, Owners: owners,
 		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
 		QuietAfter: cc.QuietAfter, Started: d.started, DryRun: dryRun, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
 		// Called inside a pass, which holds passMu: the reconciler runs

@@ -28,7 +28,7 @@ func haltsCollection(err error) bool {
 func (d *Daemon) newReconciler(log eventlog.Log, reg prometheus.Registerer) (*reconcile.Reconciler, error) {
 	r, err := reconcile.New(reconcile.Config{
 		Projection: d.proj, Store: d.store, Log: log, Intents: d.intentStore(), Concurrency: d.cfg.Collector.Concurrency,
-		Logger: d.log, Registerer: reg, Now: d.now,
+		Logger: d.log, Registerer: reg, Now: d.now, Owned: d.ownedBy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("daemon: reconciler: %w", err)

@@ -1,0 +1,238 @@
+package collector
+
+// # Deletion through the owner
+//
+// A registry that publishes refgc's events itself and keeps its metadata in
+// a database of its own (the Quay model) owns objects that refgc cannot
+// delete by storage path: its labels and legacy images, and its tags,
+// manifests and blobs. Config.Owners routes, per event source, the kinds
+// of node that source stated to its owner; every other node goes to
+// Storage as before (Distribution storage stays the owner of
+// Distribution's kinds), and a label or legacy image of a source without an
+// owner is bookkeeping only.
+//
+// A round asks each owner once, with one request for all its intents
+// (collector/owner describes the contract). Only the items the owner
+// answers deleted or absent are committed; a timeout, an error, or a
+// refusal leaves the intent for the next pass, whose recovery asks again
+// (or drops it, when the node is held by then). An owner that still uses
+// an object says why, with events that state what holds it: the collector
+// publishes them, under ids of its own and the node's source, so the
+// projection holds the object again. Owned nodes skip the storage check
+// (the owner checks use in its own transaction, which is the stronger
+// check) and have nothing in storage to heal or to put back.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/refgc/refgc/collector/owner"
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/prom"
+	"github.com/refgc/refgc/refcount"
+)
+
+// Owner deletes objects that a registry keeps in its own database, one
+// batch per call. *owner.Client implements it. Results answer items by
+// intent id; an item without a result stays to be retried.
+type Owner interface {
+	Delete(ctx context.Context, items []owner.Item) ([]owner.Result, error)
+}
+
+// OwnerRoute sends the nodes one event source stated, of the given kinds,
+// to their owner.
+type OwnerRoute struct {
+	Owner Owner
+	// Kinds are the node kinds the owner deletes; empty means every kind.
+	Kinds []events.NodeKind
+}
+
+// statementKinds are the kinds an owner may state what holds an object
+// with: statements of presence and reference, never removals.
+var statementKinds = []events.Kind{events.ManifestPushed, events.TagSet, events.BlobPushed, events.BlobMounted,
+	events.LabelAttached, events.LegacyImageCreated, events.LegacyDerived}
+
+type ownerMetrics struct {
+	results  *prometheus.CounterVec
+	errors   prometheus.Counter
+	requests prometheus.Histogram
+}
+
+func newOwnerMetrics(reg prometheus.Registerer) *ownerMetrics {
+	return &ownerMetrics{
+		results: prom.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refgc_collector_owner_results_total",
+			Help: "Owners' answers about objects the collector asked them to delete, by status (deleted, absent, in_use, refused, unanswered)."},
+			[]string{"status"})),
+		errors: prom.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_collector_owner_errors_total",
+			Help: "Requests to owners that failed (timeout, no owner, service error, broken contract); their intents are retried."})),
+		requests: prom.Register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{Name: "refgc_collector_owner_request_seconds",
+			Help: "Duration of requests to owners.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)})),
+	}
+}
+
+// ownerOf returns the owner of a node stated by origin, or nil when the
+// node goes to storage.
+func (c *Collector) ownerOf(origin string, kind events.NodeKind) Owner {
+	r, ok := c.cfg.Owners[origin]
+	if !ok || r.Owner == nil || (len(r.Kinds) > 0 && !slices.Contains(r.Kinds, kind)) {
+		return nil
+	}
+	return r.Owner
+}
+
+// owned reports whether an intent goes to an owner.
+func (c *Collector) owned(in refcount.Intent) bool { return c.ownerOf(in.Origin, in.Node.Kind) != nil }
+
+// askOwners sends each owner one request for its intents and returns the
+// intents it deleted (or did not hold), and the corrections its refusals
+// stated.
+func (c *Collector) askOwners(ctx context.Context, intents []refcount.Intent, rep *Report, mu *sync.Mutex) ([]refcount.Intent, []events.Event) {
+	type batch struct {
+		owner   Owner
+		intents []refcount.Intent
+	}
+	var batches []*batch
+	for _, in := range intents {
+		o := c.ownerOf(in.Origin, in.Node.Kind)
+		i := slices.IndexFunc(batches, func(b *batch) bool { return b.owner == o })
+		if i < 0 {
+			batches = append(batches, &batch{owner: o})
+			i = len(batches) - 1
+		}
+		batches[i].intents = append(batches[i].intents, in)
+	}
+	var done []refcount.Intent
+	var corrections []events.Event
+	var wg sync.WaitGroup
+	for _, b := range batches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, corr, errs := c.askOwner(ctx, b.owner, b.intents)
+			mu.Lock()
+			defer mu.Unlock()
+			done = append(done, d...)
+			corrections = append(corrections, corr...)
+			rep.Errors += errs
+		}()
+	}
+	wg.Wait()
+	return done, corrections
+}
+
+func (c *Collector) askOwner(ctx context.Context, o Owner, intents []refcount.Intent) (done []refcount.Intent, corrections []events.Event, errs int) {
+	if c.limiter != nil {
+		if err := c.limiter.Wait(ctx); err != nil {
+			return nil, nil, 1
+		}
+	}
+	items := make([]owner.Item, len(intents))
+	byID := make(map[string]refcount.Intent, len(intents))
+	for i, in := range intents {
+		items[i] = owner.Item{Intent: in.ID, Node: in.Node}
+		byID[in.ID] = in
+	}
+	start := time.Now()
+	results, err := o.Delete(ctx, items)
+	c.om.requests.Observe(time.Since(start).Seconds())
+	if err != nil {
+		c.om.errors.Inc()
+		c.cfg.Logger.Warn("owner did not answer; its intents stay for the next pass", "items", len(items), "err", err)
+		return nil, nil, 1
+	}
+	answered := map[string]bool{}
+	now := c.cfg.Now().UTC()
+	for _, r := range results {
+		in, ok := byID[r.Intent]
+		if !ok || answered[r.Intent] {
+			continue
+		}
+		answered[r.Intent] = true
+		c.om.results.WithLabelValues(string(r.Status)).Inc()
+		switch r.Status {
+		case owner.StatusDeleted, owner.StatusAbsent:
+			done = append(done, in)
+		case owner.StatusInUse:
+			c.cfg.Logger.Warn("owner still uses an object the projection found unreferenced; publishing its statements",
+				"node", in.Node.String(), "reason", r.Reason, "detail", r.Detail, "statements", len(r.Statements))
+			for j, s := range r.Statements {
+				if !slices.Contains(statementKinds, s.Kind) {
+					c.cfg.Logger.Warn("owner stated a kind that cannot hold an object; ignored", "node", in.Node.String(), "kind", s.Kind)
+					continue
+				}
+				s.V, s.ID, s.Source = events.Version, fmt.Sprintf("owner-%s-%d", in.ID, j), in.Origin
+				s.Received, s.Host = time.Time{}, ""
+				if s.Time.IsZero() {
+					s.Time = now
+				}
+				corrections = append(corrections, s)
+			}
+		default:
+			c.cfg.Logger.Info("owner refused to delete an object; retried on the next pass",
+				"node", in.Node.String(), "reason", r.Reason, "detail", r.Detail)
+		}
+	}
+	if n := len(intents) - len(answered); n > 0 {
+		c.om.results.WithLabelValues("unanswered").Add(float64(n))
+	}
+	return done, corrections, 0
+}
+
+// publishCorrections publishes what owners stated about objects they
+// still use, and waits until the projection applied it. It runs after the
+// round's removals are committed: a statement about a holder that the same
+// round removed must not make that removal look raced.
+func (c *Collector) publishCorrections(ctx context.Context) error {
+	evs := c.corrections
+	c.corrections = nil
+	return c.publishApplied(ctx, evs, "owners' statements")
+}
+
+// ownedNode reports whether the projection's node goes to an owner.
+func (c *Collector) ownedNode(n events.NodeRef) (bool, error) {
+	if len(c.cfg.Owners) == 0 {
+		return false, nil
+	}
+	ni, ok, err := c.cfg.Projection.Get(n)
+	if err != nil || !ok {
+		return false, err
+	}
+	return c.ownerOf(ni.Origin, n.Kind) != nil, nil
+}
+
+// ErrNoStorage is returned for a node that no owner takes when the
+// collector was configured with Owners and no Storage.
+var ErrNoStorage = errors.New("collector: no storage configured for a node no owner takes")
+
+// noStorage is the Storage and StorageReader of a collector whose every
+// object has an owner.
+type noStorage struct{}
+
+func (noStorage) DeleteRevision(context.Context, string, digest.Digest, []string) error {
+	return ErrNoStorage
+}
+func (noStorage) DeleteLayerLink(context.Context, string, digest.Digest) error { return ErrNoStorage }
+func (noStorage) PurgeBlob(context.Context, digest.Digest) error               { return ErrNoStorage }
+func (noStorage) LinkTag(context.Context, string, string, digest.Digest) error { return ErrNoStorage }
+func (noStorage) LinkRevision(context.Context, string, digest.Digest) error    { return ErrNoStorage }
+func (noStorage) LinkLayer(context.Context, string, digest.Digest) error       { return ErrNoStorage }
+func (noStorage) StatBlob(context.Context, digest.Digest) (int64, error)       { return 0, ErrNoStorage }
+func (noStorage) Tags(context.Context, string, func(string, digest.Digest) error) error {
+	return ErrNoStorage
+}
+func (noStorage) Revisions(context.Context, string, func(digest.Digest) error) error {
+	return ErrNoStorage
+}
+func (noStorage) LinkModTime(context.Context, events.NodeRef) (time.Time, error) {
+	return time.Time{}, ErrNoStorage
+}
+func (noStorage) ReadBlob(context.Context, digest.Digest, int64) ([]byte, error) {
+	return nil, ErrNoStorage
+}

@@ -1,0 +1,43 @@
+package daemon
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/refgc/refgc/events"
+)
+
+func TestOwnersConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		ok   bool
+	}{
+		{"an owner of every kind", "owners:\n  - source: quay\n", true},
+		{"some kinds, a subject and a timeout", "owners:\n  - source: quay\n    kinds: [label, legacy]\n    subject: gc.quay\n    timeout: 3s\n", true},
+		{"no source", "owners:\n  - kinds: [label]\n", false},
+		{"an unknown kind", "owners:\n  - source: quay\n    kinds: [image]\n", false},
+		{"two owners of a source", "owners:\n  - source: quay\n  - source: quay\n", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Defaults()
+			cfg.DataDir = t.TempDir()
+			if err := cfg.DecodeYAML(strings.NewReader(tc.yaml)); err != nil {
+				t.Fatal(err)
+			}
+			err := cfg.Validate()
+			if (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrConfig)) {
+				t.Fatalf("Validate: %v", err)
+			}
+			if tc.ok && strings.Contains(tc.yaml, "kinds") {
+				o := cfg.Owners[0]
+				if len(o.Kinds) != 2 || o.Kinds[0] != events.NodeLabel || o.Timeout != 3*time.Second || o.Subject != "gc.quay" {
+					t.Fatalf("decoded %+v", o)
+				}
+			}
+		})
+	}
+}
