@@ -76,7 +76,7 @@ func TestManyLayersTranslateDecodes(t *testing.T) {
 // registry's queue blocked behind it.)
 func TestManyLayersWebhookIntoJetStream(t *testing.T) {
 	js, _ := jstest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {
 		t.Fatal(err)
