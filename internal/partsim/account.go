@@ -91,7 +91,7 @@ func (a *accountant) startRepo(r *repo) {
 
 // blobRecord is the length of a blob's record, key and leaf header.
 func (a *accountant) blobRecord(leased bool, size int64) int64 {
-	rec := record{count: 1, lease: leased, seqLen: a.cfg.SeqLen, size: size}
+	rec := record{count: 1, lease: leased, seqLen: a.cfg.SeqLen, size: size, origin: true}
 	return int64(blobKeyLen + rec.len() + leafOverhead)
 }
 
@@ -250,14 +250,14 @@ func (a *accountant) endRepo(r *repo) {
 	mk := repoDigestKeyLen(len(r.name))
 	for name := range r.tags {
 		tk := repoKeyLen(len(r.name), len(name))
-		rec := record{zero: true, seqLen: a.cfg.SeqLen}
+		rec := record{zero: true, seqLen: a.cfg.SeqLen, origin: true}
 		rec.edge(mk)
 		a.rBytes += int64(tk+rec.len()+leafOverhead) + int64(tk+stampLen+leafOverhead)
 		a.rBytes += int64(subKeyLen(mk, tk) + 1 + leafOverhead) // tag → manifest
 	}
 	for _, m := range r.revs {
 		rec := record{count: uint64(m.count), lease: true, zero: m.count == 0, seqLen: a.cfg.SeqLen,
-			size: m.size, mediaType: m.mediaType, heard: true}
+			size: m.size, mediaType: m.mediaType, heard: true, origin: true}
 		rec.edge(blobKeyLen)
 		for range len(m.blobs) + len(m.children) {
 			rec.edge(mk)
@@ -269,7 +269,7 @@ func (a *accountant) endRepo(r *repo) {
 	}
 	for _, l := range r.links {
 		rec := record{count: uint64(l.count), lease: true, zero: l.count == 0, seqLen: a.cfg.SeqLen,
-			size: l.size, heard: true}
+			size: l.size, heard: true, origin: true}
 		rec.edge(blobKeyLen)
 		a.rBytes += int64(mk + rec.len() + leafOverhead)
 	}

@@ -15,6 +15,7 @@ const (
 	digestText   = 71 // "sha256:" and 64 hex digits, as JSON carries it
 	timeVarint   = 9  // a unix-nanosecond time of this century, zigzag varint
 	stampLen     = 8  // stamps/<tag key> → uint64
+	originLen    = 1  // the interned id of a registry instance, uvarint (< 128 instances)
 	// leafOverhead is bbolt's leaf element header, paid once per key.
 	leafOverhead = 16
 	// versionLen is what a cross-partition in-edge adds to its value in the
@@ -67,6 +68,9 @@ type record struct {
 	size      int64
 	mediaType int // length of the media type
 	heard     bool
+	// origin: the record names the source that stated it present (every
+	// node an ingested event states: tags, revisions, links, blobs).
+	origin bool
 	// declared edges: how many, and their encoded length
 	declN, declLen int
 }
@@ -92,8 +96,11 @@ func (r *record) len() int {
 	n += r.seqLen + varintLen(r.size)
 	n += uvarintLen(uint64(r.mediaType)) + r.mediaType
 	n += uvarintLen(uint64(r.declN)) + r.declLen
-	if r.heard {
-		n += timeVarint
+	if r.heard || r.origin { // trailing fields: heard is written when either is set
+		n += pick(r.heard, timeVarint, 1)
+	}
+	if r.origin {
+		n += originLen
 	}
 	return n
 }
