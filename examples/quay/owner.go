@@ -49,6 +49,11 @@ func (r *Registry) HandleDelete(ctx context.Context, req owner.Request) (owner.R
 			return owner.Response{}, fmt.Errorf("quay: %s: %w", it.Node, err)
 		}
 		res.Intent = it.Intent
+		if len(res.Statements) > maxStatements {
+			// One holder is enough to hold it; a blob every manifest
+			// uses must not make the answer larger than a message.
+			res.Statements = res.Statements[:maxStatements]
+		}
 		for i := range res.Statements {
 			res.Statements[i].V, res.Statements[i].Source, res.Statements[i].Time = events.Version, r.source, now
 		}
@@ -143,6 +148,9 @@ func (r *Registry) deleteOne(tx *sql.Tx, it owner.Item, nowMS int64) (owner.Resu
 	// Layer links: Quay links blobs to manifests, not to repositories.
 	return absent, nil
 }
+
+// maxStatements bounds the statements of one in_use answer.
+const maxStatements = 16
 
 var kindOrder = map[events.NodeKind]int{events.NodeTag: 0, events.NodeManifest: 1, events.NodeLegacy: 2,
 	events.NodeLabel: 3, events.NodeLayer: 4, events.NodeBlob: 5}
