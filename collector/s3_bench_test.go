@@ -23,7 +23,10 @@ import (
 	"github.com/refgc/refgc/store"
 )
 
-var s3BenchManifests = flag.String("s3bench.manifests", "2000,20000", "comma-separated bucket sizes (manifests) of BenchmarkS3Requests")
+var (
+	s3BenchManifests = flag.String("s3bench.manifests", "2000,20000", "comma-separated bucket sizes (manifests) of BenchmarkS3Requests")
+	s3BenchBaseline  = flag.Bool("s3bench.markandsweep", true, "BenchmarkS3Requests also counts MarkAndSweep (most of its time)")
+)
 
 // s3Bucket fills an S3 server, without counting requests, with a registry
 // of 100 repositories holding n/100 tagged OCI image manifests each: every
@@ -184,6 +187,9 @@ func benchS3Requests(b *testing.B, n int) {
 		b.Fatal("the deleted tag's manifest is still stored")
 	}
 
+	if !*s3BenchBaseline {
+		return
+	}
 	// Distribution's mark and sweep over a bucket in the same state.
 	ms := s3test.Start(b, s3test.Options{})
 	s3Bucket(b, ms, n)
