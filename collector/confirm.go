@@ -17,10 +17,12 @@ package collector
 //
 // A refusal is counted by reason and published as a Refused event for the
 // repository, so that collection there pauses until a reconcile of the
-// repository has run. The check reads tags and revisions once per
-// repository with manifest or layer candidates, stats each candidate's
-// link, and reads only the manifests the projection does not know: its
-// cost follows the repositories a round touches, not the registry's size.
+// repository has run. The check lists tags and revisions once per
+// repository with manifest or layer candidates, reads the current link of
+// the tags whose history holds a candidate (refuseTagged), stats each
+// candidate's link, and reads only the manifests the projection does not
+// know: its cost follows the candidates of a round and the repositories
+// they are in, not the registry's size.
 
 import (
 	"context"
@@ -133,11 +135,7 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		}
 	}
 	if manifests {
-		err := rd.Tags(ctx, repo, func(tag string, cur digest.Digest) error {
-			refuse(events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: cur}, RefuseTagged, "tag "+tag)
-			return nil
-		})
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := c.refuseTagged(ctx, repo, want, refuse); err != nil {
 			return nil, err
 		}
 	}

@@ -23,7 +23,11 @@ import (
 	"github.com/refgc/refgc/store"
 )
 
-var s3BenchManifests = flag.String("s3bench.manifests", "2000,20000", "comma-separated bucket sizes (manifests) of BenchmarkS3Requests")
+var (
+	s3BenchManifests = flag.String("s3bench.manifests", "2000,20000", "comma-separated bucket sizes (manifests) of BenchmarkS3Requests")
+	s3BenchBaseline  = flag.Bool("s3bench.markandsweep", true, "BenchmarkS3Requests also counts MarkAndSweep (most of its time)")
+	s3BenchUntagged  = flag.Bool("s3bench.untagged", true, "MarkAndSweep removes untagged manifests (--delete-untagged: what collects a deleted tag's manifest; it reads every tag of a repository per manifest)")
+)
 
 // s3Bucket fills an S3 server, without counting requests, with a registry
 // of 100 repositories holding n/100 tagged OCI image manifests each: every
@@ -77,8 +81,10 @@ func s3Bucket(b *testing.B, srv *s3test.Server, n int) string {
 // delete) that (a) collecting one deleted tag and (b) one reconcile pass
 // cost refgc, against Distribution's MarkAndSweep over the same bucket:
 // (a) one pass that removes untagged manifests, as `registry
-// garbage-collect --delete-untagged` does, and (b) its dry run. The counts
-// are exact and do not vary between runs; run with -benchtime 1x.
+// garbage-collect --delete-untagged` does (with -s3bench.untagged=false,
+// the default pass, which is cheaper and would not collect the tag's
+// manifest), and (b) its dry run. The counts are exact and do not vary
+// between runs; run with -benchtime 1x.
 func BenchmarkS3Requests(b *testing.B) {
 	for _, s := range strings.Split(*s3BenchManifests, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -184,6 +190,9 @@ func benchS3Requests(b *testing.B, n int) {
 		b.Fatal("the deleted tag's manifest is still stored")
 	}
 
+	if !*s3BenchBaseline {
+		return
+	}
 	// Distribution's mark and sweep over a bucket in the same state.
 	ms := s3test.Start(b, s3test.Options{})
 	s3Bucket(b, ms, n)
@@ -199,17 +208,21 @@ func benchS3Requests(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	start = time.Now()
+	untagged := *s3BenchUntagged
 	reportCounts(b, "markandsweep-dryrun", measure2(ms, func() {
-		if err := storage.MarkAndSweep(ctx, drv, reg, storage.GCOpts{DryRun: true, RemoveUntagged: true, Quiet: true}); err != nil {
+		if err := storage.MarkAndSweep(ctx, drv, reg, storage.GCOpts{DryRun: true, RemoveUntagged: untagged, Quiet: true}); err != nil {
 			b.Fatal(err)
 		}
 	}), start)
 	start = time.Now()
 	reportCounts(b, "markandsweep", measure2(ms, func() {
-		if err := storage.MarkAndSweep(ctx, drv, reg, storage.GCOpts{RemoveUntagged: true, Quiet: true}); err != nil {
+		if err := storage.MarkAndSweep(ctx, drv, reg, storage.GCOpts{RemoveUntagged: untagged, Quiet: true}); err != nil {
 			b.Fatal(err)
 		}
 	}), start)
+	if !untagged {
+		return // the deleted tag's manifest is still a revision: it stays
+	}
 	if _, err := drv.Stat(ctx, "/docker/registry/v2/blobs/sha256/"+digest.Digest(cur).Encoded()[:2]+"/"+digest.Digest(cur).Encoded()+"/data"); err == nil {
 		b.Fatal("MarkAndSweep left the deleted tag's manifest")
 	}

@@ -573,3 +573,80 @@ func (s *Driver) ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]by
 	}
 	return b, nil
 }
+
+// TagIndex calls fn for every tag of repo, sorted by name, with whether
+// it has a current link and the digests of its history index, sorted. It
+// reads no link: one walk of _manifests/tags (a paginated listing on
+// object stores, a thousand keys a request). Distribution writes a tag's
+// index entry before its current link, so a current link points at a
+// digest of the tag's history; TagCurrent reads it where that matters.
+func (s *Driver) TagIndex(ctx context.Context, repo string, fn func(tag string, current bool, history []digest.Digest) error) error {
+	dir, err := repoPath(repo, "_manifests", "tags")
+	if err != nil {
+		return err
+	}
+	type tagInfo struct {
+		current bool
+		history []digest.Digest
+	}
+	tags := map[string]*tagInfo{}
+	err = s.d.Walk(ctx, dir, func(fi storagedriver.FileInfo) error {
+		if fi.IsDir() {
+			return nil
+		}
+		rel, ok := strings.CutPrefix(path.Clean(fi.Path()), dir+"/")
+		if !ok {
+			return nil
+		}
+		parts := strings.Split(rel, "/")
+		if checkTag(parts[0]) != nil {
+			return nil
+		}
+		t := tags[parts[0]]
+		if t == nil {
+			t = &tagInfo{}
+			tags[parts[0]] = t
+		}
+		switch {
+		case len(parts) == 3 && parts[1] == "current" && parts[2] == "link":
+			t.current = true
+		case len(parts) == 5 && parts[1] == "index" && parts[4] == "link":
+			if d, ok := digestFromDir(parts[2], parts[3]); ok {
+				t.history = append(t.history, d)
+			}
+		}
+		return nil
+	})
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("store: walk %s: %w", dir, err)
+	}
+	names := make([]string, 0, len(tags))
+	for name := range tags {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		t := tags[name]
+		slices.Sort(t.history)
+		if err := fn(name, t.current, t.history); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TagCurrent reads a tag's current link: ErrNotFound when it has none.
+func (s *Driver) TagCurrent(ctx context.Context, repo, tag string) (digest.Digest, error) {
+	p, err := tagCurrentLink(repo, tag)
+	if err != nil {
+		return "", err
+	}
+	d, found, err := s.readLink(ctx, p)
+	if err != nil {
+		return "", err
+	}
+	if !found {
+		return "", fmt.Errorf("%w: tag %s:%s", ErrNotFound, repo, tag)
+	}
+	return d, nil
+}

@@ -205,3 +205,45 @@ type codeErr struct {
 func (e codeErr) Error() string   { return e.code }
 func (e codeErr) Code() string    { return e.code }
 func (e codeErr) StatusCode() int { return e.status }
+
+func TestTagIndex(t *testing.T) { forEachBackend(t, testTagIndex) }
+
+func testTagIndex(t *testing.T, s *Driver) {
+	ctx := context.Background()
+	m1, m2 := putBlob(t, s, "m1"), putBlob(t, s, "m2")
+	for _, step := range []struct {
+		tag string
+		d   digest.Digest
+	}{{"v1", m1}, {"latest", m1}, {"latest", m2}} {
+		if err := s.LinkTag(ctx, "a/b", step.tag, step.d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type info struct {
+		current bool
+		history []digest.Digest
+	}
+	got := map[string]info{}
+	if err := s.TagIndex(ctx, "a/b", func(tag string, current bool, history []digest.Digest) error {
+		got[tag] = info{current, history}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !got["v1"].current || !slices.Equal(got["v1"].history, []digest.Digest{m1}) ||
+		!got["latest"].current || !slices.Equal(got["latest"].history, sorted(m1, m2)) {
+		t.Fatalf("tag index %+v", got)
+	}
+	if d, err := s.TagCurrent(ctx, "a/b", "latest"); err != nil || d != m2 {
+		t.Fatalf("current %s %v", d, err)
+	}
+	if _, err := s.TagCurrent(ctx, "a/b", "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("current of a missing tag: %v", err)
+	}
+	if err := s.TagIndex(ctx, "never/was", func(string, bool, []digest.Digest) error {
+		t.Fatal("a tag in an absent repository")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

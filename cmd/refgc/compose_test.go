@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/distribution/distribution/v3/configuration"
 
@@ -22,16 +21,7 @@ const repoRoot = "../.."
 
 func loadCompose(t *testing.T) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{filepath.Join(repoRoot, "docker-compose.yml")},
-		cli.WithWorkingDirectory(repoRoot), cli.WithResolvedPaths(true), cli.WithEnv(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := cli.ProjectFromOptions(context.Background(), opts)
-	if err != nil {
-		t.Fatalf("docker-compose.yml: %v", err)
-	}
-	return p
+	return loadComposeFile(t, "docker-compose.yml")
 }
 
 // mountOf returns the volume or bind mount of svc at target.

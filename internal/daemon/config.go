@@ -51,6 +51,11 @@ type Config struct {
 
 	// StatsInterval is how often the projection's gauges are refreshed.
 	StatsInterval time.Duration `yaml:"statsInterval"`
+	// SnapshotInterval is how often the collecting instance publishes a
+	// snapshot of its projection to the object store REFGC_SNAPSHOTS
+	// (zero or negative: never), which a new instance loads instead of
+	// replaying the log.
+	SnapshotInterval time.Duration `yaml:"snapshotInterval"`
 	// ReadyMaxLag is the largest follower lag /readyz accepts.
 	ReadyMaxLag uint64 `yaml:"readyMaxLag"`
 
@@ -84,6 +89,11 @@ type NATSConfig struct {
 	TLSKey    string `yaml:"tlsKey"`
 	// Replicas of the streams (external clusters only).
 	Replicas int `yaml:"replicas"`
+	// MaxAge and MaxBytes bound the event log (zero: unbounded); events
+	// past them age out, and a new instance starts from the newest
+	// snapshot (SnapshotInterval) instead of replaying from the start.
+	MaxAge   time.Duration `yaml:"maxAge"`
+	MaxBytes int64         `yaml:"maxBytes"`
 }
 
 // WebhookConfig configures the Distribution notification endpoint.
@@ -149,10 +159,11 @@ func Defaults() Config {
 			Untagged: string(refcount.PolicyDelete), Concurrency: collector.DefaultConcurrency, BatchSize: collector.DefaultBatchSize,
 			ReconcileInterval: 24 * time.Hour, QuietAfter: collector.DefaultQuietAfter,
 		},
-		StatsInterval: 15 * time.Second,
-		ReadyMaxLag:   1000,
-		LogFormat:     "json",
-		LogLevel:      "info",
+		StatsInterval:    15 * time.Second,
+		SnapshotInterval: DefaultSnapshotInterval,
+		ReadyMaxLag:      1000,
+		LogFormat:        "json",
+		LogLevel:         "info",
 	}
 }
 

@@ -136,6 +136,9 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if err := d.startLog(ctx); err != nil {
 		return nil, err
 	}
+	if err := d.loadSnapshot(ctx); err != nil {
+		return nil, err
+	}
 	if err := d.openProjection(); err != nil {
 		return nil, err
 	}
@@ -160,7 +163,8 @@ func (d *Daemon) startLog(ctx context.Context) (err error) {
 	if err := d.connect(); err != nil {
 		return err
 	}
-	if d.stream, err = eventlog.EnsureStream(ctx, d.js, eventlog.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
+	if d.stream, err = eventlog.EnsureStream(ctx, d.js, eventlog.StreamConfig{Replicas: cfg.NATS.Replicas,
+		MaxAge: cfg.NATS.MaxAge, MaxBytes: cfg.NATS.MaxBytes}); err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
 	d.pub, err = eventlog.NewPublisher(d.js, eventlog.PublisherConfig{Registerer: d.reg})
@@ -327,6 +331,7 @@ func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 			_ = d.leader.Run(runCtx)
 		}()
 	}
+	d.startSnapshots(runCtx)
 	if d.rec != nil {
 		if err := d.startReconcile(runCtx); err != nil {
 			return err

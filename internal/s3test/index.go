@@ -117,27 +117,30 @@ func (x *indexed) ListBucket(name string, prefix *gofakes3.Prefix, page gofakes3
 		}
 	}
 	var n int64
+	var last string // the last key or common prefix answered
 	for ok := true; ok; {
 		key := it.Key().(string)
 		if !strings.HasPrefix(key, pre) {
 			break
 		}
 		if page.MaxKeys > 0 && n == page.MaxKeys {
-			out.IsTruncated = true
+			// Only a truncated answer names where to go on (gofakes3
+			// turns any marker into a continuation token).
+			out.IsTruncated, out.NextMarker = true, last
 			break
 		}
 		n++
 		if i := strings.Index(key[len(pre):], delim); delim != "" && i >= 0 {
 			cp := key[:len(pre)+i+len(delim)]
 			out.AddPrefix(cp)
-			out.NextMarker = cp
+			last = cp
 			ok = it.Seek(after(cp))
 			continue
 		}
 		e := it.Value().(entry)
 		out.Add(&gofakes3.Content{Key: key, LastModified: gofakes3.NewContentTime(e.modified),
 			ETag: gofakes3.FormatETag(e.hash), Size: e.size})
-		out.NextMarker = key
+		last = key
 		ok = it.Next()
 	}
 	return out, nil

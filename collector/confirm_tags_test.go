@@ -1,0 +1,56 @@
+package collector_test
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/store"
+)
+
+// TestStorageCheckTags: a tag in storage that the projection never heard
+// of holds its revision, whether the tag has the history entry the
+// registry writes first or only a current link; a tag whose history holds
+// the revision but that has moved on does not.
+func TestStorageCheckTags(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		write   func(w *world, m, other events.Descriptor)
+		refused bool
+	}{
+		{"tagged", func(w *world, m, _ events.Descriptor) { w.linkTag("app", "late", m.Digest) }, true},
+		{"current link only", func(w *world, m, _ events.Descriptor) {
+			w.writeLink(m.Digest, w.repoDir("app"), "_manifests", "tags", "odd", "current", "link")
+		}, true},
+		{"moved on", func(w *world, m, other events.Descriptor) {
+			w.linkTag("app", "moved", m.Digest)
+			w.linkTag("app", "moved", other.Digest)
+		}, false},
+		{"other tags only", func(w *world, _, other events.Descriptor) { w.linkTag("app", "other", other.Digest) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, 4)
+			r := rand.New(rand.NewPCG(1, 2))
+			conf := w.pushBlob(r, "app", mtConf, 16)
+			m := w.putManifest("app", "", []events.Descriptor{conf, w.pushBlob(r, "app", mtLayer, 64)}, nil, nil)
+			other := w.putManifest("app", "keep", []events.Descriptor{conf, w.pushBlob(r, "app", mtLayer, 64)}, nil, nil)
+			w.clock = w.clock.Add(2 * testGrace)
+			tc.write(w, m, other)
+			rep := w.pass()
+			unlinked := false
+			for _, rm := range rep.Removed {
+				unlinked = unlinked || rm.Node == (events.NodeRef{Kind: events.NodeManifest, Repo: "app", Digest: m.Digest})
+			}
+			if unlinked == tc.refused {
+				t.Fatalf("revision unlinked %v, want refused %v: %+v", unlinked, tc.refused, rep)
+			}
+			if tc.refused && rep.Refused == 0 {
+				t.Fatalf("no refusal: %+v", rep)
+			}
+		})
+	}
+}
+
+// The store reads tags as the storage check prefers.
+var _ collector.TagIndexReader = (*store.Driver)(nil)

@@ -1,0 +1,148 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/prom"
+)
+
+// DefaultSnapshotInterval is how often the collecting instance publishes
+// a snapshot of its projection.
+const DefaultSnapshotInterval = 6 * time.Hour
+
+// snapshotStore opens the snapshot bucket.
+func (d *Daemon) snapshotStore(ctx context.Context) (*eventlog.SnapshotStore, error) {
+	s, err := eventlog.NewSnapshotStore(ctx, d.js, eventlog.SnapshotConfig{Replicas: d.cfg.NATS.Replicas})
+	if err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	return s, nil
+}
+
+// loadSnapshot gives a new instance (no projection file yet) the newest
+// snapshot of the stream it follows, if there is one that the stream
+// still reaches (its sequence at least the stream's first sequence - 1):
+// the follower then starts after the snapshot's sequence instead of at 1,
+// which a bounded log no longer holds. Without a usable snapshot, the
+// projection starts empty as before.
+func (d *Daemon) loadSnapshot(ctx context.Context) error {
+	path := filepath.Join(d.cfg.DataDir, ProjectionFile)
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return nil // an existing projection follows from its own cursor
+	}
+	snaps, err := d.snapshotStore(ctx)
+	if err != nil {
+		return err
+	}
+	latest, err := snaps.Latest(ctx)
+	if errors.Is(err, eventlog.ErrNoSnapshot) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("daemon: %w", err)
+	}
+	info, err := d.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("daemon: stream: %w", err)
+	}
+	if id := eventlog.StreamID(info); latest.Stream != id || latest.Seq+1 < info.State.FirstSeq {
+		d.log.Warn("snapshot not usable: starting an empty projection", "snapshotStream", latest.Stream,
+			"snapshotSeq", latest.Seq, "stream", id, "firstSeq", info.State.FirstSeq)
+		return nil
+	}
+	start := time.Now()
+	tmp := path + ".snapshot"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("daemon: snapshot: %w", err)
+	}
+	got, err := snaps.Get(ctx, f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("daemon: load snapshot: %w", err)
+	}
+	d.log.Info("projection loaded from a snapshot", "seq", got.Seq, "bytes", got.Size,
+		"taken", got.Time, "duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// startSnapshots publishes a snapshot every SnapshotInterval while this
+// instance collects (the only instance, or the elected one).
+func (d *Daemon) startSnapshots(ctx context.Context) {
+	every := d.cfg.SnapshotInterval
+	if every <= 0 {
+		return
+	}
+	taken := prom.Register(d.reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refgc_snapshots_total",
+		Help: "Snapshots of the projection published to the object store, by result."}, []string{"result"}))
+	size := prom.Register(d.reg, prometheus.NewGauge(prometheus.GaugeOpts{Name: "refgc_snapshot_size_bytes",
+		Help: "Size of the last snapshot published."}))
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if !d.IsLeader() {
+				continue
+			}
+			n, err := d.PublishSnapshot(ctx)
+			if err != nil {
+				taken.WithLabelValues("error").Inc()
+				d.log.Error("snapshot", "err", err)
+				continue
+			}
+			taken.WithLabelValues("ok").Inc()
+			size.Set(float64(n))
+		}
+	}()
+}
+
+// PublishSnapshot publishes a snapshot of the projection now and returns
+// its size.
+func (d *Daemon) PublishSnapshot(ctx context.Context) (int64, error) {
+	snaps, err := d.snapshotStore(ctx)
+	if err != nil {
+		return 0, err
+	}
+	f, err := os.CreateTemp(d.cfg.DataDir, "snapshot-*")
+	if err != nil {
+		return 0, fmt.Errorf("daemon: snapshot: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	info, err := d.proj.Snapshot(f)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := f.Seek(0, 0); err != nil {
+		return 0, fmt.Errorf("daemon: snapshot: %w", err)
+	}
+	if _, err := snaps.Put(ctx, info.Cursor, info.Stream, f); err != nil {
+		return 0, err
+	}
+	d.log.Info("snapshot published", "seq", info.Cursor, "bytes", info.Size)
+	return info.Size, nil
+}
