@@ -17,17 +17,7 @@ import (
 // not grow with the projection; "scan" grows linearly.
 func BenchmarkStats(b *testing.B) {
 	for _, events := range []int{10_000, 100_000} {
-		p, err := Open(filepath.Join(b.TempDir(), "refs.db"), Options{NoSync: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		evs := benchEvents(events)
-		var seq uint64
-		for i := 0; i < len(evs); i += 1000 {
-			if _, err := p.Apply(toRecords(evs[i:min(i+1000, len(evs))], &seq)); err != nil {
-				b.Fatal(err)
-			}
-		}
+		p := benchFilled(b, events)
 		st, err := p.Stats()
 		if err != nil {
 			b.Fatal(err)
@@ -63,17 +53,7 @@ func BenchmarkStats(b *testing.B) {
 // time per recount and the peak live heap while it runs.
 func BenchmarkCheck(b *testing.B) {
 	for _, events := range []int{10_000, 100_000} {
-		p, err := Open(filepath.Join(b.TempDir(), "refs.db"), Options{NoSync: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		evs := benchEvents(events)
-		var seq uint64
-		for i := 0; i < len(evs); i += 1000 {
-			if _, err := p.Apply(toRecords(evs[i:min(i+1000, len(evs))], &seq)); err != nil {
-				b.Fatal(err)
-			}
-		}
+		p := benchFilled(b, events)
 		for _, c := range []struct {
 			name  string
 			check func() ([]Mismatch, error)
@@ -92,4 +72,22 @@ func BenchmarkCheck(b *testing.B) {
 		}
 		p.Close()
 	}
+}
+
+// benchFilled returns a projection (without fsync) into which events of
+// the benchmark mix were applied in batches of 1,000.
+func benchFilled(b *testing.B, events int) *Projection {
+	b.Helper()
+	p, err := Open(filepath.Join(b.TempDir(), "refs.db"), Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	evs := benchEvents(events)
+	var seq uint64
+	for i := 0; i < len(evs); i += 1000 {
+		if _, err := p.Apply(toRecords(evs[i:min(i+1000, len(evs))], &seq)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return p
 }
