@@ -7,10 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/metrics"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +16,7 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/collector/reconcile"
+	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
 )
@@ -116,44 +113,6 @@ func benchLayout(b *testing.B, root string, repos, manifests, tagEvery int) {
 	}
 }
 
-// peakHeap samples the live heap while fn runs and returns its peak above
-// the heap at the start.
-func peakHeap(fn func()) uint64 {
-	runtime.GC()
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	read := func() uint64 { metrics.Read(sample); return sample[0].Value.Uint64() }
-	start := read()
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(time.Millisecond)
-		defer t.Stop()
-		for {
-			if v := read(); v > peak.Load() {
-				peak.Store(v)
-			}
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	fn()
-	close(stop)
-	wg.Wait()
-	if v := read(); v > peak.Load() {
-		peak.Store(v)
-	}
-	if peak.Load() < start {
-		return 0
-	}
-	return peak.Load() - start
-}
-
 // BenchmarkReconcilePass compares one read-only reconcile pass (Verify: the
 // full walk, every manifest read and parsed, the projection compared both
 // ways and recounted) with Distribution's own mark and sweep in dry-run
@@ -188,7 +147,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 		b.ReportAllocs()
 		var peak uint64
 		for b.Loop() {
-			peak = max(peak, peakHeap(func() {
+			peak = max(peak, regtest.PeakHeap(func() {
 				d, err := r.Verify(ctx)
 				if err != nil || !d.Clean() {
 					b.Fatalf("verify: %v %v", d, err)
@@ -206,7 +165,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 		b.ReportAllocs()
 		var peak uint64
 		for b.Loop() {
-			peak = max(peak, peakHeap(func() {
+			peak = max(peak, regtest.PeakHeap(func() {
 				if ms, err := proj.Check(); err != nil || len(ms) > 0 {
 					b.Fatalf("check: %v %v", ms, err)
 				}
@@ -219,7 +178,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 		drv := st.StorageDriver()
 		var peak uint64
 		for b.Loop() {
-			peak = max(peak, peakHeap(func() {
+			peak = max(peak, regtest.PeakHeap(func() {
 				reg, err := storage.NewRegistry(ctx, drv)
 				if err != nil {
 					b.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 // BenchmarkStats reads the projection's counts at two sizes: "stats" is
@@ -15,17 +17,7 @@ import (
 // not grow with the projection; "scan" grows linearly.
 func BenchmarkStats(b *testing.B) {
 	for _, events := range []int{10_000, 100_000} {
-		p, err := Open(filepath.Join(b.TempDir(), "refs.db"), Options{NoSync: true})
-		if err != nil {
-			b.Fatal(err)
-		}
-		evs := benchEvents(events)
-		var seq uint64
-		for i := 0; i < len(evs); i += 1000 {
-			if _, err := p.Apply(toRecords(evs[i:min(i+1000, len(evs))], &seq)); err != nil {
-				b.Fatal(err)
-			}
-		}
+		p := benchFilled(b, events)
 		st, err := p.Stats()
 		if err != nil {
 			b.Fatal(err)
@@ -53,4 +45,49 @@ func BenchmarkStats(b *testing.B) {
 		})
 		p.Close()
 	}
+}
+
+// BenchmarkCheck recounts projections of two sizes with Check (streamed in
+// key order) and, as the baseline in the same run, with the map-based
+// recount it replaced (checkMaps, kept in the tests as its oracle):
+// time per recount and the peak live heap while it runs.
+func BenchmarkCheck(b *testing.B) {
+	for _, events := range []int{10_000, 100_000} {
+		p := benchFilled(b, events)
+		for _, c := range []struct {
+			name  string
+			check func() ([]Mismatch, error)
+		}{{"streamed", p.Check}, {"maps", p.checkMaps}} {
+			b.Run(fmt.Sprintf("%s/events=%d", c.name, events), func(b *testing.B) {
+				var peak uint64
+				for b.Loop() {
+					peak = max(peak, regtest.PeakHeap(func() {
+						if ms, err := c.check(); err != nil || len(ms) > 0 {
+							b.Fatalf("check: %v %v", ms, err)
+						}
+					}))
+				}
+				b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+			})
+		}
+		p.Close()
+	}
+}
+
+// benchFilled returns a projection (without fsync) into which events of
+// the benchmark mix were applied in batches of 1,000.
+func benchFilled(b *testing.B, events int) *Projection {
+	b.Helper()
+	p, err := Open(filepath.Join(b.TempDir(), "refs.db"), Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	evs := benchEvents(events)
+	var seq uint64
+	for i := 0; i < len(evs); i += 1000 {
+		if _, err := p.Apply(toRecords(evs[i:min(i+1000, len(evs))], &seq)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return p
 }

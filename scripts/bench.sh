@@ -9,15 +9,18 @@ run() { # name, command...
   local name=$1; shift
   if [ -n "$only" ] && [[ $name != *"$only"* ]]; then return; fi
   echo "== $name: $*"; uptime
-  "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)|operations in|unavailability' || true
+  "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)|ns/op|operations in|unavailability' || true
 }
 run refcount      go test ./refcount -run '^$' -bench 'Apply|RawPuts' -benchtime 100x -count 3
 run eventlog      go test ./events/eventlog -run '^$' -bench BenchmarkEventLog -benchtime 100000x -count 3
 run latency       go test ./events/eventlog -run '^$' -bench BenchmarkLatency -benchtime 5000x -count 3
 run catchup       go test ./events/eventlog -run '^$' -bench BenchmarkCatchUp -benchtime 2000x
+run pulls         go test ./events/eventlog -run '^$' -bench BenchmarkPulls -benchtime 5000x -count 3
+run stats         go test ./refcount -run '^$' -bench BenchmarkStats -count 3
 run webhook       go test ./events/distribution -run '^$' -bench BenchmarkWebhook -benchtime 2s -count 3
 run e2e           go test ./internal/daemon -run '^$' -bench BenchmarkWebhookE2E -benchtime 5000x -count 3
 run collector     go test ./collector -run '^$' -bench BenchmarkCollectorDeletes -benchtime 3x
 run store         go test ./store -run '^$' -bench . -benchtime 2s -count 5
 run reconcile     go test ./collector -run '^$' -bench BenchmarkReconcilePass -benchtime 3x
+run reclaim       go test ./collector -run '^$' -bench BenchmarkReclaimOne -benchtime 1x -count 2 -timeout 60m
 run random        go test ./collector -run 'TestRandomDirect|TestRandomRegistry' -collector.ops=10000 -timeout 60m -v
