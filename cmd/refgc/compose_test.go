@@ -144,6 +144,7 @@ func TestComposeFile(t *testing.T) {
 		if err := cfg.DecodeYAML(f); err != nil {
 			t.Fatal(err)
 		}
+		cfg.Webhook.Token, cfg.AdminToken = "from-the-environment", "from-the-environment"
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}

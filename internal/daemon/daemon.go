@@ -28,7 +28,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -285,8 +284,11 @@ func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 	if err != nil {
 		return fmt.Errorf("daemon: webhook: %w", err)
 	}
-	if cfg.Webhook.Token == "" && !slices.ContainsFunc(cfg.Webhook.Tokens, func(s string) bool { return s != "" }) {
+	if !cfg.Webhook.authenticated() {
 		d.log.Warn("webhook token empty: notifications are not authenticated")
+	}
+	if cfg.AdminToken == "" {
+		d.log.Warn("admin token empty: the admin endpoints are open to whoever reaches " + cfg.Addr)
 	}
 	d.gauges = newGauges(d.reg, d)
 
@@ -468,7 +470,7 @@ func (d *Daemon) Collect(ctx context.Context, dryRun bool) (collector.Report, er
 	}
 	rep, err := c.Pass(ctx)
 	if err == nil && (rep.Unlinked > 0 || rep.Purged > 0 || rep.Errors > 0) {
-		d.log.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged, "bytes", rep.Bytes,
+		d.log.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged, "unlinkedBytes", rep.UnlinkedBytes, "purgedBytes", rep.PurgedBytes,
 			"refused", rep.Refused, "errors", rep.Errors, "dryRun", dryRun || d.cfg.Collector.DryRun)
 	}
 	return rep, err

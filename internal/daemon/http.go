@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -186,6 +185,9 @@ func errorCode(err error) int {
 		errors.Is(err, reconcile.ErrRebuildTarget) || errors.Is(err, collector.ErrPaused) {
 		return http.StatusConflict
 	}
+	if errors.Is(err, ErrRebuildOut) {
+		return http.StatusBadRequest
+	}
 	return http.StatusInternalServerError
 }
 
@@ -218,15 +220,16 @@ func (d *Daemon) reconcile(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, drift)
 }
 
-// rebuild answers POST /v1/rebuild?out=PATH, PATH being an absolute path
-// on the daemon's machine that does not exist yet.
+// rebuild answers POST /v1/rebuild?out=NAME: a file name in the
+// rebuild directory (Config.RebuildDir), or an absolute path directly in
+// it, that does not exist yet.
 func (d *Daemon) rebuild(w http.ResponseWriter, r *http.Request) {
-	out := r.URL.Query().Get("out")
-	if out == "" || !filepath.IsAbs(out) {
-		http.Error(w, "out: want an absolute path", http.StatusBadRequest)
+	path, err := d.rebuildTarget(r.URL.Query().Get("out"))
+	if err != nil {
+		http.Error(w, err.Error(), errorCode(err))
 		return
 	}
-	rep, err := d.Rebuild(r.Context(), out)
+	rep, err := d.Rebuild(r.Context(), path)
 	if err != nil {
 		http.Error(w, err.Error(), errorCode(err))
 		return
