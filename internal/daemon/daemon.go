@@ -37,6 +37,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/collector/reconcile"
@@ -132,6 +133,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.adminUnauthorized = prom.Register(d.reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_admin_unauthorized_total",
 		Help: "Admin requests refused for a missing or wrong token."}))
 
+	// The projection's file lock is the data directory's: taken first, so
+	// that a second instance on the same directory stops before it starts
+	// an embedded NATS server on the live store.
+	if err := d.lockProjection(); err != nil {
+		return nil, err
+	}
 	if err := d.startLog(ctx); err != nil {
 		return nil, err
 	}
@@ -156,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 // publisher. closeLog undoes it.
 func (d *Daemon) startLog(ctx context.Context) (err error) {
 	cfg := d.cfg
-	if err := d.connect(); err != nil {
+	if err := d.connect(ctx); err != nil {
 		return err
 	}
 	if d.stream, err = eventlog.EnsureStream(ctx, d.js, eventlog.StreamConfig{Replicas: cfg.NATS.Replicas}); err != nil {
@@ -179,18 +186,31 @@ func (d *Daemon) closeLog() {
 	}
 }
 
-// openProjection opens the projection and the follower that feeds it
-// from the log, and the Log the collector and the reconciler write
-// through. closeProjection undoes it.
-func (d *Daemon) openProjection() (err error) {
+// ErrDataDirInUse is returned (wrapped) by Start when another process
+// holds the projection of the data directory.
+var ErrDataDirInUse = errors.New("daemon: the data directory is in use by another refgc")
+
+// lockProjection opens the projection, which locks it for this process.
+// closeProjection undoes it.
+func (d *Daemon) lockProjection() (err error) {
 	cfg := d.cfg
-	d.proj, err = refcount.Open(filepath.Join(cfg.DataDir, ProjectionFile), refcount.Options{
+	path := filepath.Join(cfg.DataDir, ProjectionFile)
+	d.proj, err = refcount.Open(path, refcount.Options{
 		Untagged: refcount.Policy(cfg.Collector.Untagged), Grace: cfg.Collector.Grace,
 		Retention: cfg.Collector.Retention, NoSync: cfg.NoSync,
 	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("%w: %s is locked (stop the other instance, or give each instance its own --data-dir)", ErrDataDirInUse, path)
+	}
 	if err != nil {
 		return fmt.Errorf("daemon: projection: %w", err)
 	}
+	return nil
+}
+
+// openProjection opens the follower that feeds the projection from the
+// log, and the Log the collector and the reconciler write through.
+func (d *Daemon) openProjection() (err error) {
 	d.fol, err = eventlog.NewFollower(d.js, eventlog.FollowerConfig{
 		Cursor: d.proj.Cursor,
 		Bind:   d.proj.BindStream,
@@ -224,6 +244,9 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 	cfg := d.cfg
 	var reader distribution.ManifestReader
 	if cfg.Storage != nil {
+		if err := checkStorageRoot(cfg.Storage); err != nil {
+			return nil, err
+		}
 		d.store, err = store.FromConfig(ctx, cfg.Storage, store.WithLogger(d.log))
 		if err != nil {
 			return nil, fmt.Errorf("daemon: storage: %w", err)
@@ -269,6 +292,25 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 		return 0
 	}))
 	return reader, nil
+}
+
+// checkStorageRoot refuses a filesystem storage whose root directory does
+// not exist: walked, it would look like an empty registry (and a reconcile
+// would find the projection "matching" it), when it is most likely not the
+// registry's storage at all.
+func checkStorageRoot(section map[string]any) error {
+	name, params, err := store.DriverConfig(section)
+	if err != nil || name != "filesystem" {
+		return nil // FromConfig reports a bad section
+	}
+	root, _ := params["rootdirectory"].(string)
+	if root == "" {
+		return fmt.Errorf("%w: filesystem storage without rootdirectory (the registry's default is /var/lib/registry: name it)", ErrConfig)
+	}
+	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+		return fmt.Errorf("%w: storage root %s is not a directory (is it the registry's storage?): %v", ErrConfig, root, err)
+	}
+	return nil
 }
 
 // serve creates the webhook and the HTTP server, and starts the
@@ -357,7 +399,7 @@ func (d *Daemon) closeServing() {
 	}
 }
 
-func (d *Daemon) connect() error {
+func (d *Daemon) connect(ctx context.Context) error {
 	cfg := d.cfg.NATS
 	url := cfg.URL
 	if url == "" {
@@ -378,11 +420,11 @@ func (d *Daemon) connect() error {
 		}
 		url = d.emb.ClientURL()
 	}
-	nc, err := eventlog.Connect(url, eventlog.ConnectOptions{
+	nc, err := connectRetry(ctx, url, eventlog.ConnectOptions{
 		Token: cfg.Token, User: cfg.User, Password: cfg.Password, CredsFile: cfg.CredsFile,
 		NKeySeedFile: cfg.NKeyFile, TLSCAFile: cfg.TLSCA, TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey,
 		Name: "refgc", Logger: d.log.With("component", "nats-client"),
-	})
+	}, d.log)
 	if err != nil {
 		return fmt.Errorf("daemon: nats: %w", err)
 	}

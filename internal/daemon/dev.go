@@ -19,6 +19,8 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/sirupsen/logrus"
 
+	"github.com/refgc/refgc/store"
+
 	// The filesystem storage driver registers itself.
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 )
@@ -59,17 +61,9 @@ func (c *DevConfig) devStorageRoot() (string, error) {
 	if c.Storage == nil {
 		return filepath.Abs(filepath.Join(c.DataDir, "registry"))
 	}
-	fsys, ok := c.Storage["filesystem"].(map[string]any)
-	if !ok {
-		if m, ok2 := c.Storage["filesystem"].(map[any]any); ok2 {
-			fsys = map[string]any{}
-			for k, v := range m {
-				fsys[fmt.Sprint(k)] = v
-			}
-		}
-	}
-	root, _ := fsys["rootdirectory"].(string)
-	if root == "" || len(c.Storage) != 1 {
+	name, params, err := store.DriverConfig(c.Storage)
+	root, _ := params["rootdirectory"].(string)
+	if err != nil || name != "filesystem" || root == "" {
 		return "", fmt.Errorf("%w: refgc dev runs a registry on filesystem storage; give --storage-root or no storage", ErrConfig)
 	}
 	return filepath.Abs(root)
