@@ -46,7 +46,7 @@ func newRoot() *cobra.Command {
 	}
 	addOutputFlag(root)
 	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact(), newUsage(), newDeadLetters(),
-		newVerify(), newReconcile(), newRebuild())
+		newVerify(), newReconcile(), newRebuild(), newHealth())
 	return root
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -11,7 +12,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/internal/daemon"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 func TestBaseURL(t *testing.T) {
@@ -142,5 +145,23 @@ func TestHumanUnits(t *testing.T) {
 	}
 	if got := humanDuration(1234567 * time.Microsecond); got != "1.2s" {
 		t.Errorf("humanDuration: %s", got)
+	}
+}
+
+// A running pass shows as a bar with what it has seen.
+func TestShowProgress(t *testing.T) {
+	var out regtest.SyncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	poll := func(context.Context) (daemon.PassProgress, bool) {
+		return daemon.PassProgress{Progress: reconcile.Progress{Running: true, Pass: "verify", Repositories: 3, Revisions: 40, Blobs: 10},
+			Expected: 100}, true
+	}
+	go func() { defer close(stopped); showProgress(ctx, &out, poll) }()
+	regtest.WaitFor(t, "the bar", func() bool { return strings.Contains(out.String(), "verify: 3 repositories, 40 revisions, 10 blobs") })
+	cancel()
+	<-stopped
+	if !strings.Contains(out.String(), "50/100") {
+		t.Errorf("bar: %q", out.String())
 	}
 }

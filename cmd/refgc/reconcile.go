@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/refgc/refgc/collector/reconcile"
+	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/refcount"
 	"github.com/refgc/refgc/store"
@@ -46,14 +47,29 @@ func (o *offline) flags(cmd *cobra.Command) {
 }
 
 // reconciler opens the projection read-only and the storage, and returns a
-// reconciler without a log (it can verify and rebuild, never apply).
-func (o *offline) reconciler(ctx context.Context) (*reconcile.Reconciler, func(), error) {
+// reconciler without a log (it can verify and rebuild, never apply), and
+// how it reports progress.
+func (o *offline) reconciler(ctx context.Context) (*reconcile.Reconciler, progressPoll, func(), error) {
+	r, expected, done, err := o.open(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	poll := func(context.Context) (daemon.PassProgress, bool) {
+		pp := daemon.PassProgress{Progress: r.Progress(), Expected: expected}
+		return pp, true
+	}
+	return r, poll, done, nil
+}
+
+// open opens what reconciler needs, and counts the projection's manifests
+// and blobs: what the walk will see, for its progress.
+func (o *offline) open(ctx context.Context) (*reconcile.Reconciler, int64, func(), error) {
 	cfg := &o.cfg
 	if err := loadConfig(o.fs, cfg, &o.file, &o.storageRoot); err != nil {
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
 	if cfg.Storage == nil {
-		return nil, nil, fmt.Errorf("%w: give --config or --storage-root", daemon.ErrNoStorage)
+		return nil, 0, nil, fmt.Errorf("%w: give --config or --storage-root", daemon.ErrNoStorage)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	p, err := refcount.Open(filepath.Join(cfg.DataDir, daemon.ProjectionFile), refcount.Options{
@@ -61,20 +77,24 @@ func (o *offline) reconciler(ctx context.Context) (*reconcile.Reconciler, func()
 		Grace: cfg.Collector.Grace, Retention: cfg.Collector.Retention,
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("open projection: %w", err)
+		return nil, 0, nil, fmt.Errorf("open projection: %w", err)
 	}
 	st, err := store.FromConfig(ctx, cfg.Storage, store.WithLogger(log))
 	if err != nil {
 		p.Close()
-		return nil, nil, fmt.Errorf("storage: %w", err)
+		return nil, 0, nil, fmt.Errorf("storage: %w", err)
 	}
 	r, err := reconcile.New(reconcile.Config{Projection: p, Store: st,
 		Concurrency: cfg.Collector.Concurrency, Logger: log})
 	if err != nil {
 		p.Close()
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
-	return r, func() { p.Close() }, nil
+	var expected int64
+	if stats, err := p.Stats(); err == nil {
+		expected = int64(stats.Nodes[events.NodeManifest] + stats.Nodes[events.NodeBlob])
+	}
+	return r, expected, func() { p.Close() }, nil
 }
 
 // daemonDown reports whether err means that nothing listens at the address.
@@ -104,14 +124,19 @@ func newVerify() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var drift reconcile.Drift
-			err := fetch(cmd.Context(), http.MethodGet, addr, daemon.VerifyPath, &drift)
+			err := withProgress(cmd, daemonProgress(addr), func() error {
+				return fetch(cmd.Context(), http.MethodGet, addr, daemon.VerifyPath, &drift)
+			})
 			if err != nil && daemonDown(err) {
-				r, done, oerr := o.reconciler(cmd.Context())
+				r, poll, done, oerr := o.reconciler(cmd.Context())
 				if oerr != nil {
 					return fmt.Errorf("daemon: %v; %w", err, oerr)
 				}
 				defer done()
-				drift, err = r.Verify(cmd.Context())
+				err = withProgress(cmd, poll, func() (err error) {
+					drift, err = r.Verify(cmd.Context())
+					return err
+				})
 			}
 			if err != nil {
 				return err
@@ -140,7 +165,10 @@ func newReconcile() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var drift reconcile.Drift
 			p := daemon.ReconcilePath + "?" + url.Values{"apply": {fmt.Sprint(apply)}}.Encode()
-			if err := fetch(cmd.Context(), http.MethodPost, addr, p, &drift); err != nil {
+			err := withProgress(cmd, daemonProgress(addr), func() error {
+				return fetch(cmd.Context(), http.MethodPost, addr, p, &drift)
+			})
+			if err != nil {
 				return err
 			}
 			if err := render(cmd, drift, driftTable); err != nil {
@@ -182,14 +210,19 @@ func newRebuild() *cobra.Command {
 				remote = abs
 			}
 			var rep reconcile.RebuildReport
-			err = fetch(cmd.Context(), http.MethodPost, addr, daemon.RebuildPath+"?"+url.Values{"out": {remote}}.Encode(), &rep)
+			err = withProgress(cmd, daemonProgress(addr), func() error {
+				return fetch(cmd.Context(), http.MethodPost, addr, daemon.RebuildPath+"?"+url.Values{"out": {remote}}.Encode(), &rep)
+			})
 			if err != nil && daemonDown(err) {
-				r, done, oerr := o.reconciler(cmd.Context())
+				r, poll, done, oerr := o.reconciler(cmd.Context())
 				if oerr != nil {
 					return fmt.Errorf("daemon: %v; %w", err, oerr)
 				}
 				defer done()
-				rep, err = r.Rebuild(cmd.Context(), abs, nil)
+				err = withProgress(cmd, poll, func() (err error) {
+					rep, err = r.Rebuild(cmd.Context(), abs, nil)
+					return err
+				})
 			}
 			if err != nil {
 				return err

@@ -29,13 +29,14 @@ const StorageWalkStreamID = "storage-walk"
 // rebuildFromLog writes a fresh projection at path, which must not exist,
 // by replaying the whole log, and binds it to the stream it replayed. It
 // returns the projection, open.
-func rebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay eventlog.Replay) (*refcount.Projection, error) {
+func rebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay eventlog.Replay, prog *progress) (*refcount.Projection, error) {
 	p, err := openFresh(path, opts)
 	if err != nil {
 		return nil, err
 	}
 	err = replay(ctx, p.BindStream, func(recs []events.Record) error {
 		_, err := p.Apply(recs)
+		prog.repld.Add(int64(len(recs)))
 		return err
 	})
 	if err != nil {
@@ -68,6 +69,7 @@ func (r *Reconciler) rebuildFromStorage(ctx context.Context, path string) (*refc
 	cfg.Projection, cfg.Log, cfg.Registerer = p, &collector.DirectLog{P: p}, nil
 	fresh, err := New(cfg)
 	if err == nil {
+		fresh.prog, fresh.inRebuild = r.prog, true // the walk's progress is the rebuild's
 		var d Drift
 		d, err = fresh.Reconcile(ctx, true)
 		if err == nil {
@@ -132,10 +134,12 @@ type RebuildReport struct {
 func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.Replay) (RebuildReport, error) {
 	start := time.Now()
 	rep := RebuildReport{Path: path, From: "log"}
+	r.prog.start("rebuild")
+	defer r.prog.stop()
 	var p *refcount.Projection
 	var err error
 	if replay != nil {
-		p, err = rebuildFromLog(ctx, path, r.cfg.Projection.Options(), replay)
+		p, err = rebuildFromLog(ctx, path, r.cfg.Projection.Options(), replay, r.prog)
 	}
 	if replay == nil || errors.Is(err, eventlog.ErrLogTruncated) {
 		if err != nil {

@@ -81,6 +81,22 @@ func TestReconcileEndpoints(t *testing.T) {
 	if n := metricSum(t, e.d, "refgc_reconcile_passes_total"); n < 4 {
 		t.Errorf("refgc_reconcile_passes_total = %v", n)
 	}
+	// The last pass's progress stays readable; between passes the ratio is 1.
+	if n := metricSum(t, e.d, "refgc_reconcile_progress_objects"); n == 0 {
+		t.Error("refgc_reconcile_progress_objects: the last walk counted nothing")
+	}
+	if r := metricSum(t, e.d, "refgc_reconcile_progress_ratio"); r != 1 {
+		t.Errorf("refgc_reconcile_progress_ratio between passes = %v", r)
+	}
+	var ready struct {
+		Status   string                  `json:"status"`
+		Follower daemon.FollowerProgress `json:"follower"`
+		Pass     *daemon.PassProgress    `json:"pass"`
+	}
+	adminJSON(t, http.MethodGet, e.d.URL()+"/readyz", 200, &ready)
+	if ready.Status != "ok" || ready.Follower.Applied == 0 || ready.Follower.Ratio != 1 || ready.Pass != nil {
+		t.Errorf("/readyz: %+v", ready)
+	}
 
 	var rb reconcile.RebuildReport
 	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out=rebuilt.db", 200, &rb)

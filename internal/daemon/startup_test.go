@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/refgc/refgc/events/eventlog"
@@ -40,24 +38,6 @@ func freePort(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
-}
-
-// syncBuffer is a log sink tests read while the daemon writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestStartupRefusals(t *testing.T) {
@@ -108,7 +88,7 @@ func TestStartupRefusals(t *testing.T) {
 // is waited for, with a log line that says so; refgc starts once it is up.
 func TestStartWaitsForNATS(t *testing.T) {
 	addr := freePort(t)
-	var logs syncBuffer
+	var logs regtest.SyncBuffer
 	cfg := startupConfig(t)
 	cfg.NATS.URL = "nats://" + addr
 	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -143,7 +123,7 @@ func TestStartWaitsForNATS(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg2 := startupConfig(t)
 	cfg2.NATS.URL = "nats://" + freePort(t)
-	var logs2 syncBuffer
+	var logs2 regtest.SyncBuffer
 	cfg2.Logger = slog.New(slog.NewTextHandler(&logs2, nil))
 	done := make(chan error, 1)
 	go func() { _, err := daemon.Start(ctx, cfg2); done <- err }()
