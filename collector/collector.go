@@ -212,11 +212,15 @@ type Report struct {
 	Removed  []Removal `json:"removed,omitempty"`
 	Unlinked int       `json:"unlinked"`
 	Purged   int       `json:"purged"`
-	Bytes    int64     `json:"bytes"`
-	Refused  int       `json:"refused"`  // candidates the storage check or the re-check turned down
-	Restored int       `json:"restored"` // removals undone because they raced
-	Healed   int       `json:"healed"`   // unlinked objects re-linked after a late event
-	Lost     int       `json:"lost"`     // objects proved live after their data was purged
+	// UnlinkedBytes is the size of what was unlinked (manifests, layer
+	// links): restorable, not yet freed. PurgedBytes is the blob data
+	// deleted: the space freed. A dry run counts what a pass would do now.
+	UnlinkedBytes int64 `json:"unlinkedBytes"`
+	PurgedBytes   int64 `json:"purgedBytes"`
+	Refused       int   `json:"refused"`  // candidates the storage check or the re-check turned down
+	Restored      int   `json:"restored"` // removals undone because they raced
+	Healed        int   `json:"healed"`   // unlinked objects re-linked after a late event
+	Lost          int   `json:"lost"`     // objects proved live after their data was purged
 	// Unavailable is the longest time between an unlink and its heal among
 	// this pass's heals: how long a live object could not be pulled.
 	Unavailable time.Duration `json:"unavailable,omitempty"`
@@ -241,11 +245,11 @@ func newID() string {
 
 // Pass drains the queue until a round changes nothing. In a dry run it
 // only lists the candidates eligible now.
-func (c *Collector) Pass(ctx context.Context) (Report, error) {
+func (c *Collector) Pass(ctx context.Context) (rep Report, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	start := time.Now()
-	var rep Report
+	// rep is the named result, so that the duration set here is returned.
 	defer func() {
 		rep.Duration = time.Since(start)
 		c.m.passSeconds.Observe(rep.Duration.Seconds())
@@ -316,11 +320,12 @@ func (c *Collector) plan(ctx context.Context, rep *Report) (Report, error) {
 			continue
 		}
 		rep.Removed = append(rep.Removed, r)
-		rep.Bytes += cd.Size
 		if r.Purge {
 			rep.Purged++
+			rep.PurgedBytes += cd.Size
 		} else {
 			rep.Unlinked++
+			rep.UnlinkedBytes += cd.Size
 		}
 	}
 	return *rep, nil
@@ -520,10 +525,11 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 		if in.Purge {
 			op = "purge"
 			rep.Purged++
-			rep.Bytes += in.Size
+			rep.PurgedBytes += in.Size
 			c.m.bytes.WithLabelValues(kind).Add(float64(in.Size))
 		} else {
 			rep.Unlinked++
+			rep.UnlinkedBytes += in.Size
 		}
 		c.m.deletions.WithLabelValues(kind, op).Inc()
 		rep.Removed = append(rep.Removed, Removal{Node: in.Node, Purge: in.Purge, Bytes: in.Size})
@@ -701,7 +707,7 @@ func (c *Collector) Run(ctx context.Context, interval time.Duration) error {
 			c.cfg.Logger.Error("collector pass failed", "err", err)
 		} else if rep.Unlinked+rep.Purged+rep.Errors+rep.Restored > 0 {
 			c.cfg.Logger.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged,
-				"bytes", rep.Bytes, "refused", rep.Refused, "restored", rep.Restored, "errors", rep.Errors,
+				"unlinkedBytes", rep.UnlinkedBytes, "purgedBytes", rep.PurgedBytes, "refused", rep.Refused, "restored", rep.Restored, "errors", rep.Errors,
 				"duration", rep.Duration)
 		}
 		select {

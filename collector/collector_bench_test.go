@@ -99,7 +99,7 @@ func benchCollector(b *testing.B, sync bool) {
 			}
 			unlinked += rep.Unlinked
 			purged += rep.Purged
-			bytes += rep.Bytes
+			bytes += rep.PurgedBytes
 			check += rep.CheckDuration
 		}
 		elapsed += time.Since(start)

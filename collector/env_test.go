@@ -215,7 +215,8 @@ func (e *env) drain() collector.Report {
 		}
 		total.Unlinked += rep.Unlinked
 		total.Purged += rep.Purged
-		total.Bytes += rep.Bytes
+		total.UnlinkedBytes += rep.UnlinkedBytes
+		total.PurgedBytes += rep.PurgedBytes
 	})
 	return total
 }

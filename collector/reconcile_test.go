@@ -487,7 +487,7 @@ func TestRebuildFromStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.From != "storage" || rep.Drift == nil {
+	if rep.From != "storage" || rep.Scanned == nil {
 		t.Fatalf("rebuild of a truncated stream: %+v", rep)
 	}
 	// A walked projection's cursor is no position in the log: it is bound

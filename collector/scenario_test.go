@@ -145,7 +145,7 @@ func TestRestoreAndDryRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan.Unlinked != 1 || plan.Removed[0].Node != manifestRef("app", d) || plan.Bytes == 0 {
+	if plan.Unlinked != 1 || plan.Removed[0].Node != manifestRef("app", d) || plan.UnlinkedBytes == 0 {
 		t.Fatalf("dry run: %+v", plan)
 	}
 	e.mustPull("app@" + d.String()) // a dry run deletes nothing

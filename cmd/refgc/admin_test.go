@@ -14,6 +14,33 @@ import (
 	"github.com/refgc/refgc/refcount"
 )
 
+// startDaemon starts a daemon on loopback addresses, with its projection
+// and the registry storage under temporary directories.
+func startDaemon(t *testing.T) *daemon.Daemon {
+	t.Helper()
+	return startDaemonIn(t, t.TempDir(), t.TempDir())
+}
+
+// startDaemonIn starts a daemon with its data in dir and the registry
+// storage at root.
+func startDaemonIn(t *testing.T, dir, root string) *daemon.Daemon {
+	t.Helper()
+	cfg := daemon.Defaults()
+	cfg.DataDir = dir
+	cfg.Addr = "127.0.0.1:0"
+	cfg.NATS.Listen = "127.0.0.1:-1"
+	cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
+	cfg.Collector.Interval = 0
+	cfg.NoSync = true
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := daemon.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	return d
+}
+
 func runCmd(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	root := newRoot()
@@ -38,18 +65,7 @@ func TestAdminCommands(t *testing.T) {
 		t.Fatalf("dump of an empty file: %q %v", out, err)
 	}
 
-	cfg := daemon.Defaults()
-	cfg.DataDir = dir
-	cfg.Addr = "127.0.0.1:0"
-	cfg.NATS.Listen = "127.0.0.1:-1"
-	cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": t.TempDir()}}
-	cfg.Collector.Interval = 0
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	d, err := daemon.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	d := startDaemonIn(t, dir, t.TempDir())
 
 	if out, err := runCmd(t, "dump", "--data-dir", dir, "--addr", d.URL()); err != nil || out != "" {
 		t.Fatalf("dump through the daemon: %q %v", out, err)

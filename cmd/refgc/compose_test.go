@@ -36,7 +36,7 @@ func mountOf(svc types.ServiceConfig, target string) (types.ServiceVolumeConfig,
 
 func TestComposeFile(t *testing.T) {
 	p := loadCompose(t)
-	want := []string{"nats", "prometheus", "refgc", "registry"}
+	want := []string{"grafana", "nats", "prometheus", "refgc", "registry", "volume-init"}
 	if got := p.ServiceNames(); !slices.Equal(sortedCopy(got), want) {
 		t.Fatalf("services %v, want %v", got, want)
 	}
@@ -56,6 +56,84 @@ func TestComposeFile(t *testing.T) {
 		conf, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "nats.conf"))
 		if err != nil || !strings.Contains(string(conf), fmt.Sprintf("max_payload: %d", events.MaxEncodedSize+64<<10)) {
 			t.Errorf("deploy/nats.conf must let the largest event through (%v)", err)
+		}
+	})
+	t.Run("nats requires a token, which refgc sends", func(t *testing.T) {
+		conf, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "nats.conf"))
+		if err != nil || !strings.Contains(string(conf), "token: $NATS_TOKEN") {
+			t.Fatalf("deploy/nats.conf: no token authorization (%v)", err)
+		}
+		n, r := svc("nats").Environment["NATS_TOKEN"], svc("refgc").Environment["REFGC_NATS_TOKEN"]
+		if n == nil || r == nil || *n == "" || *n != *r {
+			t.Errorf("NATS_TOKEN %v, REFGC_NATS_TOKEN %v: want the same token", n, r)
+		}
+	})
+	t.Run("services run as the volumes' owner", func(t *testing.T) {
+		// refgc deletes what the registry wrote: both run as uid 65532 (the
+		// distroless nonroot user), and an init service gives the named
+		// volumes to it before either starts.
+		init := svc("volume-init")
+		if init.User != "0:0" || !strings.Contains(strings.Join(init.Command, " "), "chown -R 65532:65532 /var/lib/registry /var/lib/refgc") {
+			t.Errorf("volume-init: user %q command %v", init.User, init.Command)
+		}
+		for _, target := range []string{"/var/lib/registry", "/var/lib/refgc"} {
+			m, ok := mountOf(init, target)
+			if !ok || m.Type != types.VolumeTypeVolume {
+				t.Errorf("volume-init does not mount %s", target)
+			}
+		}
+		for _, name := range []string{"refgc", "registry"} {
+			s := svc(name)
+			if s.User != "65532:65532" {
+				t.Errorf("%s runs as %q", name, s.User)
+			}
+			if dep, ok := s.DependsOn["volume-init"]; !ok || dep.Condition != types.ServiceConditionCompletedSuccessfully {
+				t.Errorf("%s does not wait for volume-init: %+v", name, s.DependsOn)
+			}
+		}
+		if init.Restart != "no" {
+			t.Errorf("volume-init restart %q", init.Restart)
+		}
+	})
+	t.Run("start order by health, restart policies", func(t *testing.T) {
+		for _, c := range []struct{ svc, on, cond string }{
+			{"refgc", "nats", types.ServiceConditionHealthy},
+			{"registry", "refgc", types.ServiceConditionHealthy},
+			{"grafana", "prometheus", types.ServiceConditionHealthy},
+		} {
+			if dep, ok := svc(c.svc).DependsOn[c.on]; !ok || dep.Condition != c.cond {
+				t.Errorf("%s depends on %s: %+v, want %s", c.svc, c.on, dep, c.cond)
+			}
+		}
+		for _, name := range []string{"nats", "refgc", "registry", "prometheus", "grafana"} {
+			s := svc(name)
+			if s.Restart != types.RestartPolicyUnlessStopped {
+				t.Errorf("%s restart %q", name, s.Restart)
+			}
+			if s.HealthCheck == nil || len(s.HealthCheck.Test) < 2 || s.HealthCheck.Test[0] != "CMD" {
+				t.Errorf("%s health check %+v", name, s.HealthCheck)
+			}
+		}
+		// refgc's check is its own binary (the image has no shell), and the
+		// command exists.
+		test := svc("refgc").HealthCheck.Test
+		if test[1] != "/usr/local/bin/refgc" || test[2] != "health" {
+			t.Fatalf("refgc health check %v", test)
+		}
+		if c, _, err := newRoot().Find(test[2:]); err != nil || c.Name() != "health" {
+			t.Errorf("refgc %v: %v", test[2:], err)
+		}
+	})
+	t.Run("build context leaves state out", func(t *testing.T) {
+		b, err := os.ReadFile(filepath.Join(repoRoot, ".dockerignore"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(b), "\n")
+		for _, want := range []string{"data", ".git", "**/*.db"} {
+			if !slices.Contains(lines, want) {
+				t.Errorf(".dockerignore lacks %q", want)
+			}
 		}
 	})
 	t.Run("refgc is built here", func(t *testing.T) {
@@ -88,6 +166,9 @@ func TestComposeFile(t *testing.T) {
 			{"registry", "/etc/distribution/config.yml"},
 			{"refgc", "/etc/refgc/refgc.yml"},
 			{"prometheus", "/etc/prometheus/prometheus.yml"},
+			{"prometheus", "/etc/prometheus/alerts.yml"},
+			{"grafana", "/etc/grafana/provisioning"},
+			{"grafana", "/var/lib/grafana/dashboards"},
 		} {
 			m, ok := mountOf(svc(c.svc), c.target)
 			if !ok || m.Type != types.VolumeTypeBind {
@@ -134,6 +215,7 @@ func TestComposeFile(t *testing.T) {
 		if err := cfg.DecodeYAML(f); err != nil {
 			t.Fatal(err)
 		}
+		cfg.Webhook.Token, cfg.AdminToken = "from-the-environment", "from-the-environment"
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}

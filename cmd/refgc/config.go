@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -19,10 +21,10 @@ func envName(flag string) string {
 
 // serveFlags binds the serve flags to cfg, whose values are the defaults.
 func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string) {
-	fs.StringVarP(file, "config", "c", "", "YAML configuration file (keys as in the README; `storage:` as in the registry's config)")
+	fs.StringVarP(file, "config", "c", "", "YAML configuration `file` (keys as in the README; storage: as in the registry's config)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the projection and the embedded NATS store")
 	fs.StringVar(&cfg.Addr, "addr", cfg.Addr, "HTTP listen address (webhook, /metrics, /healthz, /readyz, admin)")
-	fs.StringVar(storageRoot, "storage-root", "", "registry filesystem storage root (shorthand for a filesystem `storage:` section)")
+	fs.StringVar(storageRoot, "storage-root", "", "registry filesystem storage `root` (shorthand for a filesystem storage: section)")
 
 	fs.StringVar(&cfg.NATS.URL, "nats", cfg.NATS.URL, "external NATS URL; empty runs an embedded server")
 	fs.StringVar(&cfg.NATS.Listen, "nats-listen", cfg.NATS.Listen, "embedded NATS listen address")
@@ -42,9 +44,13 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.StringVar(&cfg.HA.ID, "ha-id", cfg.HA.ID, "this instance's name in the election (default: host name and pid)")
 	fs.DurationVar(&cfg.HA.TTL, "ha-ttl", cfg.HA.TTL, "how long a dead leader's lease lasts (0: 15s)")
 
-	fs.StringVar(&cfg.Webhook.Token, "webhook-token", cfg.Webhook.Token, "bearer token the registry sends with notifications")
+	fs.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "allow listening beyond this machine without a webhook token and an admin token")
+	fs.StringVar(&cfg.RebuildDir, "rebuild-dir", cfg.RebuildDir, "the only directory POST /v1/rebuild writes into (default: DATA_DIR/rebuilds)")
+	fs.StringVar(&cfg.Webhook.Token, "webhook-token", cfg.Webhook.Token, "bearer token the registry sends with notifications (visible in ps: prefer --webhook-token-file or REFGC_WEBHOOK_TOKEN)")
+	fs.StringVar(&cfg.Webhook.TokenFile, "webhook-token-file", cfg.Webhook.TokenFile, "file holding the webhook bearer token")
+	fs.StringVar(&cfg.AdminTokenFile, "admin-token-file", cfg.AdminTokenFile, "file holding the admin bearer token")
 	fs.Var(csvList{&cfg.Webhook.Tokens}, "webhook-tokens", "more accepted webhook bearer tokens, comma-separated (to rotate the token without refusing the registry)")
-	fs.StringVar(&cfg.AdminToken, "admin-token", cfg.AdminToken, "bearer token the admin endpoints require (empty: open; keep the port private)")
+	fs.StringVar(&cfg.AdminToken, "admin-token", cfg.AdminToken, "bearer token the admin endpoints require (visible in ps: prefer --admin-token-file or REFGC_ADMIN_TOKEN)")
 	fs.Int64Var(&cfg.Webhook.MaxBodyBytes, "webhook-max-body", cfg.Webhook.MaxBodyBytes, "largest notification body in bytes (0: 32 MiB); a larger one is dead-lettered")
 	fs.StringVar(&cfg.Webhook.RegistryURL, "registry-url", cfg.Webhook.RegistryURL, "registry to read manifests from when no storage is configured")
 	fs.StringVar(&cfg.Webhook.RegistryToken, "registry-token", cfg.Webhook.RegistryToken, "bearer token for --registry-url")
@@ -92,16 +98,29 @@ func (c csvList) Set(v string) error {
 
 func (c csvList) Type() string { return "strings" }
 
-// resolve loads the serve configuration (loadConfig) and validates it.
+// resolve loads the serve configuration (loadConfig), reads the token
+// files and validates it.
 func resolve(cmd *cobra.Command, cfg *daemon.Config, file, storageRoot *string) error {
-	if err := loadConfig(cmd.Flags(), cfg, file, storageRoot); err != nil {
+	return resolveInto(cmd, cfg, cfg, file, storageRoot)
+}
+
+// resolveInto is resolve for a document (the file's form) that holds cfg,
+// such as `refgc dev`'s.
+func resolveInto(cmd *cobra.Command, doc configDocument, cfg *daemon.Config, file, storageRoot *string) error {
+	if err := loadInto(cmd.Flags(), doc, cfg, file, storageRoot); err != nil {
+		return err
+	}
+	if err := readTokenFiles(cfg); err != nil {
 		return err
 	}
 	return cfg.Validate()
 }
 
-// loadConfig is the one configuration loader, of serve and of the offline
-// commands (verify, rebuild). It applies the precedence flags >
+// configDocument is what a configuration file decodes into.
+type configDocument interface{ DecodeYAML(io.Reader) error }
+
+// loadConfig is the one configuration loader, of serve, dev and of the
+// offline commands (verify, rebuild). It applies the precedence flags >
 // environment > file > defaults: fs holds flags bound to cfg, whose values
 // are the defaults and any flags given. The file (*file, else
 // REFGC_CONFIG) is laid over cfg; then every flag of fs is set again from
@@ -109,6 +128,11 @@ func resolve(cmd *cobra.Command, cfg *daemon.Config, file, storageRoot *string) 
 // storage root (--storage-root, REFGC_STORAGE_ROOT) stands for a
 // filesystem storage section.
 func loadConfig(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string) error {
+	return loadInto(fs, cfg, cfg, file, storageRoot)
+}
+
+// loadInto is loadConfig with the file decoded into doc, which holds cfg.
+func loadInto(fs *pflag.FlagSet, doc configDocument, cfg *daemon.Config, file, storageRoot *string) error {
 	given := changedFlags(fs)
 	if *file == "" {
 		*file = os.Getenv(envName("config"))
@@ -118,7 +142,7 @@ func loadConfig(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 		if err != nil {
 			return fmt.Errorf("config: %w", err)
 		}
-		err = cfg.DecodeYAML(f)
+		err = doc.DecodeYAML(f)
 		f.Close()
 		if err != nil {
 			return fmt.Errorf("config %s: %w", *file, err)
@@ -131,6 +155,48 @@ func loadConfig(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": *storageRoot}}
 	}
 	return nil
+}
+
+// readTokenFiles sets the webhook and admin tokens from their files. A
+// token given both ways is refused: which one wins would be a guess.
+func readTokenFiles(cfg *daemon.Config) error {
+	for _, t := range []struct {
+		name, file string
+		token      *string
+	}{
+		{"webhook token", cfg.Webhook.TokenFile, &cfg.Webhook.Token},
+		{"admin token", cfg.AdminTokenFile, &cfg.AdminToken},
+	} {
+		if t.file == "" {
+			continue
+		}
+		if *t.token != "" {
+			return fmt.Errorf("%w: the %s is given both directly and as a file (%s)", daemon.ErrConfig, t.name, t.file)
+		}
+		b, err := os.ReadFile(t.file)
+		if err != nil {
+			return fmt.Errorf("%w: %s file: %w", daemon.ErrConfig, t.name, err)
+		}
+		if *t.token = strings.TrimSpace(string(b)); *t.token == "" {
+			return fmt.Errorf("%w: %s file %s is empty", daemon.ErrConfig, t.name, t.file)
+		}
+	}
+	return nil
+}
+
+// secretFlags are the flags whose value is a secret: on the command line
+// any user of the machine can read it (ps, /proc).
+var secretFlags = []string{"webhook-token", "webhook-tokens", "admin-token", "nats-token", "nats-password",
+	"registry-token", "registry-password"}
+
+// warnSecretFlags logs a warning for each secret given on the command line.
+func warnSecretFlags(fs *pflag.FlagSet, log *slog.Logger) {
+	for _, name := range secretFlags {
+		if f := fs.Lookup(name); f != nil && f.Changed {
+			log.Warn("a secret on the command line is visible to every user of this machine (ps); use a file or the environment instead",
+				"flag", "--"+name, "env", envName(name))
+		}
+	}
 }
 
 // setFlags sets every flag of fs (but --config) again: from the command

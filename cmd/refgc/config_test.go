@@ -67,6 +67,7 @@ storage:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("REFGC_INSECURE", "true") // serve's default address takes other machines' requests
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}

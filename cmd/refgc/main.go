@@ -24,7 +24,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/refcount"
 )
@@ -42,8 +44,9 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
+	addOutputFlag(root)
 	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact(), newUsage(), newDeadLetters(),
-		newVerify(), newReconcile(), newRebuild())
+		newVerify(), newReconcile(), newRebuild(), newHealth())
 	return root
 }
 
@@ -64,6 +67,7 @@ func newServe() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			warnSecretFlags(cmd.Flags(), log)
 			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -85,22 +89,27 @@ func newServe() *cobra.Command {
 }
 
 func newDev() *cobra.Command {
-	var dc daemon.DevConfig
+	dc := daemon.DevDefaults()
+	var file, storageRoot string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a Distribution registry and refgc in one process, to try refgc out",
-		Args:  cobra.NoArgs,
+		Long: "Run a registry (filesystem storage under DATA_DIR/registry) and refgc (DATA_DIR/refgc) in one process.\n" +
+			"Settings load as serve's do (flags, REFGC_<FLAG>, the YAML file of --config, defaults), with\n" +
+			"shorter collection times, loopback addresses and a random webhook token by default.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := setFlags(cmd.Flags(), changedFlags(cmd.Flags())); err != nil {
+			if err := resolveInto(cmd, &dc, &dc.Config, &file, &storageRoot); err != nil {
 				return err
 			}
 			if os.Getenv("OTEL_TRACES_EXPORTER") == "" {
 				os.Setenv("OTEL_TRACES_EXPORTER", "none")
 			}
-			log, err := daemon.NewLogger(os.Stderr, "text", "info")
+			log, err := daemon.NewLogger(os.Stderr, dc.LogFormat, dc.LogLevel)
 			if err != nil {
 				return err
 			}
+			warnSecretFlags(cmd.Flags(), log)
 			dc.Logger = log
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -119,14 +128,10 @@ func newDev() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&dc.DataDir, "data-dir", "./data", "directory of the registry's storage (registry/) and refgc's state (refgc/)")
-	f.StringVar(&dc.RegistryAddr, "registry-addr", "127.0.0.1:5000", "registry listen address")
-	f.StringVar(&dc.Addr, "addr", "127.0.0.1:8080", "refgc listen address")
-	f.StringVar(&dc.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS listen address")
-	f.DurationVar(&dc.Grace, "grace", 2*time.Minute, "grace of pushes and unheld nodes")
-	f.DurationVar(&dc.Retention, "retention", 10*time.Minute, "how long unlinked blob data stays restorable")
-	f.DurationVar(&dc.Interval, "collect-interval", 30*time.Second, "time between collector passes")
-	f.StringVar(&dc.Untagged, "untagged", string(refcount.PolicyDelete), "untagged manifests: delete or keep")
+	serveFlags(f, &dc.Config, &file, &storageRoot)
+	f.Lookup("data-dir").Usage = "directory of the registry's storage (registry/) and refgc's state (refgc/)"
+	f.Lookup("storage-root").Usage = "the registry's filesystem storage `root` (default: DATA_DIR/registry)"
+	f.StringVar(&dc.RegistryAddr, "registry-addr", dc.RegistryAddr, "registry listen address")
 	return cmd
 }
 
@@ -136,21 +141,25 @@ func printNextSteps(w io.Writer, dev *daemon.Dev, dc daemon.DevConfig) {
 refgc dev is running.
   registry  %[1]s   (storage %[3]s)
   refgc     %[2]s   (grace %[4]s, retention %[5]s, a pass every %[6]s)
+  webhook   token %[8]s (the registry sends it; any other registry needs it too)
 
-Try it:
-  crane copy alpine:3.20 %[1]s/demo:v1 --insecure     # or docker push / oras push
-  crane copy alpine:3.21 %[1]s/demo:v1 --insecure     # move the tag: the old image becomes garbage
+Try it (nothing is fetched from the internet):
+  echo one > one.txt && tar -cf one.tar one.txt
+  crane append -f one.tar -t %[1]s/demo:v1 --insecure     # or: oras push --plain-http %[1]s/demo:v1 one.txt
+  echo two > two.txt && tar -cf two.tar two.txt
+  crane append -f two.tar -t %[1]s/demo:v1 --insecure     # move the tag: the first image becomes garbage
   curl -X DELETE http://%[1]s/v2/demo/manifests/$(crane digest %[1]s/demo:v1 --insecure)
 
 Watch:
-  curl -s %[2]s/v1/dump          # the reference graph, one JSON line per node
-  curl -s %[2]s/v1/nodes         # counts by kind
+  refgc collect --dry-run --addr %[2]s     # what a pass would delete now
+  refgc usage --addr %[2]s                 # storage by repository
+  refgc why demo:v1 --addr %[2]s           # what keeps an object alive
   curl -s %[2]s/metrics | grep ^refgc_
-  curl -s -X POST '%[2]s/v1/collect?dry_run=true'   # what a pass would delete now
 
 After the grace, unreferenced manifests and layer links are unlinked; blob
 data goes after the retention. Ctrl-C stops everything; state stays in %[7]s.
-`, r, u, dev.StorageRoot, dc.Grace, dc.Retention, dc.Interval, dc.DataDir)
+`, r, u, dev.StorageRoot, humanDuration(dc.Collector.Grace), humanDuration(dc.Collector.Retention),
+		humanDuration(dc.Collector.Interval), dc.DataDir, dev.WebhookToken)
 }
 
 func newDump() *cobra.Command {
@@ -167,7 +176,7 @@ func newDump() *cobra.Command {
 				return p.Dump(cmd.OutOrStdout())
 			}
 			// Locked by the daemon (or absent here): ask the daemon.
-			body, herr := call(cmd.Context(), http.MethodGet, addr+daemon.DumpPath)
+			body, herr := call(cmd.Context(), http.MethodGet, addr, daemon.DumpPath)
 			if herr != nil {
 				return fmt.Errorf("open projection: %v; daemon: %w", err, herr)
 			}
@@ -176,9 +185,35 @@ func newDump() *cobra.Command {
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("data-dir", "./data/refgc"), "the daemon's data directory")
-	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL, used when the file is locked")
+	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("data-dir", daemon.Defaults().DataDir), "the daemon's data directory")
+	addrFlag(cmd, &addr)
 	return cmd
+}
+
+// defaultAdminAddr is where the client commands look for the daemon.
+const defaultAdminAddr = "http://127.0.0.1:8080"
+
+// addrFlag adds --addr, the daemon's address (REFGC_ADMIN_ADDR).
+func addrFlag(cmd *cobra.Command, addr *string) {
+	cmd.Flags().StringVar(addr, "addr", envOr("admin-addr", defaultAdminAddr),
+		"the daemon's address: a URL, or host:port as serve's --addr takes it")
+}
+
+// baseURL turns the --addr of a client command into a base URL: a URL is
+// taken as it is, host:port (serve's --addr form) gets http://, and a
+// host-less :port means this machine.
+func baseURL(addr string) (string, error) {
+	if !strings.Contains(addr, "://") {
+		if strings.HasPrefix(addr, ":") {
+			addr = "127.0.0.1" + addr
+		}
+		addr = "http://" + addr
+	}
+	u, err := url.Parse(addr)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return "", fmt.Errorf("--addr %q: want host:port or an http(s) URL", addr)
+	}
+	return strings.TrimRight(u.String(), "/"), nil
 }
 
 func newCollect() *cobra.Command {
@@ -189,14 +224,18 @@ func newCollect() *cobra.Command {
 		Short: "Ask the running daemon for one collector pass now, and print its report",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			u := addr + daemon.CollectPath
+			path := daemon.CollectPath
 			if dry {
-				u += "?dry_run=true"
+				path += "?dry_run=true"
 			}
-			return callPrint(cmd, http.MethodPost, u)
+			var rep collector.Report
+			if err := fetch(cmd.Context(), http.MethodPost, addr, path, &rep); err != nil {
+				return err
+			}
+			return render(cmd, rep, func(w io.Writer, r collector.Report) { collectTable(w, r, dry) })
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
+	addrFlag(cmd, &addr)
 	cmd.Flags().BoolVar(&dry, "dry-run", false, "only list what the pass would delete")
 	return cmd
 }
@@ -208,22 +247,29 @@ func newRestore() *cobra.Command {
 		Short: "Re-link an unlinked manifest revision, its layers and its deleted tags",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			repo, dg, ok := strings.Cut(args[0], "@")
-			if !ok || repo == "" || dg == "" {
-				return fmt.Errorf("want REPO@DIGEST, got %q", args[0])
+			ref, err := refArg(args[0])
+			if err == nil && ref.Kind != events.NodeManifest {
+				err = fmt.Errorf("%q is a %s: restore takes a manifest revision, REPO@sha256:<64 hex digits>", args[0], ref.Kind)
 			}
-			q := url.Values{"repo": {repo}, "digest": {dg}}
-			return callPrint(cmd, http.MethodPost, addr+daemon.RestorePath+"?"+q.Encode())
+			if err != nil {
+				return err
+			}
+			q := url.Values{"repo": {ref.Repo}, "digest": {ref.Digest.String()}}
+			var res collector.Restored
+			if err := fetch(cmd.Context(), http.MethodPost, addr, daemon.RestorePath+"?"+q.Encode(), &res); err != nil {
+				return err
+			}
+			return render(cmd, res, restoreTable)
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
+	addrFlag(cmd, &addr)
 	return cmd
 }
 
 // refQuery is a command that asks the daemon's admin API about one node
 // (REF: repo:tag, repo@digest, layer:repo@digest, blob:digest), or about
-// everything when path takes no REF.
-func refQuery(use, short, path string, takesRef bool) *cobra.Command {
+// everything when it takes no REF, and prints the answer, a T.
+func refQuery[T any](use, short, path string, takesRef bool, table func(io.Writer, T)) *cobra.Command {
 	var addr string
 	args := cobra.NoArgs
 	if takesRef {
@@ -232,33 +278,37 @@ func refQuery(use, short, path string, takesRef bool) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: use, Short: short, Args: args,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			u := addr + path
+			p := path
 			if takesRef {
-				if _, err := events.ParseRef(args[0]); err != nil {
+				if _, err := refArg(args[0]); err != nil {
 					return err
 				}
-				u += "?" + url.Values{"ref": {args[0]}}.Encode()
+				p += "?" + url.Values{"ref": {args[0]}}.Encode()
 			}
-			return callPrint(cmd, http.MethodGet, u)
+			var v T
+			if err := fetch(cmd.Context(), http.MethodGet, addr, p, &v); err != nil {
+				return err
+			}
+			return render(cmd, v, table)
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
+	addrFlag(cmd, &addr)
 	return cmd
 }
 
 func newWhy() *cobra.Command {
 	return refQuery("why REF", "Show the chain of references that keeps an object alive (REF: repo:tag, repo@digest, layer:repo@digest, blob:digest)",
-		daemon.WhyPath, true)
+		daemon.WhyPath, true, whyTable)
 }
 
 func newImpact() *cobra.Command {
 	return refQuery("impact REF", "Show what deleting a tag (repo:tag) or a revision (repo@digest) would free, with bytes",
-		daemon.ImpactPath, true)
+		daemon.ImpactPath, true, impactTable)
 }
 
 func newUsage() *cobra.Command {
 	return refQuery("usage", "Storage by repository, largest first: bytes linked, bytes no other repository links, bytes awaiting collection",
-		daemon.UsagePath, false)
+		daemon.UsagePath, false, usageTable)
 }
 
 func newDeadLetters() *cobra.Command {
@@ -269,10 +319,14 @@ func newDeadLetters() *cobra.Command {
 		Short: "The newest notifications the webhook could not turn into events, with the reason and the raw body",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return callPrint(cmd, http.MethodGet, fmt.Sprintf("%s%s?limit=%d", addr, daemon.DeadPath, limit))
+			var dls []eventlog.StoredDeadLetter
+			if err := fetch(cmd.Context(), http.MethodGet, addr, fmt.Sprintf("%s?limit=%d", daemon.DeadPath, limit), &dls); err != nil {
+				return err
+			}
+			return render(cmd, dls, deadLettersTable)
 		},
 	}
-	cmd.Flags().StringVar(&addr, "addr", envOr("admin-addr", "http://127.0.0.1:8080"), "the daemon's base URL")
+	addrFlag(cmd, &addr)
 	cmd.Flags().IntVar(&limit, "limit", 20, "how many, newest last")
 	return cmd
 }
@@ -284,32 +338,62 @@ func envOr(flag, def string) string {
 	return def
 }
 
-func call(ctx context.Context, method, u string) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+// adminToken is the token the client commands send: REFGC_ADMIN_TOKEN, or
+// the content of the file REFGC_ADMIN_TOKEN_FILE names.
+func adminToken() (string, error) {
+	if tok := os.Getenv(envName("admin-token")); tok != "" {
+		return tok, nil
+	}
+	if f := os.Getenv(envName("admin-token-file")); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", envName("admin-token-file"), err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return "", nil
+}
+
+// errDaemon is returned (wrapped) when the daemon answers with an error.
+var errDaemon = errors.New("refgc answered")
+
+// call sends a request to the daemon at addr (see baseURL) and returns the
+// body of a 200 answer; other answers and an absent daemon become errors
+// that say what to do.
+func call(ctx context.Context, method, addr, path string) (io.ReadCloser, error) {
+	base, err := baseURL(addr)
 	if err != nil {
 		return nil, err
 	}
-	if tok := os.Getenv(envName("admin-token")); tok != "" {
+	tok, err := adminToken()
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
+		if daemonDown(err) {
+			return nil, fmt.Errorf("no refgc answers at %s (is it running? give --addr or REFGC_ADMIN_ADDR): %w", base, err)
+		}
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
-		return nil, fmt.Errorf("%s %s: %s: %s", method, u, resp.Status, strings.TrimSpace(string(b)))
+		msg := strings.TrimSpace(string(b))
+		switch resp.StatusCode {
+		case http.StatusUnauthorized:
+			msg = "an admin token is required: set REFGC_ADMIN_TOKEN or REFGC_ADMIN_TOKEN_FILE to the daemon's"
+		case http.StatusNotFound, http.StatusConflict, http.StatusBadRequest:
+			msg = strings.TrimPrefix(msg, "daemon: ")
+		}
+		return nil, fmt.Errorf("%w %s: %s", errDaemon, resp.Status, msg)
 	}
 	return resp.Body, nil
-}
-
-func callPrint(cmd *cobra.Command, method, u string) error {
-	body, err := call(cmd.Context(), method, u)
-	if err != nil {
-		return err
-	}
-	defer body.Close()
-	_, err = io.Copy(cmd.OutOrStdout(), body)
-	return err
 }

@@ -4,13 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/refgc/refgc/collector/reconcile"
-	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 )
@@ -21,19 +19,7 @@ import (
 // reconcile --apply mends it.
 func TestVerifyReconcileRebuildCommands(t *testing.T) {
 	dir, root := t.TempDir(), t.TempDir()
-	cfg := daemon.Defaults()
-	cfg.DataDir = dir
-	cfg.Addr = "127.0.0.1:0"
-	cfg.NATS.Listen = "127.0.0.1:-1"
-	cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
-	cfg.Collector.Interval = 0
-	cfg.NoSync = true
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	d, err := daemon.Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	d := startDaemonIn(t, dir, root)
 	down := "http://127.0.0.1:1"
 
 	drift := func(out string) reconcile.Drift {
@@ -63,9 +49,20 @@ func TestVerifyReconcileRebuildCommands(t *testing.T) {
 	if out, err := runCmd(t, "verify", "--addr", d.URL()); err != nil || !drift(out).Clean() {
 		t.Fatalf("verify after reconcile: %q %v", out, err)
 	}
-	rebuiltPath := filepath.Join(t.TempDir(), "r.db")
-	if _, err := runCmd(t, "rebuild", "--addr", d.URL(), "--out", rebuiltPath); err != nil {
-		t.Fatalf("rebuild through the daemon: %v", err)
+	// The daemon writes into its rebuild directory only; --addr may be
+	// given as serve takes it, host:port.
+	out, err = runCmd(t, "rebuild", "--addr", strings.TrimPrefix(d.URL(), "http://"), "--out", "r.db")
+	var rep reconcile.RebuildReport
+	if jerr := json.Unmarshal([]byte(out), &rep); err != nil || jerr != nil || rep.Differences != 0 || rep.From != "log" {
+		t.Fatalf("rebuild through the daemon: %q %v", out, err)
+	}
+	rebuiltPath := rep.Path
+	if rebuiltPath != filepath.Join(dir, "rebuilds", "r.db") {
+		t.Errorf("rebuilt into %s", rebuiltPath)
+	}
+	if _, err := runCmd(t, "rebuild", "--addr", d.URL(), "--out", filepath.Join(t.TempDir(), "r.db")); err == nil ||
+		!strings.Contains(err.Error(), "rebuild directory") {
+		t.Errorf("rebuild outside the rebuild directory: %v", err)
 	}
 	// The rebuilt file follows the stream it was replayed from.
 	rebuilt, err := refcount.Open(rebuiltPath, refcount.Options{ReadOnly: true})
@@ -90,7 +87,7 @@ func TestVerifyReconcileRebuildCommands(t *testing.T) {
 		t.Fatalf("offline verify after an unnotified push: %q %v", out, err)
 	}
 	out, err = runCmd(t, "rebuild", "--addr", down, "--data-dir", dir, "--storage-root", root, "--out", filepath.Join(t.TempDir(), "r.db"))
-	var rep reconcile.RebuildReport
+	rep = reconcile.RebuildReport{}
 	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil || !errors.Is(err, errDrift) || rep.From != "storage" || rep.Differences == 0 {
 		t.Fatalf("offline rebuild: %q %v", out, err)
 	}

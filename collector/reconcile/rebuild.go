@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"time"
 
@@ -28,13 +29,14 @@ const StorageWalkStreamID = "storage-walk"
 // rebuildFromLog writes a fresh projection at path, which must not exist,
 // by replaying the whole log, and binds it to the stream it replayed. It
 // returns the projection, open.
-func rebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay eventlog.Replay) (*refcount.Projection, error) {
+func rebuildFromLog(ctx context.Context, path string, opts refcount.Options, replay eventlog.Replay, prog *progress) (*refcount.Projection, error) {
 	p, err := openFresh(path, opts)
 	if err != nil {
 		return nil, err
 	}
 	err = replay(ctx, p.BindStream, func(recs []events.Record) error {
 		_, err := p.Apply(recs)
+		prog.repld.Add(int64(len(recs)))
 		return err
 	})
 	if err != nil {
@@ -67,6 +69,7 @@ func (r *Reconciler) rebuildFromStorage(ctx context.Context, path string) (*refc
 	cfg.Projection, cfg.Log, cfg.Registerer = p, &collector.DirectLog{P: p}, nil
 	fresh, err := New(cfg)
 	if err == nil {
+		fresh.prog, fresh.inRebuild = r.prog, true // the walk's progress is the rebuild's
 		var d Drift
 		d, err = fresh.Reconcile(ctx, true)
 		if err == nil {
@@ -78,12 +81,24 @@ func (r *Reconciler) rebuildFromStorage(ctx context.Context, path string) (*refc
 	return nil, Drift{}, err
 }
 
+// openFresh creates path exclusively (O_EXCL: an existing file or link
+// there, even a dangling one, is refused and never followed) and opens a
+// projection in it.
 func openFresh(path string, opts refcount.Options) (*refcount.Projection, error) {
-	if _, err := os.Stat(path); err == nil {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%w: %s", ErrRebuildTarget, path)
 	}
+	if err != nil {
+		return nil, fmt.Errorf("collector: rebuild target: %w", err)
+	}
+	f.Close()
 	opts.ReadOnly = false
-	return refcount.Open(path, opts)
+	p, err := refcount.Open(path, opts)
+	if err != nil {
+		os.Remove(path)
+	}
+	return p, err
 }
 
 // RebuildReport is what Rebuild did, and how the rebuilt projection
@@ -99,10 +114,16 @@ type RebuildReport struct {
 	Nodes      int    `json:"nodes"`
 	// Differences counts the nodes whose dump lines differ (present in one
 	// projection only, or different); Examples shows the first few.
-	Differences int           `json:"differences"`
-	Examples    []string      `json:"examples,omitempty"`
-	Drift       *Drift        `json:"drift,omitempty"` // the walk's, for a storage rebuild
-	Duration    time.Duration `json:"duration"`
+	Differences int      `json:"differences"`
+	Examples    []string `json:"examples,omitempty"`
+	// TimingDifferences counts the nodes that differ only in their lease
+	// or eligibility time, which the grace in force when an event was
+	// applied decides: a grace changed since (a restart with another
+	// --grace) shows here, and is no difference.
+	TimingDifferences int `json:"timingDifferences,omitempty"`
+	// Scanned is what the walk saw, for a storage rebuild.
+	Scanned  map[string]int `json:"scanned,omitempty"`
+	Duration time.Duration  `json:"duration"`
 }
 
 // Rebuild writes a fresh projection at path, which must not exist: from the
@@ -113,10 +134,12 @@ type RebuildReport struct {
 func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.Replay) (RebuildReport, error) {
 	start := time.Now()
 	rep := RebuildReport{Path: path, From: "log"}
+	r.prog.start("rebuild")
+	defer r.prog.stop()
 	var p *refcount.Projection
 	var err error
 	if replay != nil {
-		p, err = rebuildFromLog(ctx, path, r.cfg.Projection.Options(), replay)
+		p, err = rebuildFromLog(ctx, path, r.cfg.Projection.Options(), replay, r.prog)
 	}
 	if replay == nil || errors.Is(err, eventlog.ErrLogTruncated) {
 		if err != nil {
@@ -125,7 +148,7 @@ func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.R
 		rep.From = "storage"
 		var d Drift
 		p, d, err = r.rebuildFromStorage(ctx, path)
-		rep.Drift = &d
+		rep.Scanned = d.Scanned
 	}
 	if err != nil {
 		return rep, err
@@ -141,7 +164,7 @@ func (r *Reconciler) Rebuild(ctx context.Context, path string, replay eventlog.R
 	if err != nil {
 		return rep, err
 	}
-	rep.Nodes, rep.Differences, rep.Examples = cmp.Nodes, cmp.Differences, cmp.Examples
+	rep.Nodes, rep.Differences, rep.Examples, rep.TimingDifferences = cmp.Nodes, cmp.Differences, cmp.Examples, cmp.Timing
 	rep.Duration = time.Since(start)
 	return rep, nil
 }
@@ -151,6 +174,7 @@ type comparison struct {
 	Nodes       int      // nodes of the second projection
 	Differences int      // nodes whose lines differ or that only one side holds
 	Examples    []string // the first differences, "-" for the first projection, "+" for the second
+	Timing      int      // nodes that differ only in lease or eligibility times
 }
 
 // compareProjections compares two projections dump line by dump line, by
@@ -159,7 +183,8 @@ type comparison struct {
 // examples are kept.
 func compareProjections(a, b *refcount.Projection, ignoreTimes bool, max int) (comparison, error) {
 	var cmp comparison
-	lines := func(p *refcount.Projection) (map[string][]byte, []string, error) {
+	timeless := map[string][2][]byte{} // the lines without lease and eligibility, by node: a's, b's
+	lines := func(p *refcount.Projection, side int) (map[string][]byte, []string, error) {
 		m := map[string][]byte{}
 		var order []string
 		var buf bytes.Buffer
@@ -182,16 +207,24 @@ func compareProjections(a, b *refcount.Projection, ignoreTimes bool, max int) (c
 				}
 			}
 			k := ni.Node.String()
+			ni.Lease, ni.Eligible = nil, nil
+			tl, err := json.Marshal(ni)
+			if err != nil {
+				return nil, nil, err
+			}
+			pair := timeless[k]
+			pair[side] = tl
+			timeless[k] = pair
 			m[k] = line
 			order = append(order, k)
 		}
 		return m, order, sc.Err()
 	}
-	am, aorder, err := lines(a)
+	am, aorder, err := lines(a, 0)
 	if err != nil {
 		return cmp, err
 	}
-	bm, border, err := lines(b)
+	bm, border, err := lines(b, 1)
 	if err != nil {
 		return cmp, err
 	}
@@ -207,7 +240,10 @@ func compareProjections(a, b *refcount.Projection, ignoreTimes bool, max int) (c
 		switch {
 		case !ok:
 			diff("- " + string(am[k]))
-		case !bytes.Equal(am[k], bl):
+		case bytes.Equal(am[k], bl):
+		case bytes.Equal(timeless[k][0], timeless[k][1]):
+			cmp.Timing++
+		default:
 			diff("- " + string(am[k]))
 			if len(cmp.Examples) < max {
 				cmp.Examples = append(cmp.Examples, "+ "+string(bl))

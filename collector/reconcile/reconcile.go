@@ -177,9 +177,13 @@ type Config struct {
 // Reconciler compares registry storage with the projection and corrects
 // the projection through the log. One pass runs at a time.
 type Reconciler struct {
-	cfg Config
-	m   *reconcileMetrics
-	mu  sync.Mutex
+	cfg  Config
+	m    *reconcileMetrics
+	mu   sync.Mutex
+	prog *progress
+	// inRebuild is set on the reconciler of a rebuild's walk, whose
+	// progress is the rebuild's.
+	inRebuild bool
 }
 
 // New returns a reconciler.
@@ -208,7 +212,7 @@ func New(cfg Config) (*Reconciler, error) {
 	if cfg.Healer == nil {
 		cfg.Healer, _ = cfg.Store.(Healer)
 	}
-	return &Reconciler{cfg: cfg, m: newReconcileMetrics(cfg.Registerer)}, nil
+	return &Reconciler{cfg: cfg, m: newReconcileMetrics(cfg.Registerer), prog: &progress{}}, nil
 }
 
 // Drift is what one pass found, and what it published.
@@ -278,6 +282,14 @@ func (r *Reconciler) reconcile(ctx context.Context, apply bool, repos []string) 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
+	if repos == nil && !r.inRebuild { // a limited pass is short, and runs inside a collector pass
+		pass := "verify"
+		if apply {
+			pass = "reconcile"
+		}
+		r.prog.start(pass)
+		defer r.prog.stop()
+	}
 	d, err := r.pass(ctx, apply, repos)
 	d.Duration = time.Since(start)
 	for typ := range d.Examples {
@@ -444,6 +456,7 @@ func (w *walk) scanned(what string) {
 	w.mu.Lock()
 	w.drift.Scanned[what]++
 	w.mu.Unlock()
+	w.r.prog.saw(what, 1)
 }
 
 // lookup returns the projection's view of a node; changed is true when an
@@ -520,6 +533,7 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 	}
 	w.drift.Scanned["revisions"] += len(revs)
 	w.mu.Unlock()
+	w.r.prog.saw("revisions", len(revs))
 	g, gctx := errgroup.WithContext(ctx)
 	for _, d := range revs {
 		select {
@@ -735,6 +749,7 @@ func (w *walk) walkBlobs(ctx context.Context) error {
 		w.drift.Scanned["blobs"]++
 		_, linked := w.linked[d]
 		w.mu.Unlock()
+		w.r.prog.saw("blobs", 1)
 		n := events.NodeRef{Kind: events.NodeBlob, Digest: d}
 		ni, ok, changed, err := w.lookup(n)
 		if err != nil || changed || (ok && ni.Present) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -57,6 +58,15 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	}
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = 10 * time.Second
+	}
+	if cfg.Port > 0 {
+		// The server reports a taken port only in its log and then never
+		// gets ready: try the address first, for an error that says so.
+		ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+		if err != nil {
+			return nil, fmt.Errorf("events: embedded server: %w (another NATS server or refgc listens there? choose another address)", err)
+		}
+		ln.Close()
 	}
 	opts := &server.Options{
 		ServerName:         cfg.ServerName,

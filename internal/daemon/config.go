@@ -6,6 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v2"
@@ -27,9 +32,19 @@ type Config struct {
 	// Addr is the HTTP listen address (webhook, metrics, health, admin).
 	Addr string `yaml:"addr"`
 	// AdminToken, if set, is the bearer token the admin endpoints (/v1/…
-	// other than the webhook) require. Empty leaves them open: keep the
-	// port private then.
+	// other than the webhook) require. Empty leaves them open, which
+	// Validate accepts only on a loopback address or with Insecure.
 	AdminToken string `yaml:"adminToken"`
+	// Insecure allows a non-loopback Addr without a webhook token or an
+	// admin token (anyone reaching the port could forge events then).
+	Insecure bool `yaml:"insecure"`
+	// AdminTokenFile names a file holding the admin token (read by the
+	// command layer into AdminToken; a secret kept out of the process list
+	// and the configuration file).
+	AdminTokenFile string `yaml:"adminTokenFile"`
+	// RebuildDir is the only directory POST /v1/rebuild writes into
+	// (default: DataDir/rebuilds).
+	RebuildDir string `yaml:"rebuildDir"`
 
 	NATS NATSConfig `yaml:"nats"`
 
@@ -103,6 +118,8 @@ type WebhookConfig struct {
 	// None at all disables authentication (development only).
 	Token  string   `yaml:"token"`
 	Tokens []string `yaml:"tokens"`
+	// TokenFile names a file holding Token (read by the command layer).
+	TokenFile string `yaml:"tokenFile"`
 	// MaxBodyBytes bounds a notification (0: distribution.DefaultMaxBodySize).
 	MaxBodyBytes int64 `yaml:"maxBodyBytes"`
 	// RegistryURL is where manifests are read for enrichment when no
@@ -169,7 +186,10 @@ func Defaults() Config {
 
 // DecodeYAML overlays the YAML document r on c: keys absent from the
 // document keep their value. Unknown keys are refused.
-func (c *Config) DecodeYAML(r io.Reader) error {
+func (c *Config) DecodeYAML(r io.Reader) error { return decodeYAML(r, c) }
+
+// decodeYAML overlays the YAML document r on v, strictly.
+func decodeYAML(r io.Reader, v any) error {
 	b, err := io.ReadAll(r)
 	if err != nil {
 		return fmt.Errorf("daemon: read config: %w", err)
@@ -179,7 +199,7 @@ func (c *Config) DecodeYAML(r io.Reader) error {
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.SetStrict(true)
-	if err := dec.Decode(c); err != nil {
+	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %w", ErrConfig, err)
 	}
 	return nil
@@ -207,7 +227,50 @@ func (c *Config) Validate() error {
 	if c.NATS.URL == "" && c.NATS.Listen == "" {
 		return bad("nats: set url or listen")
 	}
+	if !c.Insecure && !Loopback(c.Addr) {
+		var missing []string
+		if !c.Webhook.authenticated() {
+			missing = append(missing, "no webhook token")
+		}
+		if c.AdminToken == "" {
+			missing = append(missing, "no admin token")
+		}
+		if len(missing) > 0 {
+			return bad("addr %q is reachable from other machines and there is %s: give both "+
+				"(--webhook-token-file and --admin-token-file, or REFGC_WEBHOOK_TOKEN and REFGC_ADMIN_TOKEN), "+
+				"listen on 127.0.0.1, or say --insecure", c.Addr, strings.Join(missing, " and "))
+		}
+	}
 	return validateOwners(c.Owners)
+}
+
+// authenticated reports whether the webhook requires a token.
+func (w WebhookConfig) authenticated() bool {
+	return w.Token != "" || slices.ContainsFunc(w.Tokens, func(s string) bool { return s != "" })
+}
+
+// Loopback reports whether the listen address addr (host:port) takes
+// connections from this machine only: a loopback IP or "localhost". An
+// empty host (all interfaces), another host name or a malformed address
+// is not.
+func Loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// rebuildDir is where POST /v1/rebuild may write.
+func (c *Config) rebuildDir() string {
+	if c.RebuildDir != "" {
+		return c.RebuildDir
+	}
+	return filepath.Join(c.DataDir, "rebuilds")
 }
 
 // NewLogger builds the slog logger LogFormat and LogLevel describe.

@@ -28,7 +28,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,6 +37,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/collector/reconcile"
@@ -133,6 +133,12 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.adminUnauthorized = prom.Register(d.reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_admin_unauthorized_total",
 		Help: "Admin requests refused for a missing or wrong token."}))
 
+	// The projection's file lock is the data directory's: taken first, so
+	// that a second instance on the same directory stops before it starts
+	// an embedded NATS server on the live store.
+	if err := d.lockProjection(); err != nil {
+		return nil, err
+	}
 	if err := d.startLog(ctx); err != nil {
 		return nil, err
 	}
@@ -160,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 // publisher. closeLog undoes it.
 func (d *Daemon) startLog(ctx context.Context) (err error) {
 	cfg := d.cfg
-	if err := d.connect(); err != nil {
+	if err := d.connect(ctx); err != nil {
 		return err
 	}
 	if d.stream, err = eventlog.EnsureStream(ctx, d.js, eventlog.StreamConfig{Replicas: cfg.NATS.Replicas,
@@ -184,18 +190,31 @@ func (d *Daemon) closeLog() {
 	}
 }
 
-// openProjection opens the projection and the follower that feeds it
-// from the log, and the Log the collector and the reconciler write
-// through. closeProjection undoes it.
-func (d *Daemon) openProjection() (err error) {
+// ErrDataDirInUse is returned (wrapped) by Start when another process
+// holds the projection of the data directory.
+var ErrDataDirInUse = errors.New("daemon: the data directory is in use by another refgc")
+
+// lockProjection opens the projection, which locks it for this process.
+// closeProjection undoes it.
+func (d *Daemon) lockProjection() (err error) {
 	cfg := d.cfg
-	d.proj, err = refcount.Open(filepath.Join(cfg.DataDir, ProjectionFile), refcount.Options{
+	path := filepath.Join(cfg.DataDir, ProjectionFile)
+	d.proj, err = refcount.Open(path, refcount.Options{
 		Untagged: refcount.Policy(cfg.Collector.Untagged), Grace: cfg.Collector.Grace,
 		Retention: cfg.Collector.Retention, NoSync: cfg.NoSync,
 	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("%w: %s is locked (stop the other instance, or give each instance its own --data-dir)", ErrDataDirInUse, path)
+	}
 	if err != nil {
 		return fmt.Errorf("daemon: projection: %w", err)
 	}
+	return nil
+}
+
+// openProjection opens the follower that feeds the projection from the
+// log, and the Log the collector and the reconciler write through.
+func (d *Daemon) openProjection() (err error) {
 	d.fol, err = eventlog.NewFollower(d.js, eventlog.FollowerConfig{
 		Cursor: d.proj.Cursor,
 		Bind:   d.proj.BindStream,
@@ -229,6 +248,9 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 	cfg := d.cfg
 	var reader distribution.ManifestReader
 	if cfg.Storage != nil {
+		if err := checkStorageRoot(cfg.Storage); err != nil {
+			return nil, err
+		}
 		d.store, err = store.FromConfig(ctx, cfg.Storage, store.WithLogger(d.log), store.WithRegisterer(d.reg))
 		if err != nil {
 			return nil, fmt.Errorf("daemon: storage: %w", err)
@@ -276,6 +298,25 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 	return reader, nil
 }
 
+// checkStorageRoot refuses a filesystem storage whose root directory does
+// not exist: walked, it would look like an empty registry (and a reconcile
+// would find the projection "matching" it), when it is most likely not the
+// registry's storage at all.
+func checkStorageRoot(section map[string]any) error {
+	name, params, err := store.DriverConfig(section)
+	if err != nil || name != "filesystem" {
+		return nil // FromConfig reports a bad section
+	}
+	root, _ := params["rootdirectory"].(string)
+	if root == "" {
+		return fmt.Errorf("%w: filesystem storage without rootdirectory (the registry's default is /var/lib/registry: name it)", ErrConfig)
+	}
+	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+		return fmt.Errorf("%w: storage root %s is not a directory (is it the registry's storage?): %v", ErrConfig, root, err)
+	}
+	return nil
+}
+
 // serve creates the webhook and the HTTP server, and starts the
 // follower, the gauges, the election, the reconcile and collector loops
 // and the server. The loops stop with the daemon's context; closeServing
@@ -289,8 +330,11 @@ func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 	if err != nil {
 		return fmt.Errorf("daemon: webhook: %w", err)
 	}
-	if cfg.Webhook.Token == "" && !slices.ContainsFunc(cfg.Webhook.Tokens, func(s string) bool { return s != "" }) {
+	if !cfg.Webhook.authenticated() {
 		d.log.Warn("webhook token empty: notifications are not authenticated")
+	}
+	if cfg.AdminToken == "" {
+		d.log.Warn("admin token empty: the admin endpoints are open to whoever reaches " + cfg.Addr)
 	}
 	d.gauges = newGauges(d.reg, d)
 
@@ -360,7 +404,7 @@ func (d *Daemon) closeServing() {
 	}
 }
 
-func (d *Daemon) connect() error {
+func (d *Daemon) connect(ctx context.Context) error {
 	cfg := d.cfg.NATS
 	url := cfg.URL
 	if url == "" {
@@ -381,11 +425,11 @@ func (d *Daemon) connect() error {
 		}
 		url = d.emb.ClientURL()
 	}
-	nc, err := eventlog.Connect(url, eventlog.ConnectOptions{
+	nc, err := connectRetry(ctx, url, eventlog.ConnectOptions{
 		Token: cfg.Token, User: cfg.User, Password: cfg.Password, CredsFile: cfg.CredsFile,
 		NKeySeedFile: cfg.NKeyFile, TLSCAFile: cfg.TLSCA, TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey,
 		Name: "refgc", Logger: d.log.With("component", "nats-client"),
-	})
+	}, d.log)
 	if err != nil {
 		return fmt.Errorf("daemon: nats: %w", err)
 	}
@@ -477,7 +521,7 @@ func (d *Daemon) Collect(ctx context.Context, dryRun bool) (collector.Report, er
 	}
 	rep, err := c.Pass(ctx)
 	if err == nil && (rep.Unlinked > 0 || rep.Purged > 0 || rep.Errors > 0) {
-		d.log.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged, "bytes", rep.Bytes,
+		d.log.Info("collector pass", "unlinked", rep.Unlinked, "purged", rep.Purged, "unlinkedBytes", rep.UnlinkedBytes, "purgedBytes", rep.PurgedBytes,
 			"refused", rep.Refused, "errors", rep.Errors, "dryRun", dryRun || d.cfg.Collector.DryRun)
 	}
 	return rep, err

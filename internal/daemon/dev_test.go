@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -16,10 +17,10 @@ import (
 )
 
 func TestDev(t *testing.T) {
-	dev, err := daemon.StartDev(context.Background(), daemon.DevConfig{
-		DataDir: t.TempDir(), RegistryAddr: "127.0.0.1:0", Addr: "127.0.0.1:0", NATSListen: "127.0.0.1:-1",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	dc := daemon.DevDefaults()
+	dc.DataDir, dc.RegistryAddr, dc.Addr, dc.NATS.Listen = t.TempDir(), "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:-1"
+	dc.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	dev, err := daemon.StartDev(context.Background(), dc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,5 +50,18 @@ func TestDev(t *testing.T) {
 	}
 	if _, err := remote.Image(ref); err != nil {
 		t.Fatal(err)
+	}
+	// The catalog pages as a client asks (crane catalog), which needs the
+	// registry's default page limit set.
+	reg, err := name.NewRegistry(dev.RegistryHost, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repos, err := remote.Catalog(context.Background(), reg)
+	if err != nil || !slices.Equal(repos, []string{"demo"}) {
+		t.Fatalf("catalog: %v %v", repos, err)
+	}
+	if dev.WebhookToken == "" {
+		t.Error("dev: no webhook token to show")
 	}
 }

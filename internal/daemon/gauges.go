@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +25,9 @@ type gauges struct {
 	trash      prometheus.Gauge
 	cursor     prometheus.Gauge
 	refreshed  prometheus.Gauge
+	// objects is what a walk of storage will count, from the last refresh
+	// (the estimate of PassProgress).
+	objects atomic.Int64
 }
 
 func newGauges(reg prometheus.Registerer, d *Daemon) *gauges {
@@ -59,6 +63,14 @@ func newGauges(reg prometheus.Registerer, d *Daemon) *gauges {
 		}
 		return 0
 	}))
+	prom.Register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_collection_halted",
+		Help: "1 once the follower stopped for good (a gap in the log, or an event it cannot read): nothing is collected until the projection is rebuilt."},
+		func() float64 {
+			if d.halted.Load() != nil {
+				return 1
+			}
+			return 0
+		}))
 	prom.Register(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_ready",
 		Help: "1 while /readyz answers 200."}, func() float64 {
 		if d.Ready() == nil {
@@ -66,6 +78,7 @@ func newGauges(reg prometheus.Registerer, d *Daemon) *gauges {
 		}
 		return 0
 	}))
+	d.registerProgress(reg)
 	return g
 }
 
@@ -81,6 +94,7 @@ func (g *gauges) refresh() {
 		g.queued.WithLabelValues(string(k)).Set(float64(st.Queued[k]))
 		g.queuedSize.WithLabelValues(string(k)).Set(float64(st.QueuedSize[k]))
 	}
+	g.objects.Store(progressObjects(st.Nodes))
 	g.intents.Set(float64(st.Intents))
 	g.trash.Set(float64(st.Trash))
 	g.cursor.Set(float64(st.Cursor))

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -103,25 +102,34 @@ func (d *Daemon) Ready() error {
 // watermark far behind, is no reason to stop taking notifications (that
 // would block the registries' queues), so it shows in the body only.
 func (d *Daemon) readyz(w http.ResponseWriter, _ *http.Request) {
-	if err := d.Ready(); err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
-		return
-	}
 	detail := struct {
-		Status     string          `json:"status"`
+		Status string `json:"status"`
+		// Reason is why the daemon is not ready.
+		Reason     string          `json:"reason,omitempty"`
 		Collection *collector.View `json:"collection,omitempty"`
 		// WatermarkLagSeconds is how far the bound of eligibility is behind the clock.
 		WatermarkLagSeconds float64 `json:"watermarkLagSeconds,omitempty"`
-	}{Status: "ok"}
-	if d.col != nil {
+		// Follower is how far the projection is behind the log (the first
+		// catch-up after a start shows here).
+		Follower FollowerProgress `json:"follower"`
+		// Pass is the reconcile, verify or rebuild pass running now.
+		Pass *PassProgress `json:"pass,omitempty"`
+	}{Status: "ok", Follower: d.FollowerProgress()}
+	code := http.StatusOK
+	if err := d.Ready(); err != nil {
+		detail.Status, detail.Reason, code = "not ready", err.Error(), http.StatusServiceUnavailable
+	}
+	if pp, ok := d.PassProgress(); ok && pp.Running {
+		detail.Pass = &pp
+	}
+	if d.col != nil && code == http.StatusOK {
 		now := d.now()
 		if v, err := d.col.View(now); err == nil {
 			detail.Collection = &v
 			detail.WatermarkLagSeconds = now.Sub(v.Bound).Seconds()
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(detail)
+	writeJSON(w, code, detail)
 }
 
 func (d *Daemon) dump(w http.ResponseWriter, _ *http.Request) {
@@ -186,6 +194,9 @@ func errorCode(err error) int {
 		errors.Is(err, reconcile.ErrRebuildTarget) || errors.Is(err, collector.ErrPaused) {
 		return http.StatusConflict
 	}
+	if errors.Is(err, ErrRebuildOut) {
+		return http.StatusBadRequest
+	}
 	return http.StatusInternalServerError
 }
 
@@ -218,15 +229,16 @@ func (d *Daemon) reconcile(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, drift)
 }
 
-// rebuild answers POST /v1/rebuild?out=PATH, PATH being an absolute path
-// on the daemon's machine that does not exist yet.
+// rebuild answers POST /v1/rebuild?out=NAME: a file name in the
+// rebuild directory (Config.RebuildDir), or an absolute path directly in
+// it, that does not exist yet.
 func (d *Daemon) rebuild(w http.ResponseWriter, r *http.Request) {
-	out := r.URL.Query().Get("out")
-	if out == "" || !filepath.IsAbs(out) {
-		http.Error(w, "out: want an absolute path", http.StatusBadRequest)
+	path, err := d.rebuildTarget(r.URL.Query().Get("out"))
+	if err != nil {
+		http.Error(w, err.Error(), errorCode(err))
 		return
 	}
-	rep, err := d.Rebuild(r.Context(), out)
+	rep, err := d.Rebuild(r.Context(), path)
 	if err != nil {
 		http.Error(w, err.Error(), errorCode(err))
 		return

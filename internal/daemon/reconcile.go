@@ -90,8 +90,12 @@ func (d *Daemon) reconcileLocked(ctx context.Context, why string) {
 	case err != nil && ctx.Err() == nil:
 		d.log.Error("reconcile pass failed", "trigger", why, "err", err)
 	case err != nil:
+	case drift.Clean() && drift.Scanned["repositories"] == 0 && drift.Scanned["blobs"] == 0:
+		d.log.Info("reconcile pass: storage holds no repositories and no blobs yet (if the registry has images, "+
+			"this is not its storage)", "trigger", why, "duration", drift.Duration)
 	case drift.Clean():
-		d.log.Info("reconcile pass: projection matches storage", "trigger", why, "duration", drift.Duration)
+		d.log.Info("reconcile pass: projection matches storage", "trigger", why, "duration", drift.Duration,
+			"scanned", drift.Scanned)
 	default:
 		d.log.Warn("reconcile pass corrected drift", "trigger", why, "drift", drift.String(),
 			"published", drift.Published, "examples", drift.Examples)

@@ -2,8 +2,12 @@ package daemon_test
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
+	"io/fs"
 	"net/http"
+	"net/url"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -77,11 +81,27 @@ func TestReconcileEndpoints(t *testing.T) {
 	if n := metricSum(t, e.d, "refgc_reconcile_passes_total"); n < 4 {
 		t.Errorf("refgc_reconcile_passes_total = %v", n)
 	}
+	// The last pass's progress stays readable; between passes the ratio is 1.
+	if n := metricSum(t, e.d, "refgc_reconcile_progress_objects"); n == 0 {
+		t.Error("refgc_reconcile_progress_objects: the last walk counted nothing")
+	}
+	if r := metricSum(t, e.d, "refgc_reconcile_progress_ratio"); r != 1 {
+		t.Errorf("refgc_reconcile_progress_ratio between passes = %v", r)
+	}
+	var ready struct {
+		Status   string                  `json:"status"`
+		Follower daemon.FollowerProgress `json:"follower"`
+		Pass     *daemon.PassProgress    `json:"pass"`
+	}
+	adminJSON(t, http.MethodGet, e.d.URL()+"/readyz", 200, &ready)
+	if ready.Status != "ok" || ready.Follower.Applied == 0 || ready.Follower.Ratio != 1 || ready.Pass != nil {
+		t.Errorf("/readyz: %+v", ready)
+	}
 
 	var rb reconcile.RebuildReport
-	out := filepath.Join(t.TempDir(), "rebuilt.db")
-	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out="+out, 200, &rb)
-	if rb.From != "log" || rb.Differences != 0 || rb.Cursor != rb.LiveCursor {
+	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out=rebuilt.db", 200, &rb)
+	out := rb.Path
+	if rb.From != "log" || rb.Differences != 0 || rb.Cursor != rb.LiveCursor || filepath.Base(filepath.Dir(out)) != "rebuilds" {
 		t.Fatalf("rebuild: %+v", rb)
 	}
 	// The rebuilt projection is bound to the stream it was replayed from.
@@ -95,7 +115,24 @@ func TestReconcileEndpoints(t *testing.T) {
 		t.Errorf("rebuilt projection bound to %q (%v), live one to %q (%v)", got, gerr, want, err)
 	}
 	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out="+out, 409, nil)
-	adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?out=relative.db", 400, nil)
+	// Only new files directly in the rebuild directory: no other place, no
+	// link (even one into the directory), nothing that exists.
+	elsewhere := filepath.Join(t.TempDir(), "x.db")
+	if err := os.Symlink(elsewhere, filepath.Join(filepath.Dir(out), "link.db")); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []struct {
+		out  string
+		code int
+	}{
+		{elsewhere, 400}, {"../escape.db", 400}, {"sub/x.db", 400}, {"", 400}, {"..", 400},
+		{"link.db", 409}, {filepath.Join(filepath.Dir(out), "link.db"), 409},
+	} {
+		adminJSON(t, http.MethodPost, e.d.URL()+daemon.RebuildPath+"?"+url.Values{"out": {bad.out}}.Encode(), bad.code, nil)
+	}
+	if _, err := os.Lstat(elsewhere); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a rebuild wrote through a link: %v", err)
+	}
 
 	e.collectAndVerify()
 	for _, ref := range []string{"app:v1", "app:v2", "dark:v1"} {
