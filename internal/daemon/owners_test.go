@@ -24,7 +24,7 @@ func TestOwnersConfig(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := Defaults()
-			cfg.DataDir = t.TempDir()
+			cfg.DataDir, cfg.Addr = t.TempDir(), "127.0.0.1:0"
 			if err := cfg.DecodeYAML(strings.NewReader(tc.yaml)); err != nil {
 				t.Fatal(err)
 			}
