@@ -33,6 +33,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gofrs/flock"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -72,6 +73,7 @@ type Daemon struct {
 	emb    *eventlog.Embedded
 	nc     *nats.Conn
 	js     jetstream.JetStream
+	lock   *flock.Flock // the data directory's
 	proj   *refcount.Projection
 	fol    *eventlog.Follower
 	pub    *eventlog.Publisher
@@ -133,10 +135,10 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.adminUnauthorized = prom.Register(d.reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_admin_unauthorized_total",
 		Help: "Admin requests refused for a missing or wrong token."}))
 
-	// The projection's file lock is the data directory's: taken first, so
-	// that a second instance on the same directory stops before it starts
-	// an embedded NATS server on the live store.
-	if err := d.lockProjection(); err != nil {
+	// The data directory's lock is taken first, so that a second instance
+	// on the same directory stops before it starts an embedded NATS server
+	// on the live store, or replaces a projection with a snapshot.
+	if err := d.lockDataDir(); err != nil {
 		return nil, err
 	}
 	if err := d.startLog(ctx); err != nil {
@@ -194,9 +196,32 @@ func (d *Daemon) closeLog() {
 // holds the projection of the data directory.
 var ErrDataDirInUse = errors.New("daemon: the data directory is in use by another refgc")
 
-// lockProjection opens the projection, which locks it for this process.
-// closeProjection undoes it.
-func (d *Daemon) lockProjection() (err error) {
+// LockFile is the file in the data directory that an instance holds
+// locked while it runs.
+const LockFile = "refgc.lock"
+
+// lockDataDir locks the data directory for this process (an advisory
+// lock on LockFile, released by the operating system if the process
+// dies). closeProjection releases it.
+func (d *Daemon) lockDataDir() error {
+	path := filepath.Join(d.cfg.DataDir, LockFile)
+	lock := flock.New(path)
+	locked, err := lock.TryLock()
+	if err != nil {
+		return fmt.Errorf("daemon: lock %s: %w", path, err)
+	}
+	if !locked {
+		return fmt.Errorf("%w: %s is locked (stop the other instance, or give each instance its own --data-dir)", ErrDataDirInUse, path)
+	}
+	d.lock = lock
+	return nil
+}
+
+// openProjection opens the projection (a snapshot may just have been
+// put in its place), the follower that feeds it from the log, and the Log
+// the collector and the reconciler write through. closeProjection undoes
+// it.
+func (d *Daemon) openProjection() (err error) {
 	cfg := d.cfg
 	path := filepath.Join(cfg.DataDir, ProjectionFile)
 	d.proj, err = refcount.Open(path, refcount.Options{
@@ -209,12 +234,6 @@ func (d *Daemon) lockProjection() (err error) {
 	if err != nil {
 		return fmt.Errorf("daemon: projection: %w", err)
 	}
-	return nil
-}
-
-// openProjection opens the follower that feeds the projection from the
-// log, and the Log the collector and the reconciler write through.
-func (d *Daemon) openProjection() (err error) {
 	d.fol, err = eventlog.NewFollower(d.js, eventlog.FollowerConfig{
 		Cursor: d.proj.Cursor,
 		Bind:   d.proj.BindStream,
@@ -231,11 +250,17 @@ func (d *Daemon) openProjection() (err error) {
 	return nil
 }
 
-// closeProjection closes the projection.
+// closeProjection closes the projection and releases the data
+// directory's lock.
 func (d *Daemon) closeProjection() {
 	if d.proj != nil {
 		if err := d.proj.Close(); err != nil {
 			d.log.Error("close projection", "err", err)
+		}
+	}
+	if d.lock != nil {
+		if err := d.lock.Unlock(); err != nil {
+			d.log.Error("unlock data directory", "err", err)
 		}
 	}
 }
