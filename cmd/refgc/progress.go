@@ -42,7 +42,9 @@ func withProgress(cmd *cobra.Command, poll progressPoll, run func() error) error
 func showProgress(ctx context.Context, w io.Writer, poll progressPoll) {
 	bar := progressbar.NewOptions64(-1, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
 		progressbar.OptionClearOnFinish(), progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionSetDescription("waiting for the pass to start"), progressbar.OptionSetWidth(30))
+		progressbar.OptionSetDescription("waiting for the pass to start"), progressbar.OptionSetWidth(30),
+		// No spinner goroutine: it would render while the updates below do.
+		progressbar.OptionSetSpinnerChangeInterval(0))
 	defer func() { _ = bar.Clear() }()
 	t := time.NewTicker(300 * time.Millisecond)
 	defer t.Stop()
