@@ -9,7 +9,7 @@ run() { # name, command...
   local name=$1; shift
   if [ -n "$only" ] && [[ $name != *"$only"* ]]; then return; fi
   echo "== $name: $*"; uptime
-  "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)|ns/op|operations in|unavailability' || true
+  "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)|ns/op|operations in|unavailability|s3_bench_test' || true
 }
 run refcount      go test ./refcount -run '^$' -bench 'Apply|RawPuts' -benchtime 100x -count 3
 run eventlog      go test ./events/eventlog -run '^$' -bench BenchmarkEventLog -benchtime 100000x -count 3
@@ -24,3 +24,6 @@ run store         go test ./store -run '^$' -bench . -benchtime 2s -count 5
 run reconcile     go test ./collector -run '^$' -bench BenchmarkReconcilePass -benchtime 3x
 run reclaim       go test ./collector -run '^$' -bench BenchmarkReclaimOne -benchtime 1x -count 2 -timeout 60m
 run random        go test ./collector -run 'TestRandomDirect|TestRandomRegistry' -collector.ops=10000 -timeout 60m -v
+run s3            go test ./collector -run '^$' -bench BenchmarkS3Requests -benchtime 1x -timeout 120m -v -args -s3bench.manifests=2000,20000 -s3bench.untagged=false
+run s3untagged    go test ./collector -run '^$' -bench BenchmarkS3Requests -benchtime 1x -timeout 120m -v -args -s3bench.manifests=2000
+run snapshot      go test ./events/eventlog -run '^$' -bench BenchmarkSnapshot -benchtime 1x -timeout 60m -args -snapshot.events=800000

@@ -34,6 +34,42 @@ func loadComposeFile(t *testing.T, name string) *types.Project {
 	return p
 }
 
+// refgcConfig decodes and validates deploy/<name> as `refgc serve` does,
+// with the tokens that the environment gives.
+func refgcConfig(t *testing.T, name string) daemon.Config {
+	t.Helper()
+	f, err := os.Open(filepath.Join(repoRoot, "deploy", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg := daemon.Defaults()
+	if err := cfg.DecodeYAML(f); err != nil {
+		t.Fatal(err)
+	}
+	// The tokens come from the environment (the compose files set them).
+	cfg.Webhook.Token, cfg.AdminToken = "from-the-environment", "from-the-environment"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// registryConfig parses deploy/<name> as the registry does.
+func registryConfig(t *testing.T, name string) *configuration.Configuration {
+	t.Helper()
+	f, err := os.Open(filepath.Join(repoRoot, "deploy", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg, err := configuration.Parse(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // TestComposeClusterFile checks the clustered deployment: three NATS
 // nodes routed to each other, two refgc instances in HA mode with three
 // replicas, a registry that notifies both, over one storage volume.
@@ -83,18 +119,7 @@ func TestComposeClusterFile(t *testing.T) {
 		}
 	})
 	t.Run("refgc instances: HA, three replicas, the shared storage", func(t *testing.T) {
-		f, err := os.Open(filepath.Join(repoRoot, "deploy", "refgc-cluster.yml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		cfg := daemon.Defaults()
-		if err := cfg.DecodeYAML(f); err != nil {
-			t.Fatal(err)
-		}
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
+		cfg := refgcConfig(t, "refgc-cluster.yml")
 		if !cfg.HA.Enabled || cfg.NATS.Replicas != 3 {
 			t.Errorf("refgc-cluster.yml: ha %+v, replicas %d", cfg.HA, cfg.NATS.Replicas)
 		}
@@ -139,15 +164,7 @@ func TestComposeClusterFile(t *testing.T) {
 		}
 	})
 	t.Run("the registry notifies every instance", func(t *testing.T) {
-		f, err := os.Open(filepath.Join(repoRoot, "deploy", "registry-cluster.yml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		cfg, err := configuration.Parse(f)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg := registryConfig(t, "registry-cluster.yml")
 		var urls []string
 		for _, ep := range cfg.Notifications.Endpoints {
 			urls = append(urls, ep.URL)

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/types"
-	"github.com/distribution/distribution/v3/configuration"
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/internal/daemon"
@@ -181,15 +180,7 @@ func TestComposeFile(t *testing.T) {
 		}
 	})
 	t.Run("registry config notifies refgc with the token", func(t *testing.T) {
-		f, err := os.Open(filepath.Join(repoRoot, "deploy", "registry.yml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		cfg, err := configuration.Parse(f)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg := registryConfig(t, "registry.yml")
 		if !cfg.Notifications.EventConfig.IncludeReferences || len(cfg.Notifications.Endpoints) != 1 {
 			t.Fatalf("notifications: %+v", cfg.Notifications)
 		}
@@ -206,19 +197,7 @@ func TestComposeFile(t *testing.T) {
 		}
 	})
 	t.Run("refgc config is valid and names the shared storage", func(t *testing.T) {
-		f, err := os.Open(filepath.Join(repoRoot, "deploy", "refgc.yml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		cfg := daemon.Defaults()
-		if err := cfg.DecodeYAML(f); err != nil {
-			t.Fatal(err)
-		}
-		cfg.Webhook.Token, cfg.AdminToken = "from-the-environment", "from-the-environment"
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
+		cfg := refgcConfig(t, "refgc.yml")
 		if _, err := store.FromConfig(context.Background(), cfg.Storage); err != nil {
 			t.Errorf("storage section: %v", err)
 		}
