@@ -79,13 +79,7 @@ func TestComposeClusterFile(t *testing.T) {
 	if got := sortedCopy(p.ServiceNames()); !slices.Equal(got, want) {
 		t.Fatalf("services %v, want %v", got, want)
 	}
-	svc := func(name string) types.ServiceConfig {
-		s, err := p.GetService(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	svc := func(name string) types.ServiceConfig { return p.Services[name] } // present: checked above
 
 	t.Run("three NATS nodes in one JetStream cluster", func(t *testing.T) {
 		conf, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "nats-cluster.conf"))
