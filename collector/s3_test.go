@@ -59,7 +59,7 @@ func TestS3SlowDown(t *testing.T) {
 	if got := e.s3.SlowedDown(); got != refusals {
 		t.Fatalf("%d requests slowed down, want %d", got, refusals)
 	}
-	if n := counter(t, reg, "refgc_store_throttled_total"); n != 1 {
+	if n := regtest.Counter(t, reg, "refgc_store_throttled_total"); n != 1 {
 		t.Fatalf("the store saw %v throttled calls, want 1", n)
 	}
 	mu.Lock()
@@ -72,19 +72,4 @@ func TestS3SlowDown(t *testing.T) {
 	}
 	e.mustPull("app:v1")
 	e.mustPull("app:v4")
-}
-
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
 }

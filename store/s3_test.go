@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/internal/s3test"
 )
 
@@ -138,7 +139,7 @@ func TestThrottleBacksOff(t *testing.T) {
 	if n := slow.n.Load(); n > 0 {
 		t.Fatalf("%d refusals left", n)
 	}
-	if n := counterValue(t, reg, "refgc_store_throttled_total"); n != 16 {
+	if n := regtest.Counter(t, reg, "refgc_store_throttled_total"); n != 16 {
 		t.Fatalf("throttled calls counted: %v, want 16", n)
 	}
 	// Sixteen refusals in a row: the pause grew to its ceiling's range.
@@ -158,21 +159,6 @@ func TestThrottleBacksOff(t *testing.T) {
 	if err := s.DeleteLayerLink(cctx, "r", ds[15]); !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled under throttling: %v", err)
 	}
-}
-
-func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
 }
 
 func TestIsThrottled(t *testing.T) {

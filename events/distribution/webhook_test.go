@@ -687,7 +687,7 @@ func TestWebhookWithRegistry(t *testing.T) {
 	if nDead != 0 {
 		t.Errorf("%d dead letters", nDead)
 	}
-	h := mustGather(t, reg, "refgc_webhook_enrichment_failures_total")
+	h := regtest.Counter(t, reg, "refgc_webhook_enrichment_failures_total")
 	if h != 0 {
 		t.Errorf("enrichment failures %v", h)
 	}
@@ -701,22 +701,6 @@ func TestWebhookWithRegistry(t *testing.T) {
 	if _, _, err := reader.ReadManifest(ctx, "app", digest.FromString("absent")); !errors.Is(err, ErrManifestNotFound) {
 		t.Errorf("absent manifest: %v", err)
 	}
-}
-
-// mustGather returns the value of a counter without labels.
-func mustGather(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("metric %s not found", name)
-	return 0
 }
 
 // fakeClock is a clock that moves only when told to.
