@@ -90,6 +90,9 @@ const (
 	// holds; ignored for any node that has seen an event after AsOf (Absent).
 	ObservedAbsent Kind = "observed.absent"
 	// Collected: the collector removed a node from storage (Collected).
+	// For a tag it is a step of the tag's lifetime: an expired tag is
+	// removed into the time machine, and a tag in the time machine whose
+	// window ended is forgotten, releasing its manifest.
 	Collected Kind = "gc.collected"
 	// Healed: the collector re-linked in storage a node that a late
 	// statement proved live after it was unlinked (Collected, naming the
@@ -165,6 +168,8 @@ type Manifest struct {
 	Legacy string `json:"legacy,omitempty"`
 	// Tag, if set, is also pointed at this manifest (a push by tag).
 	Tag string `json:"tag,omitempty"`
+	// TagExpires, with Tag, is when that tag expires (Tag.Expires).
+	TagExpires time.Time `json:"tagExpires,omitzero"`
 	// Unverified says the manifest itself could not be read, so its subject
 	// (which notifications never carry) is unknown: the projection keeps
 	// the revision as a root until a complete statement of it arrives
@@ -177,6 +182,10 @@ type Tag struct {
 	Repo   string        `json:"repo"`
 	Name   string        `json:"name"`
 	Digest digest.Digest `json:"digest,omitempty"`
+	// Expires, on TagSet, is when the tag stops existing (Quay's
+	// lifetime_end): the collector then removes it, and it stays
+	// recoverable for the repository's time-machine window. Zero: never.
+	Expires time.Time `json:"expires,omitzero"`
 }
 
 // RepoDigest is a digest in a repository: the body of DigestDeleted and Touched.

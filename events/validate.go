@@ -237,6 +237,8 @@ func (e *Event) Validate() error {
 			}
 			if m.Tag != "" {
 				c.tag("manifest.tag", m.Tag)
+			} else if !m.TagExpires.IsZero() {
+				c.fail("manifest.tagExpires", "set without manifest.tag")
 			}
 		}
 	case TagSet, TagDeleted:
@@ -245,6 +247,8 @@ func (e *Event) Validate() error {
 			c.tag("tag.name", e.Tag.Name)
 			if e.Kind == TagSet {
 				c.digest("tag.digest", e.Tag.Digest)
+			} else if !e.Tag.Expires.IsZero() {
+				c.fail("tag.expires", "only a tag.set carries an expiry")
 			}
 		}
 	case DigestDeleted, Touched:

@@ -21,6 +21,7 @@ import (
 
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/internal/fixtures"
+	"github.com/refgc/refgc/events/schema"
 )
 
 // Digests of the fixture capture.
@@ -223,6 +224,14 @@ func TestTranslateFixtures(t *testing.T) {
 			back, err := events.Decode(b)
 			if err != nil || !reflect.DeepEqual(back.Manifest, ev.Manifest) || back.ID != ev.ID {
 				t.Errorf("encode/decode changed the event: %v", err)
+			}
+			// A real event, as the log stores it, obeys the published schema.
+			ev.Received = ev.Time
+			if b, err = events.Encode(ev); err != nil {
+				t.Fatal(err)
+			}
+			if err := schema.Validate(events.Version, b); err != nil {
+				t.Errorf("the published schema refuses %s: %v", b, err)
 			}
 		})
 	}
