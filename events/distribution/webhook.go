@@ -383,8 +383,13 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 // up to maxBodyFactor times the limit, and returns what it kept, the size
 // it read, and capped when it stopped at that bound with more unread.
 func (h *webhook) readBody(r *http.Request) (body []byte, size int64, capped bool, err error) {
-	limit := h.cfg.MaxBodyBytes
-	body, err = io.ReadAll(io.LimitReader(r.Body, limit+1))
+	return readCapped(r.Body, h.cfg.MaxBodyBytes)
+}
+
+// readCapped is readBody over any reader: the webhook's and the native
+// endpoint's limits are read the same way.
+func readCapped(r io.Reader, limit int64) (body []byte, size int64, capped bool, err error) {
+	body, err = io.ReadAll(io.LimitReader(r, limit+1))
 	if err != nil {
 		return nil, 0, false, err
 	}
@@ -394,7 +399,7 @@ func (h *webhook) readBody(r *http.Request) (body []byte, size int64, capped boo
 	}
 	head := bytes.Clone(body[:min(len(body), tooLargeKeep)])
 	body = nil
-	n, err := io.CopyN(io.Discard, r.Body, maxBodyFactor*limit-size)
+	n, err := io.CopyN(io.Discard, r, maxBodyFactor*limit-size)
 	size += n
 	switch {
 	case errors.Is(err, io.EOF):
@@ -470,18 +475,24 @@ func (h *webhook) unavailable(w http.ResponseWriter, what string, err error, n i
 
 // authorized compares the bearer token with every accepted one, each in
 // constant time.
-func (h *webhook) authorized(r *http.Request) bool {
+func (h *webhook) authorized(r *http.Request) bool { return tokenIndex(r, h.tokens) >= 0 }
+
+// tokenIndex returns the index of the accepted token the request bears as
+// its bearer token, or -1. Every token is compared, each in constant time.
+func tokenIndex(r *http.Request, tokens [][]byte) int {
 	auth := r.Header.Get("Authorization")
 	const prefix = "bearer "
 	if len(auth) < len(prefix) || !strings.EqualFold(auth[:len(prefix)], prefix) {
-		return false
+		return -1
 	}
 	got := []byte(strings.TrimSpace(auth[len(prefix):]))
-	ok := 0
-	for _, t := range h.tokens {
-		ok |= subtle.ConstantTimeCompare(got, t)
+	found := -1
+	for i, t := range tokens {
+		if subtle.ConstantTimeCompare(got, t) == 1 {
+			found = i
+		}
 	}
-	return ok == 1
+	return found
 }
 
 func errText(err error) string {

@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v2"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/events/distribution"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -54,6 +55,10 @@ type Config struct {
 	Storage map[string]any `yaml:"storage"`
 
 	Webhook WebhookConfig `yaml:"webhook"`
+
+	// Native configures POST /v1/events, where registries that publish
+	// refgc's own events post them (docs/EVENTS.md).
+	Native NativeConfig `yaml:"native"`
 
 	Collector CollectorConfig `yaml:"collector"`
 
@@ -128,6 +133,16 @@ type WebhookConfig struct {
 	RegistryToken    string `yaml:"registryToken"`
 	RegistryUser     string `yaml:"registryUser"`
 	RegistryPassword string `yaml:"registryPassword"`
+}
+
+// NativeConfig configures the native event endpoint. Without sources it
+// is not served.
+type NativeConfig struct {
+	// Sources are the registries allowed to post, each with its tokens and
+	// the kinds it may send.
+	Sources []distribution.NativeSource `yaml:"sources"`
+	// MaxBodyBytes bounds a batch (0: the webhook's limit).
+	MaxBodyBytes int64 `yaml:"maxBodyBytes"`
 }
 
 // HAConfig configures leader election. Every instance follows the stream

@@ -361,13 +361,25 @@ func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 	if cfg.AdminToken == "" {
 		d.log.Warn("admin token empty: the admin endpoints are open to whoever reaches " + cfg.Addr)
 	}
+	var native http.Handler
+	if len(cfg.Native.Sources) > 0 {
+		maxBody := cfg.Native.MaxBodyBytes
+		if maxBody <= 0 {
+			maxBody = cfg.Webhook.MaxBodyBytes
+		}
+		native, err = distribution.NewNativeHandler(distribution.NativeConfig{Sink: d.pub, Sources: cfg.Native.Sources,
+			MaxBodyBytes: maxBody, Now: d.now, Registerer: d.reg, Logger: d.log})
+		if err != nil {
+			return fmt.Errorf("%w: native: %w", ErrConfig, err)
+		}
+	}
 	d.gauges = newGauges(d.reg, d)
 
 	d.ln, err = net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("daemon: listen: %w", err)
 	}
-	d.srv = &http.Server{Handler: d.routes(hook), ReadHeaderTimeout: 10 * time.Second}
+	d.srv = &http.Server{Handler: d.routes(hook, native), ReadHeaderTimeout: 10 * time.Second}
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel

@@ -59,7 +59,8 @@ type envOpts struct {
 	collectInterval time.Duration
 	adminToken      string
 	// s3 stores in an in-process S3 server (registry and refgc alike).
-	s3 bool
+	s3     bool
+	native []distribution.NativeSource
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -82,6 +83,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if o.s3 {
 		s3 = s3test.Start(t, s3test.Options{Mirror: root}).Params("")
 	}
+	cfg.Native.Sources = o.native
 	if !o.noStorage {
 		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
 		if o.s3 {

@@ -19,12 +19,15 @@ import (
 	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/events/schema"
 	"github.com/refgc/refgc/refcount"
 )
 
 // HTTP paths the daemon serves.
 const (
 	WebhookPath   = "/v1/distribution/events"
+	NativePath    = "/v1/events"
+	SchemaPath    = "/v1/events/schema/"
 	DumpPath      = "/v1/dump"
 	NodesPath     = "/v1/nodes"
 	RestorePath   = "/v1/restore"
@@ -38,9 +41,13 @@ const (
 	RebuildPath   = "/v1/rebuild"
 )
 
-func (d *Daemon) routes(hook http.Handler) http.Handler {
+func (d *Daemon) routes(hook, native http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("POST "+WebhookPath, hook)
+	if native != nil {
+		mux.Handle("POST "+NativePath, native)
+	}
+	mux.HandleFunc("GET "+SchemaPath+"{file}", eventSchema)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
@@ -314,6 +321,23 @@ func (d *Daemon) deadLetters(w http.ResponseWriter, r *http.Request) {
 		dls = []eventlog.StoredDeadLetter{}
 	}
 	writeJSON(w, http.StatusOK, dls)
+}
+
+// eventSchema answers GET /v1/events/schema/v1.json with the published
+// JSON Schema of that envelope version.
+func eventSchema(w http.ResponseWriter, r *http.Request) {
+	var v int
+	if _, err := fmt.Sscanf(r.PathValue("file"), "v%d.json", &v); err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	b, err := schema.JSON(v)
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/schema+json")
+	_, _ = w.Write(b)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
