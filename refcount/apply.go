@@ -34,7 +34,7 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 	case events.ManifestPushed:
 		t.manifestPushed(e.Manifest)
 	case events.TagSet:
-		t.tagSet(e.Tag.Repo, e.Tag.Name, e.Tag.Digest)
+		t.tagSet(e.Tag.Repo, e.Tag.Name, e.Tag.Digest, e.Tag.Expires)
 	case events.TagDeleted:
 		t.tagDeleted(e.Tag.Repo, e.Tag.Name)
 	case events.DigestDeleted:
@@ -50,7 +50,7 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 	case events.Touched:
 		t.touched(e.Ref.Repo, e.Ref.Digest)
 	case events.RepositoryDeleted:
-		t.repositoryDeleted(e.Repo.Name)
+		t.purgeRepository(e.Repo.Name)
 	case events.LabelAttached:
 		t.label(e.Label, true)
 	case events.LabelDetached:
@@ -112,6 +112,7 @@ func (t *txn) manifestPushed(m *events.Manifest) {
 	n.heard = t.now
 	n.setFlag(flagPinned, m.Unverified)
 	t.stated(k, n)
+	n.setFlag(flagPurged, false) // pushed again: its repository's purge is behind it
 	body := *m
 	body.Tag = ""
 	t.putJSON(t.nodes, subKey(k, subBody, nil), body)
@@ -119,7 +120,7 @@ func (t *txn) manifestPushed(m *events.Manifest) {
 	t.lease(k, n)
 	t.setPresent(k, n, true)
 	if m.Tag != "" {
-		t.tagSet(m.Repo, m.Tag, m.Digest)
+		t.tagSet(m.Repo, m.Tag, m.Digest, m.TagExpires)
 	}
 }
 
@@ -130,11 +131,16 @@ func appendUnique(es []edge, e edge) []edge {
 	return append(es, e)
 }
 
-func (t *txn) tagSet(repo, tag string, d digest.Digest) {
+func (t *txn) tagSet(repo, tag string, d digest.Digest, expires time.Time) {
 	k := tagKey(repo, tag)
 	if !t.tagNewer(k) {
 		return
 	}
+	var life *TagLife
+	if !expires.IsZero() {
+		life = &TagLife{Repo: repo, Tag: tag, Digest: d, Expires: expires.UTC()}
+	}
+	t.setTagLife(k, life)
 	mk := manifestKey(repo, d)
 	t.revive(mk)
 	n := t.get(k)
@@ -145,6 +151,7 @@ func (t *txn) tagSet(repo, tag string, d digest.Digest) {
 	}
 	t.put(t.nodes, subKey(mk, subHistory, k), []byte{histCurrent})
 	t.setDecl(k, n, []edge{{edgeTag, mk}})
+	n.setFlag(flagRetained, false) // back from the time machine, if it was there
 	t.named(k, n)
 	t.stated(k, n)
 	t.setPresent(k, n, true)
@@ -156,13 +163,15 @@ func (t *txn) tagDeleted(repo, tag string) {
 		return
 	}
 	n := t.get(k)
+	if !n.present() {
+		return // already out of the registry (in the time machine)
+	}
 	for _, e := range n.decl {
 		if e.kind == edgeTag {
 			t.put(t.nodes, subKey(e.to, subHistory, k), []byte{histDeleted})
 		}
 	}
-	t.named(k, n)
-	t.setPresent(k, n, false)
+	t.removeTag(k, n, TagDeleted)
 }
 
 // digestDeleted resolves a delete by digest against the state: a manifest
@@ -240,47 +249,6 @@ func (t *txn) touched(repo string, d digest.Digest) {
 	}
 }
 
-func (t *txn) repositoryDeleted(repo string) {
-	if t.flush() != nil { // scans read the bucket: write the working set first
-		return
-	}
-	// What the collector unlinked there cannot be healed into a deleted
-	// repository by a statement older than the delete.
-	for _, b := range [][]byte{bucketTrash, bucketTombs, bucketHeals} {
-		for _, kind := range []byte{kManifest, kLayer} {
-			prefix := repoPrefix(kind, repo)
-			var keys [][]byte
-			c := t.tx.Bucket(b).Cursor()
-			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-				keys = append(keys, append([]byte(nil), k...))
-			}
-			for _, k := range keys {
-				t.del(t.tx.Bucket(b), k)
-			}
-			if bytes.Equal(b, bucketTrash) {
-				t.delta.trash -= int64(len(keys))
-			}
-		}
-	}
-	for _, kind := range []byte{kTag, kManifest, kLayer, kLabel, kLegacy} {
-		prefix := repoPrefix(kind, repo)
-		var keys [][]byte
-		c := t.nodes.Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if !isSub(k) {
-				keys = append(keys, append([]byte(nil), k...))
-			}
-		}
-		for _, k := range keys {
-			n := t.get(k)
-			if n.present() {
-				t.named(k, n)
-				t.setPresent(k, n, false)
-			}
-		}
-	}
-}
-
 func (t *txn) label(l *events.Label, attach bool) {
 	lk := key2(kLabel, l.Repo, l.ID)
 	mk := manifestKey(l.Repo, l.Digest)
@@ -340,6 +308,10 @@ func (t *txn) observedAbsent(o *events.Observation) {
 	if n.lastSeq > o.AsOf || !n.present() || n.lease > t.now {
 		return
 	}
+	if k[0] == kTag {
+		t.removeTag(k, n, TagAbsent)
+		return
+	}
 	t.named(k, n)
 	t.setPresent(k, n, false)
 }
@@ -350,6 +322,10 @@ func (t *txn) observedAbsent(o *events.Observation) {
 // stays, and the collector restores what it unlinked.
 func (t *txn) collected(c *events.CollectedRef, at time.Time) {
 	k := nodeKey(c.Node)
+	if k[0] == kTag {
+		t.collectedTag(k, c)
+		return
+	}
 	if !t.exists(k) {
 		return
 	}

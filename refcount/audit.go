@@ -28,6 +28,9 @@ type Why struct {
 	// Eligible is when it becomes collectable, if it is queued.
 	Eligible *time.Time `json:"eligible,omitempty"`
 	Present  bool       `json:"present"`
+	// TimeMachine is set when the chain starts at a tag that was removed
+	// and is still recoverable: it holds the chain until TimeMachine.Until.
+	TimeMachine *TagLife `json:"timeMachine,omitempty"`
 }
 
 // ErrUnknownNode is returned by the audit queries for a node the
@@ -60,7 +63,7 @@ func (p *Projection) Why(ref events.NodeRef) (Why, error) {
 		}
 		seen := map[string]step{string(start): {key: string(start)}}
 		queue := []string{string(start)}
-		t := &txn{p: p}
+		t := &txn{p: p, tx: tx}
 		for len(queue) > 0 {
 			k := queue[0]
 			queue = queue[1:]
@@ -72,6 +75,11 @@ func (p *Projection) Why(ref events.NodeRef) (Why, error) {
 			switch {
 			case kn.present() && k[0] == kTag:
 				root = "tag"
+			case kn.flags&flagRetained != 0:
+				root = "tag in the time machine (restorable)"
+				if w.TimeMachine, err = readTagLife(tx.Bucket(bucketTags), []byte(k)); err != nil {
+					return err
+				}
 			case kn.present() && kn.flags&flagPinned != 0:
 				root = "unverified manifest (kept until reconciled)"
 			case kn.present() && t.isRoot([]byte(k), kn):
@@ -116,6 +124,10 @@ type Impact struct {
 	Deleted []events.NodeRef `json:"deleted"`
 	Nodes   int              `json:"nodes"`
 	Bytes   int64            `json:"bytes"`
+	// RecoverableUntil is set for a tag that its repository's time machine
+	// keeps (a deleted one, or one already there): nothing it holds goes
+	// before then, and `refgc restore REPO:TAG` brings it back meanwhile.
+	RecoverableUntil *time.Time `json:"recoverableUntil,omitempty"`
 }
 
 // errRollback ends a simulation's transaction without committing it.
@@ -159,6 +171,17 @@ func (p *Projection) Impact(ref events.NodeRef, now time.Time) (Impact, error) {
 				im.Deleted = append(im.Deleted, r)
 				t.setPresent(tk, t.get(tk), false)
 			}
+		}
+		if ref.Kind == events.NodeTag {
+			n := t.get(k)
+			until := now.Add(p.TimeMachineWindow(ref.Repo))
+			if l := t.tagLife(k); l != nil && l.InTimeMachine() {
+				until = l.Until
+			}
+			if until.After(now) {
+				im.RecoverableUntil = &until
+			}
+			n.setFlag(flagRetained, false) // what follows the end of the window
 		}
 		t.setPresent(k, t.get(k), false)
 		im.Deleted = append(im.Deleted, ref)

@@ -97,7 +97,7 @@ func (p *Projection) beginCollect(tx *bolt.Tx, id string, ref events.NodeRef, no
 		if err != nil {
 			return err
 		}
-		t := &txn{p: p}
+		t := &txn{p: p, tx: tx}
 		switch {
 		case !n.present():
 			return fmt.Errorf("%w: %s is not present", ErrNotEligible, ref)

@@ -209,21 +209,27 @@ func TestExplicitDeleteBuriesTombstone(t *testing.T) {
 	}
 }
 
-func TestRepositoryDeleteBuriesItsTombstones(t *testing.T) {
-	f := newFixture(t, Options{Grace: time.Hour})
-	f.apply(pushM("app", "m", "", []string{"l"}, nil, ""))
+// A purge is a soft delete: what the collector unlinked before it stays
+// restorable, and a revision it found present goes even under keep.
+func TestRepositoryPurgeKeepsTheTrash(t *testing.T) {
+	f := newFixture(t, Options{Grace: time.Hour, Untagged: PolicyKeep})
+	f.apply(pushM("app", "m", "", []string{"l"}, nil, ""), pushM("app", "k", "", []string{"l2"}, nil, ""))
+	f.apply(delD("app", "k"))
+	f.apply(pushM("app", "k", "", []string{"l2"}, nil, ""))
+	f.apply(delRepo("app"))
+	if ok, _ := f.p.Tombstoned(manN("app", "m")); ok {
+		t.Fatal("tombstone before any collection")
+	}
+	f.expectCandidates(f.now.Add(2*time.Hour), manN("app", "k"), manN("app", "m"))
 	f.advance(2 * time.Hour)
 	if err := f.collect(manN("app", "m")); err != nil {
 		t.Fatal(err)
 	}
-	f.apply(delRepo("app"))
-	f.apply(setT("app", "v1", "m")) // older than the delete, late
-	if heals, _ := f.p.Heals(); len(heals) != 0 {
-		t.Fatalf("heals into a deleted repository: %+v", heals)
+	if ok, _ := f.p.Tombstoned(manN("app", "m")); !ok {
+		t.Fatal("a purged revision is not restorable")
 	}
-	if ok, _ := f.p.Tombstoned(manN("app", "m")); ok {
-		t.Fatal("the trash entry of a deleted repository stays")
-	}
+	f.apply(pushM("app", "k", "", []string{"l2"}, nil, "")) // pushed again: the repository's again
+	f.expectCandidates(f.now.Add(4*time.Hour), layN("app", "l"))
 }
 
 func TestWholeReconcilePrunesOldTagStamps(t *testing.T) {

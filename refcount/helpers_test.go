@@ -202,6 +202,11 @@ func touch(repo, d string) events.Event {
 	return events.Event{Kind: events.Touched, Ref: &events.RepoDigest{Repo: repo, Digest: dg(d)}}
 }
 
+// collectedTag is the collector's Collected event for a tag, checked at asOf.
+func collectedTag(tag events.NodeRef, asOf uint64) events.Event {
+	return events.Event{Kind: events.Collected, Collected: &events.CollectedRef{Node: tag, AsOf: asOf}}
+}
+
 func delRepo(repo string) events.Event {
 	return events.Event{Kind: events.RepositoryDeleted, Repo: &events.Repo{Name: repo}}
 }

@@ -7,9 +7,11 @@ import (
 
 // Node record flags.
 const (
-	flagPresent byte = 1 << iota // the object exists in storage
-	flagActive                   // its declared edges are in place
-	flagPinned                   // a root until stated in full (an unverified manifest)
+	flagPresent  byte = 1 << iota // the object exists in storage
+	flagActive                    // its declared edges are in place
+	flagPinned                    // a root until stated in full (an unverified manifest)
+	flagRetained                  // a tag removed from the registry, in the time machine: it holds its manifest
+	flagPurged                    // a manifest its repository's purge found present: to go, never a root
 )
 
 // edge is one declared outgoing edge.
@@ -48,7 +50,7 @@ func (n *node) clone() *node {
 
 func (n *node) present() bool { return n.flags&flagPresent != 0 }
 func (n *node) active() bool  { return n.flags&flagActive != 0 }
-func (n *node) alive() bool   { return n.present() || n.count > 0 }
+func (n *node) alive() bool   { return n.present() || n.count > 0 || n.flags&flagRetained != 0 }
 
 func (n *node) setFlag(f byte, on bool) {
 	if on {

@@ -36,6 +36,12 @@ type Options struct {
 	// went, so that unlinked manifests can be restored (DefaultRetention,
 	// 24 h).
 	Retention time.Duration
+	// TimeMachine is how long a tag removed from the registry (deleted,
+	// expired or purged) stays recoverable, holding its manifest alive
+	// (0, the default: it goes at once). TimeMachineRepos overrides it per
+	// repository name, or per namespace with a key ending in "/".
+	TimeMachine      time.Duration
+	TimeMachineRepos map[string]time.Duration
 	// NoSync skips fsync on commit. For tests and benchmarks only.
 	NoSync bool
 	// ReadOnly opens the file for queries only (a second process, such as
@@ -296,7 +302,9 @@ type txn struct {
 	orig  map[string]*node
 	delta counts
 	// sources caches the delivery state of the batch's sources.
-	sources  map[string]*SourceState
+	sources map[string]*SourceState
+	// purged caches purges/ by repository.
+	purged   map[string]int64
 	now      int64     // the current event's time, unix ns
 	received time.Time // when the current event was received, if ingested
 	evSource string    // the current event's source
@@ -309,7 +317,7 @@ type txn struct {
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {
 	return &txn{p: p, tx: tx, nodes: tx.Bucket(bucketNodes), queue: tx.Bucket(bucketQueue),
 		cache: make(map[string]*node), dirty: make(map[string]struct{}), sources: make(map[string]*SourceState),
-		orig: make(map[string]*node), delta: newCounts()}
+		orig: make(map[string]*node), delta: newCounts(), purged: make(map[string]int64)}
 }
 
 // get returns the node record for k, a new empty one if there is none.
@@ -545,7 +553,11 @@ func (t *txn) setPresent(k []byte, n *node, on bool) {
 
 // isRoot reports whether a present node is never collected.
 func (t *txn) isRoot(k []byte, n *node) bool {
-	return k[0] == kTag || n.flags&flagPinned != 0 || (k[0] == kManifest && t.p.opts.Untagged == PolicyKeep)
+	if k[0] == kTag {
+		return true
+	}
+	root := n.flags&flagPinned != 0 || (k[0] == kManifest && t.p.opts.Untagged == PolicyKeep)
+	return root && !t.purgedManifest(k, n)
 }
 
 // eligibleAt is when a present, unheld node may be collected.
@@ -575,6 +587,9 @@ func (t *txn) flush() error {
 		var want int64
 		if n.present() && n.count == 0 && !t.isRoot(k, n) {
 			want = t.p.eligibleAt(k, n)
+			if t.purgedManifest(k, n) {
+				want = max(want, t.purgedAt(k)+int64(t.p.opts.Grace))
+			}
 			if want == 0 {
 				want = 1
 			}

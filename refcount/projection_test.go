@@ -101,12 +101,25 @@ func TestEventKinds(t *testing.T) {
 		{"repository delete", Options{}, func(f *fixture) {
 			f.apply(pushM("a", "m", "v", []string{"shared", "own"}, nil, ""), pushM("ab", "m", "v", []string{"shared"}, nil, ""))
 			f.apply(delRepo("a"))
+			// The purge is online: the tag expires at once, and the
+			// collector removes it; then its revision, layers and data go
+			// as garbage does, after the grace.
+			f.expect(tagN("a", "v"), 0, true)
+			f.expect(manN("a", "m"), 1, true)
+			due, err := f.p.DueTags(f.now, 10)
+			if err != nil || len(due) != 1 || due[0].Tag != tagN("a", "v") || !due[0].Purge || due[0].Release {
+				f.t.Fatalf("due tags after a purge: %+v %v", due, err)
+			}
+			f.apply(collectedTag(tagN("a", "v"), f.seq))
 			f.expect(tagN("a", "v"), -1, false)
-			f.expect(manN("a", "m"), -1, false)
-			f.expect(layN("a", "own"), -1, false)
-			f.expect(blobN("own"), 0, true)
-			f.expect(blobN("shared"), 1, true)
-			f.expect(blobN("m"), 1, true)
+			f.expect(manN("a", "m"), 0, true)
+			f.expectCandidates(later, manN("a", "m"))
+			f.now = later
+			if err := f.collect(manN("a", "m")); err != nil {
+				f.t.Fatal(err)
+			}
+			f.expect(layN("a", "own"), 0, true)
+			f.expect(blobN("shared"), 2, true)
 			f.expect(manN("ab", "m"), 1, true)
 		}},
 		{"referrer lives while its subject does", Options{}, func(f *fixture) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -29,10 +28,13 @@ type model struct {
 	// collected layer links: a later statement of them heals them.
 	trash map[string]*events.Manifest
 	tombs map[string]bool
+	// purged are the revisions a repository purge found present and that
+	// were not pushed since: no roots, even under keep.
+	purged map[string]bool
 }
 
 func newModel(keep bool) *model {
-	return &model{keep: keep, trash: map[string]*events.Manifest{}, tombs: map[string]bool{}, tags: map[string]map[string]digest.Digest{}, manifests: map[string]map[digest.Digest]bool{},
+	return &model{keep: keep, trash: map[string]*events.Manifest{}, tombs: map[string]bool{}, purged: map[string]bool{}, tags: map[string]map[string]digest.Digest{}, manifests: map[string]map[digest.Digest]bool{},
 		refs: map[string]map[digest.Digest]*events.Manifest{}, layers: map[string]map[digest.Digest]bool{}, blobs: map[digest.Digest]bool{}}
 }
 
@@ -69,6 +71,7 @@ func (m *model) do(e events.Event) {
 	case events.ManifestPushed:
 		x := e.Manifest
 		delete(m.trash, events.NodeRef{Kind: events.NodeManifest, Repo: x.Repo, Digest: x.Digest}.String())
+		delete(m.purged, events.NodeRef{Kind: events.NodeManifest, Repo: x.Repo, Digest: x.Digest}.String())
 		for _, c := range x.Children {
 			m.revive(x.Repo, c.Digest)
 		}
@@ -99,22 +102,16 @@ func (m *model) do(e events.Event) {
 			delete(sub(m.layers, e.Ref.Repo), e.Ref.Digest)
 		}
 	case events.RepositoryDeleted:
-		for k := range m.trash {
-			if strings.HasPrefix(k, "manifest "+e.Repo.Name+"@") {
-				delete(m.trash, k)
-			}
+		// Online: its tags expire (the collector's Collected events
+		// follow), its revisions are roots no longer.
+		for d := range m.manifests[e.Repo.Name] {
+			m.purged[events.NodeRef{Kind: events.NodeManifest, Repo: e.Repo.Name, Digest: d}.String()] = true
 		}
-		for k := range m.tombs {
-			if strings.HasPrefix(k, "layer "+e.Repo.Name+"@") {
-				delete(m.tombs, k)
-			}
-		}
-		delete(m.tags, e.Repo.Name)
-		delete(m.manifests, e.Repo.Name)
-		delete(m.layers, e.Repo.Name)
 	case events.Collected:
 		n := e.Collected.Node
 		switch n.Kind {
+		case events.NodeTag:
+			delete(sub(m.tags, n.Repo), n.Name)
 		case events.NodeManifest:
 			m.trash[n.String()] = sub(m.refs, n.Repo)[n.Digest]
 			delete(sub(m.manifests, n.Repo), n.Digest)
@@ -153,7 +150,7 @@ func (m *model) state() mstate {
 	for repo, ms := range m.manifests {
 		for d := range ms {
 			s.present[mref(repo, d).String()] = true
-			if m.keep {
+			if m.keep && !m.purged[mref(repo, d).String()] {
 				s.roots[mref(repo, d).String()] = true
 			}
 		}
@@ -320,6 +317,9 @@ func TestRandomAgainstModel(t *testing.T) {
 						batch = append(batch, touch(repo, blob()))
 					case r < 91:
 						batch = append(batch, delRepo(repo))
+						for _, tg := range tags { // as the collector removes the purged tags
+							batch = append(batch, collectedTag(tagN(repo, tg), 1<<62))
+						}
 					default:
 						// Collect a current candidate, as the collector would.
 						if len(batch) > 0 { // re-check against everything before it
@@ -339,15 +339,19 @@ func TestRandomAgainstModel(t *testing.T) {
 						if len(cs) == 0 {
 							continue
 						}
+						// A few at a time: purges leave their garbage to the
+						// collector, which must keep up with it.
 						f.now = far
-						c := cs[rng.IntN(len(cs))]
-						cur, _ := f.p.Cursor()
-						in, err := f.p.BeginCollect("i", c.Node, far, cur)
-						if err != nil {
-							t.Fatalf("candidate %s refused: %v", c.Node, err)
+						rng.Shuffle(len(cs), func(i, j int) { cs[i], cs[j] = cs[j], cs[i] })
+						for _, c := range cs[:min(len(cs), 1+rng.IntN(6))] {
+							cur, _ := f.p.Cursor()
+							in, err := f.p.BeginCollect("i", c.Node, far, cur)
+							if err != nil {
+								t.Fatalf("candidate %s refused: %v", c.Node, err)
+							}
+							batch = append(batch, collectedEv(in))
 						}
 						f.now = t0
-						batch = append(batch, collectedEv(in))
 					}
 				}
 				if len(batch) == 0 {

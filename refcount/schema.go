@@ -46,6 +46,13 @@
 //	  <repo> → JSON Pause (a view that may be incomplete; "" for the whole registry)
 //	intents/
 //	  <intent id> → JSON Intent (collector work recorded before a storage operation)
+//	tags/
+//	  <tag key> → JSON TagLife (a tag's expiry, or its stay in the time machine)
+//	lifetimes/
+//	  'e' <u64 expires ns><tag key> → ∅  (present tags by expiry)
+//	  'r' <u64 until ns><tag key>   → ∅  (tags in the time machine by the end of their window)
+//	purges/
+//	  <repo> → uint64 unix ns (when the repository was last purged: repository.deleted)
 //
 // Node keys are a kind byte followed by the node's identity: 't' repo 0x00
 // tag, 'm' repo 0x00 digest, 'l' repo 0x00 digest (a layer link), 'b' digest,
@@ -98,6 +105,15 @@
 //     every Refused event, add a pause; a Reconciled event whose walk began
 //     at or after a pause's sequence, over its repository or the whole
 //     registry, removes it.
+//   - A tag in the time machine (deleted, expired, purged or found absent,
+//     and its repository's window not over) is not present but alive: it
+//     holds its manifest. Exactly such tags have flagRetained, a tags/
+//     record with Removed set and an 'r' entry in lifetimes/; a present
+//     tag with an expiry has a tags/ record and an 'e' entry. Only a
+//     Collected event for the tag ends either state.
+//   - A manifest revision present at its repository's purge, and not
+//     pushed since (flagPurged), is no root, whatever the policy, and waits
+//     the grace from the purge before it may be collected.
 //   - Apply is deterministic: it reads no clock. Leases and queue times come
 //     from the events' own times, so replaying the log rebuilds the same file.
 package refcount
@@ -116,7 +132,7 @@ import (
 )
 
 // SchemaVersion is the layout version this package writes.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // Bucket and meta keys, declared once.
 var (
@@ -132,9 +148,14 @@ var (
 	bucketHosts   = []byte("hosts")
 	bucketPauses  = []byte("pauses")
 	bucketOrigins = []byte("origins")
+	// Version 4.
+	bucketTags      = []byte("tags")
+	bucketLifetimes = []byte("lifetimes")
+	bucketPurges    = []byte("purges")
 
 	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketQueue, bucketTrash, bucketIntents,
-		bucketTombs, bucketHeals, bucketStamps, bucketSources, bucketHosts, bucketPauses, bucketOrigins}
+		bucketTombs, bucketHeals, bucketStamps, bucketSources, bucketHosts, bucketPauses, bucketOrigins,
+		bucketTags, bucketLifetimes, bucketPurges}
 
 	keySchema     = []byte("schema")
 	keyCursor     = []byte("cursor")
@@ -198,6 +219,11 @@ var migrations = []Migration{
 	// Version 3 adds origins/ and a trailing origin to node records (absent
 	// means unknown: the node goes to Distribution storage, as before).
 	{From: 2, Apply: func(*bolt.Tx) error { return nil }},
+	// Version 4 adds the tags/, lifetimes/ and purges/ buckets and the
+	// retained and purged flags: a version 3 file has no expiries, no tag
+	// in the time machine and no purge, which the empty buckets say. A
+	// version 3 build refuses a version 4 file (ErrNewerSchema).
+	{From: 3, Apply: func(*bolt.Tx) error { return nil }},
 }
 
 func nodeKey(n events.NodeRef) []byte {
