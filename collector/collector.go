@@ -117,6 +117,11 @@ type Config struct {
 	Concurrency int
 	// RateLimit bounds storage operations per second (0: unlimited).
 	RateLimit float64
+	// ExpireTags removes tags whose expiry has passed (from the
+	// quay.expires-after label, or a native event's tag expiry); without
+	// it expiries are recorded but not acted on. Purged repositories' tags
+	// are removed either way.
+	ExpireTags bool
 	// DryRun reports what a pass would delete without deleting anything.
 	DryRun bool
 	// Owners routes, by event source, the nodes that a registry keeps in
@@ -220,6 +225,8 @@ type Report struct {
 	Refused       int   `json:"refused"`  // candidates the storage check or the re-check turned down
 	Restored      int   `json:"restored"` // removals undone because they raced
 	Healed        int   `json:"healed"`   // unlinked objects re-linked after a late event
+	Expired       int   `json:"expired"`  // tags removed because their expiry or their repository's purge passed
+	Released      int   `json:"released"` // tags forgotten at the end of their time machine window
 	Lost          int   `json:"lost"`     // objects proved live after their data was purged
 	// Unavailable is the longest time between an unlink and its heal among
 	// this pass's heals: how long a live object could not be pulled.
@@ -274,6 +281,9 @@ func (c *Collector) Pass(ctx context.Context) (rep Report, err error) {
 	c.observe(v, c.cfg.Now())
 	if v.Whole {
 		return rep, fmt.Errorf("%w: %s", ErrPaused, v.Paused[0].Reason)
+	}
+	if err := c.lifetimes(ctx, &rep, v); err != nil {
+		return rep, err
 	}
 	for {
 		if err := ctx.Err(); err != nil {

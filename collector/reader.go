@@ -23,3 +23,11 @@ func (r StoreManifestReader) ReadManifest(ctx context.Context, _ string, d diges
 	b, err := r.Store.ReadBlob(ctx, d, MaxManifestBytes)
 	return b, "", err
 }
+
+// MaxConfigBytes bounds an image config read for its labels.
+const MaxConfigBytes = 1 << 20
+
+// ReadConfig returns an image config's bytes (distribution.ConfigReader).
+func (r StoreManifestReader) ReadConfig(ctx context.Context, _ string, d digest.Digest) ([]byte, error) {
+	return r.Store.ReadBlob(ctx, d, MaxConfigBytes)
+}

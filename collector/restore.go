@@ -31,6 +31,10 @@ type Restored struct {
 func (c *Collector) Restore(ctx context.Context, repo string, d digest.Digest) (Restored, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.restore(ctx, repo, d)
+}
+
+func (c *Collector) restore(ctx context.Context, repo string, d digest.Digest) (Restored, error) {
 	ref := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
 		return Restored{}, err

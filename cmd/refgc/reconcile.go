@@ -75,6 +75,7 @@ func (o *offline) open(ctx context.Context) (*reconcile.Reconciler, int64, func(
 	p, err := refcount.Open(filepath.Join(cfg.DataDir, daemon.ProjectionFile), refcount.Options{
 		ReadOnly: true, Timeout: 200 * time.Millisecond, Untagged: refcount.Policy(cfg.Collector.Untagged),
 		Grace: cfg.Collector.Grace, Retention: cfg.Collector.Retention,
+		TimeMachine: cfg.Collector.TimeMachine, TimeMachineRepos: cfg.Collector.TimeMachineRepos,
 	})
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("open projection: %w", err)

@@ -30,6 +30,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -157,6 +159,19 @@ type TranslateOptions struct {
 	MaxBodySize int64
 	// Now stamps events whose registry timestamp is missing (default time.Now).
 	Now func() time.Time
+	// TagExpiry reads the image config of a manifest pushed by tag and, if
+	// it has the label quay.expires-after (a number and s, m, h, d or w, as
+	// Quay reads it), gives the tag an expiry that long after the push. It
+	// needs a Reader that is also a ConfigReader.
+	TagExpiry bool
+}
+
+// ExpiresAfterLabel is the image label by which users ask for a tag's expiry.
+const ExpiresAfterLabel = "quay.expires-after"
+
+// ConfigReader reads an image config blob, for the quay.expires-after label.
+type ConfigReader interface {
+	ReadConfig(ctx context.Context, repo string, d digest.Digest) ([]byte, error)
 }
 
 // Result is the outcome of translating one registry event.
@@ -348,6 +363,9 @@ func translateOne(ctx context.Context, i int, raw json.RawMessage, opts *Transla
 				return fail(ReasonInvalidEvent, err)
 			}
 			m, enrichErr := manifestPushed(ctx, t, opts)
+			if opts.TagExpiry && m.Tag != "" {
+				m.TagExpires = tagExpiry(ctx, opts, m, res.Time)
+			}
 			ev.Kind, ev.Manifest = events.ManifestPushed, m
 			res.EnrichErr = enrichErr
 		case targetBlob:
@@ -600,4 +618,57 @@ func clip(s string) string {
 		return s[:80] + "…"
 	}
 	return s
+}
+
+// isImageConfig reports whether mt is an image config's media type.
+func isImageConfig(mt string) bool {
+	return mt == v1.MediaTypeImageConfig || mt == "application/vnd.docker.container.image.v1+json"
+}
+
+// expiresAfterRE is Quay's convert_to_timedelta: a count and a unit.
+var expiresAfterRE = regexp.MustCompile(`^([0-9]{1,6})([smhdw])$`)
+
+// ParseExpiresAfter reads a quay.expires-after value.
+func ParseExpiresAfter(s string) (time.Duration, bool) {
+	m := expiresAfterRE.FindStringSubmatch(strings.TrimSpace(s))
+	if m == nil {
+		return 0, false
+	}
+	n, _ := strconv.Atoi(m[1])
+	unit := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour,
+		"d": 24 * time.Hour, "w": 7 * 24 * time.Hour}[m[2]]
+	return time.Duration(n) * unit, n > 0
+}
+
+// tagExpiry reads the quay.expires-after label of an image manifest's
+// config; zero when there is none, or it cannot be read (the tag then
+// never expires: the safe side).
+func tagExpiry(ctx context.Context, opts *TranslateOptions, m *events.Manifest, pushed time.Time) time.Time {
+	cr, ok := opts.Reader.(ConfigReader)
+	if !ok || len(m.Blobs) == 0 || !isImageConfig(m.Blobs[0].MediaType) {
+		return time.Time{}
+	}
+	timeout := opts.EnrichTimeout
+	if timeout <= 0 {
+		timeout = DefaultEnrichTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	b, err := cr.ReadConfig(ctx, m.Repo, m.Blobs[0].Digest)
+	if err != nil {
+		return time.Time{}
+	}
+	var cfg struct {
+		Config struct {
+			Labels map[string]string `json:"Labels"`
+		} `json:"config"`
+	}
+	if json.Unmarshal(b, &cfg) != nil {
+		return time.Time{}
+	}
+	d, ok := ParseExpiresAfter(cfg.Config.Labels[ExpiresAfterLabel])
+	if !ok {
+		return time.Time{}
+	}
+	return pushed.Add(d).UTC()
 }

@@ -172,6 +172,16 @@ type CollectorConfig struct {
 	// collector.DefaultQuietAfter). Keep it above the registry's
 	// notification backoff.
 	QuietAfter time.Duration `yaml:"quietAfter"`
+	// TimeMachine is how long a deleted, expired or purged tag stays
+	// recoverable, holding its manifest (0: not at all);
+	// TimeMachineRepos overrides it per repository, or per namespace with
+	// a key ending in "/".
+	TimeMachine      time.Duration            `yaml:"timeMachine"`
+	TimeMachineRepos map[string]time.Duration `yaml:"timeMachineRepos"`
+	// ExpireTags opts in to tag expiry: the quay.expires-after label of a
+	// pushed image (read from its config in storage) and the expiry of a
+	// native tag.set are acted on, removing the tag when it passes.
+	ExpireTags bool `yaml:"expireTags"`
 	// Untagged is "delete" or "keep".
 	Untagged    string  `yaml:"untagged"`
 	Concurrency int     `yaml:"concurrency"`
@@ -234,6 +244,8 @@ func (c *Config) Validate() error {
 		return bad("grace must be positive")
 	case c.Collector.Retention < 0:
 		return bad("retention must not be negative")
+	case c.Collector.TimeMachine < 0:
+		return bad("the time machine window must not be negative")
 	case c.Collector.Concurrency < 0 || c.Collector.BatchSize < 0 || c.Collector.RateLimit < 0:
 		return bad("concurrency, batch size and rate limit must not be negative")
 	case c.LogFormat != "json" && c.LogFormat != "text":

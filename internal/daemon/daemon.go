@@ -227,6 +227,7 @@ func (d *Daemon) openProjection() (err error) {
 	d.proj, err = refcount.Open(path, refcount.Options{
 		Untagged: refcount.Policy(cfg.Collector.Untagged), Grace: cfg.Collector.Grace,
 		Retention: cfg.Collector.Retention, NoSync: cfg.NoSync,
+		TimeMachine: cfg.Collector.TimeMachine, TimeMachineRepos: cfg.Collector.TimeMachineRepos,
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("%w: %s is locked (stop the other instance, or give each instance its own --data-dir)", ErrDataDirInUse, path)
@@ -350,7 +351,7 @@ func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 	cfg := d.cfg
 	hook, err := distribution.NewWebhook(distribution.WebhookConfig{
 		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
-		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader}, Registerer: d.reg, Logger: d.log,
+		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader, TagExpiry: cfg.Collector.ExpireTags}, Registerer: d.reg, Logger: d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: webhook: %w", err)
@@ -487,7 +488,7 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 	c, err := collector.New(collector.Config{
 		Projection: d.proj, Storage: d.store, Log: d.jslog, Now: d.now, Owners: owners,
 		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
-		QuietAfter: cc.QuietAfter, Started: d.started, DryRun: dryRun, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
+		QuietAfter: cc.QuietAfter, Started: d.started, DryRun: dryRun, ExpireTags: cc.ExpireTags, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
 		// Called inside a pass, which holds passMu: the reconciler runs
 		// without taking it again.
 		Reconcile: func(ctx context.Context, repos []string) error {
