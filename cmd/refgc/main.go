@@ -25,7 +25,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/refgc/refgc/collector"
-	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/daemon"
 	"github.com/refgc/refgc/refcount"
@@ -46,7 +45,7 @@ func newRoot() *cobra.Command {
 	}
 	addOutputFlag(root)
 	root.AddCommand(newServe(), newDev(), newDump(), newCollect(), newRestore(), newWhy(), newImpact(), newUsage(), newDeadLetters(),
-		newVerify(), newReconcile(), newRebuild(), newHealth())
+		newVerify(), newReconcile(), newRebuild(), newHealth(), newPurge())
 	return root
 }
 
@@ -163,12 +162,15 @@ data goes after the retention. Ctrl-C stops everything; state stays in %[7]s.
 }
 
 func newDump() *cobra.Command {
-	var dataDir, addr string
+	var dataDir, addr, at string
 	cmd := &cobra.Command{
 		Use:   "dump",
-		Short: "Print the projection as JSON lines (from the file, or from the running daemon)",
+		Short: "Print the projection as JSON lines (from the file, or from the running daemon); --at SEQ|TIME as it was then",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if at != "" {
+				return dumpAt(cmd, addr, at)
+			}
 			p, err := refcount.Open(filepath.Join(dataDir, daemon.ProjectionFile),
 				refcount.Options{ReadOnly: true, Timeout: 200 * time.Millisecond})
 			if err == nil {
@@ -187,6 +189,7 @@ func newDump() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", envOr("data-dir", daemon.Defaults().DataDir), "the daemon's data directory")
 	addrFlag(cmd, &addr)
+	cmd.Flags().StringVar(&at, "at", "", "the graph as it was at this log sequence or RFC 3339 time (replayed by the daemon)")
 	return cmd
 }
 
@@ -243,18 +246,14 @@ func newCollect() *cobra.Command {
 func newRestore() *cobra.Command {
 	var addr string
 	cmd := &cobra.Command{
-		Use:   "restore REPO@DIGEST",
-		Short: "Re-link an unlinked manifest revision, its layers and its deleted tags",
+		Use:   "restore REPO@DIGEST | REPO:TAG",
+		Short: "Re-link an unlinked manifest revision, its layers and its deleted tags; or bring a tag back from the time machine",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref, err := refArg(args[0])
-			if err == nil && ref.Kind != events.NodeManifest {
-				err = fmt.Errorf("%q is a %s: restore takes a manifest revision, REPO@sha256:<64 hex digits>", args[0], ref.Kind)
-			}
+			q, err := restoreQuery(args[0])
 			if err != nil {
 				return err
 			}
-			q := url.Values{"repo": {ref.Repo}, "digest": {ref.Digest.String()}}
 			var res collector.Restored
 			if err := fetch(cmd.Context(), http.MethodPost, addr, daemon.RestorePath+"?"+q.Encode(), &res); err != nil {
 				return err

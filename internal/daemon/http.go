@@ -65,6 +65,7 @@ func (d *Daemon) routes(hook, native http.Handler) http.Handler {
 	admin("GET "+VerifyPath, d.verify)
 	admin("POST "+ReconcilePath, d.reconcile)
 	admin("POST "+RebuildPath, d.rebuild)
+	admin("POST "+PurgePath, d.purge)
 	return mux
 }
 
@@ -139,7 +140,11 @@ func (d *Daemon) readyz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, code, detail)
 }
 
-func (d *Daemon) dump(w http.ResponseWriter, _ *http.Request) {
+func (d *Daemon) dump(w http.ResponseWriter, r *http.Request) {
+	if at := r.URL.Query().Get("at"); at != "" {
+		d.dumpAt(w, r, at)
+		return
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	bw := bufio.NewWriter(w)
 	if err := d.proj.Dump(bw); err != nil {
@@ -177,6 +182,10 @@ func (d *Daemon) nodes(w http.ResponseWriter, r *http.Request) {
 
 func (d *Daemon) restore(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	if tag := q.Get("tag"); tag != "" {
+		d.restoreTag(w, r, q.Get("repo"), tag)
+		return
+	}
 	res, err := d.Restore(r.Context(), q.Get("repo"), q.Get("digest"))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusConflict)

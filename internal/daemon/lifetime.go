@@ -1,0 +1,182 @@
+package daemon
+
+// Tag restores from the time machine, repository purges and the audit of
+// the graph at a point of the log's history.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
+	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/refcount"
+)
+
+// HTTP paths of this file's endpoints.
+const (
+	PurgePath = "/v1/purge"
+)
+
+// PurgeSource is the Source of the repository.deleted events `refgc
+// purge` publishes.
+const PurgeSource = "refgc-admin"
+
+// RestoreTag brings a tag back from the time machine (or, past its
+// window, with its revision from the trash).
+func (d *Daemon) RestoreTag(ctx context.Context, repo, tag string) (collector.Restored, error) {
+	if d.store == nil {
+		return collector.Restored{}, ErrNoStorage
+	}
+	if err := events.ValidateRepo(repo); err != nil {
+		return collector.Restored{}, fmt.Errorf("daemon: %w", err)
+	}
+	if err := events.ValidateTag(tag); err != nil {
+		return collector.Restored{}, fmt.Errorf("daemon: %w", err)
+	}
+	d.passMu.Lock()
+	defer d.passMu.Unlock()
+	return d.col.RestoreTag(ctx, repo, tag)
+}
+
+// PurgePlan is what a purge of a repository removes: its present tags at
+// once (into the time machine, if the repository has a window), then, as
+// garbage after the grace, its revisions and layer links; the blob data
+// only this repository links (UniqueBytes) is purged after the retention.
+type PurgePlan struct {
+	Repo   string             `json:"repo"`
+	DryRun bool               `json:"dryRun"`
+	Tags   []string           `json:"tags"`
+	Usage  refcount.RepoUsage `json:"usage"`
+	// TimeMachine is the repository's window: how long its tags stay
+	// restorable after the purge.
+	TimeMachine time.Duration `json:"timeMachine"`
+	// Event is the id of the repository.deleted event published (none in
+	// a dry run).
+	Event string `json:"event,omitempty"`
+}
+
+// Purge removes a repository online: it publishes a repository.deleted
+// event, after which collector passes remove its tags, revisions and
+// layer links with the usual grace, soft delete and restore. A dry run
+// only reports what the repository holds.
+func (d *Daemon) Purge(ctx context.Context, repo string, dryRun bool) (PurgePlan, error) {
+	plan := PurgePlan{Repo: repo, DryRun: dryRun, Tags: []string{}, Usage: refcount.RepoUsage{Repo: repo}}
+	if err := events.ValidateRepo(repo); err != nil {
+		return plan, fmt.Errorf("daemon: %w", err)
+	}
+	plan.TimeMachine = d.proj.TimeMachineWindow(repo)
+	us, err := d.proj.Usage()
+	if err != nil {
+		return plan, err
+	}
+	for _, u := range us {
+		if u.Repo == repo {
+			plan.Usage = u
+		}
+	}
+	err = d.proj.ForEach(func(ni refcount.NodeInfo) error {
+		if ni.Node.Kind == events.NodeTag && ni.Node.Repo == repo && ni.Present {
+			plan.Tags = append(plan.Tags, ni.Node.Name)
+		}
+		return nil
+	})
+	if err != nil || dryRun {
+		return plan, err
+	}
+	now := d.now().UTC()
+	ev := events.Event{V: events.Version, ID: "purge-" + strconv.FormatInt(now.UnixNano(), 36), Time: now,
+		Source: PurgeSource, Kind: events.RepositoryDeleted, Repo: &events.Repo{Name: repo}}
+	if err := d.jslog.Publish(ctx, []events.Event{ev}); err != nil {
+		return plan, err
+	}
+	if _, err := d.jslog.CatchUp(ctx); err != nil {
+		return plan, err
+	}
+	plan.Event = ev.ID
+	d.log.Info("repository purged; collector passes remove what it holds", "repo", repo, "tags", len(plan.Tags),
+		"uniqueBytes", plan.Usage.UniqueBytes)
+	return plan, nil
+}
+
+// DumpAt writes the projection as it was at a point of the log's history
+// (a sequence, or an RFC 3339 time): the log is replayed up to it into a
+// scratch projection under the data directory, removed afterwards. It
+// returns the scratch projection's cursor.
+func (d *Daemon) DumpAt(ctx context.Context, w io.Writer, at string) (uint64, error) {
+	pt, err := reconcile.ParsePoint(at)
+	if err != nil {
+		return 0, err
+	}
+	dir, err := os.MkdirTemp(d.cfg.DataDir, "dump-at-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	p, err := reconcile.ProjectionAt(ctx, filepath.Join(dir, ProjectionFile), d.proj.Options(),
+		eventlog.StreamReplay(d.stream, 0), pt)
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close()
+	cur, err := p.Cursor()
+	if err != nil {
+		return 0, err
+	}
+	return cur, p.Dump(w)
+}
+
+// restoreTag answers POST /v1/restore?repo=R&tag=T.
+func (d *Daemon) restoreTag(w http.ResponseWriter, r *http.Request, repo, tag string) {
+	res, err := d.RestoreTag(r.Context(), repo, tag)
+	switch {
+	case errors.Is(err, collector.ErrNotInTimeMachine):
+		http.Error(w, err.Error(), http.StatusNotFound)
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusConflict)
+	default:
+		writeJSON(w, http.StatusOK, res)
+	}
+}
+
+// purge answers POST /v1/purge?repo=R[&dry_run=true].
+func (d *Daemon) purge(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	dry, _ := strconv.ParseBool(q.Get("dry_run"))
+	plan, err := d.Purge(r.Context(), q.Get("repo"), dry)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	writeJSON(w, http.StatusOK, plan)
+}
+
+// dumpAt answers GET /v1/dump?at=SEQ|TIME; the replayed cursor is in the
+// Refgc-Cursor trailer.
+func (d *Daemon) dumpAt(w http.ResponseWriter, r *http.Request, at string) {
+	if _, err := reconcile.ParsePoint(at); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Trailer", "Refgc-Cursor")
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	bw := bufio.NewWriter(w)
+	cur, err := d.DumpAt(r.Context(), bw, at)
+	if err != nil {
+		// Nothing reached the client yet unless the dump itself failed.
+		d.log.Error("dump at", "at", at, "err", err)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	_ = bw.Flush()
+	w.Header().Set("Refgc-Cursor", strconv.FormatUint(cur, 10))
+}
