@@ -59,8 +59,10 @@ type envOpts struct {
 	collectInterval time.Duration
 	adminToken      string
 	// s3 stores in an in-process S3 server (registry and refgc alike).
-	s3     bool
-	native []distribution.NativeSource
+	s3          bool
+	native      []distribution.NativeSource
+	expireTags  bool
+	timeMachine time.Duration
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -84,6 +86,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 		s3 = s3test.Start(t, s3test.Options{Mirror: root}).Params("")
 	}
 	cfg.Native.Sources = o.native
+	cfg.Collector.ExpireTags, cfg.Collector.TimeMachine = o.expireTags, o.timeMachine
 	if !o.noStorage {
 		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
 		if o.s3 {
