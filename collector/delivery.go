@@ -204,6 +204,8 @@ func (c *Collector) heal(ctx context.Context, rep *Report) error {
 			err = c.cfg.Storage.LinkRevision(ctx, n.Repo, n.Digest)
 		case events.NodeLayer:
 			err = c.cfg.Storage.LinkLayer(ctx, n.Repo, n.Digest)
+		case events.NodeTag:
+			err = c.healTag(ctx, n)
 		}
 		switch {
 		case errors.Is(err, fs.ErrNotExist):

@@ -232,3 +232,26 @@ func (c *Collector) restoreTagFromTrash(ctx context.Context, ref events.NodeRef)
 	}
 	return Restored{}, fmt.Errorf("%w: %s", ErrNotInTimeMachine, ref)
 }
+
+// healTag links back a tag the collector removed (expired, purged) that a
+// late statement proved set: where the projection says it points, unless
+// storage has it already.
+func (c *Collector) healTag(ctx context.Context, n events.NodeRef) error {
+	ni, ok, err := c.cfg.Projection.Get(n)
+	if err != nil || !ok || !ni.Present || len(ni.Holds) == 0 {
+		return err // deleted again since: nothing to heal
+	}
+	want := ni.Holds[0].Digest
+	found := false
+	err = c.cfg.Reader.Tags(ctx, n.Repo, func(tag string, cur digest.Digest) error {
+		found = found || (tag == n.Name && cur == want)
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if found {
+		return nil
+	}
+	return c.cfg.Storage.LinkTag(ctx, n.Repo, n.Name, want)
+}

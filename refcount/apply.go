@@ -136,6 +136,7 @@ func (t *txn) tagSet(repo, tag string, d digest.Digest, expires time.Time) {
 	if !t.tagNewer(k) {
 		return
 	}
+	t.revive(k) // a tag the collector removed, stated again: re-link it
 	var life *TagLife
 	if !expires.IsZero() {
 		life = &TagLife{Repo: repo, Tag: tag, Digest: d, Expires: expires.UTC()}
@@ -162,6 +163,7 @@ func (t *txn) tagDeleted(repo, tag string) {
 	if !t.tagNewer(k) || !t.exists(k) {
 		return
 	}
+	t.bury(k)
 	n := t.get(k)
 	if !n.present() {
 		return // already out of the registry (in the time machine)

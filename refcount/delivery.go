@@ -300,7 +300,7 @@ func (t *txn) revive(k []byte) {
 				t.setPresent(k, n, true)
 			}
 		}
-	case kLayer:
+	case kLayer, kTag:
 		tombs := t.tx.Bucket(bucketTombs)
 		v := tombs.Get(k)
 		if v == nil {

@@ -198,6 +198,9 @@ func (t *txn) collectedTag(k []byte, c *events.CollectedRef) {
 		if l != nil && l.Purge {
 			reason = TagPurged
 		}
+		// The collector removed it from storage: a late statement of it
+		// heals it, as for an unlinked layer link.
+		t.put(t.tx.Bucket(bucketTombs), k, u64(uint64(t.now)))
 		t.removeTag(k, n, reason)
 	case n.flags&flagRetained != 0:
 		t.releaseTag(k, n)

@@ -146,3 +146,29 @@ func TestOpenMigratesSchema2(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExpiredTagHealsOnALateStatement: a tag the collector removed, that a
+// late notification states set, is healed (re-linked) by the collector; an
+// explicit delete buries the tombstone instead.
+func TestExpiredTagHealsOnALateStatement(t *testing.T) {
+	f := newFixture(t, Options{Grace: time.Hour, TimeMachine: time.Hour})
+	f.apply(pushM("app", "m", "", nil, nil, ""), setTExp("app", "v1", "m", t0.Add(time.Minute)))
+	f.now = t0.Add(time.Minute)
+	f.apply(collectedTag(tagN("app", "v1"), f.seq))
+	if ok, _ := f.p.Tombstoned(tagN("app", "v1")); !ok {
+		t.Fatal("no tombstone for the tag the collector removed")
+	}
+	late := setT("app", "v1", "m")
+	late.Time, late.Received = t0.Add(30*time.Second), f.now
+	f.apply(late)
+	heals, err := f.p.Heals()
+	if err != nil || len(heals) != 1 || heals[0].Node != tagN("app", "v1") {
+		t.Fatalf("heals: %+v %v", heals, err)
+	}
+	f.expect(tagN("app", "v1"), 0, true)
+	f.apply(delT("app", "v1"))
+	if heals, _ := f.p.Heals(); len(heals) != 0 {
+		t.Fatalf("heals after an explicit delete: %+v", heals)
+	}
+	f.check()
+}

@@ -29,6 +29,7 @@
 //	  <manifest key> → JSON TrashEntry (unlinked, not yet purged; restorable)
 //	tombs/
 //	  <layer key> → uint64 unix ns (a layer link the collector unlinked; healable until pruned)
+//	  <tag key>   → uint64 unix ns (a tag the collector removed: expired or purged; likewise)
 //	heals/
 //	  <node key> → JSON Heal (an unlinked node a later event proved live: re-link it)
 //	stamps/
