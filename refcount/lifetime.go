@@ -125,13 +125,16 @@ func (t *txn) tagLife(tk []byte) *TagLife {
 // setTagLife writes a tag's lifetime (nil removes it) and keeps the
 // lifetimes/ index in step.
 func (t *txn) setTagLife(tk []byte, l *TagLife) {
-	if old := t.tagLife(tk); old != nil {
+	old := t.tagLife(tk)
+	if old != nil {
 		if ik := old.lifeIndex(tk); ik != nil {
 			t.del(t.tx.Bucket(bucketLifetimes), ik)
 		}
 	}
 	if l == nil || (l.Expires.IsZero() && !l.InTimeMachine()) {
-		t.del(t.tx.Bucket(bucketTags), tk)
+		if old != nil {
+			t.del(t.tx.Bucket(bucketTags), tk)
+		}
 		return
 	}
 	t.putJSON(t.tx.Bucket(bucketTags), tk, l)
