@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,10 +78,14 @@ func newOwnerMetrics(reg prometheus.Registerer) *ownerMetrics {
 	}
 }
 
-// ownerOf returns the owner of a node stated by origin, or nil when the
-// node goes to storage.
+// ownerOf returns the owner of a node stated by origin (a source, or an
+// instance of it: "quay:replica-1" is routed as "quay" unless it has a
+// route of its own), or nil when the node goes to storage.
 func (c *Collector) ownerOf(origin string, kind events.NodeKind) Owner {
 	r, ok := c.cfg.Owners[origin]
+	if name, _, instance := strings.Cut(origin, ":"); !ok && instance {
+		r, ok = c.cfg.Owners[name] // an instance of the source ("quay:replica-1")
+	}
 	if !ok || r.Owner == nil || (len(r.Kinds) > 0 && !slices.Contains(r.Kinds, kind)) {
 		return nil
 	}
