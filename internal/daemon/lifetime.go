@@ -174,7 +174,11 @@ func (d *Daemon) dumpAt(w http.ResponseWriter, r *http.Request, at string) {
 	if err != nil {
 		// Nothing reached the client yet unless the dump itself failed.
 		d.log.Error("dump at", "at", at, "err", err)
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		code := http.StatusInternalServerError
+		if errors.Is(err, eventlog.ErrLogTruncated) {
+			code = http.StatusConflict // a bounded log no longer holds the past
+		}
+		http.Error(w, err.Error(), code)
 		return
 	}
 	_ = bw.Flush()
