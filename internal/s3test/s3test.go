@@ -144,6 +144,12 @@ func (s *Server) Params(root string) map[string]any {
 		"forcepathstyle": true,
 		"secure":         false,
 		"v4auth":         true,
+		// The server speaks plain HTTP, so this verifies nothing; it gives
+		// each driver an http.Client of its own. Without it every driver
+		// shares http.DefaultClient, and the AWS SDK rewrites its Transport
+		// at each new session when AWS_CA_BUNDLE is set: a data race
+		// between the registry's driver and refgc's in one process.
+		"skipverify": true,
 	}
 	if root != "" {
 		p["rootdirectory"] = root
