@@ -101,19 +101,25 @@ func (g *gauges) refresh() {
 	g.refreshed.SetToCurrentTime()
 }
 
-func (g *gauges) loop(ctx context.Context, every time.Duration) {
-	if every <= 0 {
-		every = 15 * time.Second
+func (g *gauges) loop(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = 15 * time.Second
 	}
 	g.refresh()
-	t := time.NewTicker(every)
+	every(ctx, interval, g.refresh)
+}
+
+// every calls fn every interval until ctx is done (the daemon's
+// periodic loops: gauges, reconcile passes, snapshots).
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			g.refresh()
+			fn()
 		}
 	}
 }

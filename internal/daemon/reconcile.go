@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -49,8 +48,8 @@ func (d *Daemon) startReconcile(ctx context.Context) error {
 	if first {
 		d.passMu.Lock()
 	}
-	every := d.cfg.Collector.ReconcileInterval
-	if !first && every <= 0 {
+	interval := d.cfg.Collector.ReconcileInterval
+	if !first && interval <= 0 {
 		return nil
 	}
 	d.wg.Add(1)
@@ -61,24 +60,17 @@ func (d *Daemon) startReconcile(ctx context.Context) error {
 			d.reconcileLocked(ctx, "start")
 			d.passMu.Unlock()
 		}
-		if every <= 0 {
+		if interval <= 0 {
 			return
 		}
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
+		every(ctx, interval, func() {
 			if d.halted.Load() != nil || !d.IsLeader() {
-				continue
+				return
 			}
 			d.passMu.Lock()
 			d.reconcileLocked(ctx, "interval")
 			d.passMu.Unlock()
-		}
+		})
 	}()
 	return nil
 }

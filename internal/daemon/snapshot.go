@@ -86,8 +86,8 @@ func (d *Daemon) loadSnapshot(ctx context.Context) error {
 // startSnapshots publishes a snapshot every SnapshotInterval while this
 // instance collects (the only instance, or the elected one).
 func (d *Daemon) startSnapshots(ctx context.Context) {
-	every := d.cfg.SnapshotInterval
-	if every <= 0 {
+	interval := d.cfg.SnapshotInterval
+	if interval <= 0 {
 		return
 	}
 	taken := prom.Register(d.reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refgc_snapshots_total",
@@ -97,26 +97,19 @@ func (d *Daemon) startSnapshots(ctx context.Context) {
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
+		every(ctx, interval, func() {
 			if !d.IsLeader() {
-				continue
+				return
 			}
 			n, err := d.PublishSnapshot(ctx)
 			if err != nil {
 				taken.WithLabelValues("error").Inc()
 				d.log.Error("snapshot", "err", err)
-				continue
+				return
 			}
 			taken.WithLabelValues("ok").Inc()
 			size.Set(float64(n))
-		}
+		})
 	}()
 }
 
