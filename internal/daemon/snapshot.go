@@ -12,6 +12,7 @@ import (
 
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/prom"
+	"github.com/refgc/refgc/refcount"
 )
 
 // DefaultSnapshotInterval is how often the collecting instance publishes
@@ -33,10 +34,21 @@ func (d *Daemon) snapshotStore(ctx context.Context) (*eventlog.SnapshotStore, er
 // the follower then starts after the snapshot's sequence instead of at 1,
 // which a bounded log no longer holds. Without a usable snapshot, the
 // projection starts empty as before.
+//
+// An existing projection follows from its own cursor, unless the log no
+// longer holds the events after it (its cursor + 1 is below the stream's
+// first sequence: it was stopped longer than the log keeps events). Such
+// a projection is moved aside (refs.db.behind-SEQ, kept for an audit)
+// and replaced by a usable snapshot; without one, it stays, and the
+// follower halts on the gap as before.
 func (d *Daemon) loadSnapshot(ctx context.Context) error {
 	path := filepath.Join(d.cfg.DataDir, ProjectionFile)
+	behind := false
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
-		return nil // an existing projection follows from its own cursor
+		var err error
+		if behind, err = d.projectionBehind(ctx, path); err != nil || !behind {
+			return err
+		}
 	}
 	snaps, err := d.snapshotStore(ctx)
 	if err != nil {
@@ -57,6 +69,15 @@ func (d *Daemon) loadSnapshot(ctx context.Context) error {
 		d.log.Warn("snapshot not usable: starting an empty projection", "snapshotStream", latest.Stream,
 			"snapshotSeq", latest.Seq, "stream", id, "firstSeq", info.State.FirstSeq)
 		return nil
+	}
+	if behind {
+		cur, _ := d.projectionCursor(path)
+		aside := fmt.Sprintf("%s.behind-%d", path, cur)
+		if err := os.Rename(path, aside); err != nil {
+			return fmt.Errorf("daemon: move the projection aside: %w", err)
+		}
+		d.log.Warn("projection behind the log's first event: moved aside, loading a snapshot",
+			"cursor", cur, "firstSeq", info.State.FirstSeq, "movedTo", aside)
 	}
 	start := time.Now()
 	tmp := path + ".snapshot"
@@ -81,6 +102,35 @@ func (d *Daemon) loadSnapshot(ctx context.Context) error {
 	d.log.Info("projection loaded from a snapshot", "seq", got.Seq, "bytes", got.Size,
 		"taken", got.Time, "duration", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// projectionBehind reports whether the projection at path has a cursor
+// the stream no longer continues: events after it aged out.
+func (d *Daemon) projectionBehind(ctx context.Context, path string) (bool, error) {
+	cur, err := d.projectionCursor(path)
+	if err != nil {
+		return false, err
+	}
+	info, err := d.stream.Info(ctx)
+	if err != nil {
+		return false, fmt.Errorf("daemon: stream: %w", err)
+	}
+	return cur+1 < info.State.FirstSeq, nil
+}
+
+// projectionCursor reads the cursor of the projection at path; the data
+// directory's lock keeps any other instance off it meanwhile.
+func (d *Daemon) projectionCursor(path string) (uint64, error) {
+	p, err := refcount.Open(path, refcount.Options{ReadOnly: true})
+	if err != nil {
+		return 0, fmt.Errorf("daemon: projection: %w", err)
+	}
+	defer p.Close()
+	cur, err := p.Cursor()
+	if err != nil {
+		return 0, fmt.Errorf("daemon: projection: %w", err)
+	}
+	return cur, nil
 }
 
 // startSnapshots publishes a snapshot every SnapshotInterval while this
