@@ -157,10 +157,8 @@ func benchFollowBatch(b *testing.B, maxBatch int, cursor func() (uint64, error),
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- f.Run(ctx) }()
+	ctx := context.Background()
+	stop := runFollower(b, f)
 	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	b.ResetTimer()
 	start := time.Now()
@@ -176,8 +174,7 @@ func benchFollowBatch(b *testing.B, maxBatch int, cursor func() (uint64, error),
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
 	b.StopTimer()
-	cancel()
-	if err := <-runErr; err != nil {
+	if err := stop(); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/float64(calls), "events/apply")
@@ -231,10 +228,8 @@ func benchLatency(b *testing.B, cursor func() (uint64, error), apply func([]even
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- f.Run(ctx) }()
+	ctx := context.Background()
+	stop := runFollower(b, f)
 	pub := regtest.Must(eventlog.NewPublisher(js, eventlog.PublisherConfig{}))
 	b.ResetTimer()
 	start := time.Now()
@@ -257,8 +252,7 @@ func benchLatency(b *testing.B, cursor func() (uint64, error), apply func([]even
 		b.Fatal(err)
 	}
 	b.StopTimer()
-	cancel()
-	if err := <-runErr; err != nil {
+	if err := stop(); err != nil {
 		b.Fatal(err)
 	}
 	mu.Lock()
