@@ -43,10 +43,10 @@ func (d *Daemon) snapshotStore(ctx context.Context) (*eventlog.SnapshotStore, er
 // follower halts on the gap as before.
 func (d *Daemon) loadSnapshot(ctx context.Context) error {
 	path := filepath.Join(d.cfg.DataDir, ProjectionFile)
-	behind := false
+	behind, cur := false, uint64(0)
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		var err error
-		if behind, err = d.projectionBehind(ctx, path); err != nil || !behind {
+		if behind, cur, err = d.projectionBehind(ctx, path); err != nil || !behind {
 			return err
 		}
 	}
@@ -71,7 +71,6 @@ func (d *Daemon) loadSnapshot(ctx context.Context) error {
 		return nil
 	}
 	if behind {
-		cur, _ := d.projectionCursor(path)
 		aside := fmt.Sprintf("%s.behind-%d", path, cur)
 		if err := os.Rename(path, aside); err != nil {
 			return fmt.Errorf("daemon: move the projection aside: %w", err)
@@ -105,17 +104,18 @@ func (d *Daemon) loadSnapshot(ctx context.Context) error {
 }
 
 // projectionBehind reports whether the projection at path has a cursor
-// the stream no longer continues: events after it aged out.
-func (d *Daemon) projectionBehind(ctx context.Context, path string) (bool, error) {
+// the stream no longer continues (events after it aged out), and the
+// cursor.
+func (d *Daemon) projectionBehind(ctx context.Context, path string) (bool, uint64, error) {
 	cur, err := d.projectionCursor(path)
 	if err != nil {
-		return false, err
+		return false, 0, err
 	}
 	info, err := d.stream.Info(ctx)
 	if err != nil {
-		return false, fmt.Errorf("daemon: stream: %w", err)
+		return false, 0, fmt.Errorf("daemon: stream: %w", err)
 	}
-	return cur+1 < info.State.FirstSeq, nil
+	return cur+1 < info.State.FirstSeq, cur, nil
 }
 
 // projectionCursor reads the cursor of the projection at path; the data
