@@ -1,9 +1,88 @@
 package refcount
 
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/refgc/refgc/events"
+)
+
 // ForEach calls fn for every node the projection holds, in key order, in
 // one read transaction: what Dump writes, as values. An error from fn stops
 // the iteration and is returned as is. fn must not write to the projection
 // (it would wait for the read transaction to end).
 func (p *Projection) ForEach(fn func(NodeInfo) error) error {
 	return p.forEachInfo(fn)
+}
+
+// ForEachIn is ForEach limited to the nodes of one kind in one repository,
+// or of every repository when repo is "" (kind NodeBlob ignores repo:
+// blobs are global). Its transaction is as
+// short as the repository is large, which lets a caller compare storage
+// with the projection one repository at a time.
+func (p *Projection) ForEachIn(kind events.NodeKind, repo string, fn func(NodeInfo) error) error {
+	b, ok := keyOfKind(kind)
+	if !ok {
+		return fmt.Errorf("refcount: unknown node kind %q", kind)
+	}
+	prefix := []byte{b}
+	if kind != events.NodeBlob && repo != "" {
+		prefix = repoPrefix(b, repo)
+	}
+	return p.forEachPrefix(prefix, fn)
+}
+
+// ForEachBlobIn is ForEach limited to the blobs of one algorithm whose
+// encoded digest starts with hexPrefix, an even number of hex digits
+// (Distribution keeps blob data in directories named by the first two), in
+// digest order.
+func (p *Projection) ForEachBlobIn(alg digest.Algorithm, hexPrefix string, fn func(NodeInfo) error) error {
+	raw, err := hex.DecodeString(hexPrefix)
+	if err != nil {
+		return fmt.Errorf("refcount: blob prefix %q: %w", hexPrefix, err)
+	}
+	for code, a := range digestAlgs {
+		if code != 0 && a == alg {
+			return p.forEachPrefix(append([]byte{kBlob, byte(code)}, raw...), fn)
+		}
+	}
+	return nil // no key of this package has that algorithm in raw form
+}
+
+// forEachPrefix calls fn for the node records whose key starts with prefix.
+func (p *Projection) forEachPrefix(prefix []byte, fn func(NodeInfo) error) error {
+	return p.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketNodes).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			if isSub(k) {
+				continue
+			}
+			n, err := decodeNode(v)
+			if err != nil {
+				return err
+			}
+			ni, err := p.info(tx, k, n)
+			if err != nil {
+				return err
+			}
+			if err := fn(ni); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// keyOfKind is the key kind byte of a node kind (the inverse of kindOfKey).
+func keyOfKind(kind events.NodeKind) (byte, bool) {
+	for _, b := range []byte{kTag, kManifest, kLayer, kBlob, kLabel, kLegacy} {
+		if kindOfKey(b) == kind {
+			return b, true
+		}
+	}
+	return 0, false
 }

@@ -438,9 +438,27 @@ func (s *Driver) LayerLinks(ctx context.Context, repo string, fn func(d digest.D
 	return err
 }
 
-// Blobs implements Store. It lists the algorithms and their two-hex prefix
-// directories, then walks the prefixes concurrently (bounded).
+// Blobs implements Store: BlobDirs, one digest at a time.
 func (s *Driver) Blobs(ctx context.Context, fn func(d digest.Digest) error) error {
+	return s.BlobDirs(ctx, func(_ digest.Algorithm, _ string, ds []digest.Digest) error {
+		for _, d := range ds {
+			if err := fn(d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// BlobDirs calls fn once for every prefix directory of the blob store (an
+// empty or vanished one included, with no digests), with the blobs that
+// have data there: those of algorithm alg whose encoded digest starts with
+// prefix (two hex digits), in digest order. It
+// lists the algorithms and their prefix directories, then walks the
+// prefixes concurrently (bounded); fn is called for one at a time. What it
+// holds is at most one listing per walker: a directory holds 1/256 of the
+// registry's blobs.
+func (s *Driver) BlobDirs(ctx context.Context, fn func(alg digest.Algorithm, prefix string, ds []digest.Digest) error) error {
 	algs, err := s.list(ctx, blobsRoot)
 	if err != nil {
 		return err
@@ -460,7 +478,7 @@ func (s *Driver) Blobs(ctx context.Context, fn func(d digest.Digest) error) erro
 		for _, prefixDir := range prefixes {
 			prefix := path.Base(prefixDir)
 			f.do(func(ctx context.Context) error {
-				var fnErr error
+				var ds []digest.Digest
 				err := s.d.Walk(ctx, prefixDir, func(fi storagedriver.FileInfo) error {
 					rel, ok := strings.CutPrefix(path.Clean(fi.Path()), prefixDir+"/")
 					if !ok {
@@ -481,16 +499,14 @@ func (s *Driver) Blobs(ctx context.Context, fn func(d digest.Digest) error) erro
 						s.log.Debug("store: skipping blob with an invalid digest path", "path", fi.Path())
 						return nil
 					}
-					fnErr = f.emit(func() error { return fn(d) })
-					return fnErr
-				})
-				if fnErr != nil {
-					return fnErr // as is, not as the driver wrapped it
-				}
-				if isNotFound(err) {
+					ds = append(ds, d)
 					return nil
+				})
+				if err != nil && !isNotFound(err) {
+					return err
 				}
-				return err
+				slices.Sort(ds)
+				return f.emit(func() error { return fn(digest.Algorithm(alg), prefix, ds) })
 			})
 			if f.failed() {
 				break

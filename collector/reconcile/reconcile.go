@@ -20,12 +20,23 @@
 //  2. Walk repositories in parallel (bounded by Concurrency): per
 //     repository its tags with their current targets, its manifest revisions
 //     (each manifest read from storage and parsed with events.ParseManifest)
-//     and its layer links; then every blob with data. Each object is looked
-//     up in the projection as it is seen.
-//  3. Iterate the projection: every present tag, revision, layer link and
-//     blob that the walk did not see is missing from storage.
-//  4. With apply: confirm each presence correction against storage once
+//     and its layer links. Each object is looked up in the projection as it
+//     is seen; then the projection's present tags, revisions and layer links
+//     of that repository that the walk did not see are missing from
+//     storage.
+//  3. Walk the blob store one prefix directory at a time (concurrently),
+//     and compare each directory's blobs, in digest order, with the
+//     projection's blobs of the same prefix.
+//  4. Iterate the projection for what no step above judged: the nodes of
+//     repositories and blob directories that storage no longer lists.
+//  5. With apply: confirm each presence correction against storage once
 //     more, publish the corrections, and catch up.
+//
+// Memory: the walk holds one repository's listings and one blob directory
+// (1/256 of the blobs) per walker at a time, the names of the repositories
+// and directories walked, and what it found wrong; never a set of the
+// registry's objects. A pass over a registry ten times larger takes about the
+// same memory.
 //
 // Invariants:
 //   - The walk never deletes or writes storage. Its only output is events.
@@ -135,7 +146,9 @@ type Store interface {
 	Tags(ctx context.Context, repo string, fn func(tag string, current digest.Digest) error) error
 	Revisions(ctx context.Context, repo string, fn func(d digest.Digest) error) error
 	LayerLinks(ctx context.Context, repo string, fn func(d digest.Digest) error) error
-	Blobs(ctx context.Context, fn func(d digest.Digest) error) error
+	// BlobDirs calls fn for each prefix directory of the blob store with
+	// the digests that have data there, in digest order; one call at a time.
+	BlobDirs(ctx context.Context, fn func(alg digest.Algorithm, prefix string, ds []digest.Digest) error) error
 	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
 	ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
 	LinkModTime(ctx context.Context, n events.NodeRef) (time.Time, error)
@@ -323,25 +336,29 @@ type walk struct {
 	now  time.Time
 	sem  chan struct{} // bounds manifest reads
 
-	mu        sync.Mutex
-	drift     Drift
-	tags      map[string]digest.Digest // repo 0x00 tag → current
-	revisions map[string]struct{}      // repo 0x00 digest
-	layers    map[string]struct{}      // repo 0x00 digest
-	blobs     map[digest.Digest]struct{}
-	linked    map[digest.Digest]struct{} // digests some layer link or revision names
-	fixes     []fix
-	busy      map[events.NodeRef]bool // nodes with a pending collector intent
-	repos     map[string]bool         // the repositories of a limited pass; nil for all
-	apply     bool
+	mu    sync.Mutex
+	drift Drift
+	fixes []fix
+	busy  map[events.NodeRef]bool // nodes with a pending collector intent
+	repos map[string]bool         // the repositories of a limited pass; nil for all
+	apply bool
+	// walked are the repositories, and dirs the blob directories
+	// (algorithm/prefix), whose present nodes were compared with storage.
+	walked, dirs map[string]bool
+	// gone are present nodes storage did not hold, judged once the intents
+	// recorded during the walk are known (markBusy).
+	gone []refcount.NodeInfo
+	// unheld are digests of layer links and revisions storage holds and
+	// the projection does not: their blob data is linked, not orphaned.
+	unheld map[digest.Digest]bool
 }
 
-func repoKey(repo, name string) string { return repo + "\x00" + name }
+// repoKinds are the node kinds a repository's walk judges.
+var repoKinds = []events.NodeKind{events.NodeTag, events.NodeManifest, events.NodeLayer}
 
 func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drift, error) {
 	w := &walk{r: r, now: r.cfg.Now(), sem: make(chan struct{}, r.cfg.Concurrency), apply: apply,
-		tags: map[string]digest.Digest{}, revisions: map[string]struct{}{}, layers: map[string]struct{}{},
-		blobs: map[digest.Digest]struct{}{}, linked: map[digest.Digest]struct{}{}, busy: map[events.NodeRef]bool{}}
+		busy: map[events.NodeRef]bool{}, walked: map[string]bool{}, dirs: map[string]bool{}, unheld: map[digest.Digest]bool{}}
 	w.drift = Drift{Counts: map[string]int{}, Examples: map[string][]string{}, Scanned: map[string]int{}}
 	for _, typ := range DriftTypes {
 		w.drift.Counts[typ] = 0
@@ -495,9 +512,6 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 	err := st.Tags(ctx, repo, func(tag string, cur digest.Digest) error {
 		w.scanned("tags")
 		tags[tag] = cur
-		w.mu.Lock()
-		w.tags[repoKey(repo, tag)] = cur
-		w.mu.Unlock()
 		return w.checkTag(repo, tag, cur)
 	})
 	if err != nil {
@@ -507,10 +521,6 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 	err = st.LayerLinks(ctx, repo, func(d digest.Digest) error {
 		w.scanned("layers")
 		layers[d] = true
-		w.mu.Lock()
-		w.layers[repoKey(repo, string(d))] = struct{}{}
-		w.linked[d] = struct{}{}
-		w.mu.Unlock()
 		return w.checkLayer(ctx, repo, d)
 	})
 	if err != nil {
@@ -525,12 +535,10 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 		return fmt.Errorf("collector: reconcile: revisions of %s: %w", repo, err)
 	}
 	revSet := make(map[digest.Digest]bool, len(revs))
-	w.mu.Lock()
 	for _, d := range revs {
 		revSet[d] = true
-		w.revisions[repoKey(repo, string(d))] = struct{}{}
-		w.linked[d] = struct{}{}
 	}
+	w.mu.Lock()
 	w.drift.Scanned["revisions"] += len(revs)
 	w.mu.Unlock()
 	w.r.prog.saw("revisions", len(revs))
@@ -557,7 +565,47 @@ func (w *walk) repo(ctx context.Context, repo string) error {
 			}
 		}
 	}
+	seen := func(n events.NodeRef) bool {
+		switch n.Kind {
+		case events.NodeTag:
+			_, ok := tags[n.Name]
+			return ok
+		case events.NodeManifest:
+			return revSet[n.Digest]
+		}
+		return layers[n.Digest]
+	}
+	for _, kind := range repoKinds {
+		if err := w.r.cfg.Projection.ForEachIn(kind, repo, func(ni refcount.NodeInfo) error {
+			if !seen(ni.Node) {
+				w.missing(ni)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("collector: reconcile: projection of %s: %w", repo, err)
+		}
+	}
+	w.mu.Lock()
+	w.walked[repo] = true
+	w.mu.Unlock()
 	return nil
+}
+
+// missing keeps a node the projection holds and storage did not show, if
+// it is one the walk judges (see absent).
+func (w *walk) missing(ni refcount.NodeInfo) {
+	if !ni.Present || ni.LastSeq > w.asOf ||
+		(w.r.cfg.Owned != nil && w.r.cfg.Owned(ni.Origin, ni.Node.Kind)) {
+		return
+	}
+	switch ni.Node.Kind {
+	case events.NodeTag, events.NodeManifest, events.NodeLayer, events.NodeBlob:
+	default: // labels and legacy images have no storage object of their own
+		return
+	}
+	w.mu.Lock()
+	w.gone = append(w.gone, ni)
+	w.mu.Unlock()
 }
 
 // stale reports, in a pass limited to some repositories (which follows
@@ -654,6 +702,9 @@ func (w *walk) checkRevision(ctx context.Context, repo string, d digest.Digest, 
 	if err != nil {
 		return err
 	}
+	if !ok || !ni.Present {
+		w.noteUnheld(d)
+	}
 	b, err := w.r.cfg.Store.ReadBlob(ctx, d, collector.MaxManifestBytes)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -726,6 +777,9 @@ func sameDigests(a, b []events.Descriptor) bool {
 func (w *walk) checkLayer(ctx context.Context, repo string, d digest.Digest) error {
 	n := events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: d}
 	ni, ok, changed, err := w.lookup(n)
+	if err == nil && (!ok || !ni.Present) {
+		w.noteUnheld(d)
+	}
 	if err != nil || changed {
 		return err
 	}
@@ -742,25 +796,44 @@ func (w *walk) checkLayer(ctx context.Context, repo string, d digest.Digest) err
 	return nil
 }
 
+// noteUnheld records the digest of a link storage holds and the
+// projection does not.
+func (w *walk) noteUnheld(d digest.Digest) {
+	w.mu.Lock()
+	w.unheld[d] = true
+	w.mu.Unlock()
+}
+
+// walkBlobs compares each blob directory of storage with the projection's
+// blobs of the same prefix: both are in digest order.
 func (w *walk) walkBlobs(ctx context.Context) error {
-	err := w.r.cfg.Store.Blobs(ctx, func(d digest.Digest) error {
+	err := w.r.cfg.Store.BlobDirs(ctx, func(alg digest.Algorithm, prefix string, ds []digest.Digest) error {
 		w.mu.Lock()
-		w.blobs[d] = struct{}{}
-		w.drift.Scanned["blobs"]++
-		_, linked := w.linked[d]
+		w.drift.Scanned["blobs"] += len(ds)
 		w.mu.Unlock()
-		w.r.prog.saw("blobs", 1)
-		n := events.NodeRef{Kind: events.NodeBlob, Digest: d}
-		ni, ok, changed, err := w.lookup(n)
-		if err != nil || changed || (ok && ni.Present) {
-			return err
+		w.r.prog.saw("blobs", len(ds))
+		i := 0
+		err := w.r.cfg.Projection.ForEachBlobIn(alg, prefix, func(ni refcount.NodeInfo) error {
+			for ; i < len(ds) && ds[i] < ni.Node.Digest; i++ {
+				w.blobData(ds[i], nil)
+			}
+			if i < len(ds) && ds[i] == ni.Node.Digest {
+				w.blobData(ds[i], &ni)
+				i++
+				return nil
+			}
+			w.missing(ni)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("collector: reconcile: projection blobs %s/%s: %w", alg, prefix, err)
 		}
-		typ := DriftMissingFromProjection
-		if !linked {
-			typ = DriftOrphanData
+		for ; i < len(ds); i++ {
+			w.blobData(ds[i], nil)
 		}
-		w.note(typ, n.String(), &fix{node: n,
-			ev: events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Digest: d}}})
+		w.mu.Lock()
+		w.dirs[blobDir(alg, prefix)] = true
+		w.mu.Unlock()
 		return nil
 	})
 	if err != nil {
@@ -769,47 +842,85 @@ func (w *walk) walkBlobs(ctx context.Context) error {
 	return nil
 }
 
-// absent finds the nodes the projection shows present that the walk did
-// not see.
+// blobDir names the blob directory of an algorithm and a prefix.
+func blobDir(alg digest.Algorithm, prefix string) string { return string(alg) + "/" + prefix }
+
+// blobData judges blob data storage holds, given the projection's node
+// (nil if it has none).
+func (w *walk) blobData(d digest.Digest, ni *refcount.NodeInfo) {
+	if ni != nil && (ni.Present || ni.LastSeq > w.asOf) {
+		return
+	}
+	n := events.NodeRef{Kind: events.NodeBlob, Digest: d}
+	w.mu.Lock()
+	linked := w.unheld[d]
+	w.mu.Unlock()
+	// Data is linked when a layer link or revision storage holds names it:
+	// one the projection holds declares an edge to it (its count), one it
+	// does not was noted by the repository's walk (unheld).
+	typ := DriftMissingFromProjection
+	if !linked && (ni == nil || ni.Count == 0) {
+		typ = DriftOrphanData
+	}
+	w.note(typ, n.String(), &fix{node: n,
+		ev: events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Digest: d}}})
+}
+
+// absent finds the nodes the projection shows present that storage did
+// not hold: those the walk kept (gone), and those of the repositories and
+// blob directories it did not list at all. It runs after the walk, once
+// the intents recorded meanwhile are known.
 func (w *walk) absent() error {
-	err := w.r.cfg.Projection.ForEach(func(ni refcount.NodeInfo) error {
-		if !ni.Present || ni.LastSeq > w.asOf || w.busy[ni.Node] ||
-			(w.r.cfg.Owned != nil && w.r.cfg.Owned(ni.Origin, ni.Node.Kind)) {
-			return nil
+	judge := func(ni refcount.NodeInfo) {
+		if w.busy[ni.Node] {
+			return
 		}
 		n := ni.Node
-		if w.repos != nil && (n.Kind == events.NodeBlob || !w.repos[n.Repo]) {
-			return nil
-		}
-		var seen bool
-		switch n.Kind {
-		case events.NodeTag:
-			_, seen = w.tags[repoKey(n.Repo, n.Name)]
-		case events.NodeManifest:
-			_, seen = w.revisions[repoKey(n.Repo, string(n.Digest))]
-		case events.NodeLayer:
-			_, seen = w.layers[repoKey(n.Repo, string(n.Digest))]
-		case events.NodeBlob:
-			_, seen = w.blobs[n.Digest]
-		default: // labels and legacy images have no storage object of their own
-			return nil
-		}
-		if seen {
-			return nil
-		}
 		example := n.String()
 		if ni.Lease != nil && ni.Lease.After(w.now) {
 			example += " (leased: ignored until " + ni.Lease.Format(time.RFC3339) + ")"
 		}
-		// note takes w.mu; the sets are not written any more.
 		w.note(DriftMissingFromStorage, example, &fix{node: n, ev: events.Event{Kind: events.ObservedAbsent,
 			Absent: &events.Observation{Node: n, AsOf: w.asOf}}})
+	}
+	for _, ni := range w.gone {
+		judge(ni)
+	}
+	w.gone = nil
+	if w.repos != nil { // a limited pass walked every repository it names
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("collector: reconcile: iterate projection: %w", err)
+	}
+	for _, kind := range append(slices.Clone(repoKinds), events.NodeBlob) {
+		err := w.r.cfg.Projection.ForEachIn(kind, "", func(ni refcount.NodeInfo) error {
+			n := ni.Node
+			if kind == events.NodeBlob {
+				if w.dirs[blobDir(n.Digest.Algorithm(), prefixOf(n.Digest))] {
+					return nil
+				}
+			} else if w.walked[n.Repo] {
+				return nil
+			}
+			w.missing(ni)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("collector: reconcile: iterate projection: %w", err)
+		}
+	}
+	for _, ni := range w.gone {
+		judge(ni)
 	}
 	return nil
+}
+
+// prefixOf is the blob directory prefix of a digest: the first two digits
+// of its encoded form.
+func prefixOf(d digest.Digest) string {
+	e := d.Encoded()
+	if len(e) < 2 {
+		return e
+	}
+	return e[:2]
 }
 
 // confirm re-reads storage for every correction and keeps those that
