@@ -131,8 +131,8 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 		sink = o.wrap(e.log)
 	}
 	hook := httptest.NewServer(regtest.Must(distribution.NewWebhook(distribution.WebhookConfig{Sink: sink, Token: testToken, Now: e.now,
-		MaxBodyBytes: o.maxBody,
-		Translate:    distribution.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}})))
+		MaxBodyBytes: o.maxBody, Pulls: markerPulls{proj},
+		Translate: distribution.TranslateOptions{Reader: collector.StoreManifestReader{Store: e.store}}})))
 	t.Cleanup(hook.Close)
 	opts := regtest.Options{Root: root, NotifyURL: hook.URL, NotifyToken: testToken, Configure: o.configure}
 	if o.s3 {
@@ -157,6 +157,17 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 	e.reg.PushRandom(t, "marker:m", 1)
 	e.settle()
 	return e
+}
+
+// markerPulls is the daemon's pull filter (the projection), except that
+// every pull of the marker is published: settle counts them.
+type markerPulls struct{ *refcount.Projection }
+
+func (m markerPulls) Fresh(repo string, d digest.Digest, at time.Time) (bool, error) {
+	if repo == "marker" {
+		return false, nil
+	}
+	return m.Projection.Fresh(repo, d, at)
 }
 
 // reconcile is the collector's hook, as the daemon wires it.

@@ -240,11 +240,9 @@ func (t *txn) touched(repo string, d digest.Digest) {
 			continue
 		}
 		n := t.get(k)
-		// Pulls are most of a registry's traffic: a lease with at least 7/8
-		// of the grace still to run is left as it is, so that pulls of hot
-		// content write nothing. observedAbsent ignores leased nodes, so the
-		// sequence it would have recorded is not needed.
-		if n.lease-int64(t.p.opts.Grace)/8*7 >= t.now {
+		// observedAbsent ignores leased nodes, so the sequence a skipped
+		// pull would have recorded is not needed.
+		if touchFresh(n, t.now, t.p.opts.Grace) {
 			continue
 		}
 		t.lease(k, n)

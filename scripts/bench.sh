@@ -16,6 +16,7 @@ run eventlog      go test ./events/eventlog -run '^$' -bench BenchmarkEventLog -
 run latency       go test ./events/eventlog -run '^$' -bench BenchmarkLatency -benchtime 5000x -count 3
 run catchup       go test ./events/eventlog -run '^$' -bench BenchmarkCatchUp -benchtime 2000x
 run pulls         go test ./events/eventlog -run '^$' -bench BenchmarkPulls -benchtime 5000x -count 3
+run pullse2e      go test ./internal/daemon -run '^$' -bench BenchmarkPullsE2E -benchtime 5000x -count 2
 run stats         go test ./refcount -run '^$' -bench BenchmarkStats -count 3
 run webhook       go test ./events/distribution -run '^$' -bench BenchmarkWebhook -benchtime 2s -count 3
 run e2e           go test ./internal/daemon -run '^$' -bench BenchmarkWebhookE2E -benchtime 5000x -count 3

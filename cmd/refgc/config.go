@@ -52,6 +52,7 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.Var(csvList{&cfg.Webhook.Tokens}, "webhook-tokens", "more accepted webhook bearer tokens, comma-separated (to rotate the token without refusing the registry)")
 	fs.StringVar(&cfg.AdminToken, "admin-token", cfg.AdminToken, "bearer token the admin endpoints require (visible in ps: prefer --admin-token-file or REFGC_ADMIN_TOKEN)")
 	fs.Int64Var(&cfg.Webhook.MaxBodyBytes, "webhook-max-body", cfg.Webhook.MaxBodyBytes, "largest notification body in bytes (0: 32 MiB); a larger one is dead-lettered")
+	fs.DurationVar(&cfg.Webhook.PullHeartbeat, "pull-heartbeat", cfg.Webhook.PullHeartbeat, "publish a pull of content held with a fresh lease only once per registry instance per this much registry time (0: 1s; negative: publish every pull)")
 	fs.StringVar(&cfg.Webhook.RegistryURL, "registry-url", cfg.Webhook.RegistryURL, "registry to read manifests from when no storage is configured")
 	fs.StringVar(&cfg.Webhook.RegistryToken, "registry-token", cfg.Webhook.RegistryToken, "bearer token for --registry-url")
 	fs.StringVar(&cfg.Webhook.RegistryUser, "registry-user", cfg.Webhook.RegistryUser, "basic-auth user for --registry-url")

@@ -32,6 +32,10 @@ package distribution
 //     the webhook's clock, so that forged requests cannot flood the log.
 //     Several tokens may be accepted at once, to rotate one without a
 //     blocked queue.
+//   - A pull (Touched) that would change nothing in the projection is not
+//     published (see Pulls), except one per registry instance per
+//     PullHeartbeat of registry time, so that the instance's delivery
+//     watermark never lags its queue by more than that.
 
 import (
 	"bytes"
@@ -85,6 +89,24 @@ const UnauthorizedRefusalInterval = time.Minute
 // discarded) to give the registry its 200: this many times the limit.
 const maxBodyFactor = 4
 
+// DefaultPullHeartbeat is the default WebhookConfig.PullHeartbeat.
+const DefaultPullHeartbeat = time.Second
+
+// maxPullSources bounds the registry instances whose last published event
+// the webhook remembers; past it the memory is cleared (which publishes
+// one more pull per instance).
+const maxPullSources = 4096
+
+// PullFilter says whether a pull would change nothing in the projection.
+// *refcount.Projection implements it (Fresh): a pull is skipped there when
+// every node it names exists with a lease that has at least 7/8 of the
+// grace to run. Leases only grow, so a projection behind the log can only
+// answer false where an up-to-date one would answer true, never the
+// reverse: a pull it calls fresh would be skipped when applied.
+type PullFilter interface {
+	Fresh(repo string, d digest.Digest, at time.Time) (bool, error)
+}
+
 // WebhookConfig configures NewWebhook.
 type WebhookConfig struct {
 	// Sink receives events and dead letters. Required.
@@ -117,6 +139,15 @@ type WebhookConfig struct {
 	PublishTimeout time.Duration
 	// RetryAfter is sent with 503 (default DefaultWebhookRetryAfter).
 	RetryAfter time.Duration
+	// Pulls, if set, lets the webhook drop pulls that would change nothing
+	// (PullFilter); nil publishes every pull.
+	Pulls PullFilter
+	// PullHeartbeat is how much registry time may pass between two events
+	// the webhook publishes for one registry instance before it publishes a
+	// pull it could drop (default DefaultPullHeartbeat). The instance's
+	// delivery watermark, which bounds what the collector may unlink, is the
+	// time of its newest published event.
+	PullHeartbeat time.Duration
 	// Registerer receives the webhook's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Logger logs; nil uses slog.Default().
@@ -133,7 +164,8 @@ type WebhookResponse struct {
 	// DeadLettered counts registry events (or whole envelopes) stored as
 	// dead letters, each announced by a Refused event.
 	DeadLettered int `json:"deadLettered"`
-	// Dropped counts registry events that needed no domain event.
+	// Dropped counts registry events that needed no domain event (pulls
+	// that would change nothing included).
 	Dropped int `json:"dropped"`
 }
 
@@ -146,7 +178,8 @@ type webhook struct {
 	m          *webhookMetrics
 
 	mu               sync.Mutex
-	lastUnauthorized time.Time // when the last unauthorized refusal was published
+	lastUnauthorized time.Time            // when the last unauthorized refusal was published
+	published        map[string]time.Time // registry instance → time of its newest published event
 }
 
 type webhookMetrics struct {
@@ -157,6 +190,7 @@ type webhookMetrics struct {
 	unauthorized prometheus.Counter
 	duration     prometheus.Histogram
 	enrichFail   prometheus.Counter
+	pullsSkipped prometheus.Counter
 }
 
 // NewWebhook returns the handler of Distribution's notifications. It
@@ -184,7 +218,11 @@ func NewWebhook(cfg WebhookConfig) (http.Handler, error) {
 	if cfg.PublishTimeout <= 0 {
 		cfg.PublishTimeout = DefaultWebhookPublishTimeout
 	}
+	if cfg.PullHeartbeat <= 0 {
+		cfg.PullHeartbeat = DefaultPullHeartbeat
+	}
 	h := &webhook{
+		published:  map[string]time.Time{},
 		cfg:        cfg,
 		now:        cfg.Now,
 		log:        cfg.Logger,
@@ -235,6 +273,10 @@ func newWebhookMetrics(reg prometheus.Registerer) *webhookMetrics {
 		enrichFail: prom.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "refgc_webhook_enrichment_failures_total",
 			Help: "Manifest pushes whose manifest could not be read (translated without a subject).",
+		})),
+		pullsSkipped: prom.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "refgc_webhook_pulls_skipped_total",
+			Help: "Pulls not published because they would change nothing in the projection (leases fresh).",
 		})),
 	}
 }
@@ -308,6 +350,7 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 		evs  []events.Event
 		dead []eventlog.DeadLetter
 		resp WebhookResponse
+		beat = map[string]time.Time{} // published by this request, by instance
 	)
 	for i := range results {
 		res := &results[i]
@@ -330,8 +373,13 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 			h.log.Debug("webhook: event dropped", "id", res.ID, "action", res.Action, "why", res.Dropped)
 		default:
 			for _, e := range res.Events {
+				if h.skipPull(e, beat) {
+					resp.Dropped++
+					continue
+				}
 				e.Received = received
 				evs = append(evs, e)
+				beat[e.Source] = later(beat[e.Source], e.Time)
 			}
 		}
 		if res.EnrichErr != nil {
@@ -348,6 +396,14 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 		if err != nil {
 			return h.unavailable(w, "publish", err, len(evs))
 		}
+		h.mu.Lock()
+		if len(h.published) > maxPullSources {
+			clear(h.published)
+		}
+		for src, t := range beat {
+			h.published[src] = later(h.published[src], t)
+		}
+		h.mu.Unlock()
 		for i, e := range evs {
 			if e.Kind == events.Refused {
 				continue
@@ -376,6 +432,37 @@ func (h *webhook) serve(w http.ResponseWriter, r *http.Request) int {
 	w.WriteHeader(http.StatusOK)
 	_ = json.NewEncoder(w).Encode(resp)
 	return http.StatusOK
+}
+
+// skipPull reports whether e is a pull the projection would skip, and its
+// registry instance had an event published (before, or earlier in this
+// request: beat) less than PullHeartbeat of registry time ago.
+func (h *webhook) skipPull(e events.Event, beat map[string]time.Time) bool {
+	if e.Kind != events.Touched || e.Ref == nil || h.cfg.Pulls == nil {
+		return false
+	}
+	h.mu.Lock()
+	last := later(h.published[e.Source], beat[e.Source])
+	h.mu.Unlock()
+	if last.IsZero() || e.Time.Sub(last) >= h.cfg.PullHeartbeat {
+		return false
+	}
+	fresh, err := h.cfg.Pulls.Fresh(e.Ref.Repo, e.Ref.Digest, e.Time)
+	if err != nil {
+		h.log.Warn("webhook: pull filter failed; publishing the pull", "err", err)
+		return false
+	}
+	if fresh && h.m != nil {
+		h.m.pullsSkipped.Inc()
+	}
+	return fresh
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // readBody reads the request body. Up to MaxBodyBytes it returns the

@@ -89,13 +89,20 @@ func BenchmarkWebhookE2E(b *testing.B) {
 
 func newBenchDaemon(b *testing.B, noSync bool) *daemon.Daemon {
 	b.Helper()
+	return newBenchDaemonWith(b, func(c *daemon.Config) { c.NoSync = noSync })
+}
+
+// newBenchDaemonWith starts a daemon without storage or collection, its
+// configuration changed by mod.
+func newBenchDaemonWith(b *testing.B, mod func(*daemon.Config)) *daemon.Daemon {
+	b.Helper()
 	cfg := daemon.Defaults()
 	cfg.DataDir = b.TempDir()
 	cfg.Addr = "127.0.0.1:0"
 	cfg.NATS.Listen = "127.0.0.1:-1"
 	cfg.Webhook.Token = testToken
 	cfg.Collector.Interval = 0
-	cfg.NoSync = noSync
+	mod(&cfg)
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	d, err := daemon.Start(context.Background(), cfg)
 	if err != nil {

@@ -127,6 +127,11 @@ type WebhookConfig struct {
 	TokenFile string `yaml:"tokenFile"`
 	// MaxBodyBytes bounds a notification (0: distribution.DefaultMaxBodySize).
 	MaxBodyBytes int64 `yaml:"maxBodyBytes"`
+	// PullHeartbeat: a pull whose content the projection holds with a fresh
+	// lease is not published, except one per registry instance per
+	// PullHeartbeat (0: distribution.DefaultPullHeartbeat); negative
+	// publishes every pull.
+	PullHeartbeat time.Duration `yaml:"pullHeartbeat"`
 	// RegistryURL is where manifests are read for enrichment when no
 	// storage is configured.
 	RegistryURL      string `yaml:"registryURL"`

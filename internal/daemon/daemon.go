@@ -349,9 +349,14 @@ func checkStorageRoot(section map[string]any) error {
 // closes what serve opened.
 func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 	cfg := d.cfg
+	var pulls distribution.PullFilter
+	if cfg.Webhook.PullHeartbeat >= 0 {
+		pulls = d.proj
+	}
 	hook, err := distribution.NewWebhook(distribution.WebhookConfig{
 		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
-		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader, TagExpiry: cfg.Collector.ExpireTags}, Registerer: d.reg, Logger: d.log,
+		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader, TagExpiry: cfg.Collector.ExpireTags},
+		Pulls: pulls, PullHeartbeat: cfg.Webhook.PullHeartbeat, Registerer: d.reg, Logger: d.log,
 	})
 	if err != nil {
 		return fmt.Errorf("daemon: webhook: %w", err)

@@ -63,6 +63,8 @@ type envOpts struct {
 	native      []distribution.NativeSource
 	expireTags  bool
 	timeMachine time.Duration
+	// pullHeartbeat is the webhook's (0: its default).
+	pullHeartbeat time.Duration
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -87,6 +89,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	}
 	cfg.Native.Sources = o.native
 	cfg.Collector.ExpireTags, cfg.Collector.TimeMachine = o.expireTags, o.timeMachine
+	cfg.Webhook.PullHeartbeat = o.pullHeartbeat
 	if !o.noStorage {
 		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
 		if o.s3 {
@@ -183,6 +186,13 @@ func (e *env) mustNotFind(repo, ref string) { e.t.Helper(); e.reg.MustNotFind(e.
 
 func metricSum(t *testing.T, d *daemon.Daemon, name string) float64 {
 	t.Helper()
+	return metricWith(t, d, name, "", "")
+}
+
+// metricWith sums the series of a metric whose label has value (every
+// series when label is "").
+func metricWith(t *testing.T, d *daemon.Daemon, name, label, val string) float64 {
+	t.Helper()
 	mfs, err := d.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -193,7 +203,11 @@ func metricSum(t *testing.T, d *daemon.Daemon, name string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			sum += value(m)
+			if label == "" || slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
+				return l.GetName() == label && l.GetValue() == val
+			}) {
+				sum += value(m)
+			}
 		}
 	}
 	return sum
