@@ -246,13 +246,21 @@ func (c *Collector) settleTag(ctx context.Context, d refcount.TagDue, rep *Repor
 
 // RestoreTag brings back a tag from the time machine: its link in storage
 // and a tag.set event. A tag whose window has ended, but whose revision is
-// still in the trash, comes back with its revision (Restore).
+// still in the trash, comes back with its revision (Restore). A tag with
+// a database owner is the owner's to restore: it is asked to (Restorer),
+// and its tag.set published; an owner without a restore service gets
+// ErrOwnerRestores.
 func (c *Collector) RestoreTag(ctx context.Context, repo, tag string) (Restored, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ref := events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: tag}
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
 		return Restored{}, err
+	}
+	if origin, own, err := c.tagOwner(ref); err != nil {
+		return Restored{}, err
+	} else if own != nil {
+		return c.restoreOwnedTag(ctx, ref, origin, own)
 	}
 	life, ok, err := c.cfg.Projection.TagLifeOf(ref)
 	if err != nil {

@@ -188,7 +188,7 @@ func TestOwnedTagLifetimes(t *testing.T) {
 	const window = 2 * time.Hour
 	m := digest.FromString("m")
 	v1 := events.NodeRef{Kind: events.NodeTag, Repo: "app", Name: "v1"}
-	setup := func(t *testing.T, own *fakeOwner, tagEvent events.Event) (*collector.Collector, *refcount.Projection, func(time.Duration)) {
+	setup := func(t *testing.T, own collector.Owner, tagEvent events.Event) (*collector.Collector, *refcount.Projection, func(time.Duration)) {
 		t.Helper()
 		return ownedCollector(t, t0, refcount.Options{TimeMachine: window}, collector.OwnerRoute{Owner: own}, []events.Event{
 			{ID: "1", Time: t0, Source: "quay", Kind: events.ManifestPushed, Manifest: &events.Manifest{Repo: "app", Digest: m,
@@ -309,4 +309,45 @@ func TestOwnedTagLifetimes(t *testing.T) {
 			t.Fatalf("the window's end: asked %v", tagAsked(own))
 		}
 	})
+	t.Run("restore: the owner restores and its tag.set is published; an owner without restores says so", func(t *testing.T) {
+		own := &fakeOwner{answer: answerAll(owner.StatusDeleted)}
+		c, p, advance := setup(t, own, set)
+		deleteV1(p, t0.Add(time.Minute))
+		advance(time.Hour)
+		if _, err := c.RestoreTag(context.Background(), "app", "v1"); !errors.Is(err, collector.ErrOwnerRestores) {
+			t.Fatalf("an owner without restores: %v", err)
+		}
+		rest := &fakeRestorer{fakeOwner: own, answer: func(it owner.Item) owner.Result {
+			return owner.Result{Intent: it.Intent, Status: owner.StatusRestored, Statements: []events.Event{
+				{Kind: events.TagSet, Time: t0.Add(time.Hour), Tag: &events.Tag{Repo: "app", Name: "v1", Digest: m}}}}
+		}}
+		c, p, advance = setup(t, rest, set)
+		deleteV1(p, t0.Add(time.Minute))
+		advance(time.Hour)
+		got, err := c.RestoreTag(context.Background(), "app", "v1")
+		if err != nil || got.Manifest.Digest != m {
+			t.Fatalf("restore: %+v %v", got, err)
+		}
+		if ni, ok, _ := p.Get(v1); !ok || !ni.Present || ni.Origin != "quay" {
+			t.Fatalf("the tag is not back: %+v", ni)
+		}
+		rest.answer = func(it owner.Item) owner.Result { return owner.Result{Intent: it.Intent, Status: owner.StatusAbsent} }
+		if _, err := c.RestoreTag(context.Background(), "app", "v1"); !errors.Is(err, collector.ErrNotInTimeMachine) {
+			t.Fatalf("nothing to restore: %v", err)
+		}
+	})
+}
+
+// fakeRestorer is a fakeOwner that restores tags too.
+type fakeRestorer struct {
+	*fakeOwner
+	answer func(owner.Item) owner.Result
+}
+
+func (f *fakeRestorer) Restore(_ context.Context, items []owner.Item) ([]owner.Result, error) {
+	out := make([]owner.Result, len(items))
+	for i, it := range items {
+		out[i] = f.answer(it)
+	}
+	return out, nil
 }
