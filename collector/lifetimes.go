@@ -28,6 +28,8 @@ package collector
 // is the same request; the tag is forgotten only on the owner's deleted
 // or absent, and an in_use answer's statements (a tag.set: the tag is
 // current again in the owner's database) are published as corrections.
+// In a repository without a window, an owned tag's expiry or purge is
+// where it leaves for good, and asks the owner the same way.
 //
 // Each is committed by a Collected event naming the tag, re-checked by the
 // projection against the cursor the pass read (AsOf): a tag set again in
@@ -86,8 +88,8 @@ func (c *Collector) lifetimes(ctx context.Context, rep *Report, v View) error {
 		}
 		var evs []events.Event
 		var removed []refcount.TagDue
-		var owned []refcount.Intent                      // windows ended of owned tags: asked of their owners
-		at := map[string]time.Time{}                     // intent id → the window's end
+		var owned []refcount.Intent                      // owned tags leaving for good: asked of their owners
+		ownedDue := map[string]refcount.TagDue{}         // by intent id
 		current := map[string]map[string]digest.Digest{} // repo → tag → digest, read once per repository
 		for _, d := range due {
 			if skip[d.Tag] || paused[d.Tag.Repo] {
@@ -103,16 +105,19 @@ func (c *Collector) lifetimes(ctx context.Context, rep *Report, v View) error {
 			}
 			skip[d.Tag] = true
 			switch {
-			case d.Release && own != nil:
+			case own != nil && (d.Release || c.cfg.Projection.TimeMachineWindow(d.Tag.Repo) == 0):
+				// Its window ended, or it expired where there is none:
+				// the owner's row is garbage now.
 				in := refcount.Intent{ID: tagIntentID(d), Node: d.Tag, Origin: origin}
-				at[in.ID] = d.At
+				ownedDue[in.ID] = d
 				owned = append(owned, in)
 				continue
 			case d.Release:
 				evs = append(evs, c.tagEvent(d.Tag, d.At, seq))
 				continue
 			case own != nil:
-				// The owner ended it at its expiry (or purge) itself.
+				// The owner ended it at its expiry (or purge) itself: into
+				// the time machine from then.
 				removed = append(removed, d)
 				evs = append(evs, c.tagEvent(d.Tag, d.At, seq))
 				continue
@@ -139,7 +144,11 @@ func (c *Collector) lifetimes(ctx context.Context, rep *Report, v View) error {
 			var done []refcount.Intent
 			done, corrections = c.askOwners(ctx, owned, rep, &mu)
 			for _, in := range done {
-				evs = append(evs, c.tagEvent(in.Node, at[in.ID], seq))
+				d := ownedDue[in.ID]
+				if !d.Release {
+					removed = append(removed, d)
+				}
+				evs = append(evs, c.tagEvent(d.Tag, d.At, seq))
 			}
 		}
 		if len(evs) == 0 && len(corrections) == 0 {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -44,7 +45,7 @@ func TestQuayRandomized(t *testing.T) {
 	}
 	busy += h.drain()
 	drains++
-	o := loadOracle(t, h.reg.DB())
+	o := h.oracle()
 	t.Logf("operations %v; %d drains, %d passes that removed something; faults: %d batches held, %d sent twice, %d replayed, %d released out of order; owner answers %v; rows left %d",
 		g.ops, drains, busy, faults.n.held, faults.n.dups, faults.n.replays, faults.n.reordered, h.owner.n, len(o.rows()))
 }
@@ -126,7 +127,7 @@ func (g *generator) step(i int) {
 	case r < 47:
 		if g.pick(`SELECT digest FROM manifest WHERE repo = ?`, []any{repo}, &d) {
 			g.ops["tag"]++
-			g.must(reg.SetTag(g.ctx, repo, tags[g.rng.IntN(len(tags))], d))
+			g.must(reg.SetTag(g.ctx, repo, tags[g.rng.IntN(len(tags))], d, time.Time{}))
 		}
 	case r < 57:
 		if g.pick(`SELECT name FROM tag WHERE repo = ? AND lifetime_end IS NULL`, []any{repo}, &s) {
