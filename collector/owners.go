@@ -279,6 +279,28 @@ func (c *Collector) ownedNode(n events.NodeRef) (bool, error) {
 	return c.ownerOf(ni.Origin, n.Kind) != nil, nil
 }
 
+// ownedOnly keeps the candidates an owner takes, for a collector without
+// storage, and the labels and legacy images nobody owns (bookkeeping
+// only): the others (manifests, layer links and blobs stated by a source
+// without an owner, or of a kind its owner does not take) have nowhere to
+// be deleted, and are refused before any intent (RefuseNoOwner), every
+// round they come up.
+func (c *Collector) ownedOnly(cands []refcount.Candidate, rep *Report) []refcount.Candidate {
+	kept := cands[:0]
+	for _, cd := range cands {
+		if c.ownerOf(cd.Origin, cd.Node.Kind) != nil || cd.Node.Kind == events.NodeLabel || cd.Node.Kind == events.NodeLegacy {
+			// Owned, or bookkeeping only (no storage of its own).
+			kept = append(kept, cd)
+			continue
+		}
+		rep.Refused++
+		c.m.refused.WithLabelValues(RefuseNoOwner).Inc()
+		c.cfg.Logger.Warn("no owner takes this unreferenced object and there is no storage: left alone",
+			"node", cd.Node.String(), "source", cd.Origin)
+	}
+	return kept
+}
+
 // ErrNoStorage is returned for a node that no owner takes when the
 // collector was configured with Owners and no Storage.
 var ErrNoStorage = errors.New("collector: no storage configured for a node no owner takes")

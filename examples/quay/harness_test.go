@@ -2,7 +2,9 @@ package quay_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
@@ -177,12 +179,35 @@ func (h *harness) drain() int {
 		}
 	}
 	if gone, _ := h.oracle().garbage(); len(gone) > 0 {
-		h.t.Fatalf("after the drain, gc.py's rules still call garbage: %v", keys(gone))
+		h.t.Fatalf("after the drain, gc.py's rules still call garbage: %v%s", keys(gone), h.explainTags(gone))
 	}
 	if ms := mustCheck(h.t, h.proj); len(ms) > 0 {
 		h.t.Fatalf("projection invariant: %v", ms)
 	}
 	return busy
+}
+
+// explainTags says, for the tag rows among rows, what the registry and
+// refgc know of them.
+func (h *harness) explainTags(rows rowSet) string {
+	out := ""
+	for k := range rows {
+		var id int64
+		if _, err := fmt.Sscanf(k, "tag/%d", &id); err != nil {
+			continue
+		}
+		var repo, name string
+		var end sql.NullInt64
+		if err := h.reg.DB().QueryRow(`SELECT repo, name, lifetime_end FROM tag WHERE id = ?`, id).Scan(&repo, &name, &end); err != nil {
+			h.t.Fatal(err)
+		}
+		ref := events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: name}
+		ni, ok, err := h.proj.Get(ref)
+		l, _, err2 := h.proj.TagLifeOf(ref)
+		out += fmt.Sprintf("\n%s: lifetime_end %v (now %v); refgc: node %v %+v, life %+v %v %v", k, time.UnixMilli(end.Int64).UTC(),
+			h.now().UTC(), ok, ni, l, err, err2)
+	}
+	return out
 }
 
 func mustCheck(t testing.TB, p *refcount.Projection) []refcount.Mismatch {
