@@ -250,9 +250,11 @@ func (c *Collector) restoreOwnedTag(ctx context.Context, ref events.NodeRef, ori
 	if err != nil {
 		return out, err
 	}
-	if ok && ni.Present && len(ni.Holds) > 0 {
-		out.Manifest = ni.Holds[0]
+	if !ok || !ni.Present || len(ni.Holds) == 0 {
+		return out, fmt.Errorf("collector: the owner restored %s, but the log has a later change of it than the owner's statement "+
+			"(clocks apart?): the owner's own tag.set will say it", ref)
 	}
+	out.Manifest = ni.Holds[0]
 	c.m.restores.Inc()
 	return out, nil
 }
