@@ -153,6 +153,7 @@ type Collector struct {
 	corrections []events.Event
 	mu          sync.Mutex // one pass at a time
 	started     time.Time  // sources count as delivering at least until QuietAfter past it
+	storageless bool       // no Storage: every object goes to an owner, or stays
 }
 
 // New returns a collector.
@@ -160,8 +161,9 @@ func New(cfg Config) (*Collector, error) {
 	if cfg.Projection == nil || cfg.Log == nil || (cfg.Storage == nil && !cfg.DryRun && len(cfg.Owners) == 0) {
 		return nil, errors.New("collector: Projection, Log and Storage (or Owners) are required")
 	}
-	if cfg.Storage == nil && len(cfg.Owners) > 0 {
-		// Every object has an owner of its own: what none takes fails.
+	storageless := cfg.Storage == nil && len(cfg.Owners) > 0
+	if storageless {
+		// Every object has an owner of its own: what none takes stays.
 		cfg.Storage, cfg.Reader = noStorage{}, noStorage{}
 	}
 	if cfg.Reader == nil {
@@ -194,7 +196,8 @@ func New(cfg Config) (*Collector, error) {
 	if cfg.Started.IsZero() {
 		cfg.Started = cfg.Now()
 	}
-	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), om: newOwnerMetrics(cfg.Registerer), started: cfg.Started}
+	c := &Collector{cfg: cfg, m: newMetrics(cfg.Registerer), om: newOwnerMetrics(cfg.Registerer), started: cfg.Started,
+		storageless: storageless}
 	if cfg.RateLimit > 0 {
 		burst := int(cfg.RateLimit)
 		if burst < 1 {
@@ -375,6 +378,9 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 		return 0, err
 	}
 	cands = slices.DeleteFunc(cands, func(cd refcount.Candidate) bool { return paused[cd.Node.Repo] && cd.Node.Repo != "" })
+	if c.storageless {
+		cands = c.ownedOnly(cands, rep)
+	}
 	if len(cands) == 0 {
 		return 0, nil
 	}

@@ -69,11 +69,14 @@ const (
 	// RefuseRecheck: the projection's re-check turned the candidate down
 	// (held, leased, or changed since it was chosen). Not a storage finding.
 	RefuseRecheck = "recheck"
+	// RefuseNoOwner: a collector without storage (every object goes to an
+	// owner) found a candidate that no owner takes: it is left alone.
+	RefuseNoOwner = "no_owner"
 )
 
 // RefuseReasons lists the reasons a candidate is refused.
 var RefuseReasons = []string{RefuseTagged, RefuseRewritten, RefuseUnknownReference, RefuseSubjectLive,
-	RefuseStorageError, RefuseRecheck}
+	RefuseStorageError, RefuseRecheck, RefuseNoOwner}
 
 // refusal is one candidate the storage check turned down.
 type refusal struct {

@@ -17,6 +17,20 @@ package collector
 //     releases its manifest: a bookkeeping step, with the event stamped at
 //     the window's end so the manifest's grace counts from there.
 //
+// A tag whose source has a database owner (Config.Owners) is the owner's
+// row, not a file: its expiry, or its repository's purge, already ended
+// its lifetime in the owner's database, so the collector follows it
+// whatever ExpireTags says, with the event stamped at the expiry (the
+// window then ends when the owner's does, lifetime_end plus the window),
+// and touches no storage. When its window ends, the collector asks the
+// owner to delete the row (owners.go), with an intent id derived from the
+// tag and its window's end, so every retry, after a timeout or a crash,
+// is the same request; the tag is forgotten only on the owner's deleted
+// or absent, and an in_use answer's statements (a tag.set: the tag is
+// current again in the owner's database) are published as corrections.
+// In a repository without a window, an owned tag's expiry or purge is
+// where it leaves for good, and asks the owner the same way.
+//
 // Each is committed by a Collected event naming the tag, re-checked by the
 // projection against the cursor the pass read (AsOf): a tag set again in
 // the meantime stays, and a tag the collector removed from storage while
@@ -26,10 +40,13 @@ package collector
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -71,17 +88,37 @@ func (c *Collector) lifetimes(ctx context.Context, rep *Report, v View) error {
 		}
 		var evs []events.Event
 		var removed []refcount.TagDue
+		var owned []refcount.Intent                      // owned tags leaving for good: asked of their owners
+		ownedDue := map[string]refcount.TagDue{}         // by intent id
 		current := map[string]map[string]digest.Digest{} // repo → tag → digest, read once per repository
 		for _, d := range due {
-			switch {
-			case skip[d.Tag] || paused[d.Tag.Repo]:
+			if skip[d.Tag] || paused[d.Tag.Repo] {
 				continue
-			case !d.Release && !d.Purge && !c.cfg.ExpireTags:
+			}
+			origin, own, err := c.tagOwner(d.Tag)
+			if err != nil {
+				return err
+			}
+			if !d.Release && !d.Purge && !c.cfg.ExpireTags && own == nil {
 				skip[d.Tag] = true // recorded, not acted on: opt-in
 				continue
 			}
 			skip[d.Tag] = true
-			if d.Release {
+			switch {
+			case own != nil && (d.Release || c.cfg.Projection.TimeMachineWindow(d.Tag.Repo) == 0):
+				// Its window ended, or it expired where there is none:
+				// the owner's row is garbage now.
+				in := refcount.Intent{ID: tagIntentID(d), Node: d.Tag, Origin: origin}
+				ownedDue[in.ID] = d
+				owned = append(owned, in)
+				continue
+			case d.Release:
+				evs = append(evs, c.tagEvent(d.Tag, d.At, seq))
+				continue
+			case own != nil:
+				// The owner ended it at its expiry (or purge) itself: into
+				// the time machine from then.
+				removed = append(removed, d)
 				evs = append(evs, c.tagEvent(d.Tag, d.At, seq))
 				continue
 			}
@@ -101,14 +138,24 @@ func (c *Collector) lifetimes(ctx context.Context, rep *Report, v View) error {
 			removed = append(removed, d)
 			evs = append(evs, c.tagEvent(d.Tag, c.cfg.Now().UTC(), seq))
 		}
-		if len(evs) == 0 {
+		var corrections []events.Event
+		if len(owned) > 0 {
+			var mu sync.Mutex
+			var done []refcount.Intent
+			done, corrections = c.askOwners(ctx, owned, rep, &mu)
+			for _, in := range done {
+				d := ownedDue[in.ID]
+				if !d.Release {
+					removed = append(removed, d)
+				}
+				evs = append(evs, c.tagEvent(d.Tag, d.At, seq))
+			}
+		}
+		if len(evs) == 0 && len(corrections) == 0 {
 			return nil
 		}
-		if err := c.cfg.Log.Publish(ctx, evs); err != nil {
-			return fmt.Errorf("collector: publish tag lifetimes: %w", err)
-		}
-		if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
-			return fmt.Errorf("collector: catch up: %w", err)
+		if err := c.publishApplied(ctx, evs, "tag lifetimes"); err != nil {
+			return err
 		}
 		c.m.deletions.WithLabelValues(string(events.NodeTag), "release").Add(float64(len(evs) - len(removed)))
 		rep.Released += len(evs) - len(removed)
@@ -117,7 +164,30 @@ func (c *Collector) lifetimes(ctx context.Context, rep *Report, v View) error {
 				return err
 			}
 		}
+		if err := c.publishApplied(ctx, corrections, "owners' statements"); err != nil {
+			return err
+		}
 	}
+}
+
+// tagOwner returns the source that stated a tag and its owner, if the
+// tag is owned.
+func (c *Collector) tagOwner(tag events.NodeRef) (string, Owner, error) {
+	if len(c.cfg.Owners) == 0 {
+		return "", nil, nil
+	}
+	ni, ok, err := c.cfg.Projection.Get(tag)
+	if err != nil || !ok {
+		return "", nil, err
+	}
+	return ni.Origin, c.ownerOf(ni.Origin, events.NodeTag), nil
+}
+
+// tagIntentID is the intent id of asking a tag's owner to delete it when
+// its window ends: the same for every retry of that window's end.
+func tagIntentID(d refcount.TagDue) string {
+	sum := sha256.Sum256([]byte(d.Tag.Repo + "\x00" + d.Tag.Name + "\x00" + d.At.UTC().Format(time.RFC3339Nano)))
+	return "tag-" + hex.EncodeToString(sum[:12])
 }
 
 // tagEvent is the Collected event of a tag's lifetime step.
@@ -173,6 +243,9 @@ func (c *Collector) settleTag(ctx context.Context, d refcount.TagDue, rep *Repor
 	}
 	rep.Restored++
 	c.m.races.WithLabelValues(string(events.NodeTag)).Inc()
+	if c.ownerOf(ni.Origin, events.NodeTag) != nil {
+		return nil // the owner's row: nothing to link back
+	}
 	if _, isTD := c.cfg.Storage.(TagDeleter); !isTD || len(ni.Holds) == 0 {
 		return nil
 	}
@@ -182,13 +255,21 @@ func (c *Collector) settleTag(ctx context.Context, d refcount.TagDue, rep *Repor
 
 // RestoreTag brings back a tag from the time machine: its link in storage
 // and a tag.set event. A tag whose window has ended, but whose revision is
-// still in the trash, comes back with its revision (Restore).
+// still in the trash, comes back with its revision (Restore). A tag with
+// a database owner is the owner's to restore: it is asked to (Restorer),
+// and its tag.set published; an owner without a restore service gets
+// ErrOwnerRestores.
 func (c *Collector) RestoreTag(ctx context.Context, repo, tag string) (Restored, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ref := events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: tag}
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
 		return Restored{}, err
+	}
+	if origin, own, err := c.tagOwner(ref); err != nil {
+		return Restored{}, err
+	} else if own != nil {
+		return c.restoreOwnedTag(ctx, ref, origin, own)
 	}
 	life, ok, err := c.cfg.Projection.TagLifeOf(ref)
 	if err != nil {

@@ -167,18 +167,7 @@ func (c *Collector) askOwner(ctx context.Context, o Owner, intents []refcount.In
 		case owner.StatusInUse:
 			c.cfg.Logger.Warn("owner still uses an object the projection found unreferenced; publishing its statements",
 				"node", in.Node.String(), "reason", r.Reason, "detail", r.Detail, "statements", len(r.Statements))
-			for j, s := range r.Statements {
-				if !slices.Contains(statementKinds, s.Kind) {
-					c.cfg.Logger.Warn("owner stated a kind that cannot hold an object; ignored", "node", in.Node.String(), "kind", s.Kind)
-					continue
-				}
-				s.V, s.ID, s.Source = events.Version, fmt.Sprintf("owner-%s-%d", in.ID, j), in.Origin
-				s.Received, s.Host = time.Time{}, ""
-				if s.Time.IsZero() {
-					s.Time = now
-				}
-				corrections = append(corrections, s)
-			}
+			corrections = append(corrections, c.ownerStatements(in, r.Statements, now)...)
 		default:
 			c.cfg.Logger.Info("owner refused to delete an object; retried on the next pass",
 				"node", in.Node.String(), "reason", r.Reason, "detail", r.Detail)
@@ -188,6 +177,86 @@ func (c *Collector) askOwner(ctx context.Context, o Owner, intents []refcount.In
 		c.om.results.WithLabelValues("unanswered").Add(float64(n))
 	}
 	return done, corrections, 0
+}
+
+// ownerStatements makes an owner's statements about an intent's node
+// events of the log: statements of presence and reference only, under ids
+// derived from the intent and the node's source.
+func (c *Collector) ownerStatements(in refcount.Intent, stmts []events.Event, now time.Time) []events.Event {
+	var out []events.Event
+	for j, s := range stmts {
+		if !slices.Contains(statementKinds, s.Kind) {
+			c.cfg.Logger.Warn("owner stated a kind that cannot hold an object; ignored", "node", in.Node.String(), "kind", s.Kind)
+			continue
+		}
+		s.V, s.ID, s.Source = events.Version, fmt.Sprintf("owner-%s-%d", in.ID, j), in.Origin
+		s.Received, s.Host = time.Time{}, ""
+		if s.Time.IsZero() {
+			s.Time = now
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Restorer is an Owner that restores tags from its own time machine
+// (*owner.Client implements it). RestoreTag asks it for owned tags.
+type Restorer interface {
+	Restore(ctx context.Context, items []owner.Item) ([]owner.Result, error)
+}
+
+// ErrOwnerRestores is returned by RestoreTag for a tag whose owner does
+// not restore through refgc: restore it in the registry that owns it,
+// which then publishes the tag.set.
+var ErrOwnerRestores = errors.New("collector: the tag's owner keeps its time machine and has no restore service: restore the tag in the registry")
+
+// ErrOwnerRefused is returned (wrapped, with the owner's reason) by
+// RestoreTag when the owner refused to restore the tag.
+var ErrOwnerRefused = errors.New("collector: the owner refused")
+
+// restoreOwnedTag asks a tag's owner to make it current again, publishes
+// the tag.set it answers with, and waits until the projection applied it.
+func (c *Collector) restoreOwnedTag(ctx context.Context, ref events.NodeRef, origin string, o Owner) (Restored, error) {
+	r, ok := o.(Restorer)
+	if !ok {
+		return Restored{}, fmt.Errorf("%w (%s, source %s)", ErrOwnerRestores, ref, origin)
+	}
+	in := refcount.Intent{ID: "restore-" + newID(), Node: ref, Origin: origin}
+	start := time.Now()
+	results, err := r.Restore(ctx, []owner.Item{{Intent: in.ID, Node: ref}})
+	c.om.requests.Observe(time.Since(start).Seconds())
+	if err != nil {
+		c.om.errors.Inc()
+		return Restored{}, fmt.Errorf("collector: restore %s through its owner: %w", ref, err)
+	}
+	if len(results) != 1 {
+		return Restored{}, fmt.Errorf("collector: restore %s: %w: no answer", ref, owner.ErrProtocol)
+	}
+	res := results[0]
+	c.om.results.WithLabelValues(string(res.Status)).Inc()
+	switch res.Status {
+	case owner.StatusRestored:
+	case owner.StatusAbsent:
+		return Restored{}, fmt.Errorf("%w: the owner of %s keeps no recoverable lifetime of it", ErrNotInTimeMachine, ref)
+	default:
+		return Restored{}, fmt.Errorf("%w to restore %s: %s %s", ErrOwnerRefused, ref, res.Reason, res.Detail)
+	}
+	evs := c.ownerStatements(in, res.Statements, c.cfg.Now().UTC())
+	if err := c.publishApplied(ctx, evs, "a restored tag"); err != nil {
+		return Restored{}, err
+	}
+	out := Restored{Tags: []string{ref.Name}}
+	ni, ok, err := c.cfg.Projection.Get(ref)
+	if err != nil {
+		return out, err
+	}
+	if !ok || !ni.Present || len(ni.Holds) == 0 {
+		return out, fmt.Errorf("collector: the owner restored %s, but the log has a later change of it than the owner's statement "+
+			"(clocks apart?): the owner's own tag.set will say it", ref)
+	}
+	out.Manifest = ni.Holds[0]
+	c.m.restores.Inc()
+	return out, nil
 }
 
 // publishCorrections publishes what owners stated about objects they
@@ -210,6 +279,28 @@ func (c *Collector) ownedNode(n events.NodeRef) (bool, error) {
 		return false, err
 	}
 	return c.ownerOf(ni.Origin, n.Kind) != nil, nil
+}
+
+// ownedOnly keeps the candidates an owner takes, for a collector without
+// storage, and the labels and legacy images nobody owns (bookkeeping
+// only): the others (manifests, layer links and blobs stated by a source
+// without an owner, or of a kind its owner does not take) have nowhere to
+// be deleted, and are refused before any intent (RefuseNoOwner), every
+// round they come up.
+func (c *Collector) ownedOnly(cands []refcount.Candidate, rep *Report) []refcount.Candidate {
+	kept := cands[:0]
+	for _, cd := range cands {
+		if c.ownerOf(cd.Origin, cd.Node.Kind) != nil || cd.Node.Kind == events.NodeLabel || cd.Node.Kind == events.NodeLegacy {
+			// Owned, or bookkeeping only (no storage of its own).
+			kept = append(kept, cd)
+			continue
+		}
+		rep.Refused++
+		c.m.refused.WithLabelValues(RefuseNoOwner).Inc()
+		c.cfg.Logger.Warn("no owner takes this unreferenced object and there is no storage: left alone",
+			"node", cd.Node.String(), "source", cd.Origin)
+	}
+	return kept
 }
 
 // ErrNoStorage is returned for a node that no owner takes when the

@@ -141,6 +141,18 @@ func (t *txn) tagSet(repo, tag string, d digest.Digest, expires time.Time) {
 	if !expires.IsZero() {
 		life = &TagLife{Repo: repo, Tag: tag, Digest: d, Expires: expires.UTC()}
 	}
+	if p := t.purgedAt(k); p != 0 && t.now < p {
+		// A late statement of a tag set before its repository's purge:
+		// the purge ended it, as it ended the tags it found.
+		at := time.Unix(0, p).UTC()
+		if life == nil {
+			life = &TagLife{Repo: repo, Tag: tag, Digest: d}
+		}
+		if life.Expires.IsZero() || life.Expires.After(at) {
+			life.Expires = at
+		}
+		life.Purge = true
+	}
 	t.setTagLife(k, life)
 	mk := manifestKey(repo, d)
 	t.revive(mk)

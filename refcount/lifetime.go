@@ -19,7 +19,9 @@ package refcount
 // manifest revisions stated present before it are roots no longer (under
 // the keep policy, or unverified: flagPurged) and become collectable after
 // the grace counted from the purge. Blobs other repositories link stay. A
-// manifest pushed again after the purge is the repository's again.
+// manifest pushed again after the purge is the repository's again; a tag
+// whose statement is older than the purge (delivered late) is set expired
+// at the purge, as the purge found the others.
 
 import (
 	"bytes"

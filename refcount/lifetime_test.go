@@ -172,3 +172,27 @@ func TestExpiredTagHealsOnALateStatement(t *testing.T) {
 	}
 	f.check()
 }
+
+// TestLateTagSetAfterPurge: a tag.set older than its repository's purge,
+// delivered after it, is ended by the purge like the tags it found; one
+// newer than the purge is the repository's again.
+func TestLateTagSetAfterPurge(t *testing.T) {
+	f := newFixture(t, Options{Grace: time.Hour, TimeMachine: 2 * time.Hour})
+	f.apply(pushM("app", "m", "", nil, nil, ""))
+	purge := delRepo("app")
+	purge.Time = t0.Add(time.Minute)
+	f.apply(purge)
+	late := setT("app", "v1", "m")
+	late.Time = t0.Add(30 * time.Second)
+	f.apply(late)
+	d := f.due(t0.Add(2 * time.Minute))
+	if len(d) != 1 || !d[0].Purge || !d[0].At.Equal(purge.Time) {
+		t.Fatalf("a late tag set before the purge is not ended by it: %+v", d)
+	}
+	again := setT("app", "v1", "m")
+	again.Time = t0.Add(2 * time.Minute)
+	f.apply(again)
+	if d := f.due(t0.Add(time.Hour)); len(d) != 0 {
+		t.Fatalf("a tag set after the purge is due: %+v", d)
+	}
+}

@@ -63,6 +63,7 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.DurationVar(&cfg.Collector.Retention, "retention", cfg.Collector.Retention, "how long unlinked blob data stays restorable")
 	fs.DurationVar(&cfg.Collector.TimeMachine, "time-machine", cfg.Collector.TimeMachine, "how long a deleted, expired or purged tag stays restorable, holding its manifest (0: not at all; per repository in the file: collector.timeMachineRepos)")
 	fs.BoolVar(&cfg.Collector.ExpireTags, "expire-tags", cfg.Collector.ExpireTags, "remove tags whose expiry passed: the quay.expires-after image label, or a native tag.set's expiry")
+	fs.BoolVar(&cfg.Collector.OwnersOnly, "owners-only", cfg.Collector.OwnersOnly, "collect without registry storage: every kind of every source is deleted through its owner (owners:); no reconcile against storage, no Distribution webhook")
 	fs.StringVar(&cfg.Collector.Untagged, "untagged", cfg.Collector.Untagged, "untagged manifests: delete or keep")
 	fs.IntVar(&cfg.Collector.Concurrency, "concurrency", cfg.Collector.Concurrency, "storage operations in flight")
 	fs.Float64Var(&cfg.Collector.RateLimit, "rate-limit", cfg.Collector.RateLimit, "storage operations per second (0: unlimited)")

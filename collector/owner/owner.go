@@ -16,6 +16,16 @@
 //     publishes them as corrections;
 //   - StatusRefused: it will not delete it now, for another reason.
 //
+// A second, optional operation restores a tag from the owner's time
+// machine (`refgc restore REPO:TAG` for a tag the owner keeps): the same
+// request of tag items, on the subject RestoreSubject(deleteSubject); the
+// owner makes each tag current again in its database, publishes the
+// tag.set as for any change, and answers StatusRestored with that tag.set
+// in Statements (the collector publishes it too, so that the restore is
+// visible at once), StatusAbsent when it keeps no recoverable lifetime of
+// the tag, or StatusRefused. An owner without it leaves restores to its
+// own interface.
+//
 // Invariants an owner keeps (the collector relies on them):
 //   - It checks use and deletes in one transaction of its own database, as
 //     Quay's gc.py does: an object something holds is never deleted,
@@ -32,6 +42,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -63,7 +74,19 @@ const (
 	StatusAbsent  Status = "absent"
 	StatusInUse   Status = "in_use"
 	StatusRefused Status = "refused"
+	// StatusRestored answers a restore only.
+	StatusRestored Status = "restored"
 )
+
+// deleteStatuses and restoreStatuses are the answers each operation may give.
+var (
+	deleteStatuses  = []Status{StatusDeleted, StatusAbsent, StatusInUse, StatusRefused}
+	restoreStatuses = []Status{StatusRestored, StatusAbsent, StatusRefused}
+)
+
+// ErrNotTag is returned (wrapped) for a restore request naming anything
+// but tags.
+var ErrNotTag = errors.New("owner: a restore names tags only")
 
 // ErrProtocol is returned (wrapped) for a response that breaks the contract.
 var ErrProtocol = errors.New("owner: response breaks the contract")
@@ -123,6 +146,12 @@ func DefaultSubject(source string) string {
 	return SubjectPrefix + clean + ".delete"
 }
 
+// RestoreSubject is the restore subject beside a deletion subject: its
+// ".delete" suffix replaced by ".restore" (or ".restore" appended).
+func RestoreSubject(deleteSubject string) string {
+	return strings.TrimSuffix(deleteSubject, ".delete") + ".restore"
+}
+
 // Validate checks a request as an owner receives it.
 func (r *Request) Validate() error {
 	if r.V < 1 || r.V > Version {
@@ -144,9 +173,23 @@ func (r *Request) Validate() error {
 	return nil
 }
 
+// validateRestore checks a restore request: a valid request of tags.
+func (r *Request) validateRestore() error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	for i, it := range r.Items {
+		if it.Node.Kind != events.NodeTag {
+			return fmt.Errorf("%w: items[%d] is a %s", ErrNotTag, i, it.Node.Kind)
+		}
+	}
+	return nil
+}
+
 // check verifies a response against its request: every result answers an
-// item of the request, once, with a known status; statements validate.
-func (resp *Response) check(req Request) error {
+// item of the request, once, with a status of the operation (allowed);
+// statements validate.
+func (resp *Response) check(req Request, allowed []Status) error {
 	if resp.V < 1 || resp.V > Version {
 		return fmt.Errorf("%w: version %d", ErrProtocol, resp.V)
 	}
@@ -159,9 +202,10 @@ func (resp *Response) check(req Request) error {
 			return fmt.Errorf("%w: results[%d]: intent %q was not asked or is answered twice", ErrProtocol, i, r.Intent)
 		}
 		asked[r.Intent] = false
-		switch r.Status {
-		case StatusDeleted, StatusAbsent, StatusRefused:
-		case StatusInUse:
+		switch {
+		case !slices.Contains(allowed, r.Status):
+			return fmt.Errorf("%w: results[%d]: status %q does not answer this request", ErrProtocol, i, r.Status)
+		case r.Status == StatusInUse || r.Status == StatusRestored:
 			for j := range r.Statements {
 				e := r.Statements[j]
 				if e.ID == "" {
@@ -171,8 +215,6 @@ func (resp *Response) check(req Request) error {
 					return fmt.Errorf("%w: results[%d].statements[%d]: %w", ErrProtocol, i, j, err)
 				}
 			}
-		default:
-			return fmt.Errorf("%w: results[%d]: unknown status %q", ErrProtocol, i, r.Status)
 		}
 	}
 	return nil
@@ -183,6 +225,7 @@ type Client struct {
 	nc      *nats.Conn
 	source  string
 	subject string
+	restore string
 	timeout time.Duration
 }
 
@@ -199,7 +242,7 @@ func NewClient(nc *nats.Conn, source, subject string, timeout time.Duration) (*C
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Client{nc: nc, source: source, subject: subject, timeout: timeout}, nil
+	return &Client{nc: nc, source: source, subject: subject, restore: RestoreSubject(subject), timeout: timeout}, nil
 }
 
 // Subject returns the subject the client sends its requests to.
@@ -209,6 +252,22 @@ func (c *Client) Subject() string { return c.subject }
 // an error (a timeout, no owner listening, a service error, a response
 // that breaks the contract): then no item may be taken as deleted.
 func (c *Client) Delete(ctx context.Context, items []Item) ([]Result, error) {
+	return c.call(ctx, c.subject, items, deleteStatuses)
+}
+
+// Restore asks the owner to make tags current again, from its time
+// machine (items name tags), and returns its results, or an error as
+// Delete does: then no tag may be taken as restored.
+func (c *Client) Restore(ctx context.Context, items []Item) ([]Result, error) {
+	for i, it := range items {
+		if it.Node.Kind != events.NodeTag {
+			return nil, fmt.Errorf("%w: items[%d] is a %s", ErrNotTag, i, it.Node.Kind)
+		}
+	}
+	return c.call(ctx, c.restore, items, restoreStatuses)
+}
+
+func (c *Client) call(ctx context.Context, subject string, items []Item, allowed []Status) ([]Result, error) {
 	req := Request{V: Version, Source: c.source, Items: items}
 	data, err := json.Marshal(req)
 	if err != nil {
@@ -216,18 +275,18 @@ func (c *Client) Delete(ctx context.Context, items []Item) ([]Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	msg, err := c.nc.RequestWithContext(ctx, c.subject, data)
+	msg, err := c.nc.RequestWithContext(ctx, subject, data)
 	if err != nil {
-		return nil, fmt.Errorf("owner %s: %w", c.subject, err)
+		return nil, fmt.Errorf("owner %s: %w", subject, err)
 	}
 	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return nil, fmt.Errorf("%w: %s %s: %s", ErrOwner, c.subject, code, msg.Header.Get(micro.ErrorHeader))
+		return nil, fmt.Errorf("%w: %s %s: %s", ErrOwner, subject, code, msg.Header.Get(micro.ErrorHeader))
 	}
 	var resp Response
 	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrProtocol, c.subject, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrProtocol, subject, err)
 	}
-	if err := resp.check(req); err != nil {
+	if err := resp.check(req, allowed); err != nil {
 		return nil, err
 	}
 	return resp.Results, nil
@@ -251,12 +310,15 @@ type ServiceConfig struct {
 	Version string
 	// Handler answers the requests.
 	Handler Handler
+	// Restore, if set, answers restore requests on RestoreSubject(Subject).
+	Restore Handler
 }
 
-// AddService runs an owner's deletion service on nc: it decodes and
-// validates each request, calls the handler, and replies. Requests of
-// another source, or that do not validate, get a 400 service error; a
-// handler error a 500. Stop the returned service to stop serving.
+// AddService runs an owner's deletion service on nc (and its restore
+// endpoint, with cfg.Restore): it decodes and validates each request,
+// calls the handler, and replies. Requests of another source, or that do
+// not validate, get a 400 service error; a handler error a 500. Stop the
+// returned service to stop serving.
 func AddService(nc *nats.Conn, cfg ServiceConfig) (micro.Service, error) {
 	if cfg.Source == "" || cfg.Handler == nil {
 		return nil, errors.New("owner: AddService needs a Source and a Handler")
@@ -270,35 +332,46 @@ func AddService(nc *nats.Conn, cfg ServiceConfig) (micro.Service, error) {
 	if cfg.Version == "" {
 		cfg.Version = "1.0.0"
 	}
-	handle := func(ctx context.Context, r micro.Request) {
-		var req Request
-		if err := json.Unmarshal(r.Data(), &req); err != nil {
-			_ = r.Error("400", "undecodable request: "+err.Error(), nil)
-			return
-		}
-		if err := req.Validate(); err != nil {
-			_ = r.Error("400", err.Error(), nil)
-			return
-		}
-		if req.Source != cfg.Source {
-			_ = r.Error("400", fmt.Sprintf("this service owns the objects of source %q, not %q", cfg.Source, req.Source), nil)
-			return
-		}
-		resp, err := cfg.Handler(ctx, req)
-		if err != nil {
-			_ = r.Error("500", err.Error(), nil)
-			return
-		}
-		resp.V = Version
-		_ = r.RespondJSON(resp)
+	handle := func(handler Handler, validate func(*Request) error) micro.Handler {
+		return micro.ContextHandler(context.Background(), func(ctx context.Context, r micro.Request) {
+			var req Request
+			if err := json.Unmarshal(r.Data(), &req); err != nil {
+				_ = r.Error("400", "undecodable request: "+err.Error(), nil)
+				return
+			}
+			if err := validate(&req); err != nil {
+				_ = r.Error("400", err.Error(), nil)
+				return
+			}
+			if req.Source != cfg.Source {
+				_ = r.Error("400", fmt.Sprintf("this service owns the objects of source %q, not %q", cfg.Source, req.Source), nil)
+				return
+			}
+			resp, err := handler(ctx, req)
+			if err != nil {
+				_ = r.Error("500", err.Error(), nil)
+				return
+			}
+			resp.V = Version
+			_ = r.RespondJSON(resp)
+		})
 	}
-	return micro.AddService(nc, micro.Config{
+	svc, err := micro.AddService(nc, micro.Config{
 		Name:        cfg.Name,
 		Version:     cfg.Version,
 		Description: "deletes objects of " + cfg.Source + " that refgc's collector found unreferenced",
 		Endpoint: &micro.EndpointConfig{
 			Subject: cfg.Subject,
-			Handler: micro.ContextHandler(context.Background(), handle),
+			Handler: handle(cfg.Handler, (*Request).Validate),
 		},
 	})
+	if err != nil || cfg.Restore == nil {
+		return svc, err
+	}
+	if err := svc.AddEndpoint("restore", handle(cfg.Restore, (*Request).validateRestore),
+		micro.WithEndpointSubject(RestoreSubject(cfg.Subject))); err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("owner: restore endpoint: %w", err)
+	}
+	return svc, nil
 }

@@ -129,3 +129,72 @@ func TestRequestValidate(t *testing.T) {
 		t.Fatalf("DefaultSubject: %s", got)
 	}
 }
+
+func TestRestoreEndpoint(t *testing.T) {
+	js, _ := jstest.Start(t)
+	nc := js.Conn()
+	tag := events.NodeRef{Kind: events.NodeTag, Repo: "app", Name: "v1"}
+	set := events.Event{Time: time.Now(), Source: "quay", Kind: events.TagSet,
+		Tag: &events.Tag{Repo: "app", Name: "v1", Digest: digest.FromString("m")}}
+	var answer owner.Status
+	svc, err := owner.AddService(nc, owner.ServiceConfig{Source: "quay", Subject: "quay.gc.delete",
+		Handler: func(context.Context, owner.Request) (owner.Response, error) { return owner.Response{}, nil },
+		Restore: func(_ context.Context, req owner.Request) (owner.Response, error) {
+			r := owner.Result{Intent: req.Items[0].Intent, Status: answer}
+			if answer == owner.StatusRestored {
+				r.Statements = []events.Event{set}
+			}
+			return owner.Response{Results: []owner.Result{r}}, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	client, err := owner.NewClient(nc, "quay", "quay.gc.delete", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := owner.RestoreSubject("quay.gc.delete"); got != "quay.gc.restore" {
+		t.Fatalf("RestoreSubject: %s", got)
+	}
+	items := []owner.Item{{Intent: "r1", Node: tag}}
+	tests := []struct {
+		name   string
+		answer owner.Status
+		items  []owner.Item
+		err    error
+	}{
+		{"restored, with its tag.set", owner.StatusRestored, items, nil},
+		{"nothing to restore", owner.StatusAbsent, items, nil},
+		{"a deletion's answer breaks the contract", owner.StatusDeleted, items, owner.ErrProtocol},
+		{"only tags are restored", owner.StatusRestored, []owner.Item{{Intent: "r2", Node: events.NodeRef{Kind: events.NodeBlob,
+			Digest: digest.FromString("b")}}}, owner.ErrNotTag},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			answer = tc.answer
+			res, err := client.Restore(context.Background(), tc.items)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("err %v, want %v", err, tc.err)
+				}
+				return
+			}
+			if err != nil || len(res) != 1 || res[0].Status != tc.answer {
+				t.Fatalf("results %+v %v", res, err)
+			}
+		})
+	}
+	t.Run("a service without restores answers no responders", func(t *testing.T) {
+		plain, err := owner.AddService(nc, owner.ServiceConfig{Source: "plain",
+			Handler: func(context.Context, owner.Request) (owner.Response, error) { return owner.Response{}, nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = plain.Stop() })
+		c, _ := owner.NewClient(nc, "plain", "", time.Second)
+		if _, err := c.Restore(context.Background(), items); err == nil {
+			t.Fatal("a restore without a restore endpoint succeeded")
+		}
+	})
+}

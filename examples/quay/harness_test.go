@@ -2,7 +2,9 @@ package quay_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
@@ -25,7 +27,14 @@ import (
 const (
 	testGrace     = time.Hour
 	testRetention = 3 * time.Hour
+	// testWindow is the time machine of most repositories; team/ keeps
+	// removed tags longer, lib not at once. The same windows are the
+	// registry's and refgc's.
+	testWindow = 2 * time.Hour
+	teamWindow = 6 * time.Hour
 )
+
+var testWindows = map[string]time.Duration{"team/": teamWindow, "lib": 0}
 
 // harness is the publisher beside a real refgc: an embedded JetStream, the
 // event log's follower into a bbolt projection, and the collector with the
@@ -57,7 +66,8 @@ func newHarness(t *testing.T, faults *faultPublisher) *harness {
 		t.Fatal(err)
 	}
 	h.proj, err = refcount.Open(filepath.Join(t.TempDir(), "refs.db"),
-		refcount.Options{Grace: testGrace, Retention: testRetention, NoSync: true, Now: h.now})
+		refcount.Options{Grace: testGrace, Retention: testRetention, TimeMachine: testWindow, TimeMachineRepos: testWindows,
+			NoSync: true, Now: h.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +90,8 @@ func newHarness(t *testing.T, faults *faultPublisher) *harness {
 	}
 	faults.next = pub
 	h.faults = faults
-	h.reg, err = quay.Open(quay.Config{Path: filepath.Join(t.TempDir(), "quay.db"), Publisher: faults, Now: h.now})
+	h.reg, err = quay.Open(quay.Config{Path: filepath.Join(t.TempDir(), "quay.db"), Publisher: faults, Now: h.now,
+		TimeMachine: h.proj.TimeMachineWindow})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,16 +124,25 @@ func (h *harness) serve() {
 func (h *harness) now() time.Time          { return h.start.Add(time.Duration(h.offset.Load())) }
 func (h *harness) advance(d time.Duration) { h.offset.Add(int64(d)) }
 
+// oracle reads the tables into gc.py's rules, at the clock's now.
+func (h *harness) oracle() *oracle { return h.oracleAt(h.now()) }
+
+// oracleAt reads them as gc.py would judge them at a time.
+func (h *harness) oracleAt(at time.Time) *oracle {
+	h.t.Helper()
+	return loadOracle(h.t, h.reg.DB(), at, h.proj.TimeMachineWindow)
+}
+
 // pass runs one collector pass and checks, with the oracle, that every row
 // gc.py's rules call live before it is still there after it, whole.
 func (h *harness) pass() collector.Report {
 	h.t.Helper()
-	live := loadOracle(h.t, h.reg.DB()).live()
+	live := h.oracle().live()
 	rep, err := h.col.Pass(context.Background())
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	after := loadOracle(h.t, h.reg.DB())
+	after := h.oracle()
 	after.checkBlobs(h.t)
 	rows := after.rows()
 	for k := range live {
@@ -152,20 +172,42 @@ func (h *harness) drain() int {
 		if rep.Errors > 0 {
 			h.t.Fatalf("pass had %d errors", rep.Errors)
 		}
-		if rep.Unlinked+rep.Purged+rep.Restored > 0 {
+		if rep.Unlinked+rep.Purged+rep.Restored+rep.Expired+rep.Released > 0 {
 			busy, idle = busy+1, 0
 		} else {
 			idle++
 		}
 	}
-	o := loadOracle(h.t, h.reg.DB())
-	if gone, _ := o.garbage(); len(gone) > 0 {
-		h.t.Fatalf("after the drain, gc.py's rules still call garbage: %v", keys(gone))
+	if gone, _ := h.oracle().garbage(); len(gone) > 0 {
+		h.t.Fatalf("after the drain, gc.py's rules still call garbage: %v%s", keys(gone), h.explainTags(gone))
 	}
 	if ms := mustCheck(h.t, h.proj); len(ms) > 0 {
 		h.t.Fatalf("projection invariant: %v", ms)
 	}
 	return busy
+}
+
+// explainTags says, for the tag rows among rows, what the registry and
+// refgc know of them.
+func (h *harness) explainTags(rows rowSet) string {
+	out := ""
+	for k := range rows {
+		var id int64
+		if _, err := fmt.Sscanf(k, "tag/%d", &id); err != nil {
+			continue
+		}
+		var repo, name string
+		var end sql.NullInt64
+		if err := h.reg.DB().QueryRow(`SELECT repo, name, lifetime_end FROM tag WHERE id = ?`, id).Scan(&repo, &name, &end); err != nil {
+			h.t.Fatal(err)
+		}
+		ref := events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: name}
+		ni, ok, err := h.proj.Get(ref)
+		l, _, err2 := h.proj.TagLifeOf(ref)
+		out += fmt.Sprintf("\n%s: lifetime_end %v (now %v); refgc: node %v %+v, life %+v %v %v", k, time.UnixMilli(end.Int64).UTC(),
+			h.now().UTC(), ok, ni, l, err, err2)
+	}
+	return out
 }
 
 func mustCheck(t testing.TB, p *refcount.Projection) []refcount.Mismatch {
@@ -269,9 +311,9 @@ func (f *faultPublisher) release(ctx context.Context, all bool) error {
 	return nil
 }
 
-// countingOwner counts the owner's answers by status.
+// countingOwner counts the owner's answers by status, and passes restores on.
 type countingOwner struct {
-	next collector.Owner
+	next *owner.Client
 	mu   sync.Mutex
 	n    map[owner.Status]int
 }
@@ -284,4 +326,8 @@ func (c *countingOwner) Delete(ctx context.Context, items []owner.Item) ([]owner
 		c.n[r.Status]++
 	}
 	return res, err
+}
+
+func (c *countingOwner) Restore(ctx context.Context, items []owner.Item) ([]owner.Result, error) {
+	return c.next.Restore(ctx, items)
 }

@@ -4,21 +4,26 @@ import (
 	"database/sql"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
 
 // oracle applies the rules of Quay's gc.py directly to the tables, with no
 // help from refgc: the _GarbageCollectorContext loop, over every object at
-// once, deleting until nothing changes. _check_manifest_used: a tag points
-// at it. _check_image_used: a manifest names it, or a child image has it
+// once, deleting until nothing changes. Tags first (garbage_collect_repo,
+// lookup_unrecoverable_tags): a tag row whose lifetime_end is at or before
+// now minus its repository's time machine window is garbage; a current
+// one, or one still in the window, holds its manifest. _check_manifest_used:
+// a tag row points at it. _check_image_used: a manifest names it, or a child image has it
 // as parent. _check_label_used: a manifest carries it. Blobs
 // (garbage_collect_storage): no manifest, image or derived storage holds
 // them. Deleting a manifest deletes its label, blob and legacy-image rows;
 // deleting an image deletes its derived storage.
 type oracle struct {
+	tagRows   map[int64]tagRow
 	manifests map[int64]bool // id → exists
-	tags      map[int64]int  // manifest id → current tags
+	tags      map[int64]int  // manifest id → tag rows that are not garbage
 	mBlobs    map[int64][]int64
 	mLabels   map[int64][]int64
 	mLegacy   map[int64]int64
@@ -30,6 +35,12 @@ type oracle struct {
 
 type image struct{ parent, storage int64 }
 
+type tagRow struct {
+	manifest int64
+	// unrecoverable: lifetime_end + the window is at or before now.
+	unrecoverable bool
+}
+
 type blobRow struct {
 	digest digest.Digest
 	data   []byte
@@ -38,9 +49,11 @@ type blobRow struct {
 // rowSet names the rows of each table, for comparisons.
 type rowSet map[string]bool
 
-func loadOracle(t testing.TB, db *sql.DB) *oracle {
+// loadOracle reads the tables as gc.py judges them at now, with window
+// the time machine of each repository.
+func loadOracle(t testing.TB, db *sql.DB, now time.Time, window func(repo string) time.Duration) *oracle {
 	t.Helper()
-	o := &oracle{manifests: map[int64]bool{}, tags: map[int64]int{}, mBlobs: map[int64][]int64{},
+	o := &oracle{tagRows: map[int64]tagRow{}, manifests: map[int64]bool{}, tags: map[int64]int{}, mBlobs: map[int64][]int64{},
 		mLabels: map[int64][]int64{}, mLegacy: map[int64]int64{}, labels: map[int64]bool{},
 		images: map[int64]image{}, derived: map[int64][]int64{}, blobs: map[int64]blobRow{}}
 	scan := func(q string, fn func(r *sql.Rows) error) {
@@ -60,7 +73,17 @@ func loadOracle(t testing.TB, db *sql.DB) *oracle {
 	}
 	var a, b int64
 	scan(`SELECT id FROM manifest`, func(r *sql.Rows) error { err := r.Scan(&a); o.manifests[a] = true; return err })
-	scan(`SELECT manifest_id FROM tag`, func(r *sql.Rows) error { err := r.Scan(&a); o.tags[a]++; return err })
+	scan(`SELECT id, repo, manifest_id, lifetime_end FROM tag`, func(r *sql.Rows) error {
+		var repo string
+		var end sql.NullInt64
+		err := r.Scan(&a, &repo, &b, &end)
+		row := tagRow{manifest: b, unrecoverable: end.Valid && end.Int64 <= now.UnixMilli()-window(repo).Milliseconds()}
+		o.tagRows[a] = row
+		if !row.unrecoverable {
+			o.tags[b]++
+		}
+		return err
+	})
 	scan(`SELECT manifest_id, blob_id FROM manifest_blob`, func(r *sql.Rows) error {
 		err := r.Scan(&a, &b)
 		o.mBlobs[a] = append(o.mBlobs[a], b)
@@ -104,6 +127,11 @@ func (o *oracle) garbage() (rowSet, int) {
 		blobs[id] = true
 	}
 	rounds := 0
+	for id, tr := range o.tagRows {
+		if tr.unrecoverable {
+			gone[fmt.Sprintf("tag/%d", id)] = true
+		}
+	}
 	for changed := true; changed; {
 		changed = false
 		rounds++
@@ -169,6 +197,9 @@ func (o *oracle) garbage() (rowSet, int) {
 // rows names every row the tables hold.
 func (o *oracle) rows() rowSet {
 	s := rowSet{}
+	for id := range o.tagRows {
+		s[fmt.Sprintf("tag/%d", id)] = true
+	}
 	for m := range o.manifests {
 		s[fmt.Sprintf("manifest/%d", m)] = true
 	}

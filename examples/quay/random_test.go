@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -20,10 +21,11 @@ var (
 )
 
 // TestQuayRandomized drives the publisher with random pushes, tag moves
-// and deletes, label changes, legacy image chains and derived storage,
-// while its events arrive late, reordered and twice; every pass is checked
-// against the oracle (nothing live goes), and every drain (exactly the
-// garbage goes).
+// and deletes, expiring tags, restores from the time machine, repository
+// purges, label changes, legacy image chains and derived storage, while
+// its events arrive late, reordered and twice and the clock moves on
+// between passes; every pass is checked against the oracle (nothing live
+// goes), and every drain (exactly the garbage goes).
 func TestQuayRandomized(t *testing.T) {
 	seed := *quaySeed
 	if seed == 0 {
@@ -44,7 +46,7 @@ func TestQuayRandomized(t *testing.T) {
 	}
 	busy += h.drain()
 	drains++
-	o := loadOracle(t, h.reg.DB())
+	o := h.oracle()
 	t.Logf("operations %v; %d drains, %d passes that removed something; faults: %d batches held, %d sent twice, %d replayed, %d released out of order; owner answers %v; rows left %d",
 		g.ops, drains, busy, faults.n.held, faults.n.dups, faults.n.replays, faults.n.reordered, h.owner.n, len(o.rows()))
 }
@@ -96,10 +98,14 @@ func (g *generator) step(i int) {
 	var d digest.Digest
 	var s string
 	switch r := g.rng.IntN(100); {
-	case r < 12:
+	case r < 10:
 		g.ops["blob"]++
 		g.blob(repo)
-	case r < 35:
+	case r < 12:
+		g.ops["time"]++
+		g.h.advance(time.Duration(g.rng.Int64N(int64(3 * time.Hour))))
+		g.h.pass()
+	case r < 33:
 		g.ops["manifest"]++
 		spec := quay.ManifestSpec{Repo: repo, Nonce: fmt.Sprint(i)}
 		for range 1 + g.rng.IntN(3) {
@@ -110,7 +116,7 @@ func (g *generator) step(i int) {
 			}
 		}
 		if g.rng.IntN(10) < 7 {
-			spec.Tag = tags[g.rng.IntN(len(tags))]
+			spec.Tag, spec.Expires = tags[g.rng.IntN(len(tags))], g.expiry()
 		}
 		for range g.rng.IntN(3) {
 			spec.Labels = append(spec.Labels, fmt.Sprintf("k%d=v%d", g.rng.IntN(5), i))
@@ -126,12 +132,21 @@ func (g *generator) step(i int) {
 	case r < 47:
 		if g.pick(`SELECT digest FROM manifest WHERE repo = ?`, []any{repo}, &d) {
 			g.ops["tag"]++
-			g.must(reg.SetTag(g.ctx, repo, tags[g.rng.IntN(len(tags))], d))
+			g.must(reg.SetTag(g.ctx, repo, tags[g.rng.IntN(len(tags))], d, g.expiry()))
+		}
+	case r < 54:
+		if g.pick(`SELECT name FROM tag WHERE repo = ? AND (lifetime_end IS NULL OR lifetime_end > ?)`, []any{repo, g.h.now().UnixMilli()}, &s) {
+			g.ops["untag"]++
+			if err := reg.DeleteTag(g.ctx, repo, s); !errors.Is(err, quay.ErrNotFound) { // expired the same millisecond
+				g.must(err)
+			}
 		}
 	case r < 57:
-		if g.pick(`SELECT name FROM tag WHERE repo = ? AND lifetime_end IS NULL`, []any{repo}, &s) {
-			g.ops["untag"]++
-			g.must(reg.DeleteTag(g.ctx, repo, s))
+		g.restore(repo)
+	case r < 58:
+		if g.rng.IntN(4) == 0 {
+			g.ops["purge"]++
+			g.must(reg.PurgeRepository(g.ctx, repo))
 		}
 	case r < 65:
 		if g.pick(`SELECT digest FROM manifest WHERE repo = ?`, []any{repo}, &d) {
@@ -183,4 +198,32 @@ func (g *generator) chain(repo string, n int) string {
 		id = g.image(repo, id)
 	}
 	return id
+}
+
+// expiry is a tag's expiry: none mostly, else up to five hours ahead.
+func (g *generator) expiry() time.Time {
+	if g.rng.IntN(4) > 0 {
+		return time.Time{}
+	}
+	return g.h.now().Add(time.Duration(1 + g.rng.Int64N(int64(5*time.Hour))))
+}
+
+// restore brings back, through refgc, a tag of repo that the registry
+// keeps in its time machine, once refgc has every event about it.
+func (g *generator) restore(repo string) {
+	var name string
+	since := g.h.now().Add(-g.h.proj.TimeMachineWindow(repo)).UnixMilli()
+	if !g.pick(`SELECT t.name FROM tag t WHERE t.repo = ? AND t.lifetime_end > ? AND t.lifetime_end <= ?
+		AND NOT EXISTS (SELECT 1 FROM tag c WHERE c.repo = t.repo AND c.name = t.name AND (c.lifetime_end IS NULL OR c.lifetime_end > ?))`,
+		[]any{repo, since, g.h.now().UnixMilli(), g.h.now().UnixMilli()}, &name) {
+		return
+	}
+	g.ops["restore"]++
+	g.must(g.h.faults.release(g.ctx, true))
+	if _, err := g.h.col.RestoreTag(g.ctx, repo, name); err != nil {
+		g.t.Fatalf("restore %s:%s from the time machine: %v", repo, name, err)
+	}
+	if !g.pick(`SELECT name FROM tag WHERE repo = ? AND name = ? AND lifetime_end IS NULL`, []any{repo, name}, &name) {
+		g.t.Fatalf("restore %s:%s: the registry's tag is not current", repo, name)
+	}
 }

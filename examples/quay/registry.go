@@ -60,6 +60,12 @@ type Config struct {
 	Source string
 	// Now is the clock (time.Now).
 	Now func() time.Time
+	// TimeMachine is how long a tag that was deleted, expired or purged in
+	// a repository stays recoverable, holding its manifest (Quay's
+	// removed_tag_expiration_s); nil is zero everywhere: ended tags go at
+	// once. Give refgc the same windows (--time-machine and
+	// collector.timeMachineRepos).
+	TimeMachine func(repo string) time.Duration
 }
 
 // ErrNotFound is returned for a write that names a row that does not exist.
@@ -72,6 +78,7 @@ type Registry struct {
 	pub    Publisher
 	source string
 	now    func() time.Time
+	window func(repo string) time.Duration
 	prefix string // of event ids: unique to the database
 
 	mu   sync.Mutex // one writer; guards last
@@ -110,7 +117,10 @@ func Open(cfg Config) (*Registry, error) {
 		db.Close()
 		return nil, fmt.Errorf("quay: meta: %w", err)
 	}
-	return &Registry{db: db, pub: cfg.Publisher, source: cfg.Source, now: cfg.Now, prefix: prefix}, nil
+	if cfg.TimeMachine == nil {
+		cfg.TimeMachine = func(string) time.Duration { return 0 }
+	}
+	return &Registry{db: db, pub: cfg.Publisher, source: cfg.Source, now: cfg.Now, window: cfg.TimeMachine, prefix: prefix}, nil
 }
 
 // Close closes the database.
@@ -121,6 +131,13 @@ func (r *Registry) DB() *sql.DB { return r.db }
 
 // Source is the event source the registry publishes as.
 func (r *Registry) Source() string { return r.source }
+
+// recoverableSince is the earliest lifetime_end (unix ms) of a tag of repo
+// still in the time machine at the clock's now: rows that ended before it
+// are garbage (gc.py's lookup_unrecoverable_tags).
+func (r *Registry) recoverableSince(repo string) int64 {
+	return r.now().Add(-r.window(repo)).UnixMilli() + 1
+}
 
 // tick returns the time of the next change: the clock, moved past the
 // last one given so that times never repeat. The caller holds r.mu.
@@ -256,6 +273,8 @@ type ManifestSpec struct {
 	Repo string
 	// Tag, if set, points at the manifest.
 	Tag string
+	// Expires, with Tag, is when the tag expires (its lifetime_end).
+	Expires time.Time
 	// Blobs are its config and layers, pushed before (PushBlob).
 	Blobs []digest.Digest
 	// Labels are key=value pairs attached with the push.
@@ -324,7 +343,7 @@ func (r *Registry) PushManifest(ctx context.Context, s ManifestSpec) (digest.Dig
 			}
 		}
 		if s.Tag != "" {
-			return w.setTag(s.Repo, s.Tag, id, d)
+			return w.setTag(s.Repo, s.Tag, id, d, s.Expires)
 		}
 		return nil
 	})
@@ -349,48 +368,83 @@ func (w *writer) imageID(repo, dockerID string) (int64, error) {
 	return id, err
 }
 
-// setTag ends the tag's current lifetime and starts one at the manifest.
-func (w *writer) setTag(repo, name string, manifestID int64, d digest.Digest) error {
-	if err := w.endTag(repo, name); err != nil {
+// setTag starts a lifetime of the tag at the manifest, until expires (zero:
+// for ever). Every earlier lifetime of the tag goes: this registry keeps
+// one state per tag, current or recoverable, as refgc's time machine does.
+func (w *writer) setTag(repo, name string, manifestID int64, d digest.Digest, expires time.Time) error {
+	if _, err := w.tx.Exec(`DELETE FROM tag WHERE repo = ? AND name = ?`, repo, name); err != nil {
 		return err
 	}
-	_, err := w.tx.Exec(`INSERT INTO tag (repo, name, manifest_id, lifetime_start) VALUES (?, ?, ?, ?)`,
-		repo, name, manifestID, w.now.UnixMilli())
+	var end sql.NullInt64
+	if !expires.IsZero() {
+		expires = expires.UTC()
+		end = sql.NullInt64{Int64: expires.UnixMilli(), Valid: true}
+	}
+	_, err := w.tx.Exec(`INSERT INTO tag (repo, name, manifest_id, lifetime_start, lifetime_end) VALUES (?, ?, ?, ?, ?)`,
+		repo, name, manifestID, w.now.UnixMilli(), end)
 	if err != nil {
 		return err
 	}
-	return w.emit(events.Event{Kind: events.TagSet, Tag: &events.Tag{Repo: repo, Name: name, Digest: d}})
+	return w.emit(events.Event{Kind: events.TagSet, Tag: &events.Tag{Repo: repo, Name: name, Digest: d, Expires: expires}})
 }
 
-// endTag ends a tag's current lifetime. With a time machine of zero, the
-// row goes at once: its manifest is then held by nothing but other tags.
-func (w *writer) endTag(repo, name string) error {
-	_, err := w.tx.Exec(`DELETE FROM tag WHERE repo = ? AND name = ? AND lifetime_end IS NULL`, repo, name)
-	return err
+// currentClause is the condition of a tag row that is current at a time
+// (unix ms, the one argument).
+const currentClause = `(lifetime_end IS NULL OR lifetime_end > ?)`
+
+// endTags ends the current lifetimes of repo's tags that match where (with
+// args) now: into the time machine, or, without a window, gone at once.
+// It returns how many it ended.
+func (w *writer) endTags(repo, where string, args ...any) (int64, error) {
+	nowMS := w.now.UnixMilli()
+	res, err := w.tx.Exec(`UPDATE tag SET lifetime_end = ? WHERE `+where+` AND `+currentClause, append(append([]any{nowMS}, args...), nowMS)...)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil || n == 0 || w.r.window(repo) > 0 {
+		return n, err
+	}
+	_, err = w.tx.Exec(`DELETE FROM tag WHERE `+where+` AND lifetime_end = ?`, append(args, nowMS)...)
+	return n, err
 }
 
-// SetTag points a tag at an existing manifest.
-func (r *Registry) SetTag(ctx context.Context, repo, name string, d digest.Digest) error {
+// SetTag points a tag at an existing manifest, until expires (zero: for ever).
+func (r *Registry) SetTag(ctx context.Context, repo, name string, d digest.Digest, expires time.Time) error {
 	return r.write(ctx, func(w *writer) error {
 		id, err := w.manifestID(repo, d)
 		if err != nil {
 			return err
 		}
-		return w.setTag(repo, name, id, d)
+		return w.setTag(repo, name, id, d, expires)
 	})
 }
 
-// DeleteTag deletes a tag.
+// DeleteTag deletes a current tag: it stays recoverable for its
+// repository's time machine window.
 func (r *Registry) DeleteTag(ctx context.Context, repo, name string) error {
 	return r.write(ctx, func(w *writer) error {
-		res, err := w.tx.Exec(`DELETE FROM tag WHERE repo = ? AND name = ? AND lifetime_end IS NULL`, repo, name)
+		n, err := w.endTags(repo, `repo = ? AND name = ?`, repo, name)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
+		if n == 0 {
 			return fmt.Errorf("%w: tag %s:%s", ErrNotFound, repo, name)
 		}
 		return w.emit(events.Event{Kind: events.TagDeleted, Tag: &events.Tag{Repo: repo, Name: name}})
+	})
+}
+
+// PurgeRepository deletes a repository (Quay's purge_repository, done
+// online): its current tags end now, into the time machine, and refgc's
+// collector asks for the rest as it becomes garbage. A manifest pushed
+// again later is the repository's again.
+func (r *Registry) PurgeRepository(ctx context.Context, repo string) error {
+	return r.write(ctx, func(w *writer) error {
+		if _, err := w.endTags(repo, `repo = ?`, repo); err != nil {
+			return err
+		}
+		return w.emit(events.Event{Kind: events.RepositoryDeleted, Repo: &events.Repo{Name: repo}})
 	})
 }
 

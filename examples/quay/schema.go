@@ -30,9 +30,14 @@ CREATE TABLE IF NOT EXISTS manifest_blob (
 	PRIMARY KEY (manifest_id, blob_id)
 );
 CREATE INDEX IF NOT EXISTS manifest_blob_blob ON manifest_blob (blob_id);
--- A tag's lifetime: lifetime_end is NULL while it is current, and set when
--- it is deleted or moved (Quay keeps such rows for its time machine; this
--- example's window is zero, so they go at once).
+-- A tag's lifetime, as Quay's oci tag table keeps it: lifetime_end is NULL
+-- while the tag is current for ever, in the future while it is current
+-- until it expires, and in the past once it was deleted, expired or purged.
+-- An ended row stays, holding its manifest, for its repository's time
+-- machine window (removed_tag_expiration_s in Quay); past it, it is
+-- garbage (gc.py's lookup_unrecoverable_tags), deleted when refgc asks.
+-- Setting a tag replaces every earlier lifetime of it (this registry keeps
+-- one recoverable state per tag, as refgc's time machine does).
 CREATE TABLE IF NOT EXISTS tag (
 	id             INTEGER PRIMARY KEY,
 	repo           TEXT NOT NULL,
@@ -42,7 +47,7 @@ CREATE TABLE IF NOT EXISTS tag (
 	lifetime_end   INTEGER
 );
 CREATE INDEX IF NOT EXISTS tag_manifest ON tag (manifest_id);
-CREATE UNIQUE INDEX IF NOT EXISTS tag_current ON tag (repo, name) WHERE lifetime_end IS NULL;
+CREATE INDEX IF NOT EXISTS tag_name ON tag (repo, name);
 CREATE TABLE IF NOT EXISTS label (
 	id    INTEGER PRIMARY KEY,
 	repo  TEXT NOT NULL,
@@ -86,7 +91,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 	seq   INTEGER PRIMARY KEY AUTOINCREMENT,
 	event BLOB NOT NULL
 );
--- Deletions done for refgc's intents: a retried request gets the same answer.
+-- Deletions and restores done for refgc's intents: a retried request gets
+-- the same answer.
 CREATE TABLE IF NOT EXISTS gc_intent (
 	intent TEXT PRIMARY KEY,
 	status TEXT NOT NULL

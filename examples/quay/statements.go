@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -77,12 +78,17 @@ func labelStatements(q querier, labelID int64) ([]events.Event, error) {
 	})
 }
 
-// tagStatements are the tag.set of every current tag pointing at a manifest.
-func tagStatements(q querier, manifestID int64) ([]events.Event, error) {
-	return scanRows(q, `SELECT t.repo, t.name, m.digest FROM tag t JOIN manifest m ON m.id = t.manifest_id
-		WHERE t.manifest_id = ? AND t.lifetime_end IS NULL`, []any{manifestID}, func(r *sql.Rows) (events.Event, error) {
+// currentTags are the tag.set (with their expiry) of the tags current at
+// nowMS among the rows that where (on table t, with args) selects.
+func currentTags(q querier, nowMS int64, where string, args ...any) ([]events.Event, error) {
+	return scanRows(q, `SELECT t.repo, t.name, m.digest, t.lifetime_end FROM tag t JOIN manifest m ON m.id = t.manifest_id
+		WHERE `+where+` AND (t.lifetime_end IS NULL OR t.lifetime_end > ?)`, append(args, nowMS), func(r *sql.Rows) (events.Event, error) {
 		t := &events.Tag{}
-		err := r.Scan(&t.Repo, &t.Name, &t.Digest)
+		var end sql.NullInt64
+		err := r.Scan(&t.Repo, &t.Name, &t.Digest, &end)
+		if end.Valid {
+			t.Expires = time.UnixMilli(end.Int64).UTC()
+		}
 		return events.Event{Kind: events.TagSet, Tag: t}, err
 	})
 }

@@ -50,8 +50,8 @@ type Config struct {
 	NATS NATSConfig `yaml:"nats"`
 
 	// Storage is the registry's `storage:` section (filesystem, s3, gcs,
-	// azure ...). Required unless the collector is disabled (CollectInterval
-	// negative and no admin collect).
+	// azure ...). Without it nothing is collected, unless
+	// Collector.OwnersOnly says that every object has an owner.
 	Storage map[string]any `yaml:"storage"`
 
 	Webhook WebhookConfig `yaml:"webhook"`
@@ -187,6 +187,14 @@ type CollectorConfig struct {
 	// pushed image (read from its config in storage) and the expiry of a
 	// native tag.set are acted on, removing the tag when it passes.
 	ExpireTags bool `yaml:"expireTags"`
+	// OwnersOnly runs the collector without registry storage: every kind
+	// of every event source is deleted through its owner (Owners, each
+	// taking every kind, one for each native source). There is then no
+	// reconcile, verify or rebuild against storage and no Distribution
+	// webhook; a pause is lifted without a storage walk, the owners'
+	// transactional checks guarding every deletion. It must be said
+	// explicitly: a missing storage section alone collects nothing.
+	OwnersOnly bool `yaml:"ownersOnly"`
 	// Untagged is "delete" or "keep".
 	Untagged    string  `yaml:"untagged"`
 	Concurrency int     `yaml:"concurrency"`
@@ -261,7 +269,7 @@ func (c *Config) Validate() error {
 	}
 	if !c.Insecure && !Loopback(c.Addr) {
 		var missing []string
-		if !c.Webhook.authenticated() {
+		if !c.Webhook.authenticated() && !c.Collector.OwnersOnly {
 			missing = append(missing, "no webhook token")
 		}
 		if c.AdminToken == "" {
@@ -273,7 +281,10 @@ func (c *Config) Validate() error {
 				"listen on 127.0.0.1, or say --insecure", c.Addr, strings.Join(missing, " and "))
 		}
 	}
-	return validateOwners(c.Owners)
+	if err := validateOwners(c.Owners); err != nil {
+		return err
+	}
+	return c.validateOwnersOnly()
 }
 
 // authenticated reports whether the webhook requires a token.

@@ -267,8 +267,9 @@ func (d *Daemon) closeProjection() {
 }
 
 // startCollecting opens the storage, the collector and the reconciler
-// (when storage is configured), and the leader election (with HA). It
-// returns how the webhook reads manifests. Nothing here needs closing:
+// (when storage is configured; the collector alone with
+// Collector.OwnersOnly), and the leader election (with HA). It returns
+// how the webhook reads manifests. Nothing here needs closing:
 // the loops stop with the daemon's context.
 func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestReader, err error) {
 	cfg := d.cfg
@@ -282,26 +283,39 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 			return nil, fmt.Errorf("daemon: storage: %w", err)
 		}
 		reader = collector.StoreManifestReader{Store: d.store}
-		if cfg.HA.Enabled {
-			// A new leader finishes or undoes what the last one left.
-			if d.intents, err = collector.NewKVIntents(ctx, d.js, "", cfg.NATS.Replicas); err != nil {
-				return nil, fmt.Errorf("daemon: %w", err)
-			}
-		}
-		d.col, err = d.newCollector(cfg.Collector.DryRun, d.reg)
-		if err != nil {
-			return nil, err
-		}
-		if d.rec, err = d.newReconciler(d.jslog, d.reg); err != nil {
-			return nil, err
-		}
 	} else if cfg.Webhook.RegistryURL != "" {
 		reader = &distribution.RegistryManifestReader{BaseURL: cfg.Webhook.RegistryURL,
 			Token: cfg.Webhook.RegistryToken, Username: cfg.Webhook.RegistryUser, Password: cfg.Webhook.RegistryPassword}
 	}
-	if cfg.Storage == nil {
+	switch {
+	case cfg.Storage == nil && !cfg.Collector.OwnersOnly:
 		d.log.Warn("no storage configured: events are recorded, nothing is collected")
+		return reader, d.startElection(ctx)
+	case cfg.Storage == nil:
+		d.log.Warn("owners only: no registry storage; every object is deleted through its owner, " +
+			"and the reconcile, verify and rebuild passes against storage are off")
 	}
+	if cfg.HA.Enabled {
+		// A new leader finishes or undoes what the last one left.
+		if d.intents, err = collector.NewKVIntents(ctx, d.js, "", cfg.NATS.Replicas); err != nil {
+			return nil, fmt.Errorf("daemon: %w", err)
+		}
+	}
+	d.col, err = d.newCollector(cfg.Collector.DryRun, d.reg)
+	if err != nil {
+		return nil, err
+	}
+	if d.store != nil {
+		if d.rec, err = d.newReconciler(d.jslog, d.reg); err != nil {
+			return nil, err
+		}
+	}
+	return reader, d.startElection(ctx)
+}
+
+// startElection starts the leader election (with HA) and the leader gauge.
+func (d *Daemon) startElection(ctx context.Context) (err error) {
+	cfg := d.cfg
 	if cfg.HA.Enabled {
 		id := cfg.HA.ID
 		if id == "" {
@@ -311,7 +325,7 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 		d.leader, err = eventlog.NewLeader(ctx, d.js, eventlog.LeaderConfig{ID: id, TTL: cfg.HA.TTL,
 			Replicas: cfg.NATS.Replicas, Logger: d.log})
 		if err != nil {
-			return nil, fmt.Errorf("daemon: %w", err)
+			return fmt.Errorf("daemon: %w", err)
 		}
 	}
 	prom.Register(d.reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "refgc_leader",
@@ -321,7 +335,7 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 		}
 		return 0
 	}))
-	return reader, nil
+	return nil
 }
 
 // checkStorageRoot refuses a filesystem storage whose root directory does
@@ -349,20 +363,23 @@ func checkStorageRoot(section map[string]any) error {
 // closes what serve opened.
 func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 	cfg := d.cfg
-	var pulls distribution.PullFilter
-	if cfg.Webhook.PullHeartbeat >= 0 {
-		pulls = d.proj
-	}
-	hook, err := distribution.NewWebhook(distribution.WebhookConfig{
-		Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
-		Now: d.now, Translate: distribution.TranslateOptions{Reader: reader, TagExpiry: cfg.Collector.ExpireTags},
-		Pulls: pulls, PullHeartbeat: cfg.Webhook.PullHeartbeat, Registerer: d.reg, Logger: d.log,
-	})
-	if err != nil {
-		return fmt.Errorf("daemon: webhook: %w", err)
-	}
-	if !cfg.Webhook.authenticated() {
-		d.log.Warn("webhook token empty: notifications are not authenticated")
+	var hook http.Handler // none with OwnersOnly: no Distribution registry
+	if !cfg.Collector.OwnersOnly {
+		var pulls distribution.PullFilter
+		if cfg.Webhook.PullHeartbeat >= 0 {
+			pulls = d.proj
+		}
+		hook, err = distribution.NewWebhook(distribution.WebhookConfig{
+			Sink: d.pub, Token: cfg.Webhook.Token, Tokens: cfg.Webhook.Tokens, MaxBodyBytes: cfg.Webhook.MaxBodyBytes,
+			Now: d.now, Translate: distribution.TranslateOptions{Reader: reader, TagExpiry: cfg.Collector.ExpireTags},
+			Pulls: pulls, PullHeartbeat: cfg.Webhook.PullHeartbeat, Registerer: d.reg, Logger: d.log,
+		})
+		if err != nil {
+			return fmt.Errorf("daemon: webhook: %w", err)
+		}
+		if !cfg.Webhook.authenticated() {
+			d.log.Warn("webhook token empty: notifications are not authenticated")
+		}
 	}
 	if cfg.AdminToken == "" {
 		d.log.Warn("admin token empty: the admin endpoints are open to whoever reaches " + cfg.Addr)
@@ -490,13 +507,20 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 	if err != nil {
 		return nil, err
 	}
+	var storage collector.Storage // a nil *store.Driver must not become a non-nil interface
+	if d.store != nil {
+		storage = d.store
+	}
 	c, err := collector.New(collector.Config{
-		Projection: d.proj, Storage: d.store, Log: d.jslog, Now: d.now, Owners: owners,
+		Projection: d.proj, Storage: storage, Log: d.jslog, Now: d.now, Owners: owners,
 		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
 		QuietAfter: cc.QuietAfter, Started: d.started, DryRun: dryRun, ExpireTags: cc.ExpireTags, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
 		// Called inside a pass, which holds passMu: the reconciler runs
 		// without taking it again.
 		Reconcile: func(ctx context.Context, repos []string) error {
+			if d.rec == nil {
+				return d.liftPausesWithoutStorage(ctx, repos)
+			}
 			drift, err := d.rec.ReconcileRepos(ctx, repos)
 			if err == nil && !drift.Clean() {
 				d.log.Warn("reconcile to lift a pause corrected drift", "drift", drift.String())
@@ -541,7 +565,7 @@ func (d *Daemon) collectLoop(ctx context.Context, every time.Duration) {
 // Collect runs one collector pass now (a dry run if dryRun, or if the
 // daemon runs in dry-run mode) and returns its report.
 func (d *Daemon) Collect(ctx context.Context, dryRun bool) (collector.Report, error) {
-	if d.store == nil {
+	if d.col == nil {
 		return collector.Report{}, ErrNoStorage
 	}
 	if why := d.halted.Load(); why != nil {

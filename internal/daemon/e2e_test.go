@@ -65,6 +65,10 @@ type envOpts struct {
 	timeMachine time.Duration
 	// pullHeartbeat is the webhook's (0: its default).
 	pullHeartbeat time.Duration
+	// owners route sources to owners; ownersOnly runs without storage
+	// and without a webhook (implies noStorage and noRegistry).
+	owners     []daemon.OwnerConfig
+	ownersOnly bool
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -90,6 +94,10 @@ func newEnv(t *testing.T, o envOpts) *env {
 	cfg.Native.Sources = o.native
 	cfg.Collector.ExpireTags, cfg.Collector.TimeMachine = o.expireTags, o.timeMachine
 	cfg.Webhook.PullHeartbeat = o.pullHeartbeat
+	cfg.Owners, cfg.Collector.OwnersOnly = o.owners, o.ownersOnly
+	if o.ownersOnly {
+		o.noStorage, o.noRegistry, cfg.Webhook.Token = true, true, ""
+	}
 	if !o.noStorage {
 		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
 		if o.s3 {

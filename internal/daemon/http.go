@@ -43,7 +43,9 @@ const (
 
 func (d *Daemon) routes(hook, native http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("POST "+WebhookPath, hook)
+	if hook != nil {
+		mux.Handle("POST "+WebhookPath, hook)
+	}
 	if native != nil {
 		mux.Handle("POST "+NativePath, native)
 	}
@@ -122,7 +124,19 @@ func (d *Daemon) readyz(w http.ResponseWriter, _ *http.Request) {
 		Follower FollowerProgress `json:"follower"`
 		// Pass is the reconcile, verify or rebuild pass running now.
 		Pass *PassProgress `json:"pass,omitempty"`
-	}{Status: "ok", Follower: d.FollowerProgress()}
+		// Storage says how objects are deleted: "registry" (storage, and
+		// owners where configured), "owners only" (no storage: no
+		// reconcile against it), or "none" (nothing is collected).
+		Storage string `json:"storage"`
+		// Reconcile is "off" when there is no storage to reconcile against.
+		Reconcile string `json:"reconcile,omitempty"`
+	}{Status: "ok", Follower: d.FollowerProgress(), Storage: "registry"}
+	switch {
+	case d.cfg.Storage == nil && d.cfg.Collector.OwnersOnly:
+		detail.Storage, detail.Reconcile = "owners only", "off: no registry storage (collector.ownersOnly); every deletion goes to its owner"
+	case d.cfg.Storage == nil:
+		detail.Storage, detail.Reconcile = "none", "off: no registry storage; nothing is collected"
+	}
 	code := http.StatusOK
 	if err := d.Ready(); err != nil {
 		detail.Status, detail.Reason, code = "not ready", err.Error(), http.StatusServiceUnavailable

@@ -32,9 +32,10 @@ const (
 const PurgeSource = "refgc-admin"
 
 // RestoreTag brings a tag back from the time machine (or, past its
-// window, with its revision from the trash).
+// window, with its revision from the trash); a tag a database owner keeps
+// is restored by its owner (collector.RestoreTag).
 func (d *Daemon) RestoreTag(ctx context.Context, repo, tag string) (collector.Restored, error) {
-	if d.store == nil {
+	if d.col == nil {
 		return collector.Restored{}, ErrNoStorage
 	}
 	if err := events.ValidateRepo(repo); err != nil {

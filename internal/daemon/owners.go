@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"time"
@@ -81,4 +82,65 @@ func (d *Daemon) ownedBy(origin string, kind events.NodeKind) bool {
 		}
 	}
 	return false
+}
+
+// validateOwnersOnly checks that a collector without storage has an owner
+// for every object it may be asked to delete: an owner of every kind for
+// each configured source, and no Distribution registry (whose objects are
+// files in the storage it lacks).
+func (c *Config) validateOwnersOnly() error {
+	if !c.Collector.OwnersOnly {
+		return nil
+	}
+	bad := func(f string, a ...any) error {
+		return fmt.Errorf("%w: collector.ownersOnly: %s", ErrConfig, fmt.Sprintf(f, a...))
+	}
+	switch {
+	case c.Storage != nil:
+		return bad("storage is configured too: give one or the other")
+	case len(c.Owners) == 0:
+		return bad("no owners: nothing could be deleted")
+	case c.Webhook.authenticated() || c.Webhook.RegistryURL != "":
+		return bad("a Distribution registry is configured (webhook token or registry URL): its objects live in storage")
+	}
+	for _, o := range c.Owners {
+		if len(o.Kinds) == 0 {
+			continue
+		}
+		for _, k := range ownerKinds {
+			if !slices.Contains(o.Kinds, k) {
+				return bad("the owner of %s does not take %s: it would have nowhere to go (give it every kind, or configure storage)", o.Source, k)
+			}
+		}
+	}
+	for _, s := range c.Native.Sources {
+		if !slices.ContainsFunc(c.Owners, func(o OwnerConfig) bool { return o.Source == s.Name }) {
+			return bad("native source %s has no owner", s.Name)
+		}
+	}
+	return nil
+}
+
+// liftPausesWithoutStorage is the collector's reconcile hook when there is
+// no storage to walk (Collector.OwnersOnly): a pause says the graph may
+// miss what a refused or lost event stated, and with every object owned
+// the owners' own transactions are what keep a deletion from taking
+// anything still used (an object the graph wrongly finds unreferenced is
+// answered in_use, and its statements correct the graph). So the pause is
+// lifted by a Reconciled event as of now, without a walk, and said so.
+func (d *Daemon) liftPausesWithoutStorage(ctx context.Context, repos []string) error {
+	seq, err := d.jslog.CatchUp(ctx)
+	if err != nil {
+		return err
+	}
+	d.log.Warn("owners only: lifting a collection pause without a storage walk; the owners check every deletion",
+		"repositories", repos)
+	now := d.now().UTC()
+	ev := events.Event{V: events.Version, ID: fmt.Sprintf("owners-reconcile-%d-%d", seq, now.UnixNano()), Time: now,
+		Source: "refgc", Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: seq, Repos: repos}}
+	if err := d.jslog.Publish(ctx, []events.Event{ev}); err != nil {
+		return err
+	}
+	_, err = d.jslog.CatchUp(ctx)
+	return err
 }

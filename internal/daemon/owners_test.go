@@ -41,3 +41,31 @@ func TestOwnersConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestOwnersOnlyConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		ok   bool
+	}{
+		{"every kind owned", "collector: {ownersOnly: true}\nowners:\n  - source: quay\nnative:\n  sources: [{name: quay, tokens: [t]}]\n", true},
+		{"every kind, listed", "collector: {ownersOnly: true}\nowners:\n  - source: quay\n    kinds: [tag, manifest, layer, blob, label, legacy]\n", true},
+		{"no owners", "collector: {ownersOnly: true}\n", false},
+		{"an owner of some kinds", "collector: {ownersOnly: true}\nowners:\n  - source: quay\n    kinds: [label, legacy]\n", false},
+		{"a native source without an owner", "collector: {ownersOnly: true}\nowners:\n  - source: quay\nnative:\n  sources: [{name: harbor, tokens: [t]}]\n", false},
+		{"storage too", "collector: {ownersOnly: true}\nowners:\n  - source: quay\nstorage: {filesystem: {rootdirectory: /x}}\n", false},
+		{"a Distribution webhook", "collector: {ownersOnly: true}\nowners:\n  - source: quay\nwebhook: {token: t}\n", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Defaults()
+			cfg.DataDir, cfg.Addr = t.TempDir(), "127.0.0.1:0"
+			if err := cfg.DecodeYAML(strings.NewReader(tc.yaml)); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.Validate(); (err == nil) != tc.ok || (err != nil && !errors.Is(err, ErrConfig)) {
+				t.Fatalf("Validate: %v", err)
+			}
+		})
+	}
+}
