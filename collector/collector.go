@@ -128,6 +128,10 @@ type Config struct {
 	// its own database to their owner (see owners.go); nodes of other
 	// sources, and other kinds, go to Storage.
 	Owners map[string]OwnerRoute
+	// Dirs, if set, removes the empty directories that unlinks and purges
+	// leave (the filesystem driver's store.EmptyDirs; nil for object
+	// stores, which have none). See dirs.go.
+	Dirs EmptyDirs
 	// Source names this collector in the events it publishes.
 	Source     string
 	Logger     *slog.Logger
@@ -152,6 +156,7 @@ type Collector struct {
 	// published at the end of the round's commit.
 	corrections []events.Event
 	mu          sync.Mutex // one pass at a time
+	dirs        dirQueue   // where removals may have left empty directories
 	started     time.Time  // sources count as delivering at least until QuietAfter past it
 	storageless bool       // no Storage: every object goes to an owner, or stays
 }
@@ -310,6 +315,7 @@ func (c *Collector) Pass(ctx context.Context) (rep Report, err error) {
 	if _, err := c.cfg.Projection.PruneTrash(c.cfg.Now().Add(-c.cfg.Projection.Options().Retention)); err != nil {
 		return rep, err
 	}
+	c.pruneDirs(ctx)
 	return rep, nil
 }
 
@@ -548,6 +554,7 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 			rep.UnlinkedBytes += in.Size
 		}
 		c.m.deletions.WithLabelValues(kind, op).Inc()
+		c.noteRemoved(in.Node)
 		rep.Removed = append(rep.Removed, Removal{Node: in.Node, Purge: in.Purge, Bytes: in.Size})
 	}
 	return c.publishHealed(ctx, relinked)

@@ -13,6 +13,7 @@ import (
 	"github.com/distribution/distribution/v3/configuration"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/collector/reconcile"
@@ -101,6 +102,11 @@ type envOptions struct {
 	s3 bool
 	// storeOpts are the store's options.
 	storeOpts []store.Option
+	// dirs has the collector remove empty directories (as the daemon
+	// wires it on the filesystem driver).
+	dirs bool
+	// reg registers the collector's metrics.
+	reg prometheus.Registerer
 }
 
 // newEnvWith is newEnv with its parts changed by o.
@@ -148,8 +154,12 @@ func newEnvWith(t *testing.T, policy refcount.Policy, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var dirs collector.EmptyDirs
+	if o.dirs {
+		dirs = e.store.EmptyDirs()
+	}
 	e.col, err = collector.New(collector.Config{Projection: proj, Storage: e.store, Log: e.log,
-		Now: e.now, Concurrency: 4, Reconcile: e.reconcile})
+		Now: e.now, Concurrency: 4, Reconcile: e.reconcile, Dirs: dirs, Registerer: o.reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -239,6 +239,7 @@ func (c *Collector) settleTag(ctx context.Context, d refcount.TagDue, rep *Repor
 	if !ok || !ni.Present {
 		rep.Expired++
 		c.m.deletions.WithLabelValues(string(events.NodeTag), "expire").Inc()
+		c.noteRemoved(d.Tag)
 		return nil
 	}
 	rep.Restored++

@@ -21,6 +21,7 @@ type metrics struct {
 	quietSources prometheus.Gauge
 	paused       *prometheus.GaugeVec
 	checkSeconds prometheus.Histogram
+	dirsRemoved  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,6 +58,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.checkSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "refgc_collector_check_duration_seconds",
 		Help: "Duration of the storage check of one round.", Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10)})
+	m.dirsRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_collector_empty_dirs_removed_total",
+		Help: "Empty directories removed from filesystem storage after unlinks and purges."})
+	m.dirsRemoved = prom.Register(reg, m.dirsRemoved)
 	m.deletions = prom.Register(reg, m.deletions)
 	m.bytes = prom.Register(reg, m.bytes)
 	m.errors = prom.Register(reg, m.errors)

@@ -2,6 +2,7 @@ package refcount
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -222,4 +223,24 @@ func (p *Projection) Manifest(ref events.NodeRef) (m events.Manifest, ok bool, e
 		return json.Unmarshal(raw, &m)
 	})
 	return m, ok, err
+}
+
+// HoldsRepository reports whether the projection has any node of repo
+// (a tag, present or in the time machine; a revision; a layer link; a
+// label or legacy image): whether the repository holds anything at all as
+// the log tells it. Unlinked revisions in the trash do not count.
+func (p *Projection) HoldsRepository(repo string) (bool, error) {
+	held := false
+	err := p.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketNodes).Cursor()
+		for _, kind := range []byte{kTag, kManifest, kLayer, kLabel, kLegacy} {
+			prefix := repoPrefix(kind, repo)
+			if k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) {
+				held = true
+				return nil
+			}
+		}
+		return nil
+	})
+	return held, err
 }

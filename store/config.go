@@ -22,7 +22,11 @@ func New(ctx context.Context, driverName string, params map[string]any, opts ...
 	if err != nil {
 		return nil, fmt.Errorf("store: create %s driver: %w", driverName, err)
 	}
-	return FromDriver(d, opts...), nil
+	s := FromDriver(d, opts...)
+	if driverName == "filesystem" {
+		s.dirs = newEmptyDirs(params, s.rmdirHook)
+	}
+	return s, nil
 }
 
 // sectionKeys are the keys of a registry storage section that configure

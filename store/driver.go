@@ -28,6 +28,8 @@ type Driver struct {
 	log         *slog.Logger
 	backoff     Backoff
 	reg         prometheus.Registerer
+	dirs        *EmptyDirs   // the filesystem driver's only
+	rmdirHook   func(string) // WithRmdirHook
 }
 
 // Option configures a Driver.

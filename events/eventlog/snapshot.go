@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -71,9 +72,13 @@ func NewSnapshotStore(ctx context.Context, js jetstream.JetStream, cfg SnapshotC
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
 	}
-	os, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
-		Description: "refgc: the newest snapshot of the projection", Storage: jetstream.FileStorage,
-		Replicas: cfg.Replicas, Compression: true})
+	var os jetstream.ObjectStore
+	err := retryNoResponders(ctx, func() (err error) {
+		os, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: cfg.Bucket,
+			Description: "refgc: the newest snapshot of the projection", Storage: jetstream.FileStorage,
+			Replicas: cfg.Replicas, Compression: true})
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("events: snapshot bucket %s: %w", cfg.Bucket, err)
 	}
@@ -134,4 +139,24 @@ func (s *SnapshotStore) Get(ctx context.Context, w io.Writer) (Snapshot, error) 
 		return Snapshot{}, fmt.Errorf("events: read snapshot: %w", err)
 	}
 	return snap, nil
+}
+
+// retryNoResponders calls fn again, with a short backoff, while it fails
+// for want of a responder: in a cluster, the replicas of a stream just
+// created elect their leader a moment after the meta leader answers, and
+// a request to the stream meanwhile finds no one (nats.ErrNoResponders).
+func retryNoResponders(ctx context.Context, fn func() error) error {
+	wait := 20 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		err := fn()
+		if err == nil || !errors.Is(err, nats.ErrNoResponders) || attempt == 8 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
 }

@@ -515,6 +515,7 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 		Projection: d.proj, Storage: storage, Log: d.jslog, Now: d.now, Owners: owners,
 		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
 		QuietAfter: cc.QuietAfter, Started: d.started, DryRun: dryRun, ExpireTags: cc.ExpireTags, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
+		Dirs: d.emptyDirs(),
 		// Called inside a pass, which holds passMu: the reconciler runs
 		// without taking it again.
 		Reconcile: func(ctx context.Context, repos []string) error {
@@ -532,6 +533,16 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 		return nil, fmt.Errorf("daemon: collector: %w", err)
 	}
 	return c, nil
+}
+
+// emptyDirs is the store's remover of empty directories: the filesystem
+// driver's only (a nil *store.EmptyDirs must not become a non-nil
+// interface).
+func (d *Daemon) emptyDirs() collector.EmptyDirs {
+	if d.store == nil || d.store.EmptyDirs() == nil {
+		return nil
+	}
+	return d.store.EmptyDirs()
 }
 
 // intentStore is where intents are shared, if anywhere (a nil
