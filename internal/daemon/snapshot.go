@@ -181,7 +181,6 @@ func (d *Daemon) PublishSnapshot(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	taken := d.now()
 	f, err := os.CreateTemp(d.cfg.DataDir, "snapshot-*")
 	if err != nil {
 		return 0, fmt.Errorf("daemon: snapshot: %w", err)
@@ -192,6 +191,9 @@ func (d *Daemon) PublishSnapshot(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Taken after the copy: every event in it was received (or made)
+	// before, which is what a point in time is judged against.
+	taken := d.now()
 	if _, err := f.Seek(0, 0); err != nil {
 		return 0, fmt.Errorf("daemon: snapshot: %w", err)
 	}
