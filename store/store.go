@@ -25,6 +25,9 @@
 //     goroutine at a time, in no particular order; a callback error stops
 //     the walk and is returned as is. Objects whose names do not validate
 //     (which the registry itself cannot serve) are skipped, never reported.
+//   - Empty directories (the filesystem driver's only: EmptyDirs) are
+//     removed with rmdir alone, never with the driver's Delete (which is
+//     os.RemoveAll there): a directory that holds anything stays.
 //   - A Driver is safe for concurrent use.
 package store
 

@@ -40,6 +40,7 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.DurationVar(&cfg.NATS.MaxAge, "stream-max-age", cfg.NATS.MaxAge, "events older than this age out of the log (0: kept for ever)")
 	fs.Int64Var(&cfg.NATS.MaxBytes, "stream-max-bytes", cfg.NATS.MaxBytes, "the log's oldest events age out past this size (0: unbounded)")
 	fs.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", cfg.SnapshotInterval, "how often the collecting instance publishes a snapshot of its projection, which new instances load (0: never)")
+	fs.IntVar(&cfg.SnapshotKeep, "snapshot-keep", cfg.SnapshotKeep, "how many snapshots to keep, the newest: dump --at starts from the newest at or before its point")
 	fs.BoolVar(&cfg.HA.Enabled, "ha", cfg.HA.Enabled, "elect one active collector among instances sharing the event log; the others are hot standbys")
 	fs.StringVar(&cfg.HA.ID, "ha-id", cfg.HA.ID, "this instance's name in the election (default: host name and pid)")
 	fs.DurationVar(&cfg.HA.TTL, "ha-ttl", cfg.HA.TTL, "how long a dead leader's lease lasts (0: 15s)")

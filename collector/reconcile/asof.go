@@ -63,7 +63,19 @@ func ProjectionAt(ctx context.Context, path string, opts refcount.Options, repla
 	if err != nil {
 		return nil, err
 	}
-	err = replay(ctx, p.BindStream, func(recs []events.Record) error {
+	if err := ReplayUntil(ctx, p, replay, pt); err != nil {
+		p.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	return p, nil
+}
+
+// ReplayUntil applies the events replay gives to p up to pt, and stops
+// there: the log after a snapshot that p was loaded from, or the whole
+// log into an empty p.
+func ReplayUntil(ctx context.Context, p *refcount.Projection, replay eventlog.Replay, pt Point) error {
+	err := replay(ctx, p.BindStream, func(recs []events.Record) error {
 		n := len(recs)
 		for i, r := range recs {
 			if pt.after(r) {
@@ -81,10 +93,8 @@ func ProjectionAt(ctx context.Context, path string, opts refcount.Options, repla
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, errReachedPoint) {
-		p.Close()
-		os.Remove(path)
-		return nil, err
+	if errors.Is(err, errReachedPoint) {
+		return nil
 	}
-	return p, nil
+	return err
 }

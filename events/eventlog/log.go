@@ -54,26 +54,36 @@ type Replay func(ctx context.Context, bind func(streamID string) error, apply fu
 // replay starts. Undecodable messages become records with Err set, which
 // the rebuilt projection passes over (where the follower stops at them:
 // rebuilding is the operator's way past a record no refgc can read).
-func StreamReplay(s jetstream.Stream, batch int) Replay {
+func StreamReplay(s jetstream.Stream, batch int) Replay { return StreamReplayFrom(s, batch, 1) }
+
+// StreamReplayFrom is StreamReplay from sequence from on (the one after a
+// snapshot's): it returns ErrLogTruncated (wrapped) if the stream holds
+// events from there on but no longer from itself.
+func StreamReplayFrom(s jetstream.Stream, batch int, from uint64) Replay {
 	if batch <= 0 {
 		batch = DefaultMaxBatch
 	}
+	from = max(from, 1)
 	return func(ctx context.Context, bind func(string) error, apply func([]events.Record) error) error {
 		info, err := s.Info(ctx)
 		if err != nil {
 			return fmt.Errorf("collector: replay: stream info: %w", err)
 		}
 		st := info.State
-		if st.LastSeq > 0 && st.FirstSeq > 1 {
-			return fmt.Errorf("%w: stream %s starts at %d", ErrLogTruncated, info.Config.Name, st.FirstSeq)
+		if st.LastSeq >= from && st.FirstSeq > from {
+			return fmt.Errorf("%w: stream %s starts at %d, after %d", ErrLogTruncated, info.Config.Name, st.FirstSeq, from)
 		}
 		if err := bind(StreamID(info)); err != nil {
 			return fmt.Errorf("collector: replay: %w", err)
 		}
-		if st.LastSeq == 0 {
+		if st.LastSeq < from {
 			return nil
 		}
-		cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+		cc := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+		if from > 1 {
+			cc = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from}
+		}
+		cons, err := s.OrderedConsumer(ctx, cc)
 		if err != nil {
 			return fmt.Errorf("collector: replay: consumer: %w", err)
 		}

@@ -82,7 +82,7 @@ func BenchmarkSnapshot(b *testing.B) {
 		if _, err := f.Seek(0, 0); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := snaps.Put(ctx, info.Cursor, info.Stream, f); err != nil {
+		if _, err := snaps.Put(ctx, eventlog.Snapshot{Seq: info.Cursor, Stream: info.Stream}, f); err != nil {
 			b.Fatal(err)
 		}
 		publish := time.Since(start)
@@ -94,7 +94,7 @@ func BenchmarkSnapshot(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := snaps.Get(ctx, out); err != nil {
+		if _, err := snaps.Get(ctx, "", out); err != nil {
 			b.Fatal(err)
 		}
 		if err := out.Sync(); err != nil {

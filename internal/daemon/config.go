@@ -17,6 +17,7 @@ import (
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events/distribution"
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -76,6 +77,9 @@ type Config struct {
 	// (zero or negative: never), which a new instance loads instead of
 	// replaying the log.
 	SnapshotInterval time.Duration `yaml:"snapshotInterval"`
+	// SnapshotKeep is how many snapshots the bucket keeps, the newest:
+	// the points of a bounded log that dump --at can start from.
+	SnapshotKeep int `yaml:"snapshotKeep"`
 	// ReadyMaxLag is the largest follower lag /readyz accepts.
 	ReadyMaxLag uint64 `yaml:"readyMaxLag"`
 
@@ -216,6 +220,7 @@ func Defaults() Config {
 		},
 		StatsInterval:    15 * time.Second,
 		SnapshotInterval: DefaultSnapshotInterval,
+		SnapshotKeep:     eventlog.DefaultSnapshotKeep,
 		ReadyMaxLag:      1000,
 		LogFormat:        "json",
 		LogLevel:         "info",

@@ -109,10 +109,19 @@ func (d *Daemon) Purge(ctx context.Context, repo string, dryRun bool) (PurgePlan
 	return plan, nil
 }
 
+// ErrPointGone is returned by DumpAt for a point older than both the
+// oldest snapshot that the log continues from and the log's first event:
+// nothing left can show the graph as it was then.
+var ErrPointGone = errors.New("daemon: the point is older than the oldest snapshot and the log")
+
 // DumpAt writes the projection as it was at a point of the log's history
-// (a sequence, or an RFC 3339 time): the log is replayed up to it into a
-// scratch projection under the data directory, removed afterwards. It
-// returns the scratch projection's cursor.
+// (a sequence, or an RFC 3339 time) and returns the cursor it was rebuilt
+// to. It starts from the newest snapshot at or before the point (of this
+// stream, taken at a sequence at or before it, or, for a time, by refgc's
+// clock at or before it) that the log still continues from, and replays
+// the log after it up to the point; without one, it replays the log from
+// sequence 1. The scratch projection lives under the data directory and
+// is removed afterwards.
 func (d *Daemon) DumpAt(ctx context.Context, w io.Writer, at string) (uint64, error) {
 	pt, err := reconcile.ParsePoint(at)
 	if err != nil {
@@ -123,8 +132,8 @@ func (d *Daemon) DumpAt(ctx context.Context, w io.Writer, at string) (uint64, er
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	p, err := reconcile.ProjectionAt(ctx, filepath.Join(dir, ProjectionFile), d.proj.Options(),
-		eventlog.StreamReplay(d.stream, 0), pt)
+	path := filepath.Join(dir, ProjectionFile)
+	p, err := d.projectionAt(ctx, path, pt)
 	if err != nil {
 		return 0, err
 	}
@@ -134,6 +143,91 @@ func (d *Daemon) DumpAt(ctx context.Context, w io.Writer, at string) (uint64, er
 		return 0, err
 	}
 	return cur, p.Dump(w)
+}
+
+// projectionAt builds the graph as of pt at path: from a snapshot and
+// the log after it, or from the whole log.
+func (d *Daemon) projectionAt(ctx context.Context, path string, pt reconcile.Point) (*refcount.Projection, error) {
+	snaps, err := d.snapshotStore(ctx)
+	if err != nil {
+		return nil, err
+	}
+	all, err := snaps.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	info, err := d.stream.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: stream: %w", err)
+	}
+	id, first := eventlog.StreamID(info), info.State.FirstSeq
+	// The newest snapshot at or before the point: an older one needs more
+	// of the log, so if the log does not continue from it, none will do.
+	var from *eventlog.Snapshot
+	for i := len(all) - 1; i >= 0; i-- {
+		if sn := all[i]; sn.Stream == id && snapshotBefore(sn, pt) {
+			if sn.Seq+1 >= first {
+				from = &all[i]
+			}
+			break
+		}
+	}
+	if from == nil {
+		opts := d.proj.Options()
+		p, err := reconcile.ProjectionAt(ctx, path, opts, eventlog.StreamReplay(d.stream, 0), pt)
+		if errors.Is(err, eventlog.ErrLogTruncated) {
+			oldest := "none is kept"
+			for _, sn := range all {
+				if sn.Stream == id && sn.Seq+1 >= first {
+					oldest = fmt.Sprintf("sequence %d, taken %s", sn.Seq, snapshotTime(sn).UTC().Format(time.RFC3339))
+					break
+				}
+			}
+			return nil, fmt.Errorf("%w: %s is before the oldest snapshot the log continues from (%s) and the log's first event (sequence %d)",
+				ErrPointGone, pointString(pt), oldest, first)
+		}
+		return p, err
+	}
+	if _, err := downloadSnapshot(ctx, snaps, from.Name, path); err != nil {
+		return nil, err
+	}
+	opts := d.proj.Options()
+	opts.NoSync = true
+	p, err := refcount.Open(path, opts)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: snapshot %s: %w", from.Name, err)
+	}
+	if err := reconcile.ReplayUntil(ctx, p, eventlog.StreamReplayFrom(d.stream, 0, from.Seq+1), pt); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// pointString says a point as the user gave it.
+func pointString(pt reconcile.Point) string {
+	if pt.Seq != 0 {
+		return fmt.Sprintf("sequence %d", pt.Seq)
+	}
+	return pt.Time.UTC().Format(time.RFC3339Nano)
+}
+
+// snapshotTime is when a snapshot was taken: by refgc's clock, or, for a
+// snapshot of an earlier version, when the server stored it.
+func snapshotTime(sn eventlog.Snapshot) time.Time {
+	if !sn.Taken.IsZero() {
+		return sn.Taken
+	}
+	return sn.Time
+}
+
+// snapshotBefore reports whether a snapshot lies at or before the point:
+// its sequence, or the time it was taken, is not after it.
+func snapshotBefore(sn eventlog.Snapshot, pt reconcile.Point) bool {
+	if pt.Seq != 0 {
+		return sn.Seq <= pt.Seq
+	}
+	return !snapshotTime(sn).After(pt.Time)
 }
 
 // restoreTag answers POST /v1/restore?repo=R&tag=T.
@@ -176,7 +270,7 @@ func (d *Daemon) dumpAt(w http.ResponseWriter, r *http.Request, at string) {
 		// Nothing reached the client yet unless the dump itself failed.
 		d.log.Error("dump at", "at", at, "err", err)
 		code := http.StatusInternalServerError
-		if errors.Is(err, eventlog.ErrLogTruncated) {
+		if errors.Is(err, ErrPointGone) || errors.Is(err, eventlog.ErrLogTruncated) {
 			code = http.StatusConflict // a bounded log no longer holds the past
 		}
 		http.Error(w, err.Error(), code)

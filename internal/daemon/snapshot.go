@@ -21,7 +21,7 @@ const DefaultSnapshotInterval = 6 * time.Hour
 
 // snapshotStore opens the snapshot bucket.
 func (d *Daemon) snapshotStore(ctx context.Context) (*eventlog.SnapshotStore, error) {
-	s, err := eventlog.NewSnapshotStore(ctx, d.js, eventlog.SnapshotConfig{Replicas: d.cfg.NATS.Replicas})
+	s, err := eventlog.NewSnapshotStore(ctx, d.js, eventlog.SnapshotConfig{Replicas: d.cfg.NATS.Replicas, Keep: d.cfg.SnapshotKeep})
 	if err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
@@ -29,7 +29,7 @@ func (d *Daemon) snapshotStore(ctx context.Context) (*eventlog.SnapshotStore, er
 }
 
 // loadSnapshot gives a new instance (no projection file yet) the newest
-// snapshot of the stream it follows, if there is one that the stream
+// snapshot of the stream it follows (the highest sequence of its identity), if there is one that the stream
 // still reaches (its sequence at least the stream's first sequence - 1):
 // the follower then starts after the snapshot's sequence instead of at 1,
 // which a bounded log no longer holds. Without a usable snapshot, the
@@ -54,18 +54,19 @@ func (d *Daemon) loadSnapshot(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	latest, err := snaps.Latest(ctx)
+	info, err := d.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("daemon: stream: %w", err)
+	}
+	id := eventlog.StreamID(info)
+	latest, err := snaps.Latest(ctx, id)
 	if errors.Is(err, eventlog.ErrNoSnapshot) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	info, err := d.stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("daemon: stream: %w", err)
-	}
-	if id := eventlog.StreamID(info); latest.Stream != id || latest.Seq+1 < info.State.FirstSeq {
+	if latest.Seq+1 < info.State.FirstSeq {
 		d.log.Warn("snapshot not usable: starting an empty projection", "snapshotStream", latest.Stream,
 			"snapshotSeq", latest.Seq, "stream", id, "firstSeq", info.State.FirstSeq)
 		return nil
@@ -79,12 +80,24 @@ func (d *Daemon) loadSnapshot(ctx context.Context) error {
 			"cursor", cur, "firstSeq", info.State.FirstSeq, "movedTo", aside)
 	}
 	start := time.Now()
+	got, err := downloadSnapshot(ctx, snaps, latest.Name, path)
+	if err != nil {
+		return err
+	}
+	d.log.Info("projection loaded from a snapshot", "seq", got.Seq, "bytes", got.Size,
+		"taken", got.Time, "duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// downloadSnapshot writes the named snapshot to path, whole or not at all
+// (through a temporary file beside it, synced and renamed).
+func downloadSnapshot(ctx context.Context, snaps *eventlog.SnapshotStore, name, path string) (eventlog.Snapshot, error) {
 	tmp := path + ".snapshot"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
-		return fmt.Errorf("daemon: snapshot: %w", err)
+		return eventlog.Snapshot{}, fmt.Errorf("daemon: snapshot: %w", err)
 	}
-	got, err := snaps.Get(ctx, f)
+	got, err := snaps.GetNamed(ctx, name, f)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -96,11 +109,9 @@ func (d *Daemon) loadSnapshot(ctx context.Context) error {
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("daemon: load snapshot: %w", err)
+		return eventlog.Snapshot{}, fmt.Errorf("daemon: load snapshot: %w", err)
 	}
-	d.log.Info("projection loaded from a snapshot", "seq", got.Seq, "bytes", got.Size,
-		"taken", got.Time, "duration", time.Since(start).Round(time.Millisecond))
-	return nil
+	return got, nil
 }
 
 // projectionBehind reports whether the projection at path has a cursor
@@ -180,10 +191,13 @@ func (d *Daemon) PublishSnapshot(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Taken after the copy: every event in it was received (or made)
+	// before, which is what a point in time is judged against.
+	taken := d.now()
 	if _, err := f.Seek(0, 0); err != nil {
 		return 0, fmt.Errorf("daemon: snapshot: %w", err)
 	}
-	if _, err := snaps.Put(ctx, info.Cursor, info.Stream, f); err != nil {
+	if _, err := snaps.Put(ctx, eventlog.Snapshot{Seq: info.Cursor, Stream: info.Stream, Taken: taken}, f); err != nil {
 		return 0, err
 	}
 	d.log.Info("snapshot published", "seq", info.Cursor, "bytes", info.Size)

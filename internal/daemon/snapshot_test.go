@@ -3,9 +3,13 @@ package daemon_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -155,4 +159,95 @@ func TestLaggingInstanceReloadsFromSnapshot(t *testing.T) {
 	if _, err := os.Stat(aside); err != nil {
 		t.Fatalf("the lagging projection is not kept aside: %v", err)
 	}
+}
+
+// TestDumpAtOnTrimmedLog: dump --at on a bounded log starts from the
+// newest snapshot at or before its point and replays the log after it.
+// Snapshots are kept up to SnapshotKeep; a point older than the oldest
+// snapshot and the log's first event is refused with ErrPointGone (409).
+func TestDumpAtOnTrimmedLog(t *testing.T) {
+	ctx := context.Background()
+	e := newSnapshotEnv(t)
+	cfg := haltConfig(t)
+	cfg.SnapshotKeep = 2
+	a := e.start(cfg)
+	dumps := map[uint64][]byte{} // the live projection's dump at each snapshot
+	snapshot := func() uint64 {
+		t.Helper()
+		if n, err := a.PublishSnapshot(ctx); err != nil || n == 0 {
+			t.Fatalf("snapshot: %d %v", n, err)
+		}
+		at := regtest.Must(a.Projection().Cursor())
+		var b bytes.Buffer
+		if err := a.Projection().Dump(&b); err != nil {
+			t.Fatal(err)
+		}
+		dumps[at] = b.Bytes()
+		return at
+	}
+	e.publish(0, 10)
+	e.catchUp("a to catch up", a)
+	first := snapshot()
+	e.publish(10, 20)
+	e.catchUp("a to catch up", a)
+	second := snapshot()
+	between := time.Now() // after the second snapshot, before the events that follow it
+	e.publish(20, 30)
+	e.catchUp("a to catch up", a)
+	third := snapshot()
+	e.publish(30, 40)
+	e.catchUp("a to catch up", a)
+	// The log keeps what follows the second snapshot.
+	if err := e.stream.Purge(ctx, jetstream.WithPurgeSequence(second+1)); err != nil {
+		t.Fatal(err)
+	}
+
+	snaps := regtest.Must(eventlog.NewSnapshotStore(ctx, e.js, eventlog.SnapshotConfig{}))
+	kept := regtest.Must(snaps.List(ctx))
+	if len(kept) != 2 || kept[0].Seq != second || kept[1].Seq != third || kept[0].Taken.IsZero() {
+		t.Fatalf("snapshots kept: %+v, want the two newest", kept)
+	}
+
+	dumpAt := func(at string) (uint64, []byte, error) {
+		var b bytes.Buffer
+		cur, err := a.DumpAt(ctx, &b, at)
+		return cur, b.Bytes(), err
+	}
+	for _, tc := range []struct {
+		name string
+		at   string
+		want uint64
+	}{
+		{"at a snapshot", fmt.Sprint(second), second},
+		{"between snapshots", fmt.Sprint(second + 5), second + 5},
+		{"at a time", between.UTC().Format(time.RFC3339Nano), second},
+		{"at the newest snapshot", fmt.Sprint(third), third},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cur, got, err := dumpAt(tc.at)
+			if err != nil || cur != tc.want {
+				t.Fatalf("DumpAt(%s) = cursor %d, %v; want %d", tc.at, cur, err, tc.want)
+			}
+			if want, ok := dumps[tc.want]; ok && !bytes.Equal(got, want) {
+				t.Fatalf("DumpAt(%s) differs from the live projection then: %d bytes, want %d", tc.at, len(got), len(want))
+			}
+		})
+	}
+	// Between snapshots, the replay after the second stops at the point:
+	// the event at second+k is the blob of event 20+k-1.
+	_, got, err := dumpAt(fmt.Sprint(second + 5))
+	if err != nil || !bytes.Contains(got, []byte(digest.FromString("24"))) || bytes.Contains(got, []byte(digest.FromString("25"))) {
+		t.Fatalf("DumpAt(%d): %v\n%s", second+5, err, got)
+	}
+	_, _, err = dumpAt(fmt.Sprint(first))
+	if !errors.Is(err, daemon.ErrPointGone) {
+		t.Fatalf("a point before the oldest snapshot and the log: %v", err)
+	}
+	resp := regtest.Must(http.Get(a.URL() + daemon.DumpPath + "?at=" + fmt.Sprint(first)))
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), "older than the oldest snapshot") {
+		t.Fatalf("GET dump?at=%d: %d %s", first, resp.StatusCode, body)
+	}
+	t.Logf("GET dump?at=%d: %d %s", first, resp.StatusCode, bytes.TrimSpace(body))
 }
