@@ -197,17 +197,34 @@ func (h *harness) explainTags(rows rowSet) string {
 			continue
 		}
 		var repo, name string
-		var end sql.NullInt64
-		if err := h.reg.DB().QueryRow(`SELECT repo, name, lifetime_end FROM tag WHERE id = ?`, id).Scan(&repo, &name, &end); err != nil {
+		if err := h.reg.DB().QueryRow(`SELECT repo, name FROM tag WHERE id = ?`, id).Scan(&repo, &name); err != nil {
 			h.t.Fatal(err)
 		}
-		ref := events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: name}
-		ni, ok, err := h.proj.Get(ref)
-		l, _, err2 := h.proj.TagLifeOf(ref)
-		out += fmt.Sprintf("\n%s: lifetime_end %v (now %v); refgc: node %v %+v, life %+v %v %v", k, time.UnixMilli(end.Int64).UTC(),
-			h.now().UTC(), ok, ni, l, err, err2)
+		out += "\n" + k + ": " + h.explainTag(repo, name)
 	}
 	return out
+}
+
+// explainTag says what the registry and refgc know of a tag.
+func (h *harness) explainTag(repo, name string) string {
+	out := fmt.Sprintf(" (now %v)", h.now().UTC())
+	rows, err := h.reg.DB().Query(`SELECT id, lifetime_start, lifetime_end FROM tag WHERE repo = ? AND name = ?`, repo, name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, start int64
+		var end sql.NullInt64
+		if err := rows.Scan(&id, &start, &end); err != nil {
+			h.t.Fatal(err)
+		}
+		out += fmt.Sprintf("\n  row %d: lifetime %v to %v", id, time.UnixMilli(start).UTC(), time.UnixMilli(end.Int64).UTC())
+	}
+	ref := events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: name}
+	ni, ok, err := h.proj.Get(ref)
+	l, _, err2 := h.proj.TagLifeOf(ref)
+	return out + fmt.Sprintf("\n  refgc: node %v %+v, life %+v %v %v", ok, ni, l, err, err2)
 }
 
 func mustCheck(t testing.TB, p *refcount.Projection) []refcount.Mismatch {

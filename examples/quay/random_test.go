@@ -221,7 +221,7 @@ func (g *generator) restore(repo string) {
 	g.ops["restore"]++
 	g.must(g.h.faults.release(g.ctx, true))
 	if _, err := g.h.col.RestoreTag(g.ctx, repo, name); err != nil {
-		g.t.Fatalf("restore %s:%s from the time machine: %v", repo, name, err)
+		g.t.Fatalf("restore %s:%s from the time machine: %v%s", repo, name, err, g.h.explainTag(repo, name))
 	}
 	if !g.pick(`SELECT name FROM tag WHERE repo = ? AND name = ? AND lifetime_end IS NULL`, []any{repo, name}, &name) {
 		g.t.Fatalf("restore %s:%s: the registry's tag is not current", repo, name)

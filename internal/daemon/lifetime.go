@@ -49,6 +49,12 @@ func (d *Daemon) RestoreTag(ctx context.Context, repo, tag string) (collector.Re
 	return d.col.RestoreTag(ctx, repo, tag)
 }
 
+// ErrOwnedRepository is returned by Purge for a repository whose tags a
+// database owner keeps: a repository.deleted from refgc would change
+// refgc's graph only, and the owner would answer every deletion in use.
+var ErrOwnedRepository = errors.New("daemon: the repository's tags are kept in its registry's database: " +
+	"purge it in that registry, which publishes repository.deleted")
+
 // PurgePlan is what a purge of a repository removes: its present tags at
 // once (into the time machine, if the repository has a window), then, as
 // garbage after the grace, its revisions and layer links; the blob data
@@ -64,6 +70,9 @@ type PurgePlan struct {
 	// Event is the id of the repository.deleted event published (none in
 	// a dry run).
 	Event string `json:"event,omitempty"`
+	// Owner is the source whose database owns the repository's tags, if
+	// any: such a repository is purged in that registry.
+	Owner string `json:"owner,omitempty"`
 }
 
 // Purge removes a repository online: it publishes a repository.deleted
@@ -88,11 +97,17 @@ func (d *Daemon) Purge(ctx context.Context, repo string, dryRun bool) (PurgePlan
 	err = d.proj.ForEach(func(ni refcount.NodeInfo) error {
 		if ni.Node.Kind == events.NodeTag && ni.Node.Repo == repo && ni.Present {
 			plan.Tags = append(plan.Tags, ni.Node.Name)
+			if d.ownedBy(ni.Origin, events.NodeTag) {
+				plan.Owner = ni.Origin
+			}
 		}
 		return nil
 	})
 	if err != nil || dryRun {
 		return plan, err
+	}
+	if plan.Owner != "" {
+		return plan, fmt.Errorf("%w (%s, source %s)", ErrOwnedRepository, repo, plan.Owner)
 	}
 	now := d.now().UTC()
 	ev := events.Event{V: events.Version, ID: "purge-" + strconv.FormatInt(now.UnixNano(), 36), Time: now,
@@ -248,7 +263,11 @@ func (d *Daemon) purge(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	dry, _ := strconv.ParseBool(q.Get("dry_run"))
 	plan, err := d.Purge(r.Context(), q.Get("repo"), dry)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrOwnedRepository):
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	case err != nil:
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/refgc/refgc/collector"
@@ -76,12 +77,11 @@ func (d *Daemon) owners() (map[string]collector.OwnerRoute, error) {
 // ownedBy reports whether an owner deletes the nodes of kind that origin
 // stated (the collector's routing, from the configuration alone).
 func (d *Daemon) ownedBy(origin string, kind events.NodeKind) bool {
-	for _, o := range d.cfg.Owners {
-		if o.Source == origin {
-			return len(o.Kinds) == 0 || slices.Contains(o.Kinds, kind)
-		}
+	i := slices.IndexFunc(d.cfg.Owners, func(o OwnerConfig) bool { return o.Source == origin })
+	if name, _, instance := strings.Cut(origin, ":"); i < 0 && instance {
+		i = slices.IndexFunc(d.cfg.Owners, func(o OwnerConfig) bool { return o.Source == name }) // "quay:replica-1"
 	}
-	return false
+	return i >= 0 && (len(d.cfg.Owners[i].Kinds) == 0 || slices.Contains(d.cfg.Owners[i].Kinds, kind))
 }
 
 // validateOwnersOnly checks that a collector without storage has an owner

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -108,6 +109,13 @@ func TestOwnersOnly(t *testing.T) {
 		return err == nil && len(ps) > 0
 	})
 
+	post(events.Event{ID: "p-6", Time: at, Kind: events.TagSet, Tag: &events.Tag{Repo: "other", Name: "v1", Digest: m}})
+	regtest.WaitFor(t, "a tag of another repository", func() bool {
+		return node(events.NodeRef{Kind: events.NodeTag, Repo: "other", Name: "v1"})
+	})
+	if _, err := e.d.Purge(context.Background(), "other", false); !errors.Is(err, daemon.ErrOwnedRepository) {
+		t.Fatalf("refgc purged a repository its owner keeps: %v", err)
+	}
 	if got, err := e.d.RestoreTag(context.Background(), "app", "v1"); err != nil || got.Manifest != mref {
 		t.Fatalf("restore through the owner: %+v %v", got, err)
 	}
