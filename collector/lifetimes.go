@@ -276,7 +276,7 @@ func (c *Collector) RestoreTag(ctx context.Context, repo, tag string) (Restored,
 	if err != nil {
 		return Restored{}, err
 	}
-	if !ok || !life.InTimeMachine() {
+	if !ok || !life.InTimeMachine() || life.Digest == "" {
 		return c.restoreTagFromTrash(ctx, ref)
 	}
 	mref := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: life.Digest}

@@ -134,6 +134,7 @@ func appendUnique(es []edge, e edge) []edge {
 func (t *txn) tagSet(repo, tag string, d digest.Digest, expires time.Time) {
 	k := tagKey(repo, tag)
 	if !t.tagNewer(k) {
+		t.lateTarget(k, repo, d)
 		return
 	}
 	t.revive(k) // a tag the collector removed, stated again: re-link it
@@ -172,7 +173,11 @@ func (t *txn) tagSet(repo, tag string, d digest.Digest, expires time.Time) {
 
 func (t *txn) tagDeleted(repo, tag string) {
 	k := tagKey(repo, tag)
-	if !t.tagNewer(k) || !t.exists(k) {
+	if !t.tagNewer(k) {
+		return
+	}
+	if !t.exists(k) {
+		t.deletedUnseen(k, repo, tag)
 		return
 	}
 	t.bury(k)

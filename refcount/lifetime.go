@@ -177,6 +177,47 @@ func (t *txn) removeTag(k []byte, n *node, reason string) {
 	t.setPresent(k, n, false)
 }
 
+// deletedUnseen applies the deletion of a tag the projection never saw
+// set (its tag.set is late: delivery reordered them). With a window, the
+// tag enters the time machine with its target unknown, so that the late
+// tag.set, refused as older than the deletion, can name what it holds
+// (lateTarget), and its owner is asked about it when the window ends.
+func (t *txn) deletedUnseen(k []byte, repo, tag string) {
+	w := t.p.TimeMachineWindow(repo)
+	if w <= 0 {
+		return
+	}
+	n := t.get(k)
+	n.setFlag(flagRetained, true)
+	t.setTagLife(k, &TagLife{Repo: repo, Tag: tag, Removed: time.Unix(0, t.now).UTC(),
+		Until: time.Unix(0, t.now).Add(w).UTC(), Reason: TagDeleted})
+	t.named(k, n)
+	t.stated(k, n)
+	t.setPresent(k, n, false)
+}
+
+// lateTarget applies a tag.set older than the tag's last change to a tag
+// in the time machine whose target is unknown (deletedUnseen): the tag
+// held that manifest when it was deleted, and holds it until the window
+// ends.
+func (t *txn) lateTarget(k []byte, repo string, d digest.Digest) {
+	if !t.exists(k) {
+		return
+	}
+	l := t.tagLife(k)
+	if l == nil || !l.InTimeMachine() || l.Digest != "" {
+		return
+	}
+	n := t.get(k)
+	mk := manifestKey(repo, d)
+	t.revive(mk)
+	t.put(t.nodes, subKey(mk, subHistory, k), []byte{histDeleted})
+	t.setDecl(k, n, []edge{{edgeTag, mk}})
+	l.Digest = d
+	t.setTagLife(k, l)
+	t.named(k, n)
+}
+
 // releaseTag ends a removed tag's stay in the time machine: it forgets the
 // tag and releases its manifest.
 func (t *txn) releaseTag(k []byte, n *node) {

@@ -196,3 +196,31 @@ func TestLateTagSetAfterPurge(t *testing.T) {
 		t.Fatalf("a tag set after the purge is due: %+v", d)
 	}
 }
+
+// TestDeleteBeforeSet: a tag's deletion delivered before its tag.set puts
+// the tag in the time machine, and the late tag.set names the manifest
+// it holds there until the window ends.
+func TestDeleteBeforeSet(t *testing.T) {
+	f := newFixture(t, Options{Grace: time.Hour, TimeMachine: 2 * time.Hour})
+	f.apply(pushM("app", "m", "", nil, nil, ""))
+	del := delT("app", "v1")
+	del.Time = t0.Add(time.Minute)
+	f.apply(del)
+	tm, err := f.p.TimeMachine("app")
+	if err != nil || len(tm) != 1 || tm[0].Digest != "" || !tm[0].Until.Equal(del.Time.Add(2*time.Hour)) {
+		t.Fatalf("an unseen tag's deletion: %+v %v", tm, err)
+	}
+	late := setT("app", "v1", "m")
+	late.Time = t0
+	f.apply(late)
+	f.expect(tagN("app", "v1"), 0, false)
+	f.expect(manN("app", "m"), 1, true)
+	if l, ok, _ := f.p.TagLifeOf(tagN("app", "v1")); !ok || l.Digest != dg("m") {
+		t.Fatalf("the late tag.set did not name the held manifest: %+v", l)
+	}
+	f.check()
+	d := f.due(del.Time.Add(2 * time.Hour))
+	if len(d) != 1 || !d[0].Release {
+		t.Fatalf("due at the window's end: %+v", d)
+	}
+}
