@@ -3,7 +3,9 @@
 // their blobs and labels, legacy images with their parents, storage and
 // derived storage) in SQLite, publishes refgc's native events to
 // JetStream on every write, and serves the deletion service through which
-// refgc's collector asks it to delete what nothing references any more.
+// refgc's collector asks it to delete what nothing references any more
+// (tags whose time machine window ended among it), and the restore service
+// through which `refgc restore REPO:TAG` brings a tag back.
 //
 // Read it in this order: schema.go (the tables), registry.go (the writes:
 // each one changes the tables and writes the events that state the change
@@ -21,7 +23,12 @@
 //     label changes by them.
 //   - The owner deletes a row only when the rules of gc.py call it garbage
 //     in the same transaction; otherwise it answers in_use with the
-//     statements of what holds it.
+//     statements of what holds it (or refused, for what a tag still in
+//     its time machine window holds).
+//   - A tag's lifetime ends (lifetime_end) when it is deleted, expires or
+//     its repository is purged; the row stays for the repository's time
+//     machine window (Config.TimeMachine, the same as refgc's), holding
+//     its manifest and restorable, and is deleted only when refgc asks.
 package quay
 
 import (
