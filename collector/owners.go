@@ -21,6 +21,14 @@ package collector
 // projection holds the object again. Owned nodes skip the storage check
 // (the owner checks use in its own transaction, which is the stronger
 // check) and have nothing in storage to heal or to put back.
+//
+// Owned tags are the owner's rows: their lifetimes follow the owner's
+// (lifetimes.go), and RestoreTag asks the owner to restore one (an Owner
+// that is also a Restorer), publishing the tag.set it answers with.
+//
+// Without Storage (every object owned), candidates that no owner takes
+// are refused (RefuseNoOwner) before any intent, except labels and legacy
+// images, which are bookkeeping only.
 
 import (
 	"context"
