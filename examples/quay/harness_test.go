@@ -345,6 +345,13 @@ func (c *countingOwner) Delete(ctx context.Context, items []owner.Item) ([]owner
 	return res, err
 }
 
+// count is how many answers had status.
+func (c *countingOwner) count(status owner.Status) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[status]
+}
+
 func (c *countingOwner) Restore(ctx context.Context, items []owner.Item) ([]owner.Result, error) {
 	return c.next.Restore(ctx, items)
 }

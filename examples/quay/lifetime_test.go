@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/owner"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/examples/quay"
 )
@@ -79,12 +80,12 @@ func TestQuayLifetimes(t *testing.T) {
 		if tagRows("app", "nightly") != 1 || !manifest("app", exp) {
 			t.Fatal("the time machine did not hold the deleted tag's row and manifest")
 		}
-		before := h.owner.n["deleted"]
+		before := h.owner.count(owner.StatusDeleted)
 		step(90 * time.Minute) // the window ended 30 minutes ago
 		if tagRows("app", "nightly") != 0 || inTimeMachine("app", "nightly") {
 			t.Fatal("the tag row stayed after its window")
 		}
-		if h.owner.n["deleted"] == before {
+		if h.owner.count(owner.StatusDeleted) == before {
 			t.Fatal("the owner was not asked to delete the tag row")
 		}
 		h.drain()
