@@ -2,6 +2,10 @@ package eventlog_test
 
 import (
 	"context"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,7 +17,7 @@ import (
 )
 
 func TestLeaderTakeover(t *testing.T) {
-	for _, how := range []string{"stops", "crashes"} {
+	for _, how := range []string{"stops", "crashes", "hangs"} {
 		t.Run("the leader "+how, func(t *testing.T) {
 			emb, err := eventlog.StartEmbedded(eventlog.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1})
 			if err != nil {
@@ -26,9 +30,15 @@ func TestLeaderTakeover(t *testing.T) {
 				stop context.CancelFunc
 				done chan struct{}
 			}
+			var gate *frozenProxy // a's way to the server, when it hangs
 			start := func(id string) inst {
 				t.Helper()
-				nc, err := eventlog.Connect(emb.ClientURL(), eventlog.ConnectOptions{})
+				url := emb.ClientURL()
+				if how == "hangs" && id == "a" {
+					gate = newFrozenProxy(t, url)
+					url = gate.URL()
+				}
+				nc, err := eventlog.Connect(url, eventlog.ConnectOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -61,11 +71,91 @@ func TestLeaderTakeover(t *testing.T) {
 			if how == "stops" {
 				a.stop() // gives the key up on its way out
 				<-a.done
-			} else {
+			} else if how == "crashes" {
 				a.nc.Close() // cut off: its renewals fail, the key expires
+			} else {
+				gate.freeze() // its renewals hang: no answer, no error
 			}
-			waitFor("a to step down", func() bool { return !a.l.IsLeader() })
-			waitFor("b to take over", b.l.IsLeader)
+			waitFor("b to take over", func() bool {
+				if a.l.IsLeader() && b.l.IsLeader() {
+					t.Fatal("two leaders")
+				}
+				return b.l.IsLeader()
+			})
+			if a.l.IsLeader() {
+				t.Fatal("two leaders")
+			}
 		})
+	}
+}
+
+// frozenProxy forwards TCP connections to a server until frozen; then it
+// forwards nothing more and closes nothing, as a server that hangs.
+type frozenProxy struct {
+	ln     net.Listener
+	frozen atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newFrozenProxy(t *testing.T, serverURL string) *frozenProxy {
+	t.Helper()
+	target, err := url.Parse(serverURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &frozenProxy{ln: ln}
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target.Host)
+			if err != nil {
+				c.Close()
+				return
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go p.pipe(c, s)
+			go p.pipe(s, c)
+		}
+	}()
+	return p
+}
+
+func (p *frozenProxy) URL() string { return "nats://" + p.ln.Addr().String() }
+
+func (p *frozenProxy) freeze() { p.frozen.Store(true) }
+
+// pipe copies from src to dst while not frozen; once frozen, what it read
+// is dropped and nothing more is written.
+func (p *frozenProxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		if p.frozen.Load() {
+			continue
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
 	}
 }
