@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,15 +24,6 @@ import (
 
 var reclaimSizes = flag.String("reclaim.manifests", "2000,20000",
 	"registry sizes (manifests, 100 per repository) of BenchmarkReclaimOne, comma-separated")
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkReclaimOne measures the cost of reclaiming one deleted tag: a
 // registry of N manifests in Distribution's layout (100 a repository, each
@@ -136,7 +126,7 @@ func reclaimOne(b *testing.B, n int) {
 	}
 
 	// Baseline first, on the storage as it stands after the delete.
-	ops0, cpu0 := drv.Ops.Load(), cpuTime(b)
+	ops0, cpu0 := drv.Ops.Load(), regtest.CPUTime(b)
 	reg, err := storage.NewRegistry(ctx, drv)
 	if err != nil {
 		b.Fatal(err)
@@ -144,10 +134,10 @@ func reclaimOne(b *testing.B, n int) {
 	if err := storage.MarkAndSweep(ctx, drv, reg, storage.GCOpts{DryRun: true, RemoveUntagged: true, Quiet: true}); err != nil {
 		b.Fatal(err)
 	}
-	msOps, msCPU := drv.Ops.Load()-ops0, cpuTime(b)-cpu0
+	msOps, msCPU := drv.Ops.Load()-ops0, regtest.CPUTime(b)-cpu0
 
 	b.StartTimer()
-	ops0, cpu0 = drv.Ops.Load(), cpuTime(b)
+	ops0, cpu0 = drv.Ops.Load(), regtest.CPUTime(b)
 	clock = clock.Add(time.Minute)
 	if err := log.Publish(ctx, []events.Event{{ID: "reclaim-tag-delete", Kind: events.TagDeleted, Time: clock,
 		Tag: &events.Tag{Repo: repo, Name: "v0"}}}); err != nil {
@@ -160,7 +150,7 @@ func reclaimOne(b *testing.B, n int) {
 			b.Fatalf("pass: %+v %v", rep, err)
 		}
 	}
-	gcOps, gcCPU := drv.Ops.Load()-ops0, cpuTime(b)-cpu0
+	gcOps, gcCPU := drv.Ops.Load()-ops0, regtest.CPUTime(b)-cpu0
 	b.StopTimer()
 	if !gone() {
 		b.Fatalf("the deleted image's content is still on disk after %d passes", passes)

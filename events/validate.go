@@ -46,6 +46,97 @@ var (
 	reasonRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 )
 
+// The matchers below are the regular expressions above written out by
+// hand: events are validated once each on the ingest path, where the
+// regexp engine cost more than applying them. The regular expressions
+// stay as their definition; TestMatchersAgreeWithRegexps holds the two
+// equal.
+
+func alnumLower(b byte) bool { return 'a' <= b && b <= 'z' || '0' <= b && b <= '9' }
+
+func alnumAny(b byte) bool { return alnumLower(b) || 'A' <= b && b <= 'Z' }
+
+// matchRepo is repoRE: components of [a-z0-9]+ joined by ".", "_", "__"
+// or runs of "-", separated by "/"; that is, runs of [a-z0-9]+ each
+// separated from the next by one of those or "/".
+func matchRepo(s string) bool {
+	i := 0
+	for {
+		start := i
+		for i < len(s) && alnumLower(s[i]) {
+			i++
+		}
+		if i == start {
+			return false
+		}
+		if i == len(s) {
+			return true
+		}
+		switch s[i] {
+		case '.', '/':
+			i++
+		case '_':
+			i++
+			if i < len(s) && s[i] == '_' {
+				i++
+			}
+		case '-':
+			for i < len(s) && s[i] == '-' {
+				i++
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// matchTag is tagRE.
+func matchTag(s string) bool { return matchName(s, 128, "_.-") }
+
+// matchID is idRE.
+func matchID(s string) bool { return matchName(s, 255, "_.:=-") }
+
+// matchName: a first character in [A-Za-z0-9_], then up to max-1 in
+// [A-Za-z0-9] or extra.
+func matchName(s string, max int, extra string) bool {
+	if len(s) == 0 || len(s) > max || !(alnumAny(s[0]) || s[0] == '_') {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if !alnumAny(s[i]) && strings.IndexByte(extra, s[i]) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// canonicalDigest reports whether s is a sha256, sha384 or sha512 digest
+// in go-digest's canonical form (lower-case hex of the algorithm's
+// length): what digest.Parse accepts for those algorithms. Anything else
+// goes through go-digest itself.
+func canonicalDigest(s string) bool {
+	var n int
+	switch {
+	case strings.HasPrefix(s, "sha256:"):
+		n = 64
+	case strings.HasPrefix(s, "sha384:"):
+		n = 96
+	case strings.HasPrefix(s, "sha512:"):
+		n = 128
+	default:
+		return false
+	}
+	if len(s) != 7+n {
+		return false
+	}
+	for i := 7; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // MaxRepoLength is the longest repository name the grammar allows.
 const MaxRepoLength = 255
 
@@ -56,7 +147,7 @@ func ValidateRepo(name string) error {
 		return errors.New("empty repository name")
 	case len(name) > MaxRepoLength:
 		return fmt.Errorf("repository name longer than %d characters", MaxRepoLength)
-	case !repoRE.MatchString(name):
+	case !matchRepo(name):
 		return fmt.Errorf("repository name %q does not match the reference grammar", clip(name))
 	}
 	return nil
@@ -64,7 +155,7 @@ func ValidateRepo(name string) error {
 
 // ValidateTag checks a tag name against the reference grammar.
 func ValidateTag(name string) error {
-	if !tagRE.MatchString(name) {
+	if !matchTag(name) {
 		return fmt.Errorf("tag %q does not match the reference grammar", clip(name))
 	}
 	return nil
@@ -75,6 +166,9 @@ func ValidateTag(name string) error {
 func ValidateDigest(d digest.Digest) error {
 	if d == "" {
 		return errors.New("empty digest")
+	}
+	if canonicalDigest(string(d)) {
+		return nil
 	}
 	p, err := digest.Parse(string(d))
 	if err != nil {
@@ -98,7 +192,7 @@ func ValidEventID(s string) bool {
 }
 
 func validateID(s string) error {
-	if !idRE.MatchString(s) {
+	if !matchID(s) {
 		return fmt.Errorf("identifier %q has characters outside [A-Za-z0-9_.:=-] or is too long", clip(s))
 	}
 	return nil
@@ -148,6 +242,16 @@ func (c *checker) mediaType(field, v string) {
 func (c *checker) descriptor(field string, d Descriptor) {
 	c.digest(field+".digest", d.Digest)
 	c.size(field+".size", d.Size)
+}
+
+// descriptors checks a list of descriptors, naming a bad one by its index
+// (the field names are only formatted for a bad one).
+func (c *checker) descriptors(field string, ds []Descriptor) {
+	for i, d := range ds {
+		if ValidateDigest(d.Digest) != nil || d.Size < 0 {
+			c.descriptor(fmt.Sprintf("%s[%d]", field, i), d)
+		}
+	}
 }
 
 func (c *checker) node(field string, n NodeRef) {
@@ -223,12 +327,8 @@ func (e *Event) Validate() error {
 			c.digest("manifest.digest", m.Digest)
 			c.mediaType("manifest.mediaType", m.MediaType)
 			c.size("manifest.size", m.Size)
-			for i, d := range m.Blobs {
-				c.descriptor(fmt.Sprintf("manifest.blobs[%d]", i), d)
-			}
-			for i, d := range m.Children {
-				c.descriptor(fmt.Sprintf("manifest.children[%d]", i), d)
-			}
+			c.descriptors("manifest.blobs", m.Blobs)
+			c.descriptors("manifest.children", m.Children)
 			if m.Subject != nil {
 				c.descriptor("manifest.subject", *m.Subject)
 			}

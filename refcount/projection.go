@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -95,8 +97,7 @@ func Open(path string, opts Options) (*Projection, error) {
 	if opts.Untagged != PolicyDelete && opts.Untagged != PolicyKeep {
 		return nil, fmt.Errorf("refcount: unknown untagged policy %q (want delete or keep)", opts.Untagged)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, NoSync: opts.NoSync,
-		ReadOnly: opts.ReadOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	db, err := bolt.Open(path, 0o600, boltOptions(opts))
 	if err != nil {
 		return nil, fmt.Errorf("refcount: open %s: %w", path, err)
 	}
@@ -118,6 +119,12 @@ func Open(path string, opts Options) (*Projection, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// boltOptions are the bbolt options of a projection file.
+func boltOptions(opts Options) *bolt.Options {
+	return &bolt.Options{Timeout: opts.Timeout, NoSync: opts.NoSync,
+		ReadOnly: opts.ReadOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
 }
 
 func (p *Projection) init(tx *bolt.Tx) error {
@@ -186,10 +193,10 @@ func (p *Projection) requeue(tx *bolt.Tx) error {
 		if err != nil {
 			return err
 		}
-		t.orig[string(k)] = n.clone()
+		e := &entry{key: string(k), n: n, orig: n.clone(), dirty: true}
 		n.queuedAt = 0
-		t.cache[string(k)] = n
-		t.dirty[string(k)] = struct{}{}
+		t.cache[e.key] = e
+		t.dirty = append(t.dirty, e)
 		return nil
 	})
 	if err != nil {
@@ -289,18 +296,18 @@ func (p *Projection) Apply(batch []events.Record) (Result, error) {
 }
 
 // txn is one write transaction's working set: node records are decoded
-// once, changed in memory, and written back by flush.
+// once, changed in memory, and written back by flush, in key order.
 type txn struct {
 	p     *Projection
 	tx    *bolt.Tx
 	nodes *bolt.Bucket
 	queue *bolt.Bucket
-	cache map[string]*node
-	dirty map[string]struct{}
-	// orig holds each cached node as its record stood when read (nil: no
-	// record), and delta what the transaction changed of the counts.
-	orig  map[string]*node
-	delta counts
+	// nc is the transaction's cursor on nodes/, kept for lookups: a
+	// bucket's Get makes a new cursor each time.
+	nc    *bolt.Cursor
+	cache map[string]*entry
+	dirty []*entry // the changed entries, each once
+	delta counts   // what the transaction changed of the counts
 	// sources caches the delivery state of the batch's sources.
 	sources map[string]*SourceState
 	// purged caches purges/ by repository.
@@ -314,15 +321,37 @@ type txn struct {
 	err     error
 }
 
+// entry is one node of the working set.
+type entry struct {
+	key string
+	n   *node
+	// orig is the node as its record stood when read (nil: no record).
+	orig  *node
+	dirty bool
+}
+
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {
 	return &txn{p: p, tx: tx, nodes: tx.Bucket(bucketNodes), queue: tx.Bucket(bucketQueue),
-		cache: make(map[string]*node), dirty: make(map[string]struct{}), sources: make(map[string]*SourceState),
-		orig: make(map[string]*node), delta: newCounts(), purged: make(map[string]int64)}
+		cache: make(map[string]*entry), sources: make(map[string]*SourceState),
+		delta: newCounts(), purged: make(map[string]int64)}
+}
+
+// lookup reads key k of nodes/ through the transaction's cursor.
+func (t *txn) lookup(k []byte) (v []byte, ok bool) {
+	if t.nc == nil {
+		t.nc = t.nodes.Cursor()
+	}
+	kk, v := t.nc.Seek(k)
+	if kk == nil || !bytes.Equal(kk, k) {
+		return nil, false
+	}
+	return v, true
 }
 
 // get returns the node record for k, a new empty one if there is none.
 func (t *txn) get(k []byte) *node {
-	if n, ok := t.cache[string(k)]; ok {
+	if e, ok := t.cache[string(k)]; ok {
+		n := e.n
 		if n.alive() || n.active() {
 			return n
 		}
@@ -333,22 +362,32 @@ func (t *txn) get(k []byte) *node {
 		*n = node{queuedAt: n.queuedAt}
 		return n
 	}
-	n := &node{}
-	var orig *node
-	if v := t.nodes.Get(k); v != nil {
+	e := &entry{key: string(k), n: &node{}}
+	if v, ok := t.lookup(k); ok {
 		d, err := decodeNode(v)
 		if err != nil {
 			t.fail(fmt.Errorf("node %q: %w", k, err))
 		} else {
-			n, orig = d, d.clone()
+			e.n, e.orig = d, d.clone()
 		}
 	}
-	t.cache[string(k)] = n
-	t.orig[string(k)] = orig
-	return n
+	t.cache[e.key] = e
+	return e.n
 }
 
-// exists reports whether k has a record (or a pending one in the cache).
+// markDirty adds k's entry, which get has cached, to the nodes flush writes.
+func (t *txn) markDirty(k []byte) {
+	e := t.cache[string(k)]
+	if e == nil {
+		t.get(k)
+		e = t.cache[string(k)]
+	}
+	if !e.dirty {
+		e.dirty = true
+		t.dirty = append(t.dirty, e)
+	}
+}
+
 // exists reports whether k has a record; the record stays cached for get.
 func (t *txn) exists(k []byte) bool {
 	n := t.get(k)
@@ -368,7 +407,7 @@ func (t *txn) touch(k []byte, n *node) {
 	} else if n.zeroSince == 0 {
 		n.zeroSince = t.now
 	}
-	t.dirty[string(k)] = struct{}{}
+	t.markDirty(k)
 }
 
 func (t *txn) named(k []byte, n *node) {
@@ -406,7 +445,7 @@ func (t *txn) del(b *bolt.Bucket, k []byte) {
 // addEdge records from → to and counts it.
 func (t *txn) addEdge(from, to []byte, kind byte) {
 	k := subKey(to, subIn, from)
-	if t.nodes.Get(k) != nil {
+	if _, ok := t.lookup(k); ok {
 		return
 	}
 	t.put(t.nodes, k, []byte{kind})
@@ -419,7 +458,7 @@ func (t *txn) addEdge(from, to []byte, kind byte) {
 // removeEdge removes from → to and uncounts it.
 func (t *txn) removeEdge(from, to []byte) {
 	k := subKey(to, subIn, from)
-	if t.nodes.Get(k) == nil {
+	if _, ok := t.lookup(k); !ok {
 		return
 	}
 	t.del(t.nodes, k)
@@ -581,9 +620,12 @@ func (t *txn) flush() error {
 	if t.err != nil {
 		return t.err
 	}
-	for ks := range t.dirty {
-		k := []byte(ks)
-		n := t.cache[ks]
+	// In key order: the commit is the same for the same batch, and
+	// neighbouring keys share their pages' descent.
+	slices.SortFunc(t.dirty, func(a, b *entry) int { return strings.Compare(a.key, b.key) })
+	for _, e := range t.dirty {
+		k := []byte(e.key)
+		n := e.n
 		var want int64
 		if n.present() && n.count == 0 && !t.isRoot(k, n) {
 			want = t.p.eligibleAt(k, n)
@@ -603,7 +645,7 @@ func (t *txn) flush() error {
 			}
 			n.queuedAt = want
 		}
-		t.delta.node(k, t.orig[ks], -1)
+		t.delta.node(k, e.orig, -1)
 		if !n.alive() && !n.active() {
 			t.del(t.nodes, k)
 		} else {
@@ -611,9 +653,8 @@ func (t *txn) flush() error {
 			t.delta.node(k, n, 1)
 		}
 	}
-	clear(t.dirty)
+	t.dirty = t.dirty[:0]
 	clear(t.cache)
-	clear(t.orig)
 	t.flushSources()
 	if t.err == nil {
 		if err := addCounts(t.tx, t.delta); err != nil {

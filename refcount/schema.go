@@ -282,11 +282,17 @@ func appendDigest(b []byte, d digest.Digest) []byte {
 		if code == 0 || d.Algorithm() != alg {
 			continue
 		}
-		raw, err := hex.DecodeString(d.Encoded())
-		if err == nil && len(raw) == digestLens[code] {
-			b = append(b, byte(code))
-			return append(b, raw...)
+		enc := d.Encoded()
+		if len(enc) != 2*digestLens[code] {
+			continue
 		}
+		n := len(b)
+		b = append(b, byte(code))
+		b = append(b, make([]byte, digestLens[code])...)
+		if _, err := hex.Decode(b[n+1:], []byte(enc)); err == nil {
+			return b
+		}
+		b = b[:n]
 	}
 	b = append(b, digestText, byte(len(d)))
 	return append(b, d...)
