@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -121,10 +122,22 @@ func Open(path string, opts Options) (*Projection, error) {
 	return p, nil
 }
 
+// initialMmapSize is the address space a projection file is mapped with
+// from the start (on 64-bit platforms), as etcd's backend does: while the
+// file is smaller, a commit that grows it does not remap it, which would
+// copy every key and value the transaction holds out of the old mapping
+// and wait for every open read transaction to end. A larger file is
+// mapped as bbolt always does. It reserves address space, not memory.
+const initialMmapSize = 1 << 30
+
 // boltOptions are the bbolt options of a projection file.
 func boltOptions(opts Options) *bolt.Options {
-	return &bolt.Options{Timeout: opts.Timeout, NoSync: opts.NoSync,
+	o := &bolt.Options{Timeout: opts.Timeout, NoSync: opts.NoSync,
 		ReadOnly: opts.ReadOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType}
+	if strconv.IntSize == 64 {
+		o.InitialMmapSize = initialMmapSize
+	}
+	return o
 }
 
 func (p *Projection) init(tx *bolt.Tx) error {
@@ -442,14 +455,18 @@ func (t *txn) del(b *bolt.Bucket, k []byte) {
 	}
 }
 
-// addEdge records from → to and counts it.
+// addEdge records from → to and counts it. A node's count is the number of
+// its in/ entries (Check holds them equal), so a node whose count is zero
+// has none, and only a held node needs the lookup.
 func (t *txn) addEdge(from, to []byte, kind byte) {
+	n := t.get(to)
 	k := subKey(to, subIn, from)
-	if _, ok := t.lookup(k); ok {
-		return
+	if n.count > 0 {
+		if _, ok := t.lookup(k); ok {
+			return
+		}
 	}
 	t.put(t.nodes, k, []byte{kind})
-	n := t.get(to)
 	n.count++
 	t.touch(to, n)
 	t.refresh(to, n)
@@ -457,15 +474,16 @@ func (t *txn) addEdge(from, to []byte, kind byte) {
 
 // removeEdge removes from → to and uncounts it.
 func (t *txn) removeEdge(from, to []byte) {
+	n := t.get(to)
+	if n.count == 0 {
+		return
+	}
 	k := subKey(to, subIn, from)
 	if _, ok := t.lookup(k); !ok {
 		return
 	}
 	t.del(t.nodes, k)
-	n := t.get(to)
-	if n.count > 0 {
-		n.count--
-	}
+	n.count--
 	t.touch(to, n)
 	t.refresh(to, n)
 }
