@@ -53,28 +53,63 @@ func (p *Projection) ForEachBlobIn(alg digest.Algorithm, hexPrefix string, fn fu
 	return nil // no key of this package has that algorithm in raw form
 }
 
+// ForEachExcept is ForEachIn(kind, "", fn) without the repositories that
+// skip names: their nodes are passed over by seeking past them, unread.
+// A reconcile pass uses it for what its walk of each repository has not
+// judged already. Not for blobs, which have no repository.
+func (p *Projection) ForEachExcept(kind events.NodeKind, skip func(repo string) bool, fn func(NodeInfo) error) error {
+	b, ok := keyOfKind(kind)
+	if !ok || kind == events.NodeBlob {
+		return fmt.Errorf("refcount: no repositories in node kind %q", kind)
+	}
+	return p.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketNodes).Cursor()
+		for k, v := c.Seek([]byte{b}); k != nil && k[0] == b; {
+			i := bytes.IndexByte(k, 0)
+			if i < 0 {
+				return fmt.Errorf("%w: node key %q", ErrCorrupt, k)
+			}
+			if skip(string(k[1:i])) {
+				// Every key of the repository starts with kind, repo, 0x00.
+				k, v = c.Seek(append(bytes.Clone(k[:i]), 1))
+				continue
+			}
+			if err := p.visit(tx, k, v, fn); err != nil {
+				return err
+			}
+			k, v = c.Next()
+		}
+		return nil
+	})
+}
+
 // forEachPrefix calls fn for the node records whose key starts with prefix.
 func (p *Projection) forEachPrefix(prefix []byte, fn func(NodeInfo) error) error {
 	return p.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketNodes).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			if isSub(k) {
-				continue
-			}
-			n, err := decodeNode(v)
-			if err != nil {
-				return err
-			}
-			ni, err := p.info(tx, k, n)
-			if err != nil {
-				return err
-			}
-			if err := fn(ni); err != nil {
+			if err := p.visit(tx, k, v, fn); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+// visit calls fn for the node record k, v (nothing for a sub-key).
+func (p *Projection) visit(tx *bolt.Tx, k, v []byte, fn func(NodeInfo) error) error {
+	if isSub(k) {
+		return nil
+	}
+	n, err := decodeNode(v)
+	if err != nil {
+		return err
+	}
+	ni, err := p.info(tx, k, n)
+	if err != nil {
+		return err
+	}
+	return fn(ni)
 }
 
 // keyOfKind is the key kind byte of a node kind (the inverse of kindOfKey).

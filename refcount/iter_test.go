@@ -27,6 +27,11 @@ func TestForEachIn(t *testing.T) {
 	in := func(kind events.NodeKind, repo string) func(fn func(NodeInfo) error) error {
 		return func(fn func(NodeInfo) error) error { return f.p.ForEachIn(kind, repo, fn) }
 	}
+	except := func(kind events.NodeKind, skipped string) func(fn func(NodeInfo) error) error {
+		return func(fn func(NodeInfo) error) error {
+			return f.p.ForEachExcept(kind, func(repo string) bool { return repo == skipped }, fn)
+		}
+	}
 	for _, tc := range []struct {
 		name string
 		it   func(fn func(NodeInfo) error) error
@@ -37,6 +42,8 @@ func TestForEachIn(t *testing.T) {
 		{"manifests of a/b", in(events.NodeManifest, "a/b"), []events.NodeRef{manN("a/b", "m2")}},
 		{"layers of a", in(events.NodeLayer, "a"), sorted(layN("a", "c1"), layN("a", "l1"))},
 		{"layers of nobody", in(events.NodeLayer, "none"), nil},
+		{"tags of every repository but a/b", except(events.NodeTag, "a/b"), []events.NodeRef{tagN("a", "v1"), tagN("ab", "v3")}},
+		{"layers of every repository but a", except(events.NodeLayer, "a"), sorted(layN("a/b", "l2"), layN("ab", "l3"))},
 		{"every blob", in(events.NodeBlob, "ignored"), sorted(blobN("c1"), blobN("l1"), blobN("m1"), blobN("l2"), blobN("m2"), blobN("l3"), blobN("m3"))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -70,6 +77,9 @@ func TestForEachIn(t *testing.T) {
 	})
 	if err := f.p.ForEachIn("nonsense", "a", func(NodeInfo) error { return nil }); err == nil {
 		t.Fatal("an unknown kind was accepted")
+	}
+	if err := f.p.ForEachExcept(events.NodeBlob, func(string) bool { return false }, func(NodeInfo) error { return nil }); err == nil {
+		t.Fatal("blobs by repository were accepted")
 	}
 }
 

@@ -871,9 +871,14 @@ func (w *walk) blobData(d digest.Digest, ni *refcount.NodeInfo) {
 // blob directories it did not list at all. It runs after the walk, once
 // the intents recorded meanwhile are known.
 func (w *walk) absent() error {
-	judge := func(ni refcount.NodeInfo) {
+	if w.repos == nil { // a limited pass walked every repository it names
+		if err := w.unlisted(); err != nil {
+			return err
+		}
+	}
+	for _, ni := range w.gone {
 		if w.busy[ni.Node] {
-			return
+			continue
 		}
 		n := ni.Node
 		example := n.String()
@@ -883,32 +888,28 @@ func (w *walk) absent() error {
 		w.note(DriftMissingFromStorage, example, &fix{node: n, ev: events.Event{Kind: events.ObservedAbsent,
 			Absent: &events.Observation{Node: n, AsOf: w.asOf}}})
 	}
-	for _, ni := range w.gone {
-		judge(ni)
-	}
 	w.gone = nil
-	if w.repos != nil { // a limited pass walked every repository it names
-		return nil
-	}
-	for _, kind := range append(slices.Clone(repoKinds), events.NodeBlob) {
-		err := w.r.cfg.Projection.ForEachIn(kind, "", func(ni refcount.NodeInfo) error {
-			n := ni.Node
-			if kind == events.NodeBlob {
-				if w.dirs[blobDir(n.Digest.Algorithm(), prefixOf(n.Digest))] {
-					return nil
-				}
-			} else if w.walked[n.Repo] {
-				return nil
-			}
-			w.missing(ni)
-			return nil
-		})
-		if err != nil {
+	return nil
+}
+
+// unlisted keeps the present nodes of the repositories and blob
+// directories that storage did not list: the walk judged all others.
+func (w *walk) unlisted() error {
+	walked := func(repo string) bool { return w.walked[repo] }
+	keep := func(ni refcount.NodeInfo) error { w.missing(ni); return nil }
+	for _, kind := range repoKinds {
+		if err := w.r.cfg.Projection.ForEachExcept(kind, walked, keep); err != nil {
 			return fmt.Errorf("collector: reconcile: iterate projection: %w", err)
 		}
 	}
-	for _, ni := range w.gone {
-		judge(ni)
+	err := w.r.cfg.Projection.ForEachIn(events.NodeBlob, "", func(ni refcount.NodeInfo) error {
+		if !w.dirs[blobDir(ni.Node.Digest.Algorithm(), prefixOf(ni.Node.Digest))] {
+			w.missing(ni)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("collector: reconcile: iterate projection: %w", err)
 	}
 	return nil
 }
