@@ -48,7 +48,7 @@ func (d *droppingSink) PublishBatch(ctx context.Context, evs []events.Event) ([]
 		kept = nil
 		d.mu.Lock()
 		for _, e := range evs {
-			if eventlog.EventRepo(e) != "marker" && d.rng.Float64() < d.rate {
+			if e.Repository() != "marker" && d.rng.Float64() < d.rate {
 				d.dropped = append(d.dropped, e)
 				continue
 			}

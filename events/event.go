@@ -107,12 +107,17 @@ const (
 	// corrections (Reconciled). Repos names the repositories it walked;
 	// empty means the whole registry.
 	Reconciled Kind = "reconcile.completed"
+	// BlobHeld: a repository partition's projection states whether it
+	// holds a blob (Held): the statement a digest partition counts blob
+	// references by (refcount's Partition; docs/PARTITIONING.md). Only
+	// refgc publishes it.
+	BlobHeld Kind = "blob.held"
 )
 
 // Kinds lists every kind, in a stable order.
 var Kinds = []Kind{ManifestPushed, TagSet, TagDeleted, DigestDeleted, BlobPushed,
 	BlobMounted, Touched, RepositoryDeleted, LabelAttached, LabelDetached,
-	LegacyImageCreated, LegacyDerived, BlobObserved, ObservedAbsent, Collected, Healed, Refused, Reconciled}
+	LegacyImageCreated, LegacyDerived, BlobObserved, ObservedAbsent, Collected, Healed, Refused, Reconciled, BlobHeld}
 
 // Event is the versioned envelope. Exactly one body pointer is set, the one
 // its Kind names.
@@ -142,6 +147,7 @@ type Event struct {
 	Collected *CollectedRef   `json:"collected,omitempty"`
 	Refused   *RefusedRef     `json:"refused,omitempty"`
 	Reconcile *Reconciliation `json:"reconcile,omitempty"`
+	Held      *Holding        `json:"held,omitempty"`
 }
 
 // Descriptor names content by digest, with its media type and size.
@@ -234,6 +240,10 @@ const (
 	NodeBlob     NodeKind = "blob"
 	NodeLabel    NodeKind = "label"
 	NodeLegacy   NodeKind = "legacy"
+	// NodePartition names a repository partition (Name "r<i>") as the
+	// holder of a blob in a digest partition (refcount's Partition). It is
+	// no node of the registry: no event names one.
+	NodePartition NodeKind = "partition"
 )
 
 // NodeRef names one node of the graph. Which fields are set depends on Kind:
@@ -254,6 +264,8 @@ func (n NodeRef) String() string {
 		return "tag " + n.Repo + ":" + n.Name
 	case NodeLabel, NodeLegacy:
 		return string(n.Kind) + " " + n.Repo + "/" + n.Name
+	case NodePartition:
+		return "partition " + n.Name
 	default:
 		return string(n.Kind) + " " + n.Repo + "@" + n.Digest.String()
 	}
@@ -334,6 +346,52 @@ type Reconciliation struct {
 	AsOf uint64 `json:"asOf"`
 	// Repos are the repositories walked; empty for the whole registry.
 	Repos []string `json:"repos,omitempty"`
+	// Partition is the partition whose share was walked (refcount's
+	// Partition.String, "r0", "d1"); empty without partitioning.
+	Partition string `json:"partition,omitempty"`
+}
+
+// Holding is the body of BlobHeld: whether repository partition
+// Partition holds blob Digest as of its cursor Version. A digest partition
+// applies, per blob and partition, only a statement newer than the last
+// one it applied, so statements may arrive late, twice or out of order.
+type Holding struct {
+	Partition int           `json:"partition"`
+	Digest    digest.Digest `json:"digest"`
+	Held      bool          `json:"held"`
+	// Lease is the newest lease the partition gave the blob (a push, a
+	// mount or a pull through it), kept by the digest partition when the
+	// blob is no longer held.
+	Lease   time.Time `json:"lease,omitzero"`
+	Size    int64     `json:"size"`
+	Version uint64    `json:"version"`
+}
+
+// Repository returns the repository an event is about, or "" if it names none.
+func (e Event) Repository() string {
+	switch {
+	case e.Manifest != nil:
+		return e.Manifest.Repo
+	case e.Tag != nil:
+		return e.Tag.Repo
+	case e.Ref != nil:
+		return e.Ref.Repo
+	case e.Blob != nil:
+		return e.Blob.Repo
+	case e.Repo != nil:
+		return e.Repo.Name
+	case e.Label != nil:
+		return e.Label.Repo
+	case e.Legacy != nil:
+		return e.Legacy.Repo
+	case e.Absent != nil:
+		return e.Absent.Node.Repo
+	case e.Collected != nil:
+		return e.Collected.Node.Repo
+	case e.Refused != nil:
+		return e.Refused.Repo
+	}
+	return ""
 }
 
 // Encode returns the event's JSON encoding, with V set to Version if it was zero.

@@ -57,7 +57,12 @@ func validEvents() []Event {
 			e.Refused = &RefusedRef{Reason: "too_large", Repo: "app"}
 			e.Host, e.Received = "reg:5000", e.Time.Add(time.Second)
 		}),
-		with(base(Reconciled), func(e *Event) { e.Reconcile = &Reconciliation{AsOf: 9, Repos: []string{"app"}} }),
+		with(base(Reconciled), func(e *Event) {
+			e.Reconcile = &Reconciliation{AsOf: 9, Repos: []string{"app"}, Partition: "r1"}
+		}),
+		with(base(BlobHeld), func(e *Event) {
+			e.Held = &Holding{Partition: 1, Digest: dA, Held: true, Lease: evTime, Size: 3, Version: 7}
+		}),
 	}
 }
 

@@ -143,7 +143,7 @@ func TestSchemaMatchesTypes(t *testing.T) {
 	types := map[string]any{"": Event{}, "manifest": Manifest{}, "descriptor": Descriptor{}, "tag": Tag{},
 		"ref": RepoDigest{}, "blob": Blob{}, "repo": Repo{}, "label": Label{}, "legacy": LegacyImage{},
 		"node": NodeRef{}, "absent": Observation{}, "collected": CollectedRef{}, "refused": RefusedRef{},
-		"reconcile": Reconciliation{}}
+		"reconcile": Reconciliation{}, "held": Holding{}}
 	for def, v := range types {
 		t.Run("def "+def, func(t *testing.T) {
 			sch := doc

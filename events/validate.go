@@ -421,6 +421,17 @@ func (e *Event) Validate() error {
 			for i, r := range e.Reconcile.Repos {
 				c.repo(fmt.Sprintf("reconcile.repos[%d]", i), r)
 			}
+			if p := e.Reconcile.Partition; p != "" && !reasonRE.MatchString(p) {
+				c.fail("reconcile.partition", "must be a short lower-case code")
+			}
+		}
+	case BlobHeld:
+		if need("held", e.Held != nil) {
+			c.digest("held.digest", e.Held.Digest)
+			c.size("held.size", e.Held.Size)
+			if e.Held.Partition < 0 {
+				c.fail("held.partition", "must not be negative")
+			}
 		}
 	case "":
 		c.fail("kind", "required")

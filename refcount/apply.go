@@ -30,6 +30,9 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 		// its pause stands for it.)
 		t.delivered(e)
 	}
+	if !t.p.opts.Partition.takes(e) {
+		return t.err
+	}
 	switch e.Kind {
 	case events.ManifestPushed:
 		t.manifestPushed(e.Manifest)
@@ -73,7 +76,13 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 			t.pause(e.Refused.Repo, "refused_"+e.Refused.Reason)
 		}
 	case events.Reconciled:
-		t.reconciled(e.Reconcile)
+		if t.p.opts.Partition.Role == RoleDigests {
+			t.reconciledPartition(e.Reconcile)
+		} else {
+			t.reconciled(e.Reconcile)
+		}
+	case events.BlobHeld:
+		t.holding(e.Held)
 	}
 	return t.err
 }
@@ -244,6 +253,9 @@ func (t *txn) blobPresent(d digest.Digest, size int64, leased bool) {
 	} else {
 		t.named(k, n)
 	}
+	if t.p.opts.Partition.Role == RoleRepos {
+		return // blob data is the digest partitions': a copy lives while held
+	}
 	t.stated(k, n)
 	t.setPresent(k, n, true)
 }
@@ -253,7 +265,9 @@ func (t *txn) blobPresent(d digest.Digest, size int64, leased bool) {
 // deduplicated, protects it from an imminent purge.
 func (t *txn) touched(repo string, d digest.Digest) {
 	for _, k := range [][]byte{manifestKey(repo, d), layerKey(repo, d), blobKey(d)} {
-		if !t.exists(k) {
+		if !t.exists(k) && !(k[0] == kBlob && t.p.opts.Partition.Role == RoleRepos) {
+			// (A repository partition states the lease of a blob it no
+			// longer holds to its digest partition: it may cancel a purge.)
 			continue
 		}
 		n := t.get(k)

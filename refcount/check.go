@@ -218,6 +218,11 @@ func (c *checker) scan() error {
 // declares an edge to to, or to (alive and present) declares from as its
 // subject and from is present.
 func (c *checker) wants(from, to []byte, toNode *node) (bool, error) {
+	if from[0] == kHolder {
+		// A repository partition's statement: its truth is that
+		// partition's, which the version sub-key orders.
+		return true, nil
+	}
 	fn, err := c.look(from)
 	if err != nil || fn == nil {
 		return false, err

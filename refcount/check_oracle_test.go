@@ -20,6 +20,7 @@ func (p *Projection) checkMaps() ([]Mismatch, error) {
 	err := p.db.View(func(tx *bolt.Tx) error {
 		nodes := map[string]*node{}
 		stored := map[string]map[string]bool{}
+		var held [][2]string
 		if err := tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
 			if isSub(k) {
 				to, typ, from, err := splitSub(k)
@@ -32,6 +33,9 @@ func (p *Projection) checkMaps() ([]Mismatch, error) {
 					stored[string(to)] = m
 				}
 				m[string(from)] = true
+				if from[0] == kHolder { // a repository partition's statement: wanted as stated
+					held = append(held, [2]string{string(from), string(to)})
+				}
 				return nil
 			}
 			n, err := decodeNode(v)
@@ -52,6 +56,9 @@ func (p *Projection) checkMaps() ([]Mismatch, error) {
 				want[string(to)] = m
 			}
 			m[string(from)] = true
+		}
+		for _, h := range held {
+			add([]byte(h[0]), []byte(h[1]))
 		}
 		for ks, n := range nodes {
 			if !n.alive() {

@@ -43,6 +43,9 @@ type Pause struct {
 	LastSeq uint64 `json:"lastSeq"`
 	// Count is how many events asked for this pause since the last reconcile.
 	Count int `json:"count"`
+	// Covered are, in a digest partition, the repository partitions that
+	// reconciled their whole share since a registry-wide pause.
+	Covered []int `json:"covered,omitempty"`
 }
 
 // Pause reasons (Pause.Reason): a Refused event's own reason prefixed with
@@ -207,20 +210,37 @@ func (t *txn) pause(repo, reason string) {
 	}
 	p.LastSeq = t.seq
 	p.Count++
+	p.Covered = nil
 	t.putJSON(b, pauseKey(repo), p)
 }
 
 // reconciled lifts the pauses that a reconcile beginning at r.AsOf covers.
 func (t *txn) reconciled(r *events.Reconciliation) {
+	t.forPauses(func(_ []byte, p *Pause) (drop, put bool) {
+		return p.LastSeq <= r.AsOf && (len(r.Repos) == 0 || p.Repo != "" && slices.Contains(r.Repos, p.Repo)), false
+	})
+	if len(r.Repos) == 0 {
+		t.put(t.tx.Bucket(bucketMeta), keyReconciled, u64(r.AsOf))
+		t.pruneStamps(t.now - int64(t.p.opts.Retention))
+	}
+}
+
+// forPauses calls fn for every pause, then drops those it said to drop and
+// writes back those it changed.
+func (t *txn) forPauses(fn func(k []byte, p *Pause) (drop, put bool)) {
 	b := t.tx.Bucket(bucketPauses)
-	var drop [][]byte
+	var drop, put [][]byte
+	var puts []Pause
 	err := b.ForEach(func(k, v []byte) error {
 		var p Pause
 		if err := json.Unmarshal(v, &p); err != nil {
 			return fmt.Errorf("%w: pause %q: %w", ErrCorrupt, k, err)
 		}
-		if p.LastSeq <= r.AsOf && (len(r.Repos) == 0 || p.Repo != "" && slices.Contains(r.Repos, p.Repo)) {
+		switch d, w := fn(k, &p); {
+		case d:
 			drop = append(drop, append([]byte(nil), k...))
+		case w:
+			put, puts = append(put, append([]byte(nil), k...)), append(puts, p)
 		}
 		return nil
 	})
@@ -231,9 +251,8 @@ func (t *txn) reconciled(r *events.Reconciliation) {
 	for _, k := range drop {
 		t.del(b, k)
 	}
-	if len(r.Repos) == 0 {
-		t.put(t.tx.Bucket(bucketMeta), keyReconciled, u64(r.AsOf))
-		t.pruneStamps(t.now - int64(t.p.opts.Retention))
+	for i, k := range put {
+		t.putJSON(b, k, puts[i])
 	}
 }
 

@@ -45,6 +45,9 @@ type Options struct {
 	// repository name, or per namespace with a key ending in "/".
 	TimeMachine      time.Duration
 	TimeMachineRepos map[string]time.Duration
+	// Partition is the share of the registry this projection holds (the
+	// zero value: all of it). A file keeps the partition it was made for.
+	Partition Partition
 	// NoSync skips fsync on commit. For tests and benchmarks only.
 	NoSync bool
 	// ReadOnly opens the file for queries only (a second process, such as
@@ -97,6 +100,9 @@ func Open(path string, opts Options) (*Projection, error) {
 	opts.defaults()
 	if opts.Untagged != PolicyDelete && opts.Untagged != PolicyKeep {
 		return nil, fmt.Errorf("refcount: unknown untagged policy %q (want delete or keep)", opts.Untagged)
+	}
+	if err := opts.Partition.Validate(); err != nil {
+		return nil, err
 	}
 	db, err := bolt.Open(path, 0o600, boltOptions(opts))
 	if err != nil {
@@ -169,6 +175,9 @@ func (p *Projection) init(tx *bolt.Tx) error {
 	}
 	if err := backfillCounts(tx); err != nil {
 		return fmt.Errorf("refcount: count the projection: %w", err)
+	}
+	if err := p.checkPartition(tx, fresh); err != nil {
+		return err
 	}
 	if old := Policy(meta.Get(keyPolicy)); old != p.opts.Untagged {
 		if err := meta.Put(keyPolicy, []byte(p.opts.Untagged)); err != nil {
@@ -663,6 +672,7 @@ func (t *txn) flush() error {
 			}
 			n.queuedAt = want
 		}
+		t.heldStatement(e)
 		t.delta.node(k, e.orig, -1)
 		if !n.alive() && !n.active() {
 			t.del(t.nodes, k)

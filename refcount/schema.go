@@ -14,6 +14,7 @@
 //	  policyAt → uint64 unix ns when the policy last became "delete" (its grace starts afresh)
 //	  reconciled → uint64 AsOf of the last reconcile of the whole registry
 //	  counts   → the figures of Stats, kept in step by every write (counts.go)
+//	  partition → the share of the registry the file holds (Partition.String)
 //	nodes/
 //	  <node key>                    → node record (flags, count, lease, zero-since,
 //	                                  queue time, last event sequence, size, media
@@ -23,6 +24,8 @@
 //	  <node key> 0x01 'r' <referrer key> → ∅           (a referrer declaring it as subject)
 //	  <node key> 0x01 'h' <tag key>      → state byte  (a tag that pointed at this manifest)
 //	  <node key> 0x01 'j'                → JSON events.Manifest (what the revision references)
+//	  <blob key> 0x01 'v' <holder key>   → uint64 version of the newest statement applied
+//	                                       from that repository partition (digest partitions)
 //	queue/
 //	  <u64 eligible-at ns><node key> → ∅   (the zero-ref queue, oldest first)
 //	trash/
@@ -54,10 +57,15 @@
 //	  'r' <u64 until ns><tag key>   → ∅  (tags in the time machine by the end of their window)
 //	purges/
 //	  <repo> → uint64 unix ns (when the repository was last purged: repository.deleted)
+//	outbox/
+//	  <blob key> → JSON events.Event (a repository partition's blob.held statement
+//	                                  not yet published; partition.go)
 //
 // Node keys are a kind byte followed by the node's identity: 't' repo 0x00
 // tag, 'm' repo 0x00 digest, 'l' repo 0x00 digest (a layer link), 'b' digest,
-// 'a' repo 0x00 label, 'g' repo 0x00 legacy image id. A digest is stored as
+// 'a' repo 0x00 label, 'g' repo 0x00 legacy image id; and, as the source of
+// in-edges only, 'p' 0x00 "r<i>" (a repository partition holding a blob, in
+// a digest partition). A digest is stored as
 // an algorithm byte (1 sha256, 2 sha384, 3 sha512) and the raw hash, so its
 // length is known from its first byte. Validated names never hold 0x00 or
 // 0x01, so keys are unambiguous, a key's node part has a length known from
@@ -133,7 +141,7 @@ import (
 )
 
 // SchemaVersion is the layout version this package writes.
-const SchemaVersion = 4
+const SchemaVersion = 5
 
 // Bucket and meta keys, declared once.
 var (
@@ -153,10 +161,12 @@ var (
 	bucketTags      = []byte("tags")
 	bucketLifetimes = []byte("lifetimes")
 	bucketPurges    = []byte("purges")
+	// Version 5.
+	bucketOutbox = []byte("outbox")
 
 	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketQueue, bucketTrash, bucketIntents,
 		bucketTombs, bucketHeals, bucketStamps, bucketSources, bucketHosts, bucketPauses, bucketOrigins,
-		bucketTags, bucketLifetimes, bucketPurges}
+		bucketTags, bucketLifetimes, bucketPurges, bucketOutbox}
 
 	keySchema     = []byte("schema")
 	keyCursor     = []byte("cursor")
@@ -164,6 +174,7 @@ var (
 	keyPolicyAt   = []byte("policyAt")
 	keyReconciled = []byte("reconciled")
 	keyCounts     = []byte("counts")
+	keyPartition  = []byte("partition")
 )
 
 // Node key kind bytes.
@@ -174,6 +185,7 @@ const (
 	kBlob     byte = 'b'
 	kLabel    byte = 'a'
 	kLegacy   byte = 'g'
+	kHolder   byte = 'p' // a repository partition, as a blob's holder (partition.go)
 )
 
 // Edge kinds, stored as the value of an in/ entry.
@@ -186,10 +198,11 @@ const (
 	edgeLabel   byte = 'A' // manifest → label
 	edgeLegacy  byte = 'G' // manifest → legacy image; legacy → parent
 	edgeData    byte = 'D' // legacy image → storage and derived blobs
+	edgeHeld    byte = 'H' // repository partition → blob (digest partitions)
 )
 
 var edgeNames = map[byte]string{edgeTag: "tag", edgeChild: "child", edgeLink: "link",
-	edgeContent: "content", edgeSubject: "subject", edgeLabel: "label", edgeLegacy: "legacy", edgeData: "data"}
+	edgeContent: "content", edgeSubject: "subject", edgeLabel: "label", edgeLegacy: "legacy", edgeData: "data", edgeHeld: "held"}
 
 // History states.
 const (
@@ -225,6 +238,9 @@ var migrations = []Migration{
 	// in the time machine and no purge, which the empty buckets say. A
 	// version 3 build refuses a version 4 file (ErrNewerSchema).
 	{From: 3, Apply: func(*bolt.Tx) error { return nil }},
+	// Version 5 adds the outbox/ bucket and meta/partition: a version 4
+	// file holds the whole registry, which Open records.
+	{From: 4, Apply: func(*bolt.Tx) error { return nil }},
 }
 
 func nodeKey(n events.NodeRef) []byte {
@@ -350,7 +366,7 @@ func nodeKeyLen(k []byte) int {
 			return i + 1 + n
 		}
 		return -1
-	case kTag, kLabel, kLegacy:
+	case kTag, kLabel, kLegacy, kHolder:
 		if j := bytes.IndexByte(k[i+1:], 1); j >= 0 {
 			return i + 1 + j
 		}
@@ -383,6 +399,8 @@ func parseNodeKey(k []byte) (events.NodeRef, error) {
 		return events.NodeRef{Kind: events.NodeLabel, Repo: repo, Name: string(rest)}, nil
 	case kLegacy:
 		return events.NodeRef{Kind: events.NodeLegacy, Repo: repo, Name: string(rest)}, nil
+	case kHolder:
+		return events.NodeRef{Kind: events.NodePartition, Name: string(rest)}, nil
 	}
 	return events.NodeRef{}, fmt.Errorf("%w: node kind %q", ErrCorrupt, k[0])
 }
@@ -393,6 +411,7 @@ const (
 	subReferrer byte = 'r' // <referrer key>: a referrer declaring this subject
 	subHistory  byte = 'h' // <tag key>: a tag that pointed at this manifest
 	subBody     byte = 'j' // the manifest's references, JSON
+	subVersion  byte = 'v' // <holder key>: the newest statement applied from it
 )
 
 // subKey is <node> 0x01 <typ> <rest>.

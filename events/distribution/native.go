@@ -380,7 +380,7 @@ func eventRepo(raw []byte) string {
 	if json.Unmarshal(raw, &ev) != nil {
 		return ""
 	}
-	if r := eventlog.EventRepo(ev); events.ValidateRepo(r) == nil {
+	if r := ev.Repository(); events.ValidateRepo(r) == nil {
 		return r
 	}
 	return ""

@@ -130,7 +130,7 @@ func (r *recorder) Apply(batch []events.Record) error {
 			r.problems = append(r.problems, fmt.Sprintf("event %s applied at %d and again at %d", rec.Event.ID, prev, rec.Seq))
 		}
 		r.seen[rec.Event.ID] = rec.Seq
-		r.lines = append(r.lines, fmt.Sprintf("%d %s %s %s\n", rec.Seq, rec.Event.ID, rec.Event.Kind, eventlog.EventRepo(rec.Event)))
+		r.lines = append(r.lines, fmt.Sprintf("%d %s %s %s\n", rec.Seq, rec.Event.ID, rec.Event.Kind, rec.Event.Repository()))
 	}
 	last := r.cursor
 	fn := r.afterFn

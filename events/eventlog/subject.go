@@ -37,7 +37,7 @@ func Subject(e events.Event) string {
 	b.WriteString(SubjectPrefix)
 	b.WriteString(kindToken(e.Kind))
 	b.WriteByte('.')
-	b.WriteString(repoTokens(EventRepo(e)))
+	b.WriteString(repoTokens(e.Repository()))
 	return b.String()
 }
 
@@ -58,33 +58,6 @@ func SubjectFilter(kind events.Kind, repo string) string {
 		r = repoTokens(repo)
 	}
 	return SubjectPrefix + k + "." + r
-}
-
-// EventRepo returns the repository an event is about, or "" if it names none.
-func EventRepo(e events.Event) string {
-	switch {
-	case e.Manifest != nil:
-		return e.Manifest.Repo
-	case e.Tag != nil:
-		return e.Tag.Repo
-	case e.Ref != nil:
-		return e.Ref.Repo
-	case e.Blob != nil:
-		return e.Blob.Repo
-	case e.Repo != nil:
-		return e.Repo.Name
-	case e.Label != nil:
-		return e.Label.Repo
-	case e.Legacy != nil:
-		return e.Legacy.Repo
-	case e.Absent != nil:
-		return e.Absent.Node.Repo
-	case e.Collected != nil:
-		return e.Collected.Node.Repo
-	case e.Refused != nil:
-		return e.Refused.Repo
-	}
-	return ""
 }
 
 func kindToken(k events.Kind) string {

@@ -1,0 +1,401 @@
+package refcount
+
+// Partitioning (docs/PARTITIONING.md): a projection may hold one share of
+// the registry's graph instead of all of it.
+//
+//   - A repository partition ("r<i>" of Repos) applies the events of the
+//     repositories RepoPartition places on it, and keeps every
+//     repository-scoped node of them as an unpartitioned projection does.
+//     The blobs they reference are kept as copies that only count the
+//     partition's own references: a copy is never present (blob data is
+//     not the partition's) and lives while something of the partition
+//     holds it. Whenever a copy starts or stops being held, or an unheld
+//     copy gets a new lease (a pull of the digest), flush writes a blob.held
+//     statement to outbox/, in the same transaction; a relay publishes the
+//     outbox into the log and removes what it published.
+//   - A digest partition ("d<j>" of Digests) holds the blob data of the
+//     digests DigestPartition places on it. Its blobs' holders are the
+//     repository partitions whose latest statement says they hold it: an
+//     in-edge from the partition's holder key. It applies, per blob and
+//     repository partition, only a statement newer than the last one it
+//     applied (a version sub-key), so that a statement delivered late, twice
+//     or out of order changes nothing.
+//
+// Both follow the one event log and skip what is not theirs; the cursor
+// moves over every event alike. Refused events pause a repository partition
+// for its own repositories (and for all, without one); they pause every
+// digest partition, since a lost event in any repository may have linked
+// any blob. A digest partition lifts a repository's pause when the
+// repository partition that holds it completes a reconcile begun after it,
+// and the registry-wide pause when every repository partition has.
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/refgc/refgc/events"
+)
+
+// Role is what share of the registry a projection holds.
+type Role byte
+
+// The roles.
+const (
+	// RoleAll: the whole registry (no partitioning).
+	RoleAll Role = 0
+	// RoleRepos: the repository-scoped nodes of some repositories.
+	RoleRepos Role = 'r'
+	// RoleDigests: the blob data of a range of digests.
+	RoleDigests Role = 'd'
+)
+
+// Partition is the share of the registry a projection holds; the zero
+// value is the whole registry.
+type Partition struct {
+	Role  Role
+	Index int
+	// Repos and Digests are how many repository and digest partitions the
+	// registry is split into.
+	Repos, Digests int
+}
+
+// ErrPartition is returned for a partition that cannot be: a bad name or
+// counts, or a projection file made for another partition.
+var ErrPartition = errors.New("refcount: partition")
+
+// ParsePartition parses "r<i>" or "d<j>" ("" for the whole registry), of
+// repos repository and digests digest partitions.
+func ParsePartition(name string, repos, digests int) (Partition, error) {
+	if name == "" {
+		return Partition{}, nil
+	}
+	var p Partition
+	i, err := strconv.Atoi(name[1:])
+	if len(name) < 2 || err != nil || i < 0 {
+		return p, fmt.Errorf("%w: %q: want r<index> or d<index>", ErrPartition, name)
+	}
+	p = Partition{Role: Role(name[0]), Index: i, Repos: repos, Digests: digests}
+	return p, p.Validate()
+}
+
+// Validate checks the role, the index and the counts.
+func (p Partition) Validate() error {
+	switch {
+	case p.Role == RoleAll && p == Partition{}:
+		return nil
+	case p.Role != RoleRepos && p.Role != RoleDigests:
+		return fmt.Errorf("%w: unknown role %q", ErrPartition, p.Role)
+	case p.Repos < 1 || p.Digests < 1 || p.Digests > 256:
+		return fmt.Errorf("%w: want at least one repository partition and 1 to 256 digest partitions, have %d and %d",
+			ErrPartition, p.Repos, p.Digests)
+	case p.Role == RoleRepos && p.Index >= p.Repos, p.Role == RoleDigests && p.Index >= p.Digests:
+		return fmt.Errorf("%w: %s: index out of range", ErrPartition, p.Name())
+	}
+	return nil
+}
+
+// Name is "r<i>", "d<j>", or "" for the whole registry.
+func (p Partition) Name() string {
+	if p.Role == RoleAll {
+		return ""
+	}
+	return string(p.Role) + strconv.Itoa(p.Index)
+}
+
+// String describes the partition for logs and the file's meta.
+func (p Partition) String() string {
+	if p.Role == RoleAll {
+		return "whole registry"
+	}
+	return fmt.Sprintf("%s of %d repository and %d digest partitions", p.Name(), p.Repos, p.Digests)
+}
+
+// HasRepo reports whether the repository's nodes are this partition's.
+func (p Partition) HasRepo(repo string) bool {
+	switch p.Role {
+	case RoleAll:
+		return true
+	case RoleRepos:
+		return RepoPartition(repo, p.Repos) == p.Index
+	}
+	return false
+}
+
+// HasDigest reports whether the blob data of d is this partition's.
+func (p Partition) HasDigest(d digest.Digest) bool {
+	switch p.Role {
+	case RoleAll:
+		return true
+	case RoleDigests:
+		return DigestPartition(d, p.Digests) == p.Index
+	}
+	return false
+}
+
+// HasPrefix reports whether blob directory prefix (the first two hex
+// digits of digests) holds any digest of this partition.
+func (p Partition) HasPrefix(prefix string) bool {
+	if p.Role != RoleDigests {
+		return p.Role == RoleAll
+	}
+	b, err := hex.DecodeString(prefix)
+	if err != nil || len(b) != 1 {
+		return true // not a layout this knows: walk it, the digests decide
+	}
+	lo, hi := uint32(b[0])<<24, uint32(b[0])<<24|0xFFFFFF
+	return DigestRange(lo, p.Digests) <= p.Index && p.Index <= DigestRange(hi, p.Digests)
+}
+
+// RepoPartition is the partition of a repository among n: a jump
+// consistent hash (Lamping and Veach) of the FNV-1a hash of its name, so
+// that growing n to n+1 moves only a 1/(n+1) share of the repositories.
+func RepoPartition(repo string, n int) int {
+	h := fnv.New64a()
+	h.Write([]byte(repo))
+	key := h.Sum64()
+	var b, j int64 = -1, 0
+	for j < int64(n) {
+		b = j
+		key = key*2862933555777941757 + 1
+		j = int64(float64(b+1) * (float64(int64(1)<<31) / float64((key>>33)+1)))
+	}
+	return int(b)
+}
+
+// DigestPartition is the partition of a digest among n, by range of the
+// leading 32 bits of its hash: a digest partition owns whole storage
+// prefixes (blobs/sha256/<2 hex>/) of its range, and walks them alone.
+func DigestPartition(d digest.Digest, n int) int {
+	enc := d.Encoded()
+	var lead [4]byte
+	if len(enc) >= 8 {
+		_, _ = hex.Decode(lead[:], []byte(enc[:8]))
+	}
+	return DigestRange(binary.BigEndian.Uint32(lead[:]), n)
+}
+
+// DigestRange is the partition among n of a digest whose hash begins with
+// the 32 bits lead.
+func DigestRange(lead uint32, n int) int { return int(uint64(lead) * uint64(n) >> 32) }
+
+// Partition name prefixes in Reconciliation.Partition and holder keys.
+const holderRepoPrefix = "r"
+
+// holderKey is the in-edge source key of repository partition i in a
+// digest partition: kind kHolder, no repository, the name "r<i>".
+func holderKey(i int) []byte { return key2(kHolder, "", holderRepoPrefix+strconv.Itoa(i)) }
+
+// takes reports whether event e is this partition's to apply (the cursor
+// moves past it either way).
+func (p Partition) takes(e *events.Event) bool {
+	switch p.Role {
+	case RoleAll:
+		return e.Kind != events.BlobHeld
+	case RoleRepos:
+		switch e.Kind {
+		case events.BlobHeld:
+			return false
+		case events.Refused:
+			return e.Refused.Repo == "" || p.HasRepo(e.Refused.Repo)
+		case events.Reconciled:
+			return e.Reconcile.Partition == p.Name()
+		case events.BlobObserved:
+			return e.Blob.Repo != "" && p.HasRepo(e.Blob.Repo)
+		case events.ObservedAbsent:
+			return e.Absent.Node.Kind != events.NodeBlob && p.HasRepo(e.Absent.Node.Repo)
+		case events.Collected, events.Healed:
+			return e.Collected.Node.Kind != events.NodeBlob && p.HasRepo(e.Collected.Node.Repo)
+		}
+		return p.HasRepo(e.Repository())
+	case RoleDigests:
+		switch e.Kind {
+		case events.BlobHeld:
+			return p.HasDigest(e.Held.Digest)
+		case events.Refused, events.Reconciled:
+			return true
+		case events.BlobObserved:
+			return e.Blob.Repo == "" && p.HasDigest(e.Blob.Digest)
+		case events.ObservedAbsent:
+			return e.Absent.Node.Kind == events.NodeBlob && p.HasDigest(e.Absent.Node.Digest)
+		case events.Collected, events.Healed:
+			return e.Collected.Node.Kind == events.NodeBlob && p.HasDigest(e.Collected.Node.Digest)
+		}
+	}
+	return false
+}
+
+// checkPartition records the partition of a new file, and refuses a file
+// made for another one: its state would be wrong for this one.
+func (p *Projection) checkPartition(tx *bolt.Tx, fresh bool) error {
+	meta := tx.Bucket(bucketMeta)
+	want := p.opts.Partition.String()
+	got := meta.Get(keyPartition)
+	if got == nil && (fresh || p.opts.Partition.Role == RoleAll) {
+		return meta.Put(keyPartition, []byte(want))
+	}
+	if string(got) != want {
+		have := string(got)
+		if got == nil {
+			have = Partition{}.String()
+		}
+		return fmt.Errorf("%w: the file holds the projection of %s, not of %s (give each partition its own data directory)",
+			ErrPartition, have, want)
+	}
+	return nil
+}
+
+// stateHolding writes, in a repository partition, the statement of
+// whether it holds blob copy k (see the file comment), replacing any the
+// relay has not published yet: only the newest state matters.
+func (t *txn) stateHolding(k []byte, n *node) {
+	ref, err := parseNodeKey(k)
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	part := t.p.opts.Partition
+	h := &events.Holding{Partition: part.Index, Digest: ref.Digest, Held: n.count > 0, Size: n.size, Version: t.seq}
+	if n.lease != 0 {
+		h.Lease = time.Unix(0, n.lease).UTC()
+	}
+	ev := events.Event{V: events.Version, Kind: events.BlobHeld, Time: time.Unix(0, t.now).UTC(),
+		ID: fmt.Sprintf("held-%s-%d-%s", part.Name(), t.seq, ref.Digest.Encoded()), Source: "refgc-" + part.Name(), Held: h}
+	t.putJSON(t.tx.Bucket(bucketOutbox), k, ev)
+}
+
+// holding applies, in a digest partition, a repository partition's
+// statement about one of its blobs, unless it applied a newer one.
+func (t *txn) holding(h *events.Holding) {
+	k := blobKey(h.Digest)
+	from := holderKey(h.Partition)
+	vk := subKey(k, subVersion, from)
+	if v, ok := t.lookup(vk); ok && readU64(v) >= h.Version {
+		return
+	}
+	t.put(t.nodes, vk, u64(h.Version))
+	n := t.get(k)
+	if h.Size > 0 {
+		n.size = h.Size
+	}
+	if l := h.Lease.UnixNano(); !h.Lease.IsZero() && l > n.lease {
+		n.lease = l
+	}
+	t.named(k, n)
+	if h.Held {
+		// The registry linked the data in a repository: it exists.
+		t.setPresent(k, n, true)
+		t.addEdge(from, k, edgeHeld)
+		return
+	}
+	t.removeEdge(from, k)
+}
+
+// heldStatement decides, in flush, whether a repository partition states
+// anything about blob copy e: it started or stopped being held, or got a
+// newer lease while unheld.
+func (t *txn) heldStatement(e *entry) {
+	if t.p.opts.Partition.Role != RoleRepos || e.key[0] != kBlob {
+		return
+	}
+	n := e.n
+	var wasHeld bool
+	var lease int64
+	if e.orig != nil {
+		wasHeld, lease = e.orig.count > 0, e.orig.lease
+	}
+	if held := n.count > 0; held != wasHeld || (!held && n.lease > lease) {
+		t.stateHolding([]byte(e.key), n)
+	}
+}
+
+// reconciledPartition lifts, in a digest partition, the pauses a
+// repository partition's reconcile covers: its repositories', and its
+// share of the registry-wide pause, which goes once every repository
+// partition has reconciled since it.
+func (t *txn) reconciledPartition(r *events.Reconciliation) {
+	name := r.Partition
+	if name == t.p.opts.Partition.Name() && len(r.Repos) == 0 {
+		// Its own walk of its blobs: it recovers no lost event.
+		t.put(t.tx.Bucket(bucketMeta), keyReconciled, u64(r.AsOf))
+		return
+	}
+	if !strings.HasPrefix(name, holderRepoPrefix) {
+		return
+	}
+	i, err := strconv.Atoi(name[len(holderRepoPrefix):])
+	if err != nil {
+		return
+	}
+	n := t.p.opts.Partition.Repos
+	t.forPauses(func(k []byte, p *Pause) (drop, put bool) {
+		if p.LastSeq > r.AsOf {
+			return false, false
+		}
+		if p.Repo != "" {
+			return RepoPartition(p.Repo, n) == i && (len(r.Repos) == 0 || slices.Contains(r.Repos, p.Repo)), false
+		}
+		if len(r.Repos) > 0 || slices.Contains(p.Covered, i) {
+			return false, false
+		}
+		p.Covered = append(p.Covered, i)
+		return len(p.Covered) >= n, true
+	})
+}
+
+// Outbox lists up to limit statements a repository partition has not yet
+// published, in key order.
+func (p *Projection) Outbox(limit int) ([]events.Event, error) {
+	var out []events.Event
+	err := p.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketOutbox).Cursor()
+		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
+			var e events.Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("%w: outbox %q: %w", ErrCorrupt, k, err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Published removes the published statements from the outbox, each unless
+// a newer statement about its blob replaced it meanwhile, and returns the
+// sequence through which every statement is published: the cursor if the
+// outbox is now empty, else just below its oldest statement's version.
+func (p *Projection) Published(evs []events.Event) (through uint64, err error) {
+	err = p.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOutbox)
+		for _, e := range evs {
+			k := blobKey(e.Held.Digest)
+			var cur events.Event
+			if raw := b.Get(k); raw == nil || json.Unmarshal(raw, &cur) != nil || cur.ID != e.ID {
+				continue
+			}
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		through = readU64(tx.Bucket(bucketMeta).Get(keyCursor))
+		return b.ForEach(func(_, v []byte) error {
+			var e events.Event
+			if json.Unmarshal(v, &e) == nil && e.Held != nil && e.Held.Version <= through {
+				through = e.Held.Version - 1
+			}
+			return nil
+		})
+	})
+	return through, err
+}
