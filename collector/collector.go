@@ -132,6 +132,12 @@ type Config struct {
 	// leave (the filesystem driver's store.EmptyDirs; nil for object
 	// stores, which have none). See dirs.go.
 	Dirs EmptyDirs
+	// Barrier, if set, is waited on before blob data is purged: it
+	// returns once every statement that may hold a blob, made from the
+	// events the log held at the call, is in the log (a digest partition
+	// waits on the repository partitions' relays: eventlog.Barrier). A
+	// purge round whose barrier fails purges nothing.
+	Barrier func(ctx context.Context) error
 	// Source names this collector in the events it publishes.
 	Source     string
 	Logger     *slog.Logger
@@ -353,6 +359,13 @@ func (c *Collector) plan(ctx context.Context, rep *Report) (Report, error) {
 // round does one catch-up, re-check, act, commit cycle over either the
 // unlink candidates or the purge candidates, and returns how many it removed.
 func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, error) {
+	if purge && c.cfg.Barrier != nil {
+		if err := c.cfg.Barrier(ctx); err != nil {
+			c.m.barrierFailures.Inc()
+			c.cfg.Logger.Warn("purges wait: the barrier did not pass", "err", err)
+			return 0, nil
+		}
+	}
 	seq, err := c.cfg.Log.CatchUp(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("collector: catch up: %w", err)
@@ -632,6 +645,12 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 	intents, err := c.allIntents(ctx)
 	if err != nil || len(intents) == 0 {
 		return err
+	}
+	if c.cfg.Barrier != nil && slices.ContainsFunc(intents, func(in refcount.Intent) bool { return in.Purge }) {
+		if err := c.cfg.Barrier(ctx); err != nil {
+			c.m.barrierFailures.Inc()
+			return fmt.Errorf("collector: purge intents wait: %w", err)
+		}
 	}
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
 		return err

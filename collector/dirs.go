@@ -140,7 +140,11 @@ func (c *Collector) sweepDirs(ctx context.Context, now time.Time) {
 	if !ok || (!c.dirs.swept.IsZero() && now.Sub(c.dirs.swept) < DefaultDirSweepInterval) {
 		return
 	}
+	part := c.cfg.Projection.Options().Partition
 	err := lister.Repositories(ctx, func(repo string) error {
+		if !part.HasRepo(repo) {
+			return nil // another partition's: its projection knows whether it is empty
+		}
 		held, err := c.cfg.Projection.HoldsRepository(repo)
 		if err == nil && !held {
 			c.dirs.note(events.NodeRef{Kind: events.NodeTag, Repo: repo})

@@ -22,6 +22,8 @@ type metrics struct {
 	paused       *prometheus.GaugeVec
 	checkSeconds prometheus.Histogram
 	dirsRemoved  prometheus.Counter
+	// barrierFailures counts purge rounds a digest partition's barrier held back.
+	barrierFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,6 +63,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.dirsRemoved = prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_collector_empty_dirs_removed_total",
 		Help: "Empty directories removed from filesystem storage after unlinks and purges."})
 	m.dirsRemoved = prom.Register(reg, m.dirsRemoved)
+	m.barrierFailures = prom.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{Name: "refgc_collector_barrier_failures_total",
+		Help: "Purge rounds of a digest partition that purged nothing because a repository partition had not published its statements in time."}))
 	m.deletions = prom.Register(reg, m.deletions)
 	m.bytes = prom.Register(reg, m.bytes)
 	m.errors = prom.Register(reg, m.errors)

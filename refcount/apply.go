@@ -49,6 +49,7 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 			t.blobLinked(e.Blob.Repo, e.Blob.Digest, e.Blob.Size)
 		} else {
 			t.blobPresent(e.Blob.Digest, e.Blob.Size, true)
+			t.orphan(e.Blob.Digest)
 		}
 	case events.Touched:
 		t.touched(e.Ref.Repo, e.Ref.Digest)
@@ -76,9 +77,13 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 			t.pause(e.Refused.Repo, "refused_"+e.Refused.Reason)
 		}
 	case events.Reconciled:
-		if t.p.opts.Partition.Role == RoleDigests {
+		switch t.p.opts.Partition.Role {
+		case RoleDigests:
 			t.reconciledPartition(e.Reconcile)
-		} else {
+		case RoleRepos:
+			t.reconciled(e.Reconcile)
+			t.restateHolds(e.Reconcile)
+		default:
 			t.reconciled(e.Reconcile)
 		}
 	case events.BlobHeld:

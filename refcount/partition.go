@@ -160,10 +160,17 @@ func (p Partition) HasPrefix(prefix string) bool {
 // RepoPartition is the partition of a repository among n: a jump
 // consistent hash (Lamping and Veach) of the FNV-1a hash of its name, so
 // that growing n to n+1 moves only a 1/(n+1) share of the repositories.
-func RepoPartition(repo string, n int) int {
+func RepoPartition(repo string, n int) int { return JumpHash(RepoHash(repo), n) }
+
+// RepoHash is the FNV-1a hash of a repository name that RepoPartition places by.
+func RepoHash(repo string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(repo))
-	key := h.Sum64()
+	return h.Sum64()
+}
+
+// JumpHash is Lamping and Veach's jump consistent hash of key into n buckets.
+func JumpHash(key uint64, n int) int {
 	var b, j int64 = -1, 0
 	for j < int64(n) {
 		b = j
@@ -235,24 +242,62 @@ func (p Partition) takes(e *events.Event) bool {
 	return false
 }
 
+// record is how meta/partition stores a partition: "r<i>/<repos>/<digests>",
+// or "" for the whole registry.
+func (p Partition) record() string {
+	if p.Role == RoleAll {
+		return ""
+	}
+	return fmt.Sprintf("%s/%d/%d", p.Name(), p.Repos, p.Digests)
+}
+
+// parseRecord reads meta/partition.
+func parseRecord(s string) (Partition, error) {
+	if s == "" {
+		return Partition{}, nil
+	}
+	f := strings.Split(s, "/")
+	if len(f) != 3 {
+		return Partition{}, fmt.Errorf("%w: meta partition %q", ErrCorrupt, s)
+	}
+	repos, err1 := strconv.Atoi(f[1])
+	digests, err2 := strconv.Atoi(f[2])
+	if err := errors.Join(err1, err2); err != nil {
+		return Partition{}, fmt.Errorf("%w: meta partition %q", ErrCorrupt, s)
+	}
+	return ParsePartition(f[0], repos, digests)
+}
+
 // checkPartition records the partition of a new file, and refuses a file
 // made for another one: its state would be wrong for this one.
 func (p *Projection) checkPartition(tx *bolt.Tx, fresh bool) error {
 	meta := tx.Bucket(bucketMeta)
-	want := p.opts.Partition.String()
 	got := meta.Get(keyPartition)
 	if got == nil && (fresh || p.opts.Partition.Role == RoleAll) {
-		return meta.Put(keyPartition, []byte(want))
+		return meta.Put(keyPartition, []byte(p.opts.Partition.record()))
 	}
-	if string(got) != want {
-		have := string(got)
-		if got == nil {
-			have = Partition{}.String()
-		}
+	have, err := parseRecord(string(got))
+	if err != nil {
+		return err
+	}
+	if have != p.opts.Partition {
 		return fmt.Errorf("%w: the file holds the projection of %s, not of %s (give each partition its own data directory)",
-			ErrPartition, have, want)
+			ErrPartition, have, p.opts.Partition)
 	}
 	return nil
+}
+
+// readPartition gives a read-only opening the partition the file holds.
+func (p *Projection) readPartition(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		return nil
+	}
+	part, err := parseRecord(string(meta.Get(keyPartition)))
+	if err == nil {
+		p.opts.Partition = part
+	}
+	return err
 }
 
 // stateHolding writes, in a repository partition, the statement of
@@ -296,9 +341,65 @@ func (t *txn) holding(h *events.Holding) {
 		// The registry linked the data in a repository: it exists.
 		t.setPresent(k, n, true)
 		t.addEdge(from, k, edgeHeld)
+		t.unpinOrphan(k, n)
 		return
 	}
 	t.removeEdge(from, k)
+}
+
+// orphan pins, in a digest partition, blob data its walk found with no
+// holder: a repository partition whose projection missed a link to it (a
+// lost notification no pause covered) finds the link in its own walk, so
+// the blob waits until every repository partition has reconciled after it.
+// (An unpartitioned walk sees the links and the data together.)
+func (t *txn) orphan(d digest.Digest) {
+	if t.p.opts.Partition.Role != RoleDigests {
+		return
+	}
+	k := blobKey(d)
+	n := t.get(k)
+	if n.count > 0 {
+		return
+	}
+	n.setFlag(flagPinned, true)
+	t.markDirty(k)
+	t.put(t.tx.Bucket(bucketOrphans), k, u64(t.seq))
+}
+
+// unpinOrphan ends an orphan's wait.
+func (t *txn) unpinOrphan(k []byte, n *node) {
+	b := t.tx.Bucket(bucketOrphans)
+	if b.Get(k) == nil {
+		return
+	}
+	t.del(b, k)
+	n.setFlag(flagPinned, false)
+	t.markDirty(k)
+}
+
+// reconciledOrphans records repository partition i's whole reconcile at
+// asOf, and unpins the orphans found before every repository partition's.
+func (t *txn) reconciledOrphans(i int, asOf uint64) {
+	meta := t.tx.Bucket(bucketMeta)
+	t.put(meta, keyReconciledBy(i), u64(asOf))
+	all := asOf
+	for j := range t.p.opts.Partition.Repos {
+		all = min(all, readU64(meta.Get(keyReconciledBy(j))))
+	}
+	var done [][]byte
+	err := t.tx.Bucket(bucketOrphans).ForEach(func(k, v []byte) error {
+		if readU64(v) <= all {
+			done = append(done, append([]byte(nil), k...))
+		}
+		return nil
+	})
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	for _, k := range done {
+		t.unpinOrphan(k, t.get(k))
+	}
 }
 
 // heldStatement decides, in flush, whether a repository partition states
@@ -338,6 +439,9 @@ func (t *txn) reconciledPartition(r *events.Reconciliation) {
 		return
 	}
 	n := t.p.opts.Partition.Repos
+	if len(r.Repos) == 0 {
+		t.reconciledOrphans(i, r.AsOf)
+	}
 	t.forPauses(func(k []byte, p *Pause) (drop, put bool) {
 		if p.LastSeq > r.AsOf {
 			return false, false
@@ -351,6 +455,39 @@ func (t *txn) reconciledPartition(r *events.Reconciliation) {
 		p.Covered = append(p.Covered, i)
 		return len(p.Covered) >= n, true
 	})
+}
+
+// restateHolds states again, after a repository partition's whole
+// reconcile, every blob it holds: a digest partition that lost what it
+// was told (rebuilt from storage, or a log that aged out) learns it anew
+// before it unpins the orphans its own walk found (reconciledOrphans),
+// since its purges pass the barrier, which waits for these statements.
+func (t *txn) restateHolds(r *events.Reconciliation) {
+	if len(r.Repos) > 0 || t.flush() != nil { // the scan reads the bucket: write the working set first
+		return
+	}
+	c := t.nodes.Cursor()
+	type held struct {
+		k []byte
+		n *node
+	}
+	var hs []held
+	for k, v := c.Seek([]byte{kBlob}); k != nil && k[0] == kBlob; k, v = c.Next() {
+		if isSub(k) {
+			continue
+		}
+		n, err := decodeNode(v)
+		if err != nil {
+			t.fail(fmt.Errorf("node %q: %w", k, err))
+			return
+		}
+		if n.count > 0 {
+			hs = append(hs, held{append([]byte(nil), k...), n})
+		}
+	}
+	for _, h := range hs {
+		t.stateHolding(h.k, h.n)
+	}
 }
 
 // Outbox lists up to limit statements a repository partition has not yet

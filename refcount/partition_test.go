@@ -78,6 +78,10 @@ func TestPartitionOfFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Close()
+	if p, err = Open(path, Options{ReadOnly: true}); err != nil || p.Options().Partition != r0 {
+		t.Fatalf("read-only: %v %+v", err, p.Options().Partition)
+	}
+	p.Close()
 }
 
 // partitioned is a registry's log applied to one whole projection and to
@@ -373,5 +377,78 @@ func TestDigestPartitionPauses(t *testing.T) {
 				t.Fatalf("r%d paused for %s", i, p.Repo)
 			}
 		}
+	}
+}
+
+// Blob data a digest partition's walk finds with no holder waits until
+// every repository partition has reconciled after it, or a statement
+// says it is held.
+func TestDigestPartitionOrphans(t *testing.T) {
+	x := newPartitioned(t, 2, 1, 2)
+	d := x.digests[0]
+	observed := func(name string) events.Event {
+		return events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Digest: dg(name), Size: 4}}
+	}
+	reconciled := func(part string) events.Event {
+		return events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part}}
+	}
+	x.append(reconciled("r0"), reconciled("r1")) // before the orphans: covers nothing
+	x.append(observed("lone"), observed("linked"))
+	far := x.now.Add(1000 * time.Hour)
+	if got := d.candidates(far); len(got) != 0 {
+		t.Fatalf("orphans are candidates at once: %v", got)
+	}
+	var repo string
+	for i := 0; repo == ""; i++ {
+		if name := fmt.Sprintf("repo%d", i); RepoPartition(name, 2) == 1 {
+			repo = name
+		}
+	}
+	x.append(pushB(repo, "linked")) // r1 finds the link
+	x.relay()
+	x.deliver(true)
+	if ni, ok := d.info(blobN("linked")); !ok || ni.Pinned || ni.Count != 1 {
+		t.Fatalf("linked orphan: %+v", ni)
+	}
+	x.append(reconciled("r1"))
+	if ni, _ := d.info(blobN("lone")); !ni.Pinned {
+		t.Fatalf("orphan unpinned before r0 reconciled: %+v", ni)
+	}
+	x.append(reconciled("r0"))
+	if ni, _ := d.info(blobN("lone")); ni.Pinned || ni.Eligible == nil {
+		t.Fatalf("orphan still pinned after both reconciled: %+v", ni)
+	}
+	x.compare()
+}
+
+// A digest partition that lost what it was told (here: one that starts
+// from the middle of the log, as one rebuilt from storage would) learns
+// every hold again from the repository partitions' whole reconciles,
+// before the orphans its walk found are unpinned.
+func TestDigestPartitionRelearnsHolds(t *testing.T) {
+	x := newPartitioned(t, 2, 1, 3)
+	var repo string
+	for i := 0; repo == ""; i++ {
+		if name := fmt.Sprintf("repo%d", i); RepoPartition(name, 2) == 0 {
+			repo = name
+		}
+	}
+	x.append(pushM(repo, "img", "v1", []string{"layer"}, nil, ""))
+	x.relay()
+	x.deliver(true)
+	fresh := newFixture(t, Options{Partition: x.digests[0].p.Options().Partition})
+	x.digests = append(x.digests, fresh)
+	x.applied[fresh] = len(x.log) // it never saw the statements so far
+	x.append(events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Digest: dg("layer"), Size: 5}})
+	if ni, _ := fresh.info(blobN("layer")); !ni.Pinned || ni.Count != 0 {
+		t.Fatalf("orphan as the walk found it: %+v", ni)
+	}
+	for _, part := range []string{"r0", "r1"} {
+		x.append(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part}})
+	}
+	x.relay()
+	x.deliver(true)
+	if ni, _ := fresh.info(blobN("layer")); ni.Pinned || ni.Count != 1 || ni.Eligible != nil {
+		t.Fatalf("after the reconciles: %+v, want held by r0", ni)
 	}
 }

@@ -46,7 +46,8 @@ type Options struct {
 	TimeMachine      time.Duration
 	TimeMachineRepos map[string]time.Duration
 	// Partition is the share of the registry this projection holds (the
-	// zero value: all of it). A file keeps the partition it was made for.
+	// zero value: all of it). A file keeps the partition it was made for;
+	// a read-only opening takes the file's.
 	Partition Partition
 	// NoSync skips fsync on commit. For tests and benchmarks only.
 	NoSync bool
@@ -118,6 +119,9 @@ func Open(path string, opts Options) (*Projection, error) {
 	err = db.View(func(tx *bolt.Tx) error {
 		if meta := tx.Bucket(bucketMeta); meta != nil {
 			p.policyAt = int64(readU64(meta.Get(keyPolicyAt)))
+		}
+		if opts.ReadOnly {
+			return p.readPartition(tx)
 		}
 		return nil
 	})

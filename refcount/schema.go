@@ -15,6 +15,8 @@
 //	  reconciled → uint64 AsOf of the last reconcile of the whole registry
 //	  counts   → the figures of Stats, kept in step by every write (counts.go)
 //	  partition → the share of the registry the file holds (Partition.String)
+//	  reconciled.r<i> → uint64 AsOf of repository partition i's last whole reconcile
+//	                    (digest partitions)
 //	nodes/
 //	  <node key>                    → node record (flags, count, lease, zero-since,
 //	                                  queue time, last event sequence, size, media
@@ -60,6 +62,10 @@
 //	outbox/
 //	  <blob key> → JSON events.Event (a repository partition's blob.held statement
 //	                                  not yet published; partition.go)
+//	orphans/
+//	  <blob key> → uint64 sequence (a digest partition's blob found in storage with
+//	                                no holder: pinned until every repository
+//	                                partition has reconciled after it)
 //
 // Node keys are a kind byte followed by the node's identity: 't' repo 0x00
 // tag, 'm' repo 0x00 digest, 'l' repo 0x00 digest (a layer link), 'b' digest,
@@ -162,11 +168,12 @@ var (
 	bucketLifetimes = []byte("lifetimes")
 	bucketPurges    = []byte("purges")
 	// Version 5.
-	bucketOutbox = []byte("outbox")
+	bucketOutbox  = []byte("outbox")
+	bucketOrphans = []byte("orphans")
 
 	allBuckets = [][]byte{bucketMeta, bucketNodes, bucketQueue, bucketTrash, bucketIntents,
 		bucketTombs, bucketHeals, bucketStamps, bucketSources, bucketHosts, bucketPauses, bucketOrigins,
-		bucketTags, bucketLifetimes, bucketPurges, bucketOutbox}
+		bucketTags, bucketLifetimes, bucketPurges, bucketOutbox, bucketOrphans}
 
 	keySchema     = []byte("schema")
 	keyCursor     = []byte("cursor")
@@ -176,6 +183,10 @@ var (
 	keyCounts     = []byte("counts")
 	keyPartition  = []byte("partition")
 )
+
+// keyReconciledBy is the meta key of repository partition i's last whole
+// reconcile, in a digest partition.
+func keyReconciledBy(i int) []byte { return fmt.Appendf([]byte("reconciled."), "r%d", i) }
 
 // Node key kind bytes.
 const (
@@ -238,7 +249,7 @@ var migrations = []Migration{
 	// in the time machine and no purge, which the empty buckets say. A
 	// version 3 build refuses a version 4 file (ErrNewerSchema).
 	{From: 3, Apply: func(*bolt.Tx) error { return nil }},
-	// Version 5 adds the outbox/ bucket and meta/partition: a version 4
+	// Version 5 adds the outbox/ and orphans/ buckets and meta/partition: a version 4
 	// file holds the whole registry, which Open records.
 	{From: 4, Apply: func(*bolt.Tx) error { return nil }},
 }

@@ -44,6 +44,10 @@ func serveFlags(fs *pflag.FlagSet, cfg *daemon.Config, file, storageRoot *string
 	fs.BoolVar(&cfg.HA.Enabled, "ha", cfg.HA.Enabled, "elect one active collector among instances sharing the event log; the others are hot standbys")
 	fs.StringVar(&cfg.HA.ID, "ha-id", cfg.HA.ID, "this instance's name in the election (default: host name and pid)")
 	fs.DurationVar(&cfg.HA.TTL, "ha-ttl", cfg.HA.TTL, "how long a dead leader's lease lasts (0: 15s)")
+	fs.StringVar(&cfg.Partition.Name, "partition", cfg.Partition.Name, "hold one partition of the graph: r<i> (repositories) or d<j> (blob data), of --repo-partitions and --digest-partitions (docs/PARTITIONING.md; default: the whole registry)")
+	fs.IntVar(&cfg.Partition.Repos, "repo-partitions", cfg.Partition.Repos, "how many repository partitions the registry is split into (with --partition)")
+	fs.IntVar(&cfg.Partition.Digests, "digest-partitions", cfg.Partition.Digests, "how many digest partitions the registry is split into, at most 256 (with --partition)")
+	fs.DurationVar(&cfg.Partition.BarrierTimeout, "partition-barrier-timeout", cfg.Partition.BarrierTimeout, "how long a digest partition's purge round waits for the repository partitions' statements (0: 30s)")
 
 	fs.BoolVar(&cfg.Insecure, "insecure", cfg.Insecure, "allow listening beyond this machine without a webhook token and an admin token")
 	fs.StringVar(&cfg.RebuildDir, "rebuild-dir", cfg.RebuildDir, "the only directory POST /v1/rebuild writes into (default: DATA_DIR/rebuilds)")

@@ -342,6 +342,7 @@ type walk struct {
 	busy  map[events.NodeRef]bool // nodes with a pending collector intent
 	repos map[string]bool         // the repositories of a limited pass; nil for all
 	apply bool
+	part  refcount.Partition // the share of the registry the projection holds
 	// walked are the repositories, and dirs the blob directories
 	// (algorithm/prefix), whose present nodes were compared with storage.
 	walked, dirs map[string]bool
@@ -358,6 +359,7 @@ var repoKinds = []events.NodeKind{events.NodeTag, events.NodeManifest, events.No
 
 func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drift, error) {
 	w := &walk{r: r, now: r.cfg.Now(), sem: make(chan struct{}, r.cfg.Concurrency), apply: apply,
+		part: r.cfg.Projection.Options().Partition,
 		busy: map[events.NodeRef]bool{}, walked: map[string]bool{}, dirs: map[string]bool{}, unheld: map[digest.Digest]bool{}}
 	w.drift = Drift{Counts: map[string]int{}, Examples: map[string][]string{}, Scanned: map[string]int{}}
 	for _, typ := range DriftTypes {
@@ -387,11 +389,17 @@ func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drif
 			return w.drift, err
 		}
 	} else {
-		if err := w.walkRepos(ctx); err != nil {
-			return w.drift, err
+		// A partition walks its own share: a repository partition its
+		// repositories, a digest partition its blob directories.
+		if w.part.Role != refcount.RoleDigests {
+			if err := w.walkRepos(ctx); err != nil {
+				return w.drift, err
+			}
 		}
-		if err := w.walkBlobs(ctx); err != nil {
-			return w.drift, err
+		if w.part.Role != refcount.RoleRepos {
+			if err := w.walkBlobs(ctx); err != nil {
+				return w.drift, err
+			}
 		}
 	}
 	if err := w.markBusy(ctx); err != nil { // intents recorded during the walk
@@ -418,7 +426,8 @@ func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drif
 	}
 	// The Reconciled event goes last: it lifts the pauses this walk covers
 	// only once its corrections are in the log before it.
-	done := fix{ev: events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: w.asOf, Repos: repos}}}
+	done := fix{ev: events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: w.asOf, Repos: repos,
+		Partition: w.part.Name()}}}
 	if err := w.publish(ctx, append(fixes, done)); err != nil {
 		return w.drift, err
 	}
@@ -431,7 +440,9 @@ func (w *walk) walkSome(ctx context.Context, repos []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(w.r.cfg.Concurrency)
 	for _, repo := range repos {
-		g.Go(func() error { return w.repo(gctx, repo) })
+		if w.part.HasRepo(repo) {
+			g.Go(func() error { return w.repo(gctx, repo) })
+		}
 	}
 	return g.Wait()
 }
@@ -490,6 +501,9 @@ func (w *walk) walkRepos(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(w.r.cfg.Concurrency)
 	err := w.r.cfg.Store.Repositories(gctx, func(repo string) error {
+		if !w.part.HasRepo(repo) {
+			return nil
+		}
 		w.scanned("repositories")
 		g.Go(func() error { return w.repo(gctx, repo) })
 		return nil
@@ -808,6 +822,12 @@ func (w *walk) noteUnheld(d digest.Digest) {
 // blobs of the same prefix: both are in digest order.
 func (w *walk) walkBlobs(ctx context.Context) error {
 	err := w.r.cfg.Store.BlobDirs(ctx, func(alg digest.Algorithm, prefix string, ds []digest.Digest) error {
+		if !w.part.HasPrefix(prefix) {
+			return nil
+		}
+		if w.part.Role == refcount.RoleDigests { // a directory may straddle two partitions
+			ds = slices.DeleteFunc(ds, func(d digest.Digest) bool { return !w.part.HasDigest(d) })
+		}
 		w.mu.Lock()
 		w.drift.Scanned["blobs"] += len(ds)
 		w.mu.Unlock()

@@ -66,6 +66,9 @@ type Config struct {
 	// HA elects one active collector among instances sharing the event log.
 	HA HAConfig `yaml:"ha"`
 
+	// Partition places this instance on one partition of the graph.
+	Partition PartitionConfig `yaml:"partition"`
+
 	// Owners route, per event source, the objects a registry keeps in its
 	// own database to that registry's deletion service (owners.go).
 	Owners []OwnerConfig `yaml:"owners"`
@@ -288,6 +291,12 @@ func (c *Config) Validate() error {
 	}
 	if err := validateOwners(c.Owners); err != nil {
 		return err
+	}
+	if _, err := c.Partition.partition(); err != nil {
+		return err
+	}
+	if c.Partition.Name != "" && (len(c.Owners) > 0 || c.Collector.OwnersOnly) {
+		return bad("partitioning works with registry storage only, not with owners")
 	}
 	return c.validateOwnersOnly()
 }

@@ -86,9 +86,12 @@ type Daemon struct {
 	gauges *gauges
 
 	adminUnauthorized prometheus.Counter
-	leader            *eventlog.Leader     // nil without HA: always the leader
-	intents           *collector.KVIntents // nil without HA
-	started           time.Time            // on the daemon's clock
+	leader            *eventlog.Leader            // nil without HA: always the leader
+	part              refcount.Partition          // the share of the registry this instance holds
+	relay             *eventlog.Relay             // a repository partition's; nil otherwise
+	barrierWait       func(context.Context) error // a digest partition's; nil otherwise
+	intents           *collector.KVIntents        // nil without HA
+	started           time.Time                   // on the daemon's clock
 	ln                net.Listener
 	srv               *http.Server
 
@@ -112,6 +115,7 @@ func Start(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, now: cfg.Now, done: make(chan struct{})}
+	d.part, _ = cfg.Partition.partition() // validated
 	if d.log == nil {
 		if d.log, err = NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel); err != nil {
 			return nil, err
@@ -228,6 +232,7 @@ func (d *Daemon) openProjection() (err error) {
 		Untagged: refcount.Policy(cfg.Collector.Untagged), Grace: cfg.Collector.Grace,
 		Retention: cfg.Collector.Retention, NoSync: cfg.NoSync,
 		TimeMachine: cfg.Collector.TimeMachine, TimeMachineRepos: cfg.Collector.TimeMachineRepos,
+		Partition: d.part,
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("%w: %s is locked (stop the other instance, or give each instance its own --data-dir)", ErrDataDirInUse, path)
@@ -240,6 +245,9 @@ func (d *Daemon) openProjection() (err error) {
 		Bind:   d.proj.BindStream,
 		Apply: func(b []events.Record) error {
 			_, err := d.proj.Apply(b)
+			if err == nil && d.relay != nil {
+				d.relay.Kick()
+			}
 			return err
 		},
 		Logger: d.log, Registerer: d.reg,
@@ -297,9 +305,12 @@ func (d *Daemon) startCollecting(ctx context.Context) (_ distribution.ManifestRe
 	}
 	if cfg.HA.Enabled {
 		// A new leader finishes or undoes what the last one left.
-		if d.intents, err = collector.NewKVIntents(ctx, d.js, "", cfg.NATS.Replicas); err != nil {
+		if d.intents, err = collector.NewKVIntents(ctx, d.js, collector.DefaultIntentBucket+cfg.Partition.suffix(), cfg.NATS.Replicas); err != nil {
 			return nil, fmt.Errorf("daemon: %w", err)
 		}
+	}
+	if d.barrierWait, err = d.barrier(ctx); err != nil {
+		return nil, err
 	}
 	d.col, err = d.newCollector(cfg.Collector.DryRun, d.reg)
 	if err != nil {
@@ -322,7 +333,7 @@ func (d *Daemon) startElection(ctx context.Context) (err error) {
 			host, _ := os.Hostname()
 			id = fmt.Sprintf("%s-%d", host, os.Getpid())
 		}
-		d.leader, err = eventlog.NewLeader(ctx, d.js, eventlog.LeaderConfig{ID: id, TTL: cfg.HA.TTL,
+		d.leader, err = eventlog.NewLeader(ctx, d.js, eventlog.LeaderConfig{ID: id, TTL: cfg.HA.TTL, Key: "collector" + cfg.Partition.suffix(),
 			Replicas: cfg.NATS.Replicas, Logger: d.log})
 		if err != nil {
 			return fmt.Errorf("daemon: %w", err)
@@ -436,6 +447,9 @@ func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 		}()
 	}
 	d.startSnapshots(runCtx)
+	if err := d.startRelay(runCtx); err != nil {
+		return err
+	}
 	if d.rec != nil {
 		if err := d.startReconcile(runCtx); err != nil {
 			return err
@@ -515,24 +529,33 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 		Projection: d.proj, Storage: storage, Log: d.jslog, Now: d.now, Owners: owners,
 		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
 		QuietAfter: cc.QuietAfter, Started: d.started, DryRun: dryRun, ExpireTags: cc.ExpireTags, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
-		Dirs: d.emptyDirs(),
-		// Called inside a pass, which holds passMu: the reconciler runs
-		// without taking it again.
-		Reconcile: func(ctx context.Context, repos []string) error {
-			if d.rec == nil {
-				return d.liftPausesWithoutStorage(ctx, repos)
-			}
-			drift, err := d.rec.ReconcileRepos(ctx, repos)
-			if err == nil && !drift.Clean() {
-				d.log.Warn("reconcile to lift a pause corrected drift", "drift", drift.String())
-			}
-			return err
-		},
+		Dirs: d.emptyDirs(), Barrier: d.barrierWait,
+		Reconcile: d.liftPauses(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("daemon: collector: %w", err)
 	}
 	return c, nil
+}
+
+// liftPauses is how a pass lifts pauses: a reconcile of the paused
+// repositories. It is called inside a pass, which holds passMu: the
+// reconciler runs without taking it again. A digest partition has none:
+// its pauses go when the repository partitions have reconciled.
+func (d *Daemon) liftPauses() func(ctx context.Context, repos []string) error {
+	if d.part.Role == refcount.RoleDigests {
+		return nil
+	}
+	return func(ctx context.Context, repos []string) error {
+		if d.rec == nil {
+			return d.liftPausesWithoutStorage(ctx, repos)
+		}
+		drift, err := d.rec.ReconcileRepos(ctx, repos)
+		if err == nil && !drift.Clean() {
+			d.log.Warn("reconcile to lift a pause corrected drift", "drift", drift.String())
+		}
+		return err
+	}
 }
 
 // emptyDirs is the store's remover of empty directories: the filesystem

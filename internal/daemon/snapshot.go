@@ -21,7 +21,8 @@ const DefaultSnapshotInterval = 6 * time.Hour
 
 // snapshotStore opens the snapshot bucket.
 func (d *Daemon) snapshotStore(ctx context.Context) (*eventlog.SnapshotStore, error) {
-	s, err := eventlog.NewSnapshotStore(ctx, d.js, eventlog.SnapshotConfig{Replicas: d.cfg.NATS.Replicas, Keep: d.cfg.SnapshotKeep})
+	s, err := eventlog.NewSnapshotStore(ctx, d.js, eventlog.SnapshotConfig{Replicas: d.cfg.NATS.Replicas, Keep: d.cfg.SnapshotKeep,
+		Bucket: eventlog.DefaultSnapshotBucket + d.cfg.Partition.suffix()})
 	if err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}

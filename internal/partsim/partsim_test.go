@@ -103,9 +103,9 @@ func TestPartitionFunctions(t *testing.T) {
 	moved := 0
 	for i := range keys {
 		name := repoName(i)
-		p := RepoPartition(name, n)
+		p := refcount.RepoPartition(name, n)
 		counts[p]++
-		if RepoPartition(name, n+1) != p {
+		if refcount.RepoPartition(name, n+1) != p {
 			moved++
 		}
 		if q := DigestPartition(splitmix(uint64(i)), n); q < 0 || q >= n {

@@ -3,6 +3,8 @@ package partsim
 import (
 	"fmt"
 	"slices"
+
+	"github.com/refgc/refgc/refcount"
 )
 
 // Scheme names.
@@ -115,7 +117,7 @@ func simulate(cfg Config, also observer) (*Result, error) {
 	ts := sizeRegistry(&cfg)
 	hashes := make([]uint64, len(ts))
 	for i := range ts {
-		hashes[i] = nameHash(repoName(i))
+		hashes[i] = refcount.RepoHash(repoName(i))
 	}
 	var sides []*repoSide
 	for _, n := range cfg.Partitions {
