@@ -47,4 +47,3 @@ func place(hashes []uint64, ts []repoTraits, n, top int, placed bool) []uint16 {
 	}
 	return part
 }
-
