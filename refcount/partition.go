@@ -121,6 +121,9 @@ func (p Partition) String() string {
 	return fmt.Sprintf("%s of %d repository and %d digest partitions", p.Name(), p.Repos, p.Digests)
 }
 
+// Layout is "<repos>/<digests>": partitions of one registry share it.
+func (p Partition) Layout() string { return fmt.Sprintf("%d/%d", p.Repos, p.Digests) }
+
 // HasRepo reports whether the repository's nodes are this partition's.
 func (p Partition) HasRepo(repo string) bool {
 	switch p.Role {
@@ -248,7 +251,7 @@ func (p Partition) record() string {
 	if p.Role == RoleAll {
 		return ""
 	}
-	return fmt.Sprintf("%s/%d/%d", p.Name(), p.Repos, p.Digests)
+	return p.Name() + "/" + p.Layout()
 }
 
 // parseRecord reads meta/partition.

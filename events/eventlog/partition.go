@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -75,7 +76,10 @@ type RelayConfig struct {
 	// Partition is the repository partition's name ("r<i>"), its key in
 	// the progress bucket.
 	Partition string
-	Replicas  int
+	// Layout names how many partitions of each kind there are ("2/3"):
+	// a Barrier of another layout does not count this relay's progress.
+	Layout   string
+	Replicas int
 	// Interval between rounds (DefaultRelayInterval); Kick starts one sooner.
 	Interval   time.Duration
 	Logger     *slog.Logger
@@ -159,7 +163,7 @@ func (r *Relay) Flush(ctx context.Context) (uint64, error) {
 			return 0, err
 		}
 		if len(evs) < DefaultRelayBatch {
-			if _, err := r.kv.Put(ctx, r.cfg.Partition, []byte(strconv.FormatUint(through, 10))); err != nil {
+			if _, err := r.kv.Put(ctx, r.cfg.Partition, []byte(strconv.FormatUint(through, 10)+" "+r.cfg.Layout)); err != nil {
 				return 0, fmt.Errorf("events: relay progress: %w", err)
 			}
 			return through, nil
@@ -172,7 +176,11 @@ type BarrierConfig struct {
 	// Stream is the event log's stream (DefaultStreamName).
 	Stream string
 	// Repos is how many repository partitions there are: r0 … r<Repos-1>.
-	Repos    int
+	Repos int
+	// Layout is the relays' (RelayConfig.Layout): a relay that states
+	// another one runs with other partition counts, and its progress is not
+	// counted (its statements may miss what this partition owns).
+	Layout   string
 	Replicas int
 	// Timeout bounds a Wait (default 30 s).
 	Timeout time.Duration
@@ -232,7 +240,12 @@ func (b *Barrier) Wait(ctx context.Context) error {
 			e, err := b.kv.Get(ctx, name)
 			var through uint64
 			if err == nil {
-				through, _ = strconv.ParseUint(string(e.Value()), 10, 64)
+				seq, layout, _ := strings.Cut(string(e.Value()), " ")
+				if layout != b.cfg.Layout {
+					behind = append(behind, name+" (partitioned as "+layout+", not "+b.cfg.Layout+")")
+					continue
+				}
+				through, _ = strconv.ParseUint(seq, 10, 64)
 			}
 			if through < last {
 				behind = append(behind, name)

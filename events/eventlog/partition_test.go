@@ -40,11 +40,11 @@ func TestRelayAndBarrier(t *testing.T) {
 		}
 		t.Cleanup(func() { p.Close() })
 		repos[i] = p
-		if relays[i], err = eventlog.NewRelay(ctx, js, eventlog.RelayConfig{Publisher: pub, Outbox: p, Partition: part.Name()}); err != nil {
+		if relays[i], err = eventlog.NewRelay(ctx, js, eventlog.RelayConfig{Publisher: pub, Outbox: p, Partition: part.Name(), Layout: part.Layout()}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	barrier, err := eventlog.NewBarrier(ctx, js, eventlog.BarrierConfig{Repos: 2, Timeout: 300 * time.Millisecond, Poll: 10 * time.Millisecond})
+	barrier, err := eventlog.NewBarrier(ctx, js, eventlog.BarrierConfig{Repos: 2, Layout: "2/1", Timeout: 300 * time.Millisecond, Poll: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +125,15 @@ func TestRelayAndBarrier(t *testing.T) {
 	}
 	if err := barrier.Wait(ctx); err != nil {
 		t.Fatalf("barrier: %v", err)
+	}
+	// A digest partition that counts three repository partitions does not
+	// take these two relays' word for it.
+	other, err := eventlog.NewBarrier(ctx, js, eventlog.BarrierConfig{Repos: 2, Layout: "3/1", Timeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Wait(ctx); !errors.Is(err, eventlog.ErrBarrier) {
+		t.Fatalf("a barrier of another layout passed: %v", err)
 	}
 	for i, p := range repos {
 		if out, err := p.Outbox(10); err != nil || len(out) != 0 {

@@ -55,7 +55,7 @@ func (d *Daemon) startRelay(ctx context.Context) error {
 		return nil
 	}
 	relay, err := eventlog.NewRelay(ctx, d.js, eventlog.RelayConfig{Publisher: d.pub, Outbox: d.proj,
-		Partition: d.part.Name(), Replicas: d.cfg.NATS.Replicas, Logger: d.log, Registerer: d.reg})
+		Partition: d.part.Name(), Layout: d.part.Layout(), Replicas: d.cfg.NATS.Replicas, Logger: d.log, Registerer: d.reg})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
@@ -78,7 +78,7 @@ func (d *Daemon) barrier(ctx context.Context) (func(context.Context) error, erro
 	if timeout <= 0 {
 		timeout = DefaultBarrierTimeout
 	}
-	b, err := eventlog.NewBarrier(ctx, d.js, eventlog.BarrierConfig{Repos: d.part.Repos,
+	b, err := eventlog.NewBarrier(ctx, d.js, eventlog.BarrierConfig{Repos: d.part.Repos, Layout: d.part.Layout(),
 		Replicas: d.cfg.NATS.Replicas, Timeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
