@@ -25,19 +25,9 @@ func TestHotStandbyTakesOver(t *testing.T) {
 	root := t.TempDir()
 	start := func(id string) *daemon.Daemon {
 		t.Helper()
-		cfg := daemon.Defaults()
-		cfg.DataDir, cfg.Addr, cfg.NATS.URL = t.TempDir(), "127.0.0.1:0", emb.ClientURL()
-		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
-		cfg.Collector.Interval = 0
-		cfg.HA = daemon.HAConfig{Enabled: true, ID: id, TTL: 600 * time.Millisecond}
-		cfg.NoSync = true
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		d, err := daemon.Start(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
-		return d
+		return startShared(t, emb, root, func(cfg *daemon.Config) {
+			cfg.HA = daemon.HAConfig{Enabled: true, ID: id, TTL: 600 * time.Millisecond}
+		})
 	}
 	waitFor := func(what string, cond func() bool) { t.Helper(); regtest.WaitFor(t, what, cond) }
 	a := start("a")
@@ -68,4 +58,23 @@ func TestHotStandbyTakesOver(t *testing.T) {
 	if n := metricSum(t, b, "refgc_leader"); n != 1 {
 		t.Fatalf("leader refgc_leader = %v", n)
 	}
+}
+
+// startShared starts a daemon on the shared NATS server emb and the
+// filesystem storage root, collecting only when asked, as set changes it.
+func startShared(t *testing.T, emb *eventlog.Embedded, root string, set func(*daemon.Config)) *daemon.Daemon {
+	t.Helper()
+	cfg := daemon.Defaults()
+	cfg.DataDir, cfg.Addr, cfg.NATS.URL = t.TempDir(), "127.0.0.1:0", emb.ClientURL()
+	cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
+	cfg.Collector.Interval = 0
+	cfg.NoSync = true
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	set(&cfg)
+	d, err := daemon.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
+	return d
 }

@@ -3,8 +3,6 @@ package daemon_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"testing"
 
@@ -31,23 +29,13 @@ func TestPartitionedDeployment(t *testing.T) {
 	names := []string{"r0", "r1", "d0", "d1"}
 	parts := map[string]*daemon.Daemon{}
 	for _, name := range names {
-		cfg := daemon.Defaults()
-		cfg.DataDir, cfg.Addr, cfg.NATS.URL = t.TempDir(), "127.0.0.1:0", emb.ClientURL()
-		cfg.Storage = map[string]any{"filesystem": map[string]any{"rootdirectory": root}}
-		cfg.Webhook.Token = testToken
-		cfg.Collector.Interval = 0
-		cfg.Collector.Grace, cfg.Collector.Retention = testGrace, testRetention
-		cfg.Collector.Concurrency = 4
-		cfg.Partition = daemon.PartitionConfig{Name: name, Repos: 2, Digests: 2}
-		cfg.Now = clock.Now
-		cfg.NoSync = true
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		d, err := daemon.Start(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = d.Shutdown(context.Background()) })
-		parts[name] = d
+		parts[name] = startShared(t, emb, root, func(cfg *daemon.Config) {
+			cfg.Webhook.Token = testToken
+			cfg.Collector.Grace, cfg.Collector.Retention = testGrace, testRetention
+			cfg.Collector.Concurrency = 4
+			cfg.Partition = daemon.PartitionConfig{Name: name, Repos: 2, Digests: 2}
+			cfg.Now = clock.Now
+		})
 	}
 	// Any instance takes the registry's notifications: here a digest
 	// partition's.
