@@ -51,6 +51,12 @@ storage:
 					t.Errorf("%+v", c)
 				}
 			}},
+		{"partition from flags and env", []string{"--partition", "d1", "--digest-partitions", "4"}, map[string]string{"REFGC_REPO_PARTITIONS": "3"},
+			func(t *testing.T, c daemon.Config) {
+				if c.Partition != (daemon.PartitionConfig{Name: "d1", Repos: 3, Digests: 4}) {
+					t.Errorf("%+v", c.Partition)
+				}
+			}},
 		{"flags over env", []string{"--config", file, "--grace", "7h", "--storage-root", "/srv/reg", "--webhook-tokens", "z"},
 			map[string]string{"REFGC_GRACE": "5h", "REFGC_WEBHOOK_TOKENS": "x"},
 			func(t *testing.T, c daemon.Config) {

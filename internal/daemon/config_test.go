@@ -42,3 +42,31 @@ func TestValidateSecureDefaults(t *testing.T) {
 		t.Errorf("a token in the rotation list: %v", err)
 	}
 }
+
+// A partition must name a role and an index within its counts, and
+// works with registry storage only.
+func TestValidatePartition(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		part   PartitionConfig
+		owners bool
+		ok     bool
+	}{
+		{"none", PartitionConfig{}, false, true},
+		{"repository partition", PartitionConfig{Name: "r1", Repos: 2, Digests: 4}, false, true},
+		{"digest partition", PartitionConfig{Name: "d3", Repos: 2, Digests: 4}, false, true},
+		{"index out of range", PartitionConfig{Name: "d4", Repos: 2, Digests: 4}, false, false},
+		{"no counts", PartitionConfig{Name: "r0"}, false, false},
+		{"unknown role", PartitionConfig{Name: "x0", Repos: 1, Digests: 1}, false, false},
+		{"with owners", PartitionConfig{Name: "r0", Repos: 1, Digests: 1}, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Defaults()
+			c.Addr, c.Partition, c.Collector.OwnersOnly = "127.0.0.1:0", tt.part, tt.owners
+			err := c.Validate()
+			if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrConfig)) {
+				t.Fatalf("Validate: %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
