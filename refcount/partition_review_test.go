@@ -88,3 +88,42 @@ func TestReviewTwinBatchesLoseHold(t *testing.T) {
 			ni, d.candidates(t0.Add(1000*time.Hour)))
 	}
 }
+
+// The barrier covers statements made from events up to the log's last
+// sequence L when it was read; the catch-up after it goes further. A link
+// made after L (a mount, then the manifest that needs it) is in the
+// digest partition's log before its re-check, but not its statement: the
+// whole projection's re-check sees the mount's lease and keeps the blob,
+// the digest partition purges it.
+func TestReviewLinkAfterBarrierPurged(t *testing.T) {
+	x := newPartitioned(t, 1, 1, 9)
+	d := x.digests[0]
+	x.append(pushB("repo", "z"))
+	x.relay()
+	x.deliver(true)
+	x.append(delD("repo", "z"))
+	x.relay()
+	x.deliver(true)
+	x.relay() // the barrier passes: r0 published everything through the log's end
+	if len(x.pending) != 0 {
+		t.Fatalf("pending %v", x.pending)
+	}
+	x.now = x.now.Add(48 * time.Hour)
+	// After the barrier read L: the registry mounts z and accepts a
+	// manifest using it; the relay has not run yet when d catches up.
+	x.append(mountB("repo", "z", "other"), pushM("repo", "img", "v1", []string{"z"}, nil, ""))
+	now := x.now.Add(time.Minute)
+	for _, f := range []*fixture{x.whole, d} {
+		cur, _ := f.p.Cursor()
+		_, err := f.p.BeginCollect("purge-z", blobN("z"), now, cur)
+		if f == x.whole {
+			if err == nil {
+				t.Fatalf("whole projection: purge of z passed its re-check")
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("digest partition: purge of z (mounted and used by repo:v1 before the re-check) passed its re-check")
+		}
+	}
+}
