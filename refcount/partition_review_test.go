@@ -127,3 +127,36 @@ func TestReviewLinkAfterBarrierPurged(t *testing.T) {
 		}
 	}
 }
+
+// A registry-wide pause in a digest partition of two repository
+// partitions is lifted once "two" partitions have reconciled: any two
+// names, even one that is not a repository partition of its layout (an
+// r2 started with --repo-partitions 3 during a resize, or by mistake).
+// r1, which may have missed the link the pause stands for, never walked.
+func TestReviewPauseLiftedByForeignPartition(t *testing.T) {
+	x := newPartitioned(t, 2, 1, 4)
+	d := x.digests[0]
+	x.append(events.Event{Kind: events.Refused, Refused: &events.RefusedRef{Reason: "too_large"}})
+	for _, part := range []string{"r0", "r2"} {
+		x.append(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part}})
+	}
+	ps, err := d.p.Pauses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) == 0 {
+		t.Errorf("the registry-wide pause was lifted without r1's reconcile")
+	}
+}
+
+// Partition names that parse to the same partition must be the same
+// name: "r01" is r1 for the projection, the relay and the statements, but
+// the daemon keys its leadership, intents and snapshots by the raw name.
+func TestReviewPartitionNameCanonical(t *testing.T) {
+	for _, name := range []string{"r01", "r+1", "d01"} {
+		p, err := ParsePartition(name, 2, 2)
+		if err == nil && p.Name() != name {
+			t.Errorf("ParsePartition(%q) = %s: accepted under another name", name, p.Name())
+		}
+	}
+}
