@@ -190,3 +190,27 @@ func TestReviewOutboxDependsOnBatches(t *testing.T) {
 		t.Errorf("one batch: %v; batches [1] [2 3]: %v", ids(oa), ids(ob))
 	}
 }
+
+// An orphan waits for every repository partition's whole reconcile; the
+// statement of the link that reconcile found comes after its
+// reconcile.completed, and only the barrier covers it. A reconcile that
+// completes after the barrier read the log's last sequence is applied by
+// the catch-up before the re-check: the orphan is unpinned and purged
+// while a repository links it.
+func TestReviewOrphanUnpinnedAfterBarrier(t *testing.T) {
+	x := newPartitioned(t, 1, 1, 5)
+	d := x.digests[0]
+	// A link whose notification was lost: storage has repo/z, no projection does.
+	x.append(events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Digest: dg("z"), Size: 1}}) // d's walk
+	x.relay()
+	x.deliver(true) // the barrier passes here: nothing to publish
+	x.now = x.now.Add(48 * time.Hour)
+	// r0's whole reconcile: it finds the link and completes, after L.
+	x.append(events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Repo: "repo", Digest: dg("z"), Size: 1}},
+		events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: "r0"}})
+	cur, _ := d.p.Cursor()
+	if _, err := d.p.BeginCollect("purge-z", blobN("z"), x.now.Add(time.Minute), cur); err == nil {
+		ni, _ := x.repos[0].info(layN("repo", "z"))
+		t.Errorf("orphan z passed its re-check while r0 links it (%+v): its statement is not in the log yet", ni)
+	}
+}
