@@ -214,3 +214,21 @@ func TestReviewOrphanUnpinnedAfterBarrier(t *testing.T) {
 		t.Errorf("orphan z passed its re-check while r0 links it (%+v): its statement is not in the log yet", ni)
 	}
 }
+
+// A whole-registry projection on the same log as partitions (the instance
+// being migrated from, or one started with the counts but without
+// --partition) takes a partition's reconcile of its share for a reconcile
+// of the whole registry: a digest partition's walk of its blob data lifts
+// the registry-wide pause of a lost notification.
+func TestReviewWholeTakesPartitionReconcile(t *testing.T) {
+	f := newFixture(t, Options{})
+	f.apply(events.Event{Kind: events.Refused, Refused: &events.RefusedRef{Reason: "too_large"}})
+	f.apply(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: f.seq, Partition: "d0"}})
+	ps, err := f.p.Pauses()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) == 0 {
+		t.Errorf("the whole projection's registry-wide pause was lifted by digest partition d0's walk of its blobs")
+	}
+}
