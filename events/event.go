@@ -346,9 +346,10 @@ type Reconciliation struct {
 	AsOf uint64 `json:"asOf"`
 	// Repos are the repositories walked; empty for the whole registry.
 	Repos []string `json:"repos,omitempty"`
-	// Partition is the partition whose share was walked (refcount's
-	// Partition.String, "r0", "d1"); empty without partitioning.
+	// Partition is the partition whose share was walked ("r0", "d1"),
+	// and Layout its "<repos>/<digests>"; both empty without partitioning.
 	Partition string `json:"partition,omitempty"`
+	Layout    string `json:"layout,omitempty"`
 }
 
 // Holding is the body of BlobHeld: whether repository partition
@@ -356,9 +357,12 @@ type Reconciliation struct {
 // applies, per blob and partition, only a statement newer than the last
 // one it applied, so statements may arrive late, twice or out of order.
 type Holding struct {
-	Partition int           `json:"partition"`
-	Digest    digest.Digest `json:"digest"`
-	Held      bool          `json:"held"`
+	Partition int `json:"partition"`
+	// Layout is the stating partition's "<repos>/<digests>": a digest
+	// partition of another layout ignores the statement.
+	Layout string        `json:"layout"`
+	Digest digest.Digest `json:"digest"`
+	Held   bool          `json:"held"`
 	// Lease is the newest lease the partition gave the blob (a push, a
 	// mount or a pull through it), kept by the digest partition when the
 	// blob is no longer held.

@@ -58,10 +58,10 @@ func validEvents() []Event {
 			e.Host, e.Received = "reg:5000", e.Time.Add(time.Second)
 		}),
 		with(base(Reconciled), func(e *Event) {
-			e.Reconcile = &Reconciliation{AsOf: 9, Repos: []string{"app"}, Partition: "r1"}
+			e.Reconcile = &Reconciliation{AsOf: 9, Repos: []string{"app"}, Partition: "r1", Layout: "2/3"}
 		}),
 		with(base(BlobHeld), func(e *Event) {
-			e.Held = &Holding{Partition: 1, Digest: dA, Held: true, Lease: evTime, Size: 3, Version: 7}
+			e.Held = &Holding{Partition: 1, Layout: "2/3", Digest: dA, Held: true, Lease: evTime, Size: 3, Version: 7}
 		}),
 	}
 }

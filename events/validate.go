@@ -44,6 +44,7 @@ var (
 	idRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.:=-]{0,254}$`)
 	// reasonRE is a refusal code: usable as a metric label.
 	reasonRE = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+	layoutRE = regexp.MustCompile(`^[1-9][0-9]{0,5}/[1-9][0-9]{0,2}$`)
 )
 
 // The matchers below are the regular expressions above written out by
@@ -424,6 +425,9 @@ func (e *Event) Validate() error {
 			if p := e.Reconcile.Partition; p != "" && !reasonRE.MatchString(p) {
 				c.fail("reconcile.partition", "must be a short lower-case code")
 			}
+			if l := e.Reconcile.Layout; l != "" && !layoutRE.MatchString(l) {
+				c.fail("reconcile.layout", "must be <repos>/<digests>")
+			}
 		}
 	case BlobHeld:
 		if need("held", e.Held != nil) {
@@ -431,6 +435,9 @@ func (e *Event) Validate() error {
 			c.size("held.size", e.Held.Size)
 			if e.Held.Partition < 0 {
 				c.fail("held.partition", "must not be negative")
+			}
+			if !layoutRE.MatchString(e.Held.Layout) {
+				c.fail("held.layout", "must be <repos>/<digests>")
 			}
 		}
 	case "":

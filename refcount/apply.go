@@ -33,6 +33,10 @@ func (t *txn) apply(seq uint64, e *events.Event) error {
 	if !t.p.opts.Partition.takes(e) {
 		return t.err
 	}
+	if t.p.opts.Partition.Role == RoleDigests && e.Repository() != "" && e.Kind != events.Refused {
+		t.mentioned(e) // a repository's event: its partition states it
+		return t.err
+	}
 	switch e.Kind {
 	case events.ManifestPushed:
 		t.manifestPushed(e.Manifest)

@@ -86,7 +86,13 @@ func ParsePartition(name string, repos, digests int) (Partition, error) {
 		return p, fmt.Errorf("%w: %q: want r<index> or d<index>", ErrPartition, name)
 	}
 	p = Partition{Role: Role(name[0]), Index: i, Repos: repos, Digests: digests}
-	return p, p.Validate()
+	if err := p.Validate(); err != nil {
+		return p, err
+	}
+	if p.Name() != name { // "r01" would be r1 here, and another instance's keys elsewhere
+		return p, fmt.Errorf("%w: %q: write it %s", ErrPartition, name, p.Name())
+	}
+	return p, nil
 }
 
 // Validate checks the role, the index and the counts.
@@ -121,8 +127,14 @@ func (p Partition) String() string {
 	return fmt.Sprintf("%s of %d repository and %d digest partitions", p.Name(), p.Repos, p.Digests)
 }
 
-// Layout is "<repos>/<digests>": partitions of one registry share it.
-func (p Partition) Layout() string { return fmt.Sprintf("%d/%d", p.Repos, p.Digests) }
+// Layout is "<repos>/<digests>": partitions of one registry share it
+// ("" for the whole registry).
+func (p Partition) Layout() string {
+	if p.Role == RoleAll {
+		return ""
+	}
+	return fmt.Sprintf("%d/%d", p.Repos, p.Digests)
+}
 
 // HasRepo reports whether the repository's nodes are this partition's.
 func (p Partition) HasRepo(repo string) bool {
@@ -211,7 +223,8 @@ func holderKey(i int) []byte { return key2(kHolder, "", holderRepoPrefix+strconv
 func (p Partition) takes(e *events.Event) bool {
 	switch p.Role {
 	case RoleAll:
-		return e.Kind != events.BlobHeld
+		// A partition's reconcile walked its share, not the registry.
+		return e.Kind != events.BlobHeld && (e.Kind != events.Reconciled || e.Reconcile.Partition == "")
 	case RoleRepos:
 		switch e.Kind {
 		case events.BlobHeld:
@@ -219,7 +232,7 @@ func (p Partition) takes(e *events.Event) bool {
 		case events.Refused:
 			return e.Refused.Repo == "" || p.HasRepo(e.Refused.Repo)
 		case events.Reconciled:
-			return e.Reconcile.Partition == p.Name()
+			return e.Reconcile.Partition == p.Name() && e.Reconcile.Layout == p.Layout()
 		case events.BlobObserved:
 			return e.Blob.Repo != "" && p.HasRepo(e.Blob.Repo)
 		case events.ObservedAbsent:
@@ -231,11 +244,19 @@ func (p Partition) takes(e *events.Event) bool {
 	case RoleDigests:
 		switch e.Kind {
 		case events.BlobHeld:
-			return p.HasDigest(e.Held.Digest)
-		case events.Refused, events.Reconciled:
+			return p.HasDigest(e.Held.Digest) && e.Held.Layout == p.Layout() && e.Held.Partition < p.Repos
+		case events.Refused:
 			return true
+		case events.Reconciled:
+			return e.Reconcile.Layout == p.Layout()
 		case events.BlobObserved:
-			return e.Blob.Repo == "" && p.HasDigest(e.Blob.Digest)
+			if e.Blob.Repo != "" {
+				return p.mentions(e)
+			}
+			return p.HasDigest(e.Blob.Digest)
+		case events.BlobPushed, events.BlobMounted, events.Touched, events.ManifestPushed,
+			events.LegacyImageCreated, events.LegacyDerived:
+			return p.mentions(e)
 		case events.ObservedAbsent:
 			return e.Absent.Node.Kind == events.NodeBlob && p.HasDigest(e.Absent.Node.Digest)
 		case events.Collected, events.Healed:
@@ -269,6 +290,61 @@ func parseRecord(s string) (Partition, error) {
 		return Partition{}, fmt.Errorf("%w: meta partition %q", ErrCorrupt, s)
 	}
 	return ParsePartition(f[0], repos, digests)
+}
+
+// named lists the digests of blob data an event names: what a digest
+// partition leases when the event is in its log before the statements it
+// causes (mentioned).
+func named(e *events.Event) []digest.Digest {
+	switch {
+	case e.Blob != nil:
+		return []digest.Digest{e.Blob.Digest}
+	case e.Ref != nil && e.Kind == events.Touched:
+		return []digest.Digest{e.Ref.Digest}
+	case e.Manifest != nil:
+		ds := []digest.Digest{e.Manifest.Digest}
+		for _, b := range e.Manifest.Blobs {
+			ds = append(ds, b.Digest)
+		}
+		for _, c := range e.Manifest.Children {
+			ds = append(ds, c.Digest)
+		}
+		return ds
+	case e.Legacy != nil:
+		ds := slices.Clone(e.Legacy.Derived)
+		if e.Legacy.Storage != "" {
+			ds = append(ds, e.Legacy.Storage)
+		}
+		return ds
+	}
+	return nil
+}
+
+// mentions reports whether an event names blob data of this partition.
+func (p Partition) mentions(e *events.Event) bool {
+	return slices.ContainsFunc(named(e), p.HasDigest)
+}
+
+// mentioned leases, in a digest partition, the blobs of its range that an
+// event of a repository names: the statement that event causes comes
+// later (after the repository partition applied it and its relay ran),
+// and a purge whose barrier read the log before the event, but whose
+// catch-up applied it, must see it as the whole projection would. The
+// lease holds the blob for the grace, long enough for the statement; a
+// repository partition that is down holds every purge at the barrier.
+func (t *txn) mentioned(e *events.Event) {
+	for _, d := range named(e) {
+		if !t.p.opts.Partition.HasDigest(d) {
+			continue
+		}
+		k := blobKey(d)
+		if !t.exists(k) {
+			continue // unknown here: no candidate to protect
+		}
+		if n := t.get(k); !touchFresh(n, t.now, t.p.opts.Grace) {
+			t.lease(k, n)
+		}
+	}
 }
 
 // checkPartition records the partition of a new file, and refuses a file
@@ -306,19 +382,22 @@ func (p *Projection) readPartition(tx *bolt.Tx) error {
 // stateHolding writes, in a repository partition, the statement of
 // whether it holds blob copy k (see the file comment), replacing any the
 // relay has not published yet: only the newest state matters.
-func (t *txn) stateHolding(k []byte, n *node) {
+func (t *txn) stateHolding(k []byte, n *node, version uint64, at int64) {
 	ref, err := parseNodeKey(k)
 	if err != nil {
 		t.fail(err)
 		return
 	}
 	part := t.p.opts.Partition
-	h := &events.Holding{Partition: part.Index, Digest: ref.Digest, Held: n.count > 0, Size: n.size, Version: t.seq}
-	if n.lease != 0 {
+	h := &events.Holding{Partition: part.Index, Layout: part.Layout(), Digest: ref.Digest, Held: n.count > 0,
+		Size: n.size, Version: version}
+	if !h.Held && n.lease != 0 {
+		// (A held copy's lease matters once it is no longer held, and
+		// that statement carries it: every lease it got while held.)
 		h.Lease = time.Unix(0, n.lease).UTC()
 	}
-	ev := events.Event{V: events.Version, Kind: events.BlobHeld, Time: time.Unix(0, t.now).UTC(),
-		ID: fmt.Sprintf("held-%s-%d-%s", part.Name(), t.seq, ref.Digest.Encoded()), Source: "refgc-" + part.Name(), Held: h}
+	ev := events.Event{V: events.Version, Kind: events.BlobHeld, Time: time.Unix(0, at).UTC(),
+		ID: fmt.Sprintf("held-%s-%d-%s", part.Name(), version, ref.Digest.Encoded()), Source: "refgc-" + part.Name(), Held: h}
 	t.putJSON(t.tx.Bucket(bucketOutbox), k, ev)
 }
 
@@ -401,26 +480,25 @@ func (t *txn) reconciledOrphans(i int, asOf uint64) {
 		return
 	}
 	for _, k := range done {
-		t.unpinOrphan(k, t.get(k))
+		// Leased: the statements of the reconciles that unpin it come
+		// after them in the log (restateHolds), perhaps after the purge
+		// round's barrier; the next round's barrier waits for them.
+		n := t.get(k)
+		t.unpinOrphan(k, n)
+		t.lease(k, n)
 	}
 }
 
-// heldStatement decides, in flush, whether a repository partition states
-// anything about blob copy e: it started or stopped being held, or got a
-// newer lease while unheld.
+// heldStatement states, in flush, a repository partition's blob copy e as
+// of the last event in the batch that changed whether it is held or gave
+// it a lease while unheld (entry.stateAt): a statement is a state at a
+// sequence, whatever the batches, so that HA twins, replays and restored
+// snapshots state the same thing at the same version.
 func (t *txn) heldStatement(e *entry) {
-	if t.p.opts.Partition.Role != RoleRepos || e.key[0] != kBlob {
+	if t.p.opts.Partition.Role != RoleRepos || e.key[0] != kBlob || e.stateAt == 0 {
 		return
 	}
-	n := e.n
-	var wasHeld bool
-	var lease int64
-	if e.orig != nil {
-		wasHeld, lease = e.orig.count > 0, e.orig.lease
-	}
-	if held := n.count > 0; held != wasHeld || (!held && n.lease > lease) {
-		t.stateHolding([]byte(e.key), n)
-	}
+	t.stateHolding([]byte(e.key), e.n, e.stateAt, e.stateTime)
 }
 
 // reconciledPartition lifts, in a digest partition, the pauses a
@@ -437,11 +515,11 @@ func (t *txn) reconciledPartition(r *events.Reconciliation) {
 	if !strings.HasPrefix(name, holderRepoPrefix) {
 		return
 	}
-	i, err := strconv.Atoi(name[len(holderRepoPrefix):])
-	if err != nil {
-		return
-	}
 	n := t.p.opts.Partition.Repos
+	i, err := strconv.Atoi(name[len(holderRepoPrefix):])
+	if err != nil || i >= n || name != holderRepoPrefix+strconv.Itoa(i) {
+		return // not a repository partition of this layout
+	}
 	if len(r.Repos) == 0 {
 		t.reconciledOrphans(i, r.AsOf)
 	}
@@ -489,7 +567,7 @@ func (t *txn) restateHolds(r *events.Reconciliation) {
 		}
 	}
 	for _, h := range hs {
-		t.stateHolding(h.k, h.n)
+		t.stateHolding(h.k, h.n, t.seq, t.now)
 	}
 }
 

@@ -343,7 +343,7 @@ func TestDigestPartitionPauses(t *testing.T) {
 		return events.Event{Kind: events.Refused, Refused: &events.RefusedRef{Reason: "too_large", Repo: repo}}
 	}
 	reconciled := func(part string, repos ...string) events.Event {
-		return events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part, Repos: repos}}
+		return events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part, Repos: repos, Layout: "2/1"}}
 	}
 	x.append(refused(""), refused(inR0), refused(inR1))
 	if got := pauses(); len(got) != 3 {
@@ -390,7 +390,7 @@ func TestDigestPartitionOrphans(t *testing.T) {
 		return events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Digest: dg(name), Size: 4}}
 	}
 	reconciled := func(part string) events.Event {
-		return events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part}}
+		return events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part, Layout: x.digests[0].p.Options().Partition.Layout()}}
 	}
 	x.append(reconciled("r0"), reconciled("r1")) // before the orphans: covers nothing
 	x.append(observed("lone"), observed("linked"))
@@ -444,7 +444,7 @@ func TestDigestPartitionRelearnsHolds(t *testing.T) {
 		t.Fatalf("orphan as the walk found it: %+v", ni)
 	}
 	for _, part := range []string{"r0", "r1"} {
-		x.append(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part}})
+		x.append(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part, Layout: x.digests[0].p.Options().Partition.Layout()}})
 	}
 	x.relay()
 	x.deliver(true)

@@ -354,6 +354,14 @@ type entry struct {
 	// orig is the node as its record stood when read (nil: no record).
 	orig  *node
 	dirty bool
+	// In a repository partition, for a blob copy: whether it was held at
+	// its last change, and the sequence and time of the last event that
+	// changed whether it is held, or gave it a lease while unheld
+	// (stateAt 0: none in this batch). flush states the copy as of that
+	// event, so that what is stated does not depend on where batches end.
+	held      bool
+	stateAt   uint64
+	stateTime int64
 }
 
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {
@@ -395,6 +403,7 @@ func (t *txn) get(k []byte) *node {
 			t.fail(fmt.Errorf("node %q: %w", k, err))
 		} else {
 			e.n, e.orig = d, d.clone()
+			e.held = d.count > 0
 		}
 	}
 	t.cache[e.key] = e
@@ -434,6 +443,12 @@ func (t *txn) touch(k []byte, n *node) {
 		n.zeroSince = t.now
 	}
 	t.markDirty(k)
+	if k[0] == kBlob && t.p.opts.Partition.Role == RoleRepos {
+		if e := t.cache[string(k)]; e.held != (n.count > 0) {
+			e.held = n.count > 0
+			e.stateAt, e.stateTime = t.seq, t.now
+		}
+	}
 }
 
 func (t *txn) named(k []byte, n *node) {
@@ -446,6 +461,12 @@ func (t *txn) named(k []byte, n *node) {
 func (t *txn) lease(k []byte, n *node) {
 	if until := t.now + int64(t.p.opts.Grace); until > n.lease {
 		n.lease = until
+		if k[0] == kBlob && n.count == 0 && t.p.opts.Partition.Role == RoleRepos {
+			// An unheld copy's lease: its digest partition's to know.
+			t.markDirty(k)
+			e := t.cache[string(k)]
+			e.stateAt, e.stateTime = t.seq, t.now
+		}
 	}
 	t.named(k, n)
 }

@@ -427,7 +427,7 @@ func (r *Reconciler) pass(ctx context.Context, apply bool, repos []string) (Drif
 	// The Reconciled event goes last: it lifts the pauses this walk covers
 	// only once its corrections are in the log before it.
 	done := fix{ev: events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: w.asOf, Repos: repos,
-		Partition: w.part.Name()}}}
+		Partition: w.part.Name(), Layout: w.part.Layout()}}}
 	if err := w.publish(ctx, append(fixes, done)); err != nil {
 		return w.drift, err
 	}

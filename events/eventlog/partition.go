@@ -9,8 +9,9 @@ package eventlog
 // wrote in the transactions that changed what it holds) and removes what
 // was acknowledged; it then records, under its partition's key in the
 // bucket REFGC_PARTITIONS, the sequence through which every statement is
-// published: the projection's cursor when the outbox is empty, else just
-// below its oldest statement's version. A Barrier reads the stream's last
+// published (the projection's cursor when the outbox is empty, else just
+// below its oldest statement's version), with the partition layout and
+// the identity of the stream that sequence counts in. A Barrier reads the stream's last
 // sequence L and waits until every repository partition has recorded L or
 // more: every statement made from the events the log held at that moment
 // is then in the log, and a catch-up after the barrier applies them all.
@@ -57,6 +58,10 @@ type Outbox interface {
 	// Published drops published statements and returns the sequence
 	// through which everything is published.
 	Published(evs []events.Event) (through uint64, err error)
+	// StreamID is the identity of the stream the projection follows
+	// (StreamID), "" before it follows one: a sequence means nothing in
+	// another stream.
+	StreamID() (string, error)
 }
 
 // progressBucket opens (creating if needed) the bucket of published sequences.
@@ -80,6 +85,10 @@ type RelayConfig struct {
 	// a Barrier of another layout does not count this relay's progress.
 	Layout   string
 	Replicas int
+	// Active, if set, says whether this instance relays now (the
+	// partition's elected collector, under HA): one writer of the
+	// partition's progress, not two instances' alternating.
+	Active func() bool
 	// Interval between rounds (DefaultRelayInterval); Kick starts one sooner.
 	Interval   time.Duration
 	Logger     *slog.Logger
@@ -131,7 +140,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
-		if _, err := r.Flush(ctx); err != nil && ctx.Err() == nil {
+		if r.cfg.Active != nil && !r.cfg.Active() {
+			// A standby: its leader relays the same statements.
+		} else if _, err := r.Flush(ctx); err != nil && ctx.Err() == nil {
 			r.failures.Inc()
 			r.cfg.Logger.Warn("partition relay", "err", err)
 		}
@@ -163,7 +174,12 @@ func (r *Relay) Flush(ctx context.Context) (uint64, error) {
 			return 0, err
 		}
 		if len(evs) < DefaultRelayBatch {
-			if _, err := r.kv.Put(ctx, r.cfg.Partition, []byte(strconv.FormatUint(through, 10)+" "+r.cfg.Layout)); err != nil {
+			stream, err := r.cfg.Outbox.StreamID()
+			if err != nil || stream == "" {
+				return through, err // it follows no stream yet: nothing to say
+			}
+			val := strconv.FormatUint(through, 10) + " " + r.cfg.Layout + " " + stream
+			if _, err := r.kv.Put(ctx, r.cfg.Partition, []byte(val)); err != nil {
 				return 0, fmt.Errorf("events: relay progress: %w", err)
 			}
 			return through, nil
@@ -230,7 +246,7 @@ func (b *Barrier) Wait(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: stream: %w", ErrBarrier, err)
 	}
-	last := info.State.LastSeq
+	last, id := info.State.LastSeq, StreamID(info)
 	t := time.NewTicker(b.cfg.Poll)
 	defer t.Stop()
 	for {
@@ -240,12 +256,20 @@ func (b *Barrier) Wait(ctx context.Context) error {
 			e, err := b.kv.Get(ctx, name)
 			var through uint64
 			if err == nil {
-				seq, layout, _ := strings.Cut(string(e.Value()), " ")
-				if layout != b.cfg.Layout {
-					behind = append(behind, name+" (partitioned as "+layout+", not "+b.cfg.Layout+")")
+				// "<through> <layout> <stream id>": progress in another
+				// layout, or through another stream, is none.
+				f := strings.SplitN(string(e.Value()), " ", 3)
+				switch {
+				case len(f) != 3:
+				case f[1] != b.cfg.Layout:
+					behind = append(behind, name+" (partitioned as "+f[1]+", not "+b.cfg.Layout+")")
 					continue
+				case f[2] != id:
+					behind = append(behind, name+" (following another stream)")
+					continue
+				default:
+					through, _ = strconv.ParseUint(f[0], 10, 64)
 				}
-				through, _ = strconv.ParseUint(seq, 10, 64)
 			}
 			if through < last {
 				behind = append(behind, name)

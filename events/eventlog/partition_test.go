@@ -23,7 +23,12 @@ import (
 func TestRelayAndBarrier(t *testing.T) {
 	ctx := context.Background()
 	js, _ := jstest.Start(t)
-	if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {
+	stream, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	pub, err := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
@@ -39,6 +44,9 @@ func TestRelayAndBarrier(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { p.Close() })
+		if err := p.BindStream(eventlog.StreamID(info)); err != nil {
+			t.Fatal(err)
+		}
 		repos[i] = p
 		if relays[i], err = eventlog.NewRelay(ctx, js, eventlog.RelayConfig{Publisher: pub, Outbox: p, Partition: part.Name(), Layout: part.Layout()}); err != nil {
 			t.Fatal(err)

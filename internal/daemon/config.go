@@ -298,6 +298,9 @@ func (c *Config) Validate() error {
 	if c.Partition.Name != "" && (len(c.Owners) > 0 || c.Collector.OwnersOnly) {
 		return bad("partitioning works with registry storage only, not with owners")
 	}
+	if c.Partition.Name == "" && (c.Partition.Repos != 0 || c.Partition.Digests != 0) {
+		return bad("partition counts without a partition: give --partition r<i> or d<j>, or no counts")
+	}
 	return c.validateOwnersOnly()
 }
 

@@ -59,6 +59,8 @@ func TestValidatePartition(t *testing.T) {
 		{"no counts", PartitionConfig{Name: "r0"}, false, false},
 		{"unknown role", PartitionConfig{Name: "x0", Repos: 1, Digests: 1}, false, false},
 		{"with owners", PartitionConfig{Name: "r0", Repos: 1, Digests: 1}, true, false},
+		{"counts without a partition", PartitionConfig{Repos: 2, Digests: 2}, false, false},
+		{"another spelling", PartitionConfig{Name: "r01", Repos: 2, Digests: 2}, false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := Defaults()

@@ -240,6 +240,9 @@ func (d *Daemon) openProjection() (err error) {
 	if err != nil {
 		return fmt.Errorf("daemon: projection: %w", err)
 	}
+	if err := d.newRelay(context.Background()); err != nil {
+		return err
+	}
 	d.fol, err = eventlog.NewFollower(d.js, eventlog.FollowerConfig{
 		Cursor: d.proj.Cursor,
 		Bind:   d.proj.BindStream,
@@ -447,9 +450,7 @@ func (d *Daemon) serve(reader distribution.ManifestReader) (err error) {
 		}()
 	}
 	d.startSnapshots(runCtx)
-	if err := d.startRelay(runCtx); err != nil {
-		return err
-	}
+	d.startRelay(runCtx)
 	if d.rec != nil {
 		if err := d.startReconcile(runCtx); err != nil {
 			return err

@@ -46,26 +46,34 @@ func (c PartitionConfig) suffix() string {
 	if c.Name == "" {
 		return ""
 	}
-	return "_" + strings.ToUpper(c.Name)
+	return "_" + strings.ToUpper(c.Name) // canonical: partition() refuses another spelling
 }
 
-// startRelay publishes a repository partition's statements until ctx ends.
-func (d *Daemon) startRelay(ctx context.Context) error {
+// newRelay creates a repository partition's relay (before the follower
+// that kicks it starts); startRelay runs it.
+func (d *Daemon) newRelay(ctx context.Context) (err error) {
 	if d.part.Role != refcount.RoleRepos {
 		return nil
 	}
-	relay, err := eventlog.NewRelay(ctx, d.js, eventlog.RelayConfig{Publisher: d.pub, Outbox: d.proj,
-		Partition: d.part.Name(), Layout: d.part.Layout(), Replicas: d.cfg.NATS.Replicas, Logger: d.log, Registerer: d.reg})
+	d.relay, err = eventlog.NewRelay(ctx, d.js, eventlog.RelayConfig{Publisher: d.pub, Outbox: d.proj,
+		Partition: d.part.Name(), Layout: d.part.Layout(), Active: d.IsLeader, Replicas: d.cfg.NATS.Replicas,
+		Logger: d.log, Registerer: d.reg})
 	if err != nil {
 		return fmt.Errorf("daemon: %w", err)
 	}
-	d.relay = relay
+	return nil
+}
+
+// startRelay publishes a repository partition's statements until ctx ends.
+func (d *Daemon) startRelay(ctx context.Context) {
+	if d.relay == nil {
+		return
+	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		_ = relay.Run(ctx)
+		_ = d.relay.Run(ctx)
 	}()
-	return nil
 }
 
 // barrier is a digest partition's wait on the repository partitions

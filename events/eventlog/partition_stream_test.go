@@ -15,15 +15,19 @@ import (
 	"github.com/refgc/refgc/refcount"
 )
 
-// The relay's progress is a bare sequence: after the stream is deleted
-// and created again (its sequences start afresh; `refgc rebuild`), the
-// old stream's progress, which the relay keeps writing from a projection
-// whose follower halted on the changed stream, passes the barrier of the
-// new stream although the repository partition applied none of it.
-func TestReviewBarrierPassesOnOldStreamProgress(t *testing.T) {
+// Progress counts in the stream it was made in: after the stream is
+// deleted and created again, a repository partition whose projection
+// follows the old one (its follower halted; its relay runs on) does not
+// let the new stream's barrier pass.
+func TestBarrierIgnoresOldStreamProgress(t *testing.T) {
 	ctx := context.Background()
 	js, _ := jstest.Start(t)
-	if _, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{}); err != nil {
+	old, err := eventlog.EnsureStream(ctx, js, eventlog.StreamConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldInfo, err := old.Info(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	pub, err := eventlog.NewPublisher(js, eventlog.PublisherConfig{})
@@ -36,6 +40,9 @@ func TestReviewBarrierPassesOnOldStreamProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
+	if err := p.BindStream(eventlog.StreamID(oldInfo)); err != nil {
+		t.Fatal(err)
+	}
 	relay, err := eventlog.NewRelay(ctx, js, eventlog.RelayConfig{Publisher: pub, Outbox: p, Partition: part.Name(), Layout: part.Layout()})
 	if err != nil {
 		t.Fatal(err)

@@ -22,12 +22,10 @@ func applyRecs(t *testing.T, f *fixture, recs []events.Record) {
 
 // Two emitters of one repository partition's statements (HA twins, or an
 // incarnation before and after a restore from an older snapshot) that cut
-// the same log into different batches state different versions: a digest
-// partition takes the newest, so one twin's "unheld at 2" outlives the
-// other's "held at 1", and the other never states again (held at 3 is no
-// change for it). The barrier passes on the twin that published all it
-// had: the blob is purged while a tag holds it.
-func TestReviewTwinBatchesLoseHold(t *testing.T) {
+// the same log into different batches state the same thing at the same
+// version: a digest partition that takes the newest statement of either
+// holds the blob a tag uses, after the barrier passed on one of them.
+func TestPartitionTwinsStateAlike(t *testing.T) {
 	part := func(r Role) Partition { return Partition{Role: r, Index: 0, Repos: 1, Digests: 1} }
 	whole := newFixture(t, Options{})
 	twinA := newFixture(t, Options{Partition: part(RoleRepos)})
@@ -91,11 +89,11 @@ func TestReviewTwinBatchesLoseHold(t *testing.T) {
 
 // The barrier covers statements made from events up to the log's last
 // sequence L when it was read; the catch-up after it goes further. A link
-// made after L (a mount, then the manifest that needs it) is in the
-// digest partition's log before its re-check, but not its statement: the
-// whole projection's re-check sees the mount's lease and keeps the blob,
-// the digest partition purges it.
-func TestReviewLinkAfterBarrierPurged(t *testing.T) {
+// made after L (a mount, then the manifest that needs it) is in the digest
+// partition's log before its re-check, but not its statement yet: the
+// digest partition leases what such events name, and refuses the purge as
+// the whole projection does.
+func TestPartitionLinkAfterBarrierKept(t *testing.T) {
 	x := newPartitioned(t, 1, 1, 9)
 	d := x.digests[0]
 	x.append(pushB("repo", "z"))
@@ -129,16 +127,15 @@ func TestReviewLinkAfterBarrierPurged(t *testing.T) {
 }
 
 // A registry-wide pause in a digest partition of two repository
-// partitions is lifted once "two" partitions have reconciled: any two
-// names, even one that is not a repository partition of its layout (an
-// r2 started with --repo-partitions 3 during a resize, or by mistake).
-// r1, which may have missed the link the pause stands for, never walked.
-func TestReviewPauseLiftedByForeignPartition(t *testing.T) {
+// partitions is lifted only once both have reconciled: the reconcile of a
+// partition that is not one of its layout (an r2 started with
+// --repo-partitions 3 during a resize, or by mistake) counts for nothing.
+func TestPartitionForeignReconcileIgnored(t *testing.T) {
 	x := newPartitioned(t, 2, 1, 4)
 	d := x.digests[0]
 	x.append(events.Event{Kind: events.Refused, Refused: &events.RefusedRef{Reason: "too_large"}})
 	for _, part := range []string{"r0", "r2"} {
-		x.append(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part}})
+		x.append(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: part, Layout: "2/1"}})
 	}
 	ps, err := d.p.Pauses()
 	if err != nil {
@@ -149,10 +146,10 @@ func TestReviewPauseLiftedByForeignPartition(t *testing.T) {
 	}
 }
 
-// Partition names that parse to the same partition must be the same
-// name: "r01" is r1 for the projection, the relay and the statements, but
-// the daemon keys its leadership, intents and snapshots by the raw name.
-func TestReviewPartitionNameCanonical(t *testing.T) {
+// Names that parse to the same partition must be that partition's name:
+// "r01" would be r1 for the projection, the relay and the statements, and
+// another partition for the daemon's leadership, intents and snapshots.
+func TestPartitionNameCanonical(t *testing.T) {
 	for _, name := range []string{"r01", "r+1", "d01"} {
 		p, err := ParsePartition(name, 2, 2)
 		if err == nil && p.Name() != name {
@@ -161,10 +158,9 @@ func TestReviewPartitionNameCanonical(t *testing.T) {
 	}
 }
 
-// Apply of a repository partition is not the same for the same log cut
-// into other batches: the statement left in the outbox (and so the digest
-// partition's version sub-keys) depends on where the batches end.
-func TestReviewOutboxDependsOnBatches(t *testing.T) {
+// A repository partition states the same thing for the same log cut into
+// other batches.
+func TestPartitionOutboxIndependentOfBatches(t *testing.T) {
 	part := Partition{Role: RoleRepos, Index: 0, Repos: 1, Digests: 1}
 	a := newFixture(t, Options{Partition: part})
 	b := newFixture(t, Options{Partition: part})
@@ -193,11 +189,10 @@ func TestReviewOutboxDependsOnBatches(t *testing.T) {
 
 // An orphan waits for every repository partition's whole reconcile; the
 // statement of the link that reconcile found comes after its
-// reconcile.completed, and only the barrier covers it. A reconcile that
-// completes after the barrier read the log's last sequence is applied by
-// the catch-up before the re-check: the orphan is unpinned and purged
-// while a repository links it.
-func TestReviewOrphanUnpinnedAfterBarrier(t *testing.T) {
+// reconcile.completed, and the barrier covers it only from the next purge
+// round: a reconcile applied by the catch-up after the barrier unpins the
+// orphan with a lease, and the re-check refuses its purge.
+func TestPartitionOrphanUnpinnedLeased(t *testing.T) {
 	x := newPartitioned(t, 1, 1, 5)
 	d := x.digests[0]
 	// A link whose notification was lost: storage has repo/z, no projection does.
@@ -207,7 +202,7 @@ func TestReviewOrphanUnpinnedAfterBarrier(t *testing.T) {
 	x.now = x.now.Add(48 * time.Hour)
 	// r0's whole reconcile: it finds the link and completes, after L.
 	x.append(events.Event{Kind: events.BlobObserved, Blob: &events.Blob{Repo: "repo", Digest: dg("z"), Size: 1}},
-		events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: "r0"}})
+		events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: uint64(len(x.log)), Partition: "r0", Layout: "1/1"}})
 	cur, _ := d.p.Cursor()
 	if _, err := d.p.BeginCollect("purge-z", blobN("z"), x.now.Add(time.Minute), cur); err == nil {
 		ni, _ := x.repos[0].info(layN("repo", "z"))
@@ -216,11 +211,10 @@ func TestReviewOrphanUnpinnedAfterBarrier(t *testing.T) {
 }
 
 // A whole-registry projection on the same log as partitions (the instance
-// being migrated from, or one started with the counts but without
-// --partition) takes a partition's reconcile of its share for a reconcile
-// of the whole registry: a digest partition's walk of its blob data lifts
-// the registry-wide pause of a lost notification.
-func TestReviewWholeTakesPartitionReconcile(t *testing.T) {
+// being migrated from) does not take a partition's reconcile of its share
+// for a reconcile of the whole registry: a digest partition's walk of its
+// blob data does not lift the registry-wide pause of a lost notification.
+func TestWholeIgnoresPartitionReconcile(t *testing.T) {
 	f := newFixture(t, Options{})
 	f.apply(events.Event{Kind: events.Refused, Refused: &events.RefusedRef{Reason: "too_large"}})
 	f.apply(events.Event{Kind: events.Reconciled, Reconcile: &events.Reconciliation{AsOf: f.seq, Partition: "d0"}})
