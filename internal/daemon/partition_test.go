@@ -222,9 +222,11 @@ func TestPartitionedRandom(t *testing.T) {
 	x := newPartitions(t)
 	reg := x.reg
 	rng := rand.New(rand.NewPCG(uint64(*partitionOps), 7))
-	reg.Faults.DuplicateFraction(0.1, rng)
+	// The relay draws from its own generators, in its own goroutine.
+	reg.Faults.DuplicateFraction(0.1, rand.New(rand.NewPCG(rng.Uint64(), 1)))
 	// Lost: any notification but the markers' (settle waits for those).
-	reg.Faults.Where(func(n regtest.Notification) bool { return n.Repository != "marker" }).DropFraction(0.03, rng)
+	reg.Faults.Where(func(n regtest.Notification) bool { return n.Repository != "marker" }).
+		DropFraction(0.03, rand.New(rand.NewPCG(rng.Uint64(), 2)))
 	repos := x.repos(3)
 	bases := []v1.Image{regtest.RandomImage(t, 2), regtest.RandomImage(t, 3)}
 	tags := map[string]bool{} // repo:tag the registry acknowledged and nobody deleted
