@@ -63,8 +63,9 @@ func benchStorage(b *testing.B, repos, manifests, tagEvery int) string {
 
 // peaks is regtest.Peaks, and with -reconcile.heapprofile also keeps the
 // heap profile (sampled every 4 KiB) of the GC cycle that marked the
-// highest live heap while fn ran, and writes its sites by bytes in use to
-// <prefix>-<name>.txt. The profile is copied into buffers allocated before
+// highest live heap while fn ran, and writes its sites by bytes in use,
+// less what they held before fn, to <prefix>-<name>.txt (objects allocated
+// while that cycle marked count in the live heap, not in the profile). The profile is copied into buffers allocated before
 // fn starts, so that keeping it does not add to what it measures.
 func peaks(b *testing.B, fn func()) regtest.Heap {
 	b.Helper()
@@ -73,6 +74,10 @@ func peaks(b *testing.B, fn func()) regtest.Heap {
 	}
 	n, _ := runtime.MemProfile(nil, false)
 	best, scratch := make([]runtime.MemProfileRecord, 2*n+4096), make([]runtime.MemProfileRecord, 2*n+4096)
+	before := make([]runtime.MemProfileRecord, 2*n+4096)
+	runtime.GC()
+	runtime.GC() // the profile now holds what the process held before fn
+	beforeN, _ := runtime.MemProfile(before, false)
 	bestN, bestLive := 0, uint64(0)
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -106,29 +111,33 @@ func peaks(b *testing.B, fn func()) regtest.Heap {
 	sites := map[string]float64{}
 	total := 0.0
 	rate := float64(runtime.MemProfileRate)
-	for _, r := range best[:bestN] {
-		if r.InUseObjects() == 0 {
-			continue
-		}
-		avg := float64(r.InUseBytes()) / float64(r.InUseObjects())
-		scaled := float64(r.InUseBytes()) / (1 - math.Exp(-avg/rate))
-		var names []string
-		frames := runtime.CallersFrames(r.Stack())
-		for len(names) < 8 {
-			f, more := frames.Next()
-			if !strings.HasPrefix(f.Function, "runtime.") && !strings.HasPrefix(f.Function, "internal/runtime/") {
-				names = append(names, strings.TrimPrefix(f.Function, "github.com/"))
+	add := func(recs []runtime.MemProfileRecord, sign float64) {
+		for _, r := range recs {
+			if r.InUseObjects() == 0 {
+				continue
 			}
-			if !more {
-				break
+			avg := float64(r.InUseBytes()) / float64(r.InUseObjects())
+			scaled := sign * float64(r.InUseBytes()) / (1 - math.Exp(-avg/rate))
+			var names []string
+			frames := runtime.CallersFrames(r.Stack())
+			for len(names) < 8 {
+				f, more := frames.Next()
+				if !strings.HasPrefix(f.Function, "runtime.") && !strings.HasPrefix(f.Function, "internal/runtime/") {
+					names = append(names, strings.TrimPrefix(f.Function, "github.com/"))
+				}
+				if !more {
+					break
+				}
 			}
+			sites[strings.Join(names, " < ")] += scaled
+			total += scaled
 		}
-		sites[strings.Join(names, " < ")] += scaled
-		total += scaled
 	}
+	add(best[:bestN], 1)
+	add(before[:beforeN], -1)
 	keys := slices.SortedFunc(maps.Keys(sites), func(a, b string) int { return cmp.Compare(sites[b], sites[a]) })
 	var out strings.Builder
-	fmt.Fprintf(&out, "live heap at this GC: %.2f MiB; profiled in use: %.2f MiB\n", float64(bestLive)/(1<<20), total/(1<<20))
+	fmt.Fprintf(&out, "live heap at this GC: %.2f MiB; profiled in use, less before: %.2f MiB\n", float64(bestLive)/(1<<20), total/(1<<20))
 	for _, k := range keys[:min(len(keys), 40)] {
 		fmt.Fprintf(&out, "%8.1f KiB  %s\n", sites[k]/1024, k)
 	}

@@ -23,7 +23,7 @@ import (
 // first two hex digits of its digest (blobs/sha256/ab/ab…/data): 256
 // directories, each holding 1/256 of the registry's blobs, more as the
 // registry grows. BlobSpans gives a directory as consecutive spans of at
-// most about blobSpanMax digests each, in digest order, so that what a
+// most about blobSpanMax (64) digests each, in digest order, so that what a
 // walker holds does not grow with the registry:
 //
 //   - Object stores (and any driver but the filesystem's) list keys in
@@ -42,7 +42,7 @@ import (
 
 // blobSpanMax is about the most digests a span of BlobSpans holds, and the
 // most names a read of a filesystem directory returns at once.
-const blobSpanMax = 128
+const blobSpanMax = 64
 
 // maxSpans bounds the spans of one filesystem directory: its ranges split
 // the four hex digits after the prefix.
@@ -177,7 +177,10 @@ func (s *Driver) fsBlobSpans(ctx context.Context, dir, alg, prefix string, emit 
 		from, to := bound(i), bound(i+1)
 		ds = ds[:0]
 		err := readNames(ctx, dir, s.spanMax, func(name string) {
-			if d, ok := blobName(alg, prefix, name); ok && name >= from && (to == "" || name < to) {
+			if name < from || (to != "" && name >= to) {
+				return // another span's (compared first: parsing a digest allocates)
+			}
+			if d, ok := blobName(alg, prefix, name); ok {
 				ds = append(ds, d)
 			}
 		})

@@ -25,7 +25,7 @@
 //     of that repository that the walk did not see are missing from
 //     storage.
 //  3. Walk the blob store's prefix directories (concurrently) as spans of
-//     about a hundred digests, and compare each span's blobs, in digest
+//     about 64 digests, and compare each span's blobs, in digest
 //     order, with the projection's blobs of the same span.
 //  4. Iterate the projection for what no step above judged: the nodes of
 //     repositories and blob directories that storage no longer lists.
