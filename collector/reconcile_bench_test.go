@@ -1,12 +1,19 @@
 package collector_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
+	"math"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/metrics"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +31,122 @@ import (
 var (
 	benchManifests = flag.Int("reconcile.manifests", 10000, "manifests in the reconcile benchmark's storage")
 	benchRepos     = flag.Int("reconcile.repos", 100, "repositories in the reconcile benchmark's storage")
+	benchRoot      = flag.String("reconcile.root", "", "directory that keeps the reconcile benchmark's storage between runs "+
+		"(one layout per size, written once; default: a temporary one)")
+	benchProfile = flag.String("reconcile.heapprofile", "", "path prefix: each sub-benchmark writes <prefix>-<name>.pprof, "+
+		"the sites holding its heap at the GC cycle that marked its highest live heap")
 )
+
+// benchStorage returns the root of the benchmark's storage, written by
+// benchLayout unless -reconcile.root already holds one of this size.
+func benchStorage(b *testing.B, repos, manifests, tagEvery int) string {
+	b.Helper()
+	if *benchRoot == "" {
+		root := b.TempDir()
+		benchLayout(b, root, repos, manifests, tagEvery)
+		return root
+	}
+	root := filepath.Join(*benchRoot, fmt.Sprintf("m%d-r%d-t%d", manifests, repos, tagEvery))
+	done := filepath.Join(root, "complete")
+	if _, err := os.Stat(done); err == nil {
+		return root
+	}
+	if err := os.RemoveAll(root); err != nil {
+		b.Fatal(err)
+	}
+	benchLayout(b, root, repos, manifests, tagEvery)
+	if err := os.WriteFile(done, nil, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return root
+}
+
+// peaks is regtest.Peaks, and with -reconcile.heapprofile also keeps the
+// heap profile (sampled every 4 KiB) of the GC cycle that marked the
+// highest live heap while fn ran, and writes its sites by bytes in use,
+// less what they held before fn, to <prefix>-<name>.txt (objects allocated
+// while that cycle marked count in the live heap, not in the profile). The profile is copied into buffers allocated before
+// fn starts, so that keeping it does not add to what it measures.
+func peaks(b *testing.B, fn func()) regtest.Heap {
+	b.Helper()
+	if *benchProfile == "" {
+		return regtest.Peaks(fn)
+	}
+	n, _ := runtime.MemProfile(nil, false)
+	best, scratch := make([]runtime.MemProfileRecord, 2*n+4096), make([]runtime.MemProfileRecord, 2*n+4096)
+	before := make([]runtime.MemProfileRecord, 2*n+4096)
+	runtime.GC()
+	runtime.GC() // the profile now holds what the process held before fn
+	beforeN, _ := runtime.MemProfile(before, false)
+	bestN, bestLive := 0, uint64(0)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		var lastGC uint64
+		samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			metrics.Read(samples)
+			gc, live := samples[1].Value.Uint64(), samples[0].Value.Uint64()
+			if gc == lastGC {
+				continue
+			}
+			lastGC = gc
+			if live > bestLive {
+				if k, ok := runtime.MemProfile(scratch, false); ok {
+					best, scratch, bestN, bestLive = scratch, best, k, live
+				}
+			}
+		}
+	}()
+	h := regtest.Peaks(fn)
+	close(stop)
+	<-done
+	sites := map[string]float64{}
+	total := 0.0
+	rate := float64(runtime.MemProfileRate)
+	add := func(recs []runtime.MemProfileRecord, sign float64) {
+		for _, r := range recs {
+			if r.InUseObjects() == 0 {
+				continue
+			}
+			avg := float64(r.InUseBytes()) / float64(r.InUseObjects())
+			scaled := sign * float64(r.InUseBytes()) / (1 - math.Exp(-avg/rate))
+			var names []string
+			frames := runtime.CallersFrames(r.Stack())
+			for len(names) < 8 {
+				f, more := frames.Next()
+				if !strings.HasPrefix(f.Function, "runtime.") && !strings.HasPrefix(f.Function, "internal/runtime/") {
+					names = append(names, strings.TrimPrefix(f.Function, "github.com/"))
+				}
+				if !more {
+					break
+				}
+			}
+			sites[strings.Join(names, " < ")] += scaled
+			total += scaled
+		}
+	}
+	add(best[:bestN], 1)
+	add(before[:beforeN], -1)
+	keys := slices.SortedFunc(maps.Keys(sites), func(a, b string) int { return cmp.Compare(sites[b], sites[a]) })
+	var out strings.Builder
+	fmt.Fprintf(&out, "live heap at this GC: %.2f MiB; profiled in use, less before: %.2f MiB\n", float64(bestLive)/(1<<20), total/(1<<20))
+	for _, k := range keys[:min(len(keys), 40)] {
+		fmt.Fprintf(&out, "%8.1f KiB  %s\n", sites[k]/1024, k)
+	}
+	name := strings.NewReplacer("/", "-", " ", "_").Replace(b.Name())
+	if err := os.WriteFile(fmt.Sprintf("%s-%s.txt", *benchProfile, name), []byte(out.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return h
+}
 
 // benchLayout writes a registry's storage directly on disk: repos
 // repositories with manifests/repos OCI image manifests each; every
@@ -131,9 +253,11 @@ func reportHeap(b *testing.B, h regtest.Heap) {
 // mode on the same filesystem storage.
 func BenchmarkReconcilePass(b *testing.B) {
 	ctx := context.Background()
-	root := b.TempDir()
+	if *benchProfile != "" {
+		runtime.MemProfileRate = 4 << 10
+	}
 	start := time.Now()
-	benchLayout(b, root, *benchRepos, *benchManifests, 2)
+	root := benchStorage(b, *benchRepos, *benchManifests, 2)
 	st, err := store.New(ctx, "filesystem", map[string]any{"rootdirectory": root})
 	if err != nil {
 		b.Fatal(err)
@@ -159,7 +283,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 		b.ReportAllocs()
 		var peak regtest.Heap
 		for b.Loop() {
-			peak = maxHeap(peak, regtest.Peaks(func() {
+			peak = maxHeap(peak, peaks(b, func() {
 				d, err := r.Verify(ctx)
 				if err != nil || !d.Clean() {
 					b.Fatalf("verify: %v %v", d, err)
@@ -177,7 +301,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 		b.ReportAllocs()
 		var peak regtest.Heap
 		for b.Loop() {
-			peak = maxHeap(peak, regtest.Peaks(func() {
+			peak = maxHeap(peak, peaks(b, func() {
 				if ms, err := proj.Check(); err != nil || len(ms) > 0 {
 					b.Fatalf("check: %v %v", ms, err)
 				}
@@ -190,7 +314,7 @@ func BenchmarkReconcilePass(b *testing.B) {
 		drv := st.StorageDriver()
 		var peak regtest.Heap
 		for b.Loop() {
-			peak = maxHeap(peak, regtest.Peaks(func() {
+			peak = maxHeap(peak, peaks(b, func() {
 				reg, err := storage.NewRegistry(ctx, drv)
 				if err != nil {
 					b.Fatal(err)

@@ -41,14 +41,48 @@ func (p *Projection) ForEachIn(kind events.NodeKind, repo string, fn func(NodeIn
 // (Distribution keeps blob data in directories named by the first two), in
 // digest order.
 func (p *Projection) ForEachBlobIn(alg digest.Algorithm, hexPrefix string, fn func(NodeInfo) error) error {
-	raw, err := hex.DecodeString(hexPrefix)
-	if err != nil {
-		return fmt.Errorf("refcount: blob prefix %q: %w", hexPrefix, err)
+	return p.ForEachBlobSpan(alg, hexPrefix, "", "", fn)
+}
+
+// ForEachBlobSpan is ForEachBlobIn limited to the encoded digests e with
+// from <= e < to, compared as strings (from empty: from the prefix's first;
+// to empty: to its last). from and to are even numbers of hex digits, a
+// whole encoded digest or a shorter bound ("ab40" holds back "ab3f…" and
+// lets "ab40…" through). Its transaction is as short as the span is large,
+// which lets a caller compare a listing of storage with the projection a
+// bounded number of blobs at a time.
+func (p *Projection) ForEachBlobSpan(alg digest.Algorithm, hexPrefix, from, to string, fn func(NodeInfo) error) error {
+	var raw [3][]byte
+	for i, h := range []string{hexPrefix, from, to} {
+		b, err := hex.DecodeString(h)
+		if err != nil {
+			return fmt.Errorf("refcount: blob prefix or bound %q: %w", h, err)
+		}
+		raw[i] = b
 	}
 	for code, a := range digestAlgs {
-		if code != 0 && a == alg {
-			return p.forEachPrefix(append([]byte{kBlob, byte(code)}, raw...), fn)
+		if code == 0 || a != alg {
+			continue
 		}
+		base := []byte{kBlob, byte(code)}
+		prefix := append(bytes.Clone(base), raw[0]...)
+		start := prefix
+		if b := append(bytes.Clone(base), raw[1]...); bytes.Compare(b, start) > 0 {
+			start = b
+		}
+		var end []byte
+		if to != "" {
+			end = append(bytes.Clone(base), raw[2]...)
+		}
+		return p.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketNodes).Cursor()
+			for k, v := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix) && (end == nil || bytes.Compare(k, end) < 0); k, v = c.Next() {
+				if err := p.visit(tx, k, v, fn); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
 	}
 	return nil // no key of this package has that algorithm in raw form
 }

@@ -75,6 +75,38 @@ func TestForEachIn(t *testing.T) {
 			t.Fatal("a prefix that is not hex was accepted")
 		}
 	})
+	t.Run("blobs by span", func(t *testing.T) {
+		span := func(prefix, from, to string) []events.NodeRef {
+			return list(func(fn func(NodeInfo) error) error { return f.p.ForEachBlobSpan(digest.SHA256, prefix, from, to, fn) })
+		}
+		all := list(in(events.NodeBlob, ""))
+		for _, n := range all {
+			e := n.Digest.Encoded()
+			prefix := e[:2]
+			whole := span(prefix, "", "")
+			// Split at the digest itself, and at short bounds around it.
+			for _, bound := range []string{e, e[:4], e[:6], prefix} {
+				before, after := span(prefix, "", bound), span(prefix, bound, "")
+				if got := append(slices.Clone(before), after...); !slices.Equal(got, whole) {
+					t.Fatalf("split of %s at %s: %v + %v, want %v", prefix, bound, before, after, whole)
+				}
+				for _, m := range before {
+					if m.Digest.Encoded() >= bound {
+						t.Fatalf("span before %s gave %s", bound, m)
+					}
+				}
+			}
+			if got := span(prefix, e, e); got != nil {
+				t.Fatalf("empty span [%s, %s) gave %v", e, e, got)
+			}
+			if got := span("", e, e[:2]+"ffffffff"); len(got) == 0 || got[0] != n {
+				t.Fatalf("span from %s gave %v", e, got)
+			}
+		}
+		if err := f.p.ForEachBlobSpan(digest.SHA256, "ab", "a", "", func(NodeInfo) error { return nil }); err == nil {
+			t.Fatal("an odd bound was accepted")
+		}
+	})
 	if err := f.p.ForEachIn("nonsense", "a", func(NodeInfo) error { return nil }); err == nil {
 		t.Fatal("an unknown kind was accepted")
 	}

@@ -29,6 +29,7 @@ type Driver struct {
 	backoff     Backoff
 	reg         prometheus.Registerer
 	dirs        *EmptyDirs   // the filesystem driver's only
+	spanMax     int          // about the most digests of one span of BlobSpans
 	rmdirHook   func(string) // WithRmdirHook
 }
 
@@ -56,7 +57,7 @@ func WithLogger(l *slog.Logger) Option {
 // FromDriver returns a Driver acting on an existing storage driver. Its
 // calls back off while the backend throttles them (see Backoff).
 func FromDriver(d storagedriver.StorageDriver, opts ...Option) *Driver {
-	s := &Driver{d: d, concurrency: DefaultConcurrency, log: slog.Default()}
+	s := &Driver{d: d, concurrency: DefaultConcurrency, log: slog.Default(), spanMax: blobSpanMax}
 	for _, o := range opts {
 		o(s)
 	}
@@ -440,9 +441,9 @@ func (s *Driver) LayerLinks(ctx context.Context, repo string, fn func(d digest.D
 	return err
 }
 
-// Blobs implements Store: BlobDirs, one digest at a time.
+// Blobs implements Store: BlobSpans, one digest at a time.
 func (s *Driver) Blobs(ctx context.Context, fn func(d digest.Digest) error) error {
-	return s.BlobDirs(ctx, func(_ digest.Algorithm, _ string, ds []digest.Digest) error {
+	return s.BlobSpans(ctx, func(_ digest.Algorithm, _, _, _ string, ds []digest.Digest) error {
 		for _, d := range ds {
 			if err := fn(d); err != nil {
 				return err
@@ -450,72 +451,6 @@ func (s *Driver) Blobs(ctx context.Context, fn func(d digest.Digest) error) erro
 		}
 		return nil
 	})
-}
-
-// BlobDirs calls fn once for every prefix directory of the blob store (an
-// empty or vanished one included, with no digests), with the blobs that
-// have data there: those of algorithm alg whose encoded digest starts with
-// prefix (two hex digits), in digest order. It
-// lists the algorithms and their prefix directories, then walks the
-// prefixes concurrently (bounded); fn is called for one at a time. What it
-// holds is at most one listing per walker: a directory holds 1/256 of the
-// registry's blobs.
-func (s *Driver) BlobDirs(ctx context.Context, fn func(alg digest.Algorithm, prefix string, ds []digest.Digest) error) error {
-	algs, err := s.list(ctx, blobsRoot)
-	if err != nil {
-		return err
-	}
-	f := newFanout(ctx, s.concurrency)
-	for _, algDir := range algs {
-		alg := path.Base(algDir)
-		if !digest.Algorithm(alg).Available() {
-			s.log.Debug("store: skipping unknown blob algorithm", "dir", algDir)
-			continue
-		}
-		prefixes, err := s.list(ctx, algDir)
-		if err != nil {
-			f.fail(err)
-			break
-		}
-		for _, prefixDir := range prefixes {
-			prefix := path.Base(prefixDir)
-			f.do(func(ctx context.Context) error {
-				var ds []digest.Digest
-				err := s.d.Walk(ctx, prefixDir, func(fi storagedriver.FileInfo) error {
-					rel, ok := strings.CutPrefix(path.Clean(fi.Path()), prefixDir+"/")
-					if !ok {
-						return nil
-					}
-					parts := strings.Split(rel, "/")
-					if fi.IsDir() {
-						if len(parts) > 1 {
-							return storagedriver.ErrSkipDir
-						}
-						return nil
-					}
-					if len(parts) != 2 || parts[1] != "data" || !strings.HasPrefix(parts[0], prefix) {
-						return nil
-					}
-					d, ok := digestFromDir(alg, parts[0])
-					if !ok {
-						s.log.Debug("store: skipping blob with an invalid digest path", "path", fi.Path())
-						return nil
-					}
-					ds = append(ds, d)
-					return nil
-				})
-				if err != nil && !isNotFound(err) {
-					return err
-				}
-				slices.Sort(ds)
-				return f.emit(func() error { return fn(digest.Algorithm(alg), prefix, ds) })
-			})
-			if f.failed() {
-				break
-			}
-		}
-	}
-	return f.wait()
 }
 
 // StatBlob implements Store.

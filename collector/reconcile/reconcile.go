@@ -24,19 +24,19 @@
 //     is seen; then the projection's present tags, revisions and layer links
 //     of that repository that the walk did not see are missing from
 //     storage.
-//  3. Walk the blob store one prefix directory at a time (concurrently),
-//     and compare each directory's blobs, in digest order, with the
-//     projection's blobs of the same prefix.
+//  3. Walk the blob store's prefix directories (concurrently) as spans of
+//     about 64 digests, and compare each span's blobs, in digest
+//     order, with the projection's blobs of the same span.
 //  4. Iterate the projection for what no step above judged: the nodes of
 //     repositories and blob directories that storage no longer lists.
 //  5. With apply: confirm each presence correction against storage once
 //     more, publish the corrections, and catch up.
 //
-// Memory: the walk holds one repository's listings and one blob directory
-// (1/256 of the blobs) per walker at a time, the names of the repositories
-// and directories walked, and what it found wrong; never a set of the
-// registry's objects. A pass over a registry ten times larger takes about the
-// same memory.
+// Memory: the walk holds one repository's listings and one span of a blob
+// directory (a bounded number of digests, store.Driver.BlobSpans) per
+// walker at a time, the names of the repositories and directories walked,
+// and what it found wrong; never a set of the registry's objects. A pass
+// over a registry ten times larger takes about the same memory.
 //
 // Invariants:
 //   - The walk never deletes or writes storage. Its only output is events.
@@ -146,9 +146,12 @@ type Store interface {
 	Tags(ctx context.Context, repo string, fn func(tag string, current digest.Digest) error) error
 	Revisions(ctx context.Context, repo string, fn func(d digest.Digest) error) error
 	LayerLinks(ctx context.Context, repo string, fn func(d digest.Digest) error) error
-	// BlobDirs calls fn for each prefix directory of the blob store with
-	// the digests that have data there, in digest order; one call at a time.
-	BlobDirs(ctx context.Context, fn func(alg digest.Algorithm, prefix string, ds []digest.Digest) error) error
+	// BlobSpans calls fn for each prefix directory of the blob store as
+	// consecutive spans, one call at a time: the digests with data there
+	// whose encoded form e has from <= e < to, in digest order (from is empty
+	// for a directory's first span, to for its last). ds is only valid
+	// during the call.
+	BlobSpans(ctx context.Context, fn func(alg digest.Algorithm, prefix, from, to string, ds []digest.Digest) error) error
 	StatBlob(ctx context.Context, d digest.Digest) (int64, error)
 	ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error)
 	LinkModTime(ctx context.Context, n events.NodeRef) (time.Time, error)
@@ -818,10 +821,10 @@ func (w *walk) noteUnheld(d digest.Digest) {
 	w.mu.Unlock()
 }
 
-// walkBlobs compares each blob directory of storage with the projection's
-// blobs of the same prefix: both are in digest order.
+// walkBlobs compares each span of each blob directory of storage with the
+// projection's blobs of the same span: both are in digest order.
 func (w *walk) walkBlobs(ctx context.Context) error {
-	err := w.r.cfg.Store.BlobDirs(ctx, func(alg digest.Algorithm, prefix string, ds []digest.Digest) error {
+	err := w.r.cfg.Store.BlobSpans(ctx, func(alg digest.Algorithm, prefix, from, to string, ds []digest.Digest) error {
 		if !w.part.HasPrefix(prefix) {
 			return nil
 		}
@@ -833,7 +836,7 @@ func (w *walk) walkBlobs(ctx context.Context) error {
 		w.mu.Unlock()
 		w.r.prog.saw("blobs", len(ds))
 		i := 0
-		err := w.r.cfg.Projection.ForEachBlobIn(alg, prefix, func(ni refcount.NodeInfo) error {
+		err := w.r.cfg.Projection.ForEachBlobSpan(alg, prefix, from, to, func(ni refcount.NodeInfo) error {
 			for ; i < len(ds) && ds[i] < ni.Node.Digest; i++ {
 				w.blobData(ds[i], nil)
 			}
@@ -846,14 +849,16 @@ func (w *walk) walkBlobs(ctx context.Context) error {
 			return nil
 		})
 		if err != nil {
-			return fmt.Errorf("collector: reconcile: projection blobs %s/%s: %w", alg, prefix, err)
+			return fmt.Errorf("collector: reconcile: projection blobs %s/%s [%s, %s): %w", alg, prefix, from, to, err)
 		}
 		for ; i < len(ds); i++ {
 			w.blobData(ds[i], nil)
 		}
-		w.mu.Lock()
-		w.dirs[blobDir(alg, prefix)] = true
-		w.mu.Unlock()
+		if to == "" { // the directory's last span
+			w.mu.Lock()
+			w.dirs[blobDir(alg, prefix)] = true
+			w.mu.Unlock()
+		}
 		return nil
 	})
 	if err != nil {
