@@ -339,12 +339,72 @@ func (s *Driver) Tags(ctx context.Context, repo string, fn func(tag string, curr
 	return f.wait()
 }
 
+// walk walks the tree under dir as the driver's Walk does. Drivers that
+// have directories and walk them one listing at a time (filesystem,
+// inmemory: Distribution's WalkFallback) go through walkTree instead, which
+// passes over a directory deleted while the walk runs: the fallback ends
+// the whole walk with "not found" there, and a listing cut short would hide
+// what comes after it (a tag, a revision) from the storage check.
+func (s *Driver) walk(ctx context.Context, dir string, f storagedriver.WalkFn) error {
+	switch s.d.Name() {
+	case "filesystem", "inmemory":
+		return s.walkTree(ctx, dir, f)
+	}
+	return s.d.Walk(ctx, dir, f)
+}
+
+// walkTree is Distribution's WalkFallback (depth first, each directory's
+// entries sorted, a stat per entry) with one difference: an entry that
+// vanishes between its directory's listing and its own stat or listing is
+// passed over, as an unlink running beside the walk makes it. dir itself
+// missing is still "not found".
+func (s *Driver) walkTree(ctx context.Context, dir string, f storagedriver.WalkFn) error {
+	children, err := s.d.List(ctx, dir)
+	if err != nil {
+		return err
+	}
+	slices.Sort(children)
+	for _, child := range children {
+		fi, err := s.d.Stat(ctx, child)
+		if err != nil {
+			if isNotFound(err) {
+				continue
+			}
+			return err
+		}
+		err = f(fi)
+		switch {
+		case err == nil && fi.IsDir():
+			if err := s.walkTree(ctx, child, f); err != nil && !(isNotFound(err) && notFoundPath(err) == child) {
+				return err
+			}
+		case errors.Is(err, storagedriver.ErrSkipDir):
+		case err != nil:
+			return err
+		}
+	}
+	return nil
+}
+
+// notFoundPath is the path a "not found" error names.
+func notFoundPath(err error) string {
+	var nf storagedriver.PathNotFoundError
+	var nfp *storagedriver.PathNotFoundError
+	switch {
+	case errors.As(err, &nf):
+		return path.Clean(nf.Path)
+	case errors.As(err, &nfp):
+		return path.Clean(nfp.Path)
+	}
+	return ""
+}
+
 // walkLinks walks dir for <alg>/<hex>/link files and calls fn with each
 // digest, serially. found is false if dir does not exist.
 func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Digest) error) (found bool, err error) {
 	var fnErr error
 	visited := false
-	err = s.d.Walk(ctx, dir, func(fi storagedriver.FileInfo) error {
+	err = s.walk(ctx, dir, func(fi storagedriver.FileInfo) error {
 		visited = true
 		rel, ok := strings.CutPrefix(path.Clean(fi.Path()), dir+"/")
 		if !ok {
@@ -543,7 +603,7 @@ func (s *Driver) TagIndex(ctx context.Context, repo string, fn func(tag string, 
 		history []digest.Digest
 	}
 	tags := map[string]*tagInfo{}
-	err = s.d.Walk(ctx, dir, func(fi storagedriver.FileInfo) error {
+	err = s.walk(ctx, dir, func(fi storagedriver.FileInfo) error {
 		if fi.IsDir() {
 			return nil
 		}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the driver these tests use
 	"github.com/opencontainers/go-digest"
 	yamlv2 "go.yaml.in/yaml/v2"
@@ -411,5 +412,80 @@ tag:
 	}
 	if _, err := FromConfig(ctx, map[string]any{"nosuchdriver": nil}); err == nil {
 		t.Fatal("unknown driver accepted")
+	}
+}
+
+// vanishingDriver deletes a directory right before listing it, as an
+// unlink running beside a walk does between the walk's stat of the
+// directory and its listing.
+type vanishingDriver struct {
+	storagedriver.StorageDriver
+	gone map[string]bool // directories to delete when listed
+}
+
+func (v vanishingDriver) List(ctx context.Context, p string) ([]string, error) {
+	if v.gone[p] {
+		if err := v.StorageDriver.Delete(ctx, p); err != nil {
+			return nil, err
+		}
+	}
+	return v.StorageDriver.List(ctx, p)
+}
+
+// Walk is the filesystem driver's walk (the fallback) over List above.
+func (v vanishingDriver) Walk(ctx context.Context, p string, f storagedriver.WalkFn, opts ...func(*storagedriver.WalkOptions)) error {
+	return storagedriver.WalkFallback(ctx, v, p, f, opts...)
+}
+
+// TestWalkPastVanishedDirectories: revisions unlinked while the storage
+// check lists the repository do not hide the revisions after them.
+func TestWalkPastVanishedDirectories(t *testing.T) {
+	ctx := context.Background()
+	base := newFS(t, t.TempDir())
+	var ds []digest.Digest
+	for i := range 30 {
+		d := putBlob(t, base, fmt.Sprint("manifest", i))
+		ds = append(ds, d)
+		if err := base.LinkRevision(ctx, "r", d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(ds)
+	gone := map[string]bool{}
+	var wantTags []string
+	for i, d := range ds[:10] {
+		tag := fmt.Sprint("t", i)
+		if err := base.LinkTag(ctx, "r", tag, d); err != nil {
+			t.Fatal(err)
+		}
+		if p, _ := tagDir("r", tag); i%4 == 1 {
+			gone[p] = true
+		} else {
+			wantTags = append(wantTags, tag)
+		}
+	}
+	var want []digest.Digest
+	for i, d := range ds {
+		if i%7 == 3 || i == 0 || i == len(ds)-1 {
+			p, _ := revisionDir("r", d)
+			gone[p] = true
+			continue
+		}
+		want = append(want, d)
+	}
+	s := FromDriver(vanishingDriver{StorageDriver: base.StorageDriver(), gone: gone})
+	got := collect(t, func(fn func(digest.Digest) error) error { return s.Revisions(ctx, "r", fn) })
+	if !slices.Equal(got, want) {
+		t.Fatalf("walk listed %d revisions, want the %d left: %v", len(got), len(want), got)
+	}
+	var gotTags []string
+	err := s.TagIndex(ctx, "r", func(tag string, current bool, history []digest.Digest) error {
+		if current && len(history) == 1 {
+			gotTags = append(gotTags, tag)
+		}
+		return nil
+	})
+	if err != nil || !slices.Equal(gotTags, wantTags) {
+		t.Fatalf("tag index listed %v (%v), want %v", gotTags, err, wantTags)
 	}
 }
