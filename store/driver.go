@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -72,7 +74,10 @@ func (s *Driver) StorageDriver() storagedriver.StorageDriver { return s.d }
 func isNotFound(err error) bool {
 	var nf storagedriver.PathNotFoundError
 	var nfp *storagedriver.PathNotFoundError
-	return errors.As(err, &nf) || errors.As(err, &nfp)
+	var de storagedriver.Error
+	// A directory removed between its opening and its reading (the
+	// filesystem driver's List) comes back as a driver error around ENOENT.
+	return errors.As(err, &nf) || errors.As(err, &nfp) || (errors.As(err, &de) && errors.Is(de.Detail, fs.ErrNotExist))
 }
 
 // del deletes a path; an absent path is success.
@@ -375,7 +380,7 @@ func (s *Driver) walkTree(ctx context.Context, dir string, f storagedriver.WalkF
 		err = f(fi)
 		switch {
 		case err == nil && fi.IsDir():
-			if err := s.walkTree(ctx, child, f); err != nil && !(isNotFound(err) && notFoundPath(err) == child) {
+			if err := s.walkTree(ctx, child, f); err != nil && !(isNotFound(err) && strings.HasSuffix(notFoundPath(err), child)) {
 				return err
 			}
 		case errors.Is(err, storagedriver.ErrSkipDir):
@@ -386,15 +391,21 @@ func (s *Driver) walkTree(ctx context.Context, dir string, f storagedriver.WalkF
 	return nil
 }
 
-// notFoundPath is the path a "not found" error names.
+// notFoundPath is the path a "not found" error names (for a driver error
+// around the system's, the full path on the filesystem).
 func notFoundPath(err error) string {
 	var nf storagedriver.PathNotFoundError
 	var nfp *storagedriver.PathNotFoundError
+	var pe *fs.PathError
 	switch {
 	case errors.As(err, &nf):
 		return path.Clean(nf.Path)
 	case errors.As(err, &nfp):
 		return path.Clean(nfp.Path)
+	}
+	var de storagedriver.Error
+	if errors.As(err, &de) && errors.As(de.Detail, &pe) {
+		return path.Clean(filepath.ToSlash(pe.Path))
 	}
 	return ""
 }

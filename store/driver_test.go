@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -421,13 +423,20 @@ tag:
 type vanishingDriver struct {
 	storagedriver.StorageDriver
 	gone map[string]bool // directories to delete when listed
+	// late are deleted after their opening: the listing fails as the
+	// filesystem driver's does then, with a driver error around ENOENT.
+	late map[string]bool
 }
 
 func (v vanishingDriver) List(ctx context.Context, p string) ([]string, error) {
-	if v.gone[p] {
+	if v.gone[p] || v.late[p] {
 		if err := v.StorageDriver.Delete(ctx, p); err != nil {
 			return nil, err
 		}
+	}
+	if v.late[p] {
+		return nil, storagedriver.Error{DriverName: "filesystem",
+			Detail: &fs.PathError{Op: "readdirent", Path: "/root" + p, Err: syscall.ENOENT}}
 	}
 	return v.StorageDriver.List(ctx, p)
 }
@@ -451,7 +460,7 @@ func TestWalkPastVanishedDirectories(t *testing.T) {
 		}
 	}
 	slices.Sort(ds)
-	gone := map[string]bool{}
+	gone, late := map[string]bool{}, map[string]bool{}
 	var wantTags []string
 	for i, d := range ds[:10] {
 		tag := fmt.Sprint("t", i)
@@ -471,9 +480,14 @@ func TestWalkPastVanishedDirectories(t *testing.T) {
 			gone[p] = true
 			continue
 		}
+		if i%7 == 5 {
+			p, _ := revisionDir("r", d)
+			late[p] = true
+			continue
+		}
 		want = append(want, d)
 	}
-	s := FromDriver(vanishingDriver{StorageDriver: base.StorageDriver(), gone: gone})
+	s := FromDriver(vanishingDriver{StorageDriver: base.StorageDriver(), gone: gone, late: late})
 	got := collect(t, func(fn func(digest.Digest) error) error { return s.Revisions(ctx, "r", fn) })
 	if !slices.Equal(got, want) {
 		t.Fatalf("walk listed %d revisions, want the %d left: %v", len(got), len(want), got)
