@@ -590,11 +590,12 @@ func (p *Projection) Outbox(limit int) ([]events.Event, error) {
 }
 
 // Published removes the published statements from the outbox, each unless
-// a newer statement about its blob replaced it meanwhile, and returns the
-// sequence through which every statement is published: the cursor if the
-// outbox is now empty, else just below its oldest statement's version.
-func (p *Projection) Published(evs []events.Event) (through uint64, err error) {
-	err = p.db.Update(func(tx *bolt.Tx) error {
+// a newer statement about its blob replaced it meanwhile.
+func (p *Projection) Published(evs []events.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	return p.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketOutbox)
 		for _, e := range evs {
 			k := blobKey(e.Held.Digest)
@@ -606,8 +607,18 @@ func (p *Projection) Published(evs []events.Event) (through uint64, err error) {
 				return err
 			}
 		}
+		return nil
+	})
+}
+
+// PublishedThrough is the sequence through which every statement is
+// published: the cursor if the outbox is empty, else just below its oldest
+// statement's version. It reads the whole outbox: call it once it is
+// drained.
+func (p *Projection) PublishedThrough() (through uint64, err error) {
+	err = p.db.View(func(tx *bolt.Tx) error {
 		through = readU64(tx.Bucket(bucketMeta).Get(keyCursor))
-		return b.ForEach(func(_, v []byte) error {
+		return tx.Bucket(bucketOutbox).ForEach(func(_, v []byte) error {
 			var e events.Event
 			if json.Unmarshal(v, &e) == nil && e.Held != nil && e.Held.Version <= through {
 				through = e.Held.Version - 1

@@ -62,14 +62,14 @@ func TestPartitionTwinsStateAlike(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tw.p.Published(out); err != nil {
+		if err := tw.p.Published(out); err != nil {
 			t.Fatal(err)
 		}
 		stated = append(stated, out...)
 	}
 	add(stated...)
 	applyRecs(t, twinA, log[3:])
-	through, err := twinA.p.Published(nil)
+	through, err := twinA.p.PublishedThrough()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -151,7 +151,7 @@ func (x *partitioned) relay() {
 		if err != nil {
 			x.t.Fatal(err)
 		}
-		if _, err := f.p.Published(out); err != nil {
+		if err := f.p.Published(out); err != nil {
 			x.t.Fatal(err)
 		}
 		x.pending = append(x.pending, out...)

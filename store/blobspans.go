@@ -102,19 +102,8 @@ func (s *Driver) walkBlobSpans(ctx context.Context, prefixDir, alg, prefix strin
 		last  digest.Digest
 		fnErr error
 	)
-	err := s.d.Walk(ctx, prefixDir, func(fi storagedriver.FileInfo) error {
-		rel, ok := strings.CutPrefix(path.Clean(fi.Path()), prefixDir+"/")
-		if !ok {
-			return nil
-		}
-		parts := strings.Split(rel, "/")
-		if fi.IsDir() {
-			if len(parts) > 1 {
-				return storagedriver.ErrSkipDir
-			}
-			return nil
-		}
-		if len(parts) != 2 || parts[1] != "data" || !strings.HasPrefix(parts[0], prefix) {
+	_, err := s.walkFiles(ctx, prefixDir, 2, func(parts []string, fi storagedriver.FileInfo) error {
+		if parts[1] != "data" || !strings.HasPrefix(parts[0], prefix) {
 			return nil
 		}
 		d, ok := digestFromDir(alg, parts[0])
@@ -138,7 +127,7 @@ func (s *Driver) walkBlobSpans(ctx context.Context, prefixDir, alg, prefix strin
 		return nil
 	})
 	if fnErr != nil {
-		// Drivers wrap what the walk function returns; give it back as is.
+		// Its own error, not taken for a walk that found nothing.
 		return fnErr
 	}
 	if err != nil && !isNotFound(err) {

@@ -410,11 +410,12 @@ func notFoundPath(err error) string {
 	return ""
 }
 
-// walkLinks walks dir for <alg>/<hex>/link files and calls fn with each
-// digest, serially. found is false if dir does not exist.
-func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Digest) error) (found bool, err error) {
+// walkFiles walks dir (s.walk) for the files exactly depth path elements
+// below it, passing over deeper directories, and calls fn with each file's
+// elements. What fn returns ends the walk and comes back as is (drivers
+// wrap it). visited says whether the walk saw any entry at all.
+func (s *Driver) walkFiles(ctx context.Context, dir string, depth int, fn func(parts []string, fi storagedriver.FileInfo) error) (visited bool, err error) {
 	var fnErr error
-	visited := false
 	err = s.walk(ctx, dir, func(fi storagedriver.FileInfo) error {
 		visited = true
 		rel, ok := strings.CutPrefix(path.Clean(fi.Path()), dir+"/")
@@ -422,13 +423,27 @@ func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Dig
 			return nil
 		}
 		parts := strings.Split(rel, "/")
-		if fi.IsDir() {
-			if len(parts) > 2 {
-				return storagedriver.ErrSkipDir
-			}
+		switch {
+		case fi.IsDir() && len(parts) >= depth:
+			return storagedriver.ErrSkipDir
+		case fi.IsDir() || len(parts) != depth:
 			return nil
 		}
-		if len(parts) != 3 || parts[2] != "link" {
+		fnErr = fn(parts, fi)
+		return fnErr
+	})
+	if fnErr != nil {
+		return visited, fnErr
+	}
+	return visited, err
+}
+
+// walkLinks walks dir for <alg>/<hex>/link files and calls fn with each
+// digest, serially. found is false if dir does not exist.
+func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Digest) error) (found bool, err error) {
+	var fnErr error
+	visited, err := s.walkFiles(ctx, dir, 3, func(parts []string, fi storagedriver.FileInfo) error {
+		if parts[2] != "link" {
 			return nil
 		}
 		d, ok := digestFromDir(parts[0], parts[1])
@@ -440,7 +455,6 @@ func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Dig
 		return fnErr
 	})
 	if fnErr != nil {
-		// Drivers wrap what the walk function returns; give it back as is.
 		return true, fnErr
 	}
 	if err != nil {

@@ -55,9 +55,11 @@ var ErrBarrier = errors.New("events: partition barrier")
 // Outbox is what a Relay reads: refcount.Projection implements it.
 type Outbox interface {
 	Outbox(limit int) ([]events.Event, error)
-	// Published drops published statements and returns the sequence
-	// through which everything is published.
-	Published(evs []events.Event) (through uint64, err error)
+	// Published drops published statements.
+	Published(evs []events.Event) error
+	// PublishedThrough is the sequence through which everything is
+	// published.
+	PublishedThrough() (uint64, error)
 	// StreamID is the identity of the stream the projection follows
 	// (StreamID), "" before it follows one: a sequence means nothing in
 	// another stream.
@@ -102,6 +104,7 @@ type Relay struct {
 	kick      chan struct{}
 	published prometheus.Counter
 	failures  prometheus.Counter
+	said      string // the progress last recorded: Flush is for one goroutine at a time
 }
 
 // NewRelay opens the progress bucket.
@@ -141,7 +144,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		if r.cfg.Active != nil && !r.cfg.Active() {
-			// A standby: its leader relays the same statements.
+			// A standby: its leader relays the same statements (and writes
+			// the progress, which this one writes afresh when it leads).
+			r.said = ""
 		} else if _, err := r.Flush(ctx); err != nil && ctx.Err() == nil {
 			r.failures.Inc()
 			r.cfg.Logger.Warn("partition relay", "err", err)
@@ -169,21 +174,29 @@ func (r *Relay) Flush(ctx context.Context) (uint64, error) {
 			}
 			r.published.Add(float64(len(evs)))
 		}
-		through, err := r.cfg.Outbox.Published(evs)
+		if err := r.cfg.Outbox.Published(evs); err != nil {
+			return 0, err
+		}
+		if len(evs) == DefaultRelayBatch {
+			continue // more to publish
+		}
+		through, err := r.cfg.Outbox.PublishedThrough()
 		if err != nil {
 			return 0, err
 		}
-		if len(evs) < DefaultRelayBatch {
-			stream, err := r.cfg.Outbox.StreamID()
-			if err != nil || stream == "" {
-				return through, err // it follows no stream yet: nothing to say
-			}
-			val := strconv.FormatUint(through, 10) + " " + r.cfg.Layout + " " + stream
-			if _, err := r.kv.Put(ctx, r.cfg.Partition, []byte(val)); err != nil {
-				return 0, fmt.Errorf("events: relay progress: %w", err)
-			}
-			return through, nil
+		stream, err := r.cfg.Outbox.StreamID()
+		if err != nil || stream == "" {
+			return through, err // it follows no stream yet: nothing to say
 		}
+		val := strconv.FormatUint(through, 10) + " " + r.cfg.Layout + " " + stream
+		if val == r.said {
+			return through, nil // an idle round writes nothing
+		}
+		if _, err := r.kv.Put(ctx, r.cfg.Partition, []byte(val)); err != nil {
+			return 0, fmt.Errorf("events: relay progress: %w", err)
+		}
+		r.said = val
+		return through, nil
 	}
 }
 
