@@ -14,7 +14,7 @@
 //	  policyAt → uint64 unix ns when the policy last became "delete" (its grace starts afresh)
 //	  reconciled → uint64 AsOf of the last reconcile of the whole registry
 //	  counts   → the figures of Stats, kept in step by every write (counts.go)
-//	  partition → the share of the registry the file holds (Partition.String)
+//	  partition → the share of the registry the file holds ("r<i>/<repos>/<digests>", "" for all of it)
 //	  reconciled.r<i> → uint64 AsOf of repository partition i's last whole reconcile
 //	                    (digest partitions)
 //	nodes/
