@@ -602,7 +602,7 @@ func (c *Collector) publishApplied(ctx context.Context, evs []events.Event, what
 // projection kept it (the removal raced with a new reference), the links
 // are put back. The caller then drops the intent.
 func (c *Collector) settle(ctx context.Context, in refcount.Intent) (raced bool, err error) {
-	ni, ok, err := c.cfg.Projection.Get(in.Node)
+	ni, ok, err := c.cfg.Projection.Lookup(in.Node)
 	if err != nil {
 		return false, err
 	}

@@ -153,7 +153,7 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		case err != nil:
 			return nil, err
 		}
-		ni, ok, err := c.cfg.Projection.Get(cd.Node)
+		ni, ok, err := c.cfg.Projection.Lookup(cd.Node)
 		if err != nil {
 			return nil, err
 		}
@@ -176,7 +176,7 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		if want[n] {
 			return nil
 		}
-		ni, ok, err := c.cfg.Projection.Get(n)
+		ni, ok, err := c.cfg.Projection.Lookup(n)
 		if err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package refcount
 import (
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -127,6 +128,37 @@ func (f *fixture) check() {
 		f.t.Errorf("check: %s", m)
 	}
 	sameMismatches(f.t, f.p, false)
+	f.lookupsAgree()
+}
+
+// lookupsAgree checks that Lookup, and the walks' iterations, give what
+// Get gives without the holders.
+func (f *fixture) lookupsAgree() {
+	f.t.Helper()
+	walked := map[string]NodeInfo{}
+	for _, kind := range []events.NodeKind{events.NodeTag, events.NodeManifest, events.NodeLayer, events.NodeBlob} {
+		err := f.p.ForEachIn(kind, "", func(ni NodeInfo) error { walked[ni.Node.String()] = ni; return nil })
+		if err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	err := f.p.ForEach(func(ni NodeInfo) error {
+		got, ok, err := f.p.Lookup(ni.Node)
+		if err != nil || !ok {
+			return fmt.Errorf("lookup %s: %v %v", ni.Node, ok, err)
+		}
+		ni.Holders = nil
+		if !reflect.DeepEqual(got, ni) {
+			f.t.Errorf("lookup %s:\n got %+v\nwant %+v", ni.Node, got, ni)
+		}
+		if w, ok := walked[ni.Node.String()]; ok && !reflect.DeepEqual(w, ni) {
+			f.t.Errorf("walk %s:\n got %+v\nwant %+v", ni.Node, w, ni)
+		}
+		return nil
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
 }
 
 // collect re-checks and commits the removal of a node, as the collector does.

@@ -21,7 +21,9 @@ func (p *Projection) ForEach(fn func(NodeInfo) error) error {
 
 // ForEachIn is ForEach limited to the nodes of one kind in one repository,
 // or of every repository when repo is "" (kind NodeBlob ignores repo:
-// blobs are global). Its transaction is as
+// blobs are global), without their holders: as for Lookup, Holders is nil
+// (so are they in ForEachBlobIn, ForEachBlobSpan and ForEachExcept, which
+// walks use too). Its transaction is as
 // short as the repository is large, which lets a caller compare storage
 // with the projection one repository at a time.
 func (p *Projection) ForEachIn(kind events.NodeKind, repo string, fn func(NodeInfo) error) error {
@@ -130,7 +132,8 @@ func (p *Projection) forEachPrefix(prefix []byte, fn func(NodeInfo) error) error
 	})
 }
 
-// visit calls fn for the node record k, v (nothing for a sub-key).
+// visit calls fn for the node record k, v (nothing for a sub-key), without
+// its holders.
 func (p *Projection) visit(tx *bolt.Tx, k, v []byte, fn func(NodeInfo) error) error {
 	if isSub(k) {
 		return nil
@@ -139,7 +142,7 @@ func (p *Projection) visit(tx *bolt.Tx, k, v []byte, fn func(NodeInfo) error) er
 	if err != nil {
 		return err
 	}
-	ni, err := p.info(tx, k, n)
+	ni, err := p.infoOf(tx, k, n, false)
 	if err != nil {
 		return err
 	}

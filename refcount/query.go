@@ -107,6 +107,12 @@ func timePtr(ns int64) *time.Time {
 }
 
 func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
+	return p.infoOf(tx, k, n, true)
+}
+
+// infoOf is a node's NodeInfo; with holders false, Holders stays nil and
+// the node's in-edges are not read.
+func (p *Projection) infoOf(tx *bolt.Tx, k []byte, n *node, holders bool) (NodeInfo, error) {
 	ref, err := parseNodeKey(k)
 	if err != nil {
 		return NodeInfo{}, err
@@ -116,6 +122,10 @@ func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
 		Origin: newOriginNames(tx).name(n.origin)}
 	if n.count == 0 {
 		ni.Since = timePtr(n.zeroSince)
+	}
+	if !holders {
+		ni.Holds = holds(n)
+		return ni, nil
 	}
 	err = forSub(tx.Bucket(bucketNodes).Cursor(), k, subIn, func(from, v []byte) error {
 		h, err := parseNodeKey(from)
@@ -132,17 +142,35 @@ func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
 	if err != nil {
 		return ni, err
 	}
+	ni.Holds = holds(n)
+	return ni, nil
+}
+
+// holds is the nodes n declares edges to, its subject apart.
+func holds(n *node) (out []events.NodeRef) {
 	for _, e := range n.decl {
 		if r, err := parseNodeKey(e.to); err == nil && e.kind != edgeSubject {
-			ni.Holds = append(ni.Holds, r)
+			out = append(out, r)
 		}
 	}
-	return ni, nil
+	return out
 }
 
 // Get returns what the projection knows about a node; ok is false when it
 // has no record of it.
 func (p *Projection) Get(ref events.NodeRef) (ni NodeInfo, ok bool, err error) {
+	return p.get(ref, true)
+}
+
+// Lookup is Get without the holders: Holders is nil, and the node's
+// incoming edges are not read. It is for walks that look up every node
+// they pass (a reconcile pass, the storage check), where a node held by
+// many others would cost as many reads and allocations.
+func (p *Projection) Lookup(ref events.NodeRef) (ni NodeInfo, ok bool, err error) {
+	return p.get(ref, false)
+}
+
+func (p *Projection) get(ref events.NodeRef, holders bool) (ni NodeInfo, ok bool, err error) {
 	k := nodeKey(ref)
 	if k == nil {
 		return ni, false, fmt.Errorf("refcount: unknown node kind %q", ref.Kind)
@@ -157,7 +185,7 @@ func (p *Projection) Get(ref events.NodeRef) (ni NodeInfo, ok bool, err error) {
 			return err
 		}
 		ok = true
-		ni, err = p.info(tx, k, n)
+		ni, err = p.infoOf(tx, k, n, holders)
 		return err
 	})
 	return ni, ok, err

@@ -441,6 +441,9 @@ func (s *Driver) walkFiles(ctx context.Context, dir string, depth int, fn func(p
 // walkLinks walks dir for <alg>/<hex>/link files and calls fn with each
 // digest, serially. found is false if dir does not exist.
 func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Digest) error) (found bool, err error) {
+	if s.dirs != nil {
+		return s.fsLinks(ctx, dir, fn)
+	}
 	var fnErr error
 	visited, err := s.walkFiles(ctx, dir, 3, func(parts []string, fi storagedriver.FileInfo) error {
 		if parts[2] != "link" {

@@ -110,8 +110,13 @@ func (e *EmptyDirs) PruneBlob(ctx context.Context, d digest.Digest, before time.
 	if err != nil {
 		return 0, false, err
 	}
-	dir := filepath.Join(e.root, filepath.FromSlash(strings.TrimPrefix(rel, Root+"/")))
-	return e.pruneTree(ctx, dir, filepath.Join(e.root, "blobs"), before, false)
+	return e.pruneTree(ctx, e.osPath(rel), filepath.Join(e.root, "blobs"), before, false)
+}
+
+// osPath is the filesystem path, in OS form, of the layout's path p (under
+// Root).
+func (e *EmptyDirs) osPath(p string) string {
+	return filepath.Join(e.root, filepath.FromSlash(strings.TrimPrefix(p, Root)))
 }
 
 // pruneTree prunes dir, and once it is gone its ancestors up to stop.

@@ -154,7 +154,7 @@ func blobDataPath(d digest.Digest) (string, error) {
 // digestFromDir parses the <alg>/<hex> tail of a directory path found in
 // storage. It returns false for anything that is not a valid digest.
 func digestFromDir(algPart, hex string) (digest.Digest, bool) {
-	d := digest.NewDigestFromEncoded(digest.Algorithm(algPart), hex)
+	d := digest.Digest(algPart + ":" + hex) // digest.NewDigestFromEncoded, without its fmt.Sprintf
 	if events.ValidateDigest(d) != nil {
 		return "", false
 	}

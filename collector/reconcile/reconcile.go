@@ -493,7 +493,7 @@ func (w *walk) scanned(what string) {
 // lookup returns the projection's view of a node; changed is true when an
 // event named it after the walk began (the walk's view may be stale).
 func (w *walk) lookup(n events.NodeRef) (ni refcount.NodeInfo, ok, changed bool, err error) {
-	ni, ok, err = w.r.cfg.Projection.Get(n)
+	ni, ok, err = w.r.cfg.Projection.Lookup(n)
 	if err != nil {
 		return ni, ok, false, fmt.Errorf("collector: reconcile: projection %s: %w", n, err)
 	}
