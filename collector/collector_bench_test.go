@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/internal/regtest"
 )
@@ -68,9 +70,10 @@ func (w *world) garbage(r *rand.Rand, n int) (paths []string, bytes int64) {
 
 // BenchmarkCollectorDeletes measures how fast the collector unlinks and
 // purges garbage on the filesystem driver with 8 operations in flight,
-// against raw os.RemoveAll of the same paths by 8 goroutines. paired
-// alternates the two, the projection durable, one world each per
-// iteration, and reports their ratio: on a machine shared with other work
+// against raw os.RemoveAll of the same paths by 8 goroutines, and against
+// the system calls the store itself makes for them (unlink+rmdir). paired
+// alternates the three, the projection durable, one world each per
+// iteration, and reports the ratios: on a machine shared with other work
 // the load moves between sub-benchmarks, less within one iteration.
 //
 // Every world is synced to disk before the clock starts: garbage is old
@@ -85,23 +88,30 @@ func BenchmarkCollectorDeletes(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) { benchCollector(b, sync) })
 	}
-	b.Run("os.RemoveAll", benchRemoveAll)
+	b.Run("os.RemoveAll", func(b *testing.B) { benchRaw(b, false) })
+	b.Run("os.RemoveAll+syncfs", func(b *testing.B) { benchRaw(b, true) })
 	b.Run("paired", func(b *testing.B) {
-		var col, raw deleteRun
+		var col, raw, durable deleteRun
 		for i := 0; i < b.N; i++ {
-			raw.add(removeAllOnce(b, i))
+			raw.add(rawOnce(b, i, false))
 			col.add(collectOnce(b, i, true))
+			durable.add(rawOnce(b, i, true))
 		}
 		b.ReportMetric(col.rate(), "collector-objects/s")
 		b.ReportMetric(raw.rate(), "removeall-objects/s")
+		b.ReportMetric(durable.rate(), "removeall-syncfs-objects/s")
 		b.ReportMetric(col.rate()/raw.rate(), "ratio")
+		b.ReportMetric(col.rate()/durable.rate(), "ratio-durable")
+		col.report(b, "collector-")
+		raw.report(b, "removeall-")
 	})
 }
 
 // deleteRun is what one timed removal of the garbage did.
 type deleteRun struct {
-	objects, bytes int64
-	elapsed, check time.Duration
+	objects, bytes  int64
+	elapsed, check  time.Duration
+	cpuUser, cpuSys time.Duration // the process's, while the clock ran
 }
 
 func (r *deleteRun) add(o deleteRun) {
@@ -109,9 +119,42 @@ func (r *deleteRun) add(o deleteRun) {
 	r.bytes += o.bytes
 	r.elapsed += o.elapsed
 	r.check += o.check
+	r.cpuUser += o.cpuUser
+	r.cpuSys += o.cpuSys
 }
 
 func (r deleteRun) rate() float64 { return float64(r.objects) / r.elapsed.Seconds() }
+
+// report reports the CPU the process spent per object removed, in user
+// space and in the kernel, prefixed by name.
+func (r deleteRun) report(b *testing.B, name string) {
+	b.ReportMetric(float64(r.cpuUser.Microseconds())/float64(r.objects), name+"user-µs/object")
+	b.ReportMetric(float64(r.cpuSys.Microseconds())/float64(r.objects), name+"sys-µs/object")
+}
+
+// cpuTimes is the CPU the process has spent so far, in user space and in
+// the kernel.
+func cpuTimes(b *testing.B) (user, sys time.Duration) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+}
+
+// timed runs fn with the benchmark's clock running and returns the wall
+// and CPU time it took.
+func timed(b *testing.B, fn func()) (r deleteRun) {
+	u0, s0 := cpuTimes(b)
+	b.StartTimer()
+	start := time.Now()
+	fn()
+	r.elapsed = time.Since(start)
+	b.StopTimer()
+	u1, s1 := cpuTimes(b)
+	r.cpuUser, r.cpuSys = u1-u0, s1-s0
+	return r
+}
 
 // garbageWorld builds a world holding the garbage, synced to disk, with
 // the benchmark's clock stopped.
@@ -133,29 +176,30 @@ func benchCollector(b *testing.B, sync bool) {
 	b.ReportMetric(r.rate(), "objects/s")
 	b.ReportMetric(float64(r.bytes)/r.elapsed.Seconds(), "bytes/s")
 	b.ReportMetric(100*r.check.Seconds()/r.elapsed.Seconds(), "check-%")
+	r.report(b, "")
 }
 
 // collectOnce builds a world of garbage and times the passes that remove
 // it, checking after the clock stops that the storage is empty.
 func collectOnce(b *testing.B, i int, sync bool) deleteRun {
 	w, paths, _ := garbageWorld(b, i, sync)
-	var r deleteRun
-	b.StartTimer()
-	start := time.Now()
 	var unlinked, purged int
-	for pass := 0; unlinked+purged < len(paths) && pass < 10; pass++ {
-		w.clock = w.clock.Add(testRetention + testGrace)
-		rep, err := w.col.Pass(context.Background())
-		if err != nil || rep.Errors > 0 {
-			b.Fatalf("pass: %v (%d errors)", err, rep.Errors)
+	var bytes int64
+	var check time.Duration
+	r := timed(b, func() {
+		for pass := 0; unlinked+purged < len(paths) && pass < 10; pass++ {
+			w.clock = w.clock.Add(testRetention + testGrace)
+			rep, err := w.col.Pass(context.Background())
+			if err != nil || rep.Errors > 0 {
+				b.Fatalf("pass: %v (%d errors)", err, rep.Errors)
+			}
+			unlinked += rep.Unlinked
+			purged += rep.Purged
+			bytes += rep.PurgedBytes
+			check += rep.CheckDuration
 		}
-		unlinked += rep.Unlinked
-		purged += rep.Purged
-		r.bytes += rep.PurgedBytes
-		r.check += rep.CheckDuration
-	}
-	r.elapsed = time.Since(start)
-	b.StopTimer()
+	})
+	r.bytes, r.check = bytes, check
 	if unlinked+purged != len(paths) {
 		b.Fatalf("removed %d+%d objects, want %d", unlinked, purged, len(paths))
 	}
@@ -167,40 +211,52 @@ func collectOnce(b *testing.B, i int, sync bool) deleteRun {
 	return r
 }
 
-// benchRemoveAll is the baseline: os.RemoveAll of the same paths by 8
-// goroutines, nothing else.
-func benchRemoveAll(b *testing.B) {
+// benchRaw is the baseline: os.RemoveAll of the same paths by 8
+// goroutines, nothing else; with syncfs, the removals then made durable.
+func benchRaw(b *testing.B, syncfs bool) {
 	var r deleteRun
 	for i := 0; i < b.N; i++ {
-		r.add(removeAllOnce(b, i))
+		r.add(rawOnce(b, i, syncfs))
 	}
 	b.ReportMetric(r.rate(), "objects/s")
 	b.ReportMetric(float64(r.bytes)/r.elapsed.Seconds(), "bytes/s")
+	r.report(b, "")
 }
 
-// removeAllOnce builds a world of garbage and times os.RemoveAll of its
-// paths by 8 goroutines.
-func removeAllOnce(b *testing.B, i int) deleteRun {
-	_, paths, n := garbageWorld(b, i, false)
-	b.StartTimer()
-	start := time.Now()
-	ch := make(chan string)
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for p := range ch {
-				if err := os.RemoveAll(p); err != nil {
-					b.Error(err)
+// rawOnce builds a world of garbage and times os.RemoveAll of its paths
+// by 8 goroutines and, with syncfs, the syncfs(2) of the storage's
+// filesystem that makes the removals durable.
+func rawOnce(b *testing.B, i int, syncfs bool) deleteRun {
+	w, paths, n := garbageWorld(b, i, false)
+	r := timed(b, func() {
+		ch := make(chan string)
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for p := range ch {
+					if err := os.RemoveAll(p); err != nil {
+						b.Error(err)
+					}
 				}
+			})
+		}
+		for _, p := range paths {
+			ch <- p
+		}
+		close(ch)
+		wg.Wait()
+		if syncfs {
+			f, err := os.Open(w.root)
+			if err != nil {
+				b.Fatal(err)
 			}
-		})
-	}
-	for _, p := range paths {
-		ch <- p
-	}
-	close(ch)
-	wg.Wait()
-	r := deleteRun{objects: int64(len(paths)), bytes: n, elapsed: time.Since(start)}
-	b.StopTimer()
+			err = unix.Syncfs(int(f.Fd()))
+			f.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	r.objects, r.bytes = int64(len(paths)), n
 	return r
 }
