@@ -60,3 +60,18 @@ func scanNames(ctx context.Context, dir string, buf []byte, fn func(name []byte)
 		}
 	}
 }
+
+// isFile reports whether p names something other than a directory,
+// following symbolic links as the driver's Stat does; a p that does not
+// exist, or whose parent is not a directory, is not a file.
+func isFile(p string) (bool, error) {
+	var st syscall.Stat_t
+	err := syscall.Stat(p, &st)
+	switch {
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ENOTDIR):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("store: stat %s: %w", p, err)
+	}
+	return st.Mode&syscall.S_IFMT != syscall.S_IFDIR, nil
+}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"syscall"
 )
 
 // scanNames calls fn with the name of every entry of dir; a name is valid
@@ -43,4 +44,18 @@ func readNames(ctx context.Context, dir string, n int, fn func(name string)) err
 			return fmt.Errorf("store: list %s: %w", dir, err)
 		}
 	}
+}
+
+// isFile reports whether p names something other than a directory,
+// following symbolic links as the driver's Stat does; a p that does not
+// exist, or whose parent is not a directory, is not a file.
+func isFile(p string) (bool, error) {
+	fi, err := os.Stat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("store: stat %s: %w", p, err)
+	}
+	return !fi.IsDir(), nil
 }

@@ -26,7 +26,8 @@ import (
 // sorted (the walk's order), and one stat of each <hex>/link. The result is
 // the walk's: the links that are files, in order; an entry that vanishes
 // while the directory is read (an unlink running beside the walk) is passed
-// over, as walkTree does; dir itself missing is "not found".
+// over, as walkTree does, and so is a directory removed between its opening
+// and its reading; dir itself missing is "not found".
 
 // fsLinks is walkLinks on the filesystem driver.
 func (s *Driver) fsLinks(ctx context.Context, dir string, fn func(d digest.Digest) error) (found bool, err error) {
@@ -49,15 +50,12 @@ func (s *Driver) fsLinks(ctx context.Context, dir string, fn func(d digest.Diges
 			if !ok {
 				continue
 			}
-			var st syscall.Stat_t
-			err := syscall.Stat(filepath.Join(algDir, hex, "link"), &st)
-			switch {
-			case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ENOTDIR):
-				continue // vanished, or not a link directory
-			case err != nil:
-				return true, fmt.Errorf("store: stat %s: %w", filepath.Join(algDir, hex, "link"), err)
-			case st.Mode&syscall.S_IFMT == syscall.S_IFDIR:
-				continue
+			file, err := isFile(filepath.Join(algDir, hex, "link"))
+			if err != nil {
+				return true, err
+			}
+			if !file {
+				continue // vanished, not a link directory, or link is a directory
 			}
 			if err := fn(d); err != nil {
 				return true, err
@@ -82,6 +80,9 @@ func sortedNames(ctx context.Context, dir string) (names []string, found bool, e
 	}
 	defer f.Close()
 	names, err = f.Readdirnames(-1)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, false, nil // removed between its opening and its reading
+	}
 	if err != nil {
 		return nil, true, fmt.Errorf("store: list %s: %w", dir, err)
 	}
