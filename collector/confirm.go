@@ -185,7 +185,10 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// A repository without revisions lists nothing, without an error: an
+	// error, even one wrapping "not exist", is a listing cut short, whose
+	// missing revisions could hold what this round would unlink.
+	if err != nil {
 		return nil, err
 	}
 	for _, d := range unknown {

@@ -1,8 +1,14 @@
 package collector_test
 
 import (
+	"context"
+	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/collector"
 	"github.com/refgc/refgc/events"
@@ -54,3 +60,42 @@ func TestStorageCheckTags(t *testing.T) {
 
 // The store reads tags as the storage check prefers.
 var _ collector.TagIndexReader = (*store.Driver)(nil)
+
+// cutRevisions is the store with a revision listing that fails with an
+// error wrapping "not exist", as a listing cut short by a directory
+// removed under it could.
+type cutRevisions struct{ *store.Driver }
+
+func (c cutRevisions) Revisions(context.Context, string, func(digest.Digest) error) error {
+	return fmt.Errorf("listing cut short: %w", fs.ErrNotExist)
+}
+
+// TestStorageCheckRefusesOnCutListing: a revision listing that fails,
+// even with an error wrapping "not exist", is not taken for an empty one:
+// the repository's candidates are refused.
+func TestStorageCheckRefusesOnCutListing(t *testing.T) {
+	w := newWorld(t, 4)
+	r := rand.New(rand.NewPCG(3, 4))
+	m := w.putManifest("app", "", []events.Descriptor{w.pushBlob(r, "app", mtConf, 16), w.pushBlob(r, "app", mtLayer, 64)}, nil, nil)
+	w.clock = w.clock.Add(2 * testGrace)
+	col, err := collector.New(collector.Config{Projection: w.proj, Storage: w.store, Reader: cutRevisions{w.store},
+		Log: w.log, Now: func() time.Time { return w.clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := col.Pass(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rm := range rep.Removed {
+		if rm.Node.Kind != events.NodeBlob && rm.Node.Repo == "app" {
+			t.Fatalf("%s removed on a cut listing: %+v", rm.Node, rep)
+		}
+	}
+	if rep.Refused == 0 {
+		t.Fatalf("nothing refused: %+v", rep)
+	}
+	if _, err := w.store.StatBlob(context.Background(), m.Digest); err != nil {
+		t.Fatalf("manifest data gone: %v", err)
+	}
+}
