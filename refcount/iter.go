@@ -142,7 +142,7 @@ func (p *Projection) visit(tx *bolt.Tx, k, v []byte, fn func(NodeInfo) error) er
 	if err != nil {
 		return err
 	}
-	ni, err := p.infoOf(tx, k, n, false)
+	ni, err := p.info(tx, k, n, false)
 	if err != nil {
 		return err
 	}

@@ -106,13 +106,9 @@ func timePtr(ns int64) *time.Time {
 	return &t
 }
 
-func (p *Projection) info(tx *bolt.Tx, k []byte, n *node) (NodeInfo, error) {
-	return p.infoOf(tx, k, n, true)
-}
-
-// infoOf is a node's NodeInfo; with holders false, Holders stays nil and
-// the node's in-edges are not read.
-func (p *Projection) infoOf(tx *bolt.Tx, k []byte, n *node, holders bool) (NodeInfo, error) {
+// info is a node's NodeInfo; with holders false, Holders stays nil and the
+// node's in-edges are not read.
+func (p *Projection) info(tx *bolt.Tx, k []byte, n *node, holders bool) (NodeInfo, error) {
 	ref, err := parseNodeKey(k)
 	if err != nil {
 		return NodeInfo{}, err
@@ -185,7 +181,7 @@ func (p *Projection) get(ref events.NodeRef, holders bool) (ni NodeInfo, ok bool
 			return err
 		}
 		ok = true
-		ni, err = p.infoOf(tx, k, n, holders)
+		ni, err = p.info(tx, k, n, holders)
 		return err
 	})
 	return ni, ok, err
@@ -211,7 +207,7 @@ func (p *Projection) Dump(w io.Writer) error {
 func (p *Projection) forEachInfo(fn func(NodeInfo) error) error {
 	return p.db.View(func(tx *bolt.Tx) error {
 		return forEachNode(tx, func(k []byte, _ events.NodeRef, n *node) error {
-			ni, err := p.info(tx, k, n)
+			ni, err := p.info(tx, k, n, true)
 			if err != nil {
 				return err
 			}
