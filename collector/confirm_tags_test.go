@@ -2,15 +2,18 @@ package collector_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/collector"
+	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
 	"github.com/refgc/refgc/store"
 )
@@ -97,5 +100,54 @@ func TestStorageCheckRefusesOnCutListing(t *testing.T) {
 	}
 	if _, err := w.store.StatBlob(context.Background(), m.Digest); err != nil {
 		t.Fatalf("manifest data gone: %v", err)
+	}
+}
+
+// laterListingsCut is the store with every revision listing of a
+// repository after its first failing with an error wrapping "not exist":
+// a reconcile's walk lists each repository once, so what fails is its
+// confirmation.
+type laterListingsCut struct {
+	*store.Driver
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (c *laterListingsCut) Revisions(ctx context.Context, repo string, fn func(digest.Digest) error) error {
+	c.mu.Lock()
+	c.calls[repo]++
+	n := c.calls[repo]
+	c.mu.Unlock()
+	if n > 1 {
+		return fmt.Errorf("listing cut short: %w", fs.ErrNotExist)
+	}
+	return c.Driver.Revisions(ctx, repo, fn)
+}
+
+// TestReconcileConfirmRefusesCutListing: the reconcile's confirmation of
+// its fixes does not take a listing that fails, even with an error
+// wrapping "not exist", for an empty one: the pass fails and publishes
+// nothing.
+func TestReconcileConfirmRefusesCutListing(t *testing.T) {
+	w := newWorld(t, 4)
+	r := rand.New(rand.NewPCG(5, 6))
+	w.mute = true // in storage only: the projection never hears of it
+	m := w.putManifest("dark", "", []events.Descriptor{w.pushBlob(r, "dark", mtConf, 16), w.pushBlob(r, "dark", mtLayer, 64)}, nil, nil)
+	w.mute = false
+	cut := &laterListingsCut{Driver: w.store, calls: map[string]int{}}
+	rec, err := reconcile.New(reconcile.Config{Projection: w.proj, Store: cut, Log: w.log, Now: func() time.Time { return w.clock }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := rec.Reconcile(context.Background(), true)
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("reconcile on a cut confirmation: %v, %s", err, d)
+	}
+	if cut.calls["dark"] < 2 {
+		t.Fatalf("the confirmation did not list dark's revisions: %v", cut.calls)
+	}
+	ref := events.NodeRef{Kind: events.NodeManifest, Repo: "dark", Digest: m.Digest}
+	if _, ok, err := w.proj.Get(ref); err != nil || ok {
+		t.Fatalf("%s published on a cut confirmation: %v %v", ref, ok, err)
 	}
 }

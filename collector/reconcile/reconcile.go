@@ -980,37 +980,34 @@ func (w *walk) confirm(ctx context.Context) ([]fix, error) {
 			rs.wantLayers = true
 		}
 	}
-	tolerate := func(err error) error {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
+	// A repository that is gone lists nothing, without an error; an error,
+	// even one wrapping "not exist", is a listing cut short, and what it
+	// missed would confirm an absence that is not there.
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(w.r.cfg.Concurrency)
 	for repo, rs := range repos {
 		g.Go(func() error {
 			if rs.wantTags {
-				if err := tolerate(st.Tags(gctx, repo, func(tag string, cur digest.Digest) error {
+				if err := st.Tags(gctx, repo, func(tag string, cur digest.Digest) error {
 					rs.tags[tag] = cur
 					return nil
-				})); err != nil {
+				}); err != nil {
 					return fmt.Errorf("collector: reconcile: confirm tags of %s: %w", repo, err)
 				}
 			}
 			if rs.wantRevs {
-				if err := tolerate(st.Revisions(gctx, repo, func(d digest.Digest) error {
+				if err := st.Revisions(gctx, repo, func(d digest.Digest) error {
 					rs.revs[d] = true
 					return nil
-				})); err != nil {
+				}); err != nil {
 					return fmt.Errorf("collector: reconcile: confirm revisions of %s: %w", repo, err)
 				}
 			}
 			if rs.wantLayers {
-				if err := tolerate(st.LayerLinks(gctx, repo, func(d digest.Digest) error {
+				if err := st.LayerLinks(gctx, repo, func(d digest.Digest) error {
 					rs.layers[d] = true
 					return nil
-				})); err != nil {
+				}); err != nil {
 					return fmt.Errorf("collector: reconcile: confirm layer links of %s: %w", repo, err)
 				}
 			}
