@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -48,6 +49,10 @@ const blobSpanMax = 64
 // direntBuf is the size of the buffer a walker reads a blob directory's
 // entries into (about 350 entries of a directory of blobs a read).
 const direntBuf = 32 << 10
+
+// direntBufs keeps the walkers' buffers from one blob directory to the
+// next: a pass reads 256 of them per algorithm.
+var direntBufs = sync.Pool{New: func() any { b := make([]byte, direntBuf); return &b }}
 
 // maxSpans bounds the spans of one filesystem directory: its ranges split
 // the four hex digits after the prefix.
@@ -145,7 +150,9 @@ func (s *Driver) walkBlobSpans(ctx context.Context, prefixDir, alg, prefix strin
 func (s *Driver) fsBlobSpans(ctx context.Context, dir, alg, prefix string, emit func(from, to string, ds []digest.Digest) error) error {
 	n := 0
 	var first []digest.Digest
-	buf := make([]byte, direntBuf)
+	bp := direntBufs.Get().(*[]byte)
+	defer direntBufs.Put(bp)
+	buf := *bp
 	err := scanNames(ctx, dir, buf, func(name []byte) {
 		if n++; n > s.spanMax {
 			first = nil
