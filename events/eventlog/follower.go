@@ -96,13 +96,12 @@ var ErrUndecodable = errors.New("events: undecodable event in the log")
 var ErrFollowerStopped = errors.New("events: follower stopped")
 
 // Follower defaults. DefaultMaxBatch is what one commit may cover under a
-// backlog: the projection's pages per event fall as a batch grows (1.4 at
-// 1,000, 0.27 at 32,000 on the push-heavy mix), and it commits 50,000
-// events/s and more only from about 32,000 (docs/bench/limits.md). It
-// costs at most that many decoded records in memory, and under a backlog
-// a commit of about half a second.
+// backlog: of the sizes measured (1,000 to 32,000), it commits the most
+// events per second of new images into a projection that holds earlier
+// ones (docs/bench/limits.md). The queue holds up to about twice that many
+// decoded records.
 const (
-	DefaultMaxBatch      = 32000
+	DefaultMaxBatch      = 16000
 	DefaultReadBatch     = 1000
 	DefaultMaxWait       = time.Millisecond
 	DefaultCheckInterval = 2 * time.Second
