@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -76,15 +77,32 @@ func (s *KVIntents) DropIntents(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// ListIntents implements IntentStore.
+// intentListTimeout bounds a listing of the bucket's keys. nats.go's
+// ListKeys waits for its watcher's first updates with no deadline but the
+// context's (a watcher whose consumer a cluster dropped never gets them),
+// and when the context ends first it closes its keys early, as it does
+// when the list is whole.
+var intentListTimeout = 30 * time.Second
+
+// ListIntents implements IntentStore. A listing cut short is an error,
+// never a shorter list: an intent it missed would be left undone.
 func (s *KVIntents) ListIntents(ctx context.Context) ([]refcount.Intent, error) {
-	keys, err := s.kv.ListKeys(ctx)
+	lctx, cancel := context.WithTimeout(ctx, intentListTimeout)
+	defer cancel()
+	keys, err := s.kv.ListKeys(lctx)
 	if err != nil {
 		return nil, fmt.Errorf("collector: list intents: %w", err)
 	}
-	defer func() { _ = keys.Stop() }()
-	var out []refcount.Intent
+	var ids []string
 	for k := range keys.Keys() {
+		ids = append(ids, k)
+	}
+	_ = keys.Stop()
+	if err := lctx.Err(); err != nil {
+		return nil, fmt.Errorf("collector: list intents: cut short: %w", err)
+	}
+	var out []refcount.Intent
+	for _, k := range ids {
 		e, err := s.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue

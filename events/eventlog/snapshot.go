@@ -158,9 +158,29 @@ func snapshotOf(info *jetstream.ObjectInfo) (Snapshot, error) {
 	return snap, nil
 }
 
+// snapshotListAttempt bounds one listing of the bucket, and
+// snapshotListAttempts how many are made. nats.go's ObjectStore.List
+// waits for its watcher's first updates with no deadline but the
+// context's, and a watcher whose consumer a cluster dropped (a stream
+// leader elected while it was created) never gets them: without a bound,
+// a daemon's start waited on it for ever.
+var (
+	snapshotListAttempt  = 10 * time.Second
+	snapshotListAttempts = 3
+)
+
 // List describes every snapshot in the bucket, oldest first (by sequence).
 func (s *SnapshotStore) List(ctx context.Context) ([]Snapshot, error) {
-	infos, err := s.os.List(ctx)
+	var infos []*jetstream.ObjectInfo
+	var err error
+	for range snapshotListAttempts {
+		actx, cancel := context.WithTimeout(ctx, snapshotListAttempt)
+		infos, err = s.os.List(actx)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			break
+		}
+	}
 	if errors.Is(err, jetstream.ErrNoObjectsFound) {
 		return nil, nil
 	}
