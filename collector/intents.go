@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -77,32 +78,29 @@ func (s *KVIntents) DropIntents(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// intentListTimeout bounds a listing of the bucket's keys. nats.go's
-// ListKeys waits for its watcher's first updates with no deadline but the
-// context's (a watcher whose consumer a cluster dropped never gets them),
-// and when the context ends first it closes its keys early, as it does
-// when the list is whole.
+// intentListTimeout bounds a listing of the bucket's keys: a watcher whose
+// consumer a cluster dropped never gives its initial values.
 var intentListTimeout = 30 * time.Second
 
 // ListIntents implements IntentStore. A listing cut short is an error,
-// never a shorter list: an intent it missed would be left undone.
+// never a shorter list: an intent it missed would be left undone. So it
+// reads the bucket's watcher itself (eventlog.InitialValues), not through
+// KeyValue.ListKeys, which takes a closed watcher for the list's end.
 func (s *KVIntents) ListIntents(ctx context.Context) ([]refcount.Intent, error) {
 	lctx, cancel := context.WithTimeout(ctx, intentListTimeout)
 	defer cancel()
-	keys, err := s.kv.ListKeys(lctx)
+	w, err := s.kv.WatchAll(lctx, jetstream.IgnoreDeletes(), jetstream.MetaOnly())
 	if err != nil {
 		return nil, fmt.Errorf("collector: list intents: %w", err)
 	}
-	var ids []string
-	for k := range keys.Keys() {
-		ids = append(ids, k)
-	}
-	_ = keys.Stop()
-	if err := lctx.Err(); err != nil {
-		return nil, fmt.Errorf("collector: list intents: cut short: %w", err)
+	entries, err := eventlog.InitialValues(lctx, w.Updates())
+	_ = w.Stop()
+	if err != nil {
+		return nil, fmt.Errorf("collector: list intents: %w", err)
 	}
 	var out []refcount.Intent
-	for _, k := range ids {
+	for _, en := range entries {
+		k := en.Key()
 		e, err := s.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue

@@ -159,30 +159,31 @@ func snapshotOf(info *jetstream.ObjectInfo) (Snapshot, error) {
 }
 
 // snapshotListAttempt bounds one listing of the bucket, and
-// snapshotListAttempts how many are made. nats.go's ObjectStore.List
-// waits for its watcher's first updates with no deadline but the
-// context's, and a watcher whose consumer a cluster dropped (a stream
-// leader elected while it was created) never gets them: without a bound,
-// a daemon's start waited on it for ever.
+// snapshotListAttempts how many are made. A watcher whose consumer a
+// cluster dropped (a stream leader elected while it was created) never
+// gives its initial values: without a bound, a daemon's start waited on
+// one for ever.
 var (
 	snapshotListAttempt  = 10 * time.Second
 	snapshotListAttempts = 3
 )
 
 // List describes every snapshot in the bucket, oldest first (by sequence).
+// It reads the bucket's watcher itself (InitialValues), not through
+// ObjectStore.List, which takes a closed watcher for an empty bucket.
 func (s *SnapshotStore) List(ctx context.Context) ([]Snapshot, error) {
 	var infos []*jetstream.ObjectInfo
 	var err error
 	for range snapshotListAttempts {
 		actx, cancel := context.WithTimeout(ctx, snapshotListAttempt)
-		infos, err = s.os.List(actx)
+		infos, err = s.listOnce(actx)
 		cancel()
 		if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
 			break
 		}
 	}
-	if errors.Is(err, jetstream.ErrNoObjectsFound) {
-		return nil, nil
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("no answer in %d attempts of %s: %w", snapshotListAttempts, snapshotListAttempt, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("events: list snapshots: %w", err)
@@ -200,6 +201,15 @@ func (s *SnapshotStore) List(ctx context.Context) ([]Snapshot, error) {
 	}
 	slices.SortFunc(out, func(a, b Snapshot) int { return cmp.Compare(a.Seq, b.Seq) })
 	return out, nil
+}
+
+func (s *SnapshotStore) listOnce(ctx context.Context) ([]*jetstream.ObjectInfo, error) {
+	w, err := s.os.Watch(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	return InitialValues(ctx, w.Updates())
 }
 
 // Latest describes the newest snapshot of the stream whose identity is
@@ -231,6 +241,21 @@ func (s *SnapshotStore) Get(ctx context.Context, stream string, w io.Writer) (Sn
 // GetNamed writes the snapshot of that name (Snapshot.Name) to w and
 // describes it, or gives ErrNoSnapshot.
 func (s *SnapshotStore) GetNamed(ctx context.Context, name string, w io.Writer) (Snapshot, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		// nats.go bounds a Get whose context has no deadline by its
+		// default request timeout (5 s), the whole download included:
+		// give it one that grows with the snapshot instead.
+		info, err := s.os.GetInfo(ctx, name)
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return Snapshot{}, ErrNoSnapshot
+		}
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("events: get snapshot: %w", err)
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, snapshotReadTimeout(info.Size))
+		defer cancel()
+	}
 	res, err := s.os.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return Snapshot{}, ErrNoSnapshot
@@ -251,6 +276,12 @@ func (s *SnapshotStore) GetNamed(ctx context.Context, name string, w io.Writer) 
 		return Snapshot{}, fmt.Errorf("events: read snapshot: %w", err)
 	}
 	return snap, nil
+}
+
+// snapshotReadTimeout is how long a snapshot of size bytes may take to
+// read when the caller sets no deadline: a minute, and a second per 4 MiB.
+func snapshotReadTimeout(size uint64) time.Duration {
+	return time.Minute + time.Duration(size/(4<<20))*time.Second
 }
 
 // retryNoResponders calls fn again, with a short backoff, while it fails

@@ -11,49 +11,114 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// stuckList is an object store whose first listings never end (a
-// watcher that never gets its first updates) and whose later ones do.
-type stuckList struct {
+// stuckWatch is an object store whose first watchers never give their
+// initial values and whose later ones do, or (closed) close at once.
+type stuckWatch struct {
 	jetstream.ObjectStore
-	stuck int32
-	calls atomic.Int32
+	stuck  int32
+	closed bool
+	calls  atomic.Int32
 }
 
-func (s *stuckList) List(ctx context.Context, _ ...jetstream.ListObjectsOpt) ([]*jetstream.ObjectInfo, error) {
-	if s.calls.Add(1) <= s.stuck {
-		<-ctx.Done()
-		return nil, ctx.Err()
+type objWatcher chan *jetstream.ObjectInfo
+
+func (w objWatcher) Updates() <-chan *jetstream.ObjectInfo { return w }
+func (w objWatcher) Stop() error                           { return nil }
+
+func (s *stuckWatch) Watch(context.Context, ...jetstream.WatchOpt) (jetstream.ObjectWatcher, error) {
+	w := make(objWatcher, 2)
+	switch {
+	case s.calls.Add(1) <= s.stuck:
+	case s.closed:
+		close(w)
+	default:
+		w <- &jetstream.ObjectInfo{ObjectMeta: jetstream.ObjectMeta{Name: snapshotPrefix + "1",
+			Metadata: map[string]string{metaSnapshotSeq: strconv.Itoa(7), metaSnapshotStream: "s"}}}
+		w <- nil
 	}
-	return []*jetstream.ObjectInfo{{ObjectMeta: jetstream.ObjectMeta{Name: snapshotPrefix + "1",
-		Metadata: map[string]string{metaSnapshotSeq: strconv.Itoa(7), metaSnapshotStream: "s"}}}}, nil
+	return w, nil
 }
 
+// TestSnapshotListBounded: a listing of the snapshot bucket is tried a
+// bounded number of times, within the caller's deadline, and a watcher
+// that closes early is an error, never an empty bucket.
 func TestSnapshotListBounded(t *testing.T) {
 	attempt := snapshotListAttempt
 	snapshotListAttempt = 20 * time.Millisecond
 	t.Cleanup(func() { snapshotListAttempt = attempt })
 	for _, tc := range []struct {
-		name  string
-		stuck int32
-		ok    bool
+		name   string
+		stuck  int32
+		closed bool
+		short  bool // the caller's deadline is shorter than one attempt
+		want   error
+		calls  int32
 	}{
-		{"answers", 0, true},
-		{"answers on the last attempt", int32(snapshotListAttempts) - 1, true},
-		{"never answers", int32(snapshotListAttempts), false},
+		{"answers", 0, false, false, nil, 1},
+		{"answers on the last attempt", int32(snapshotListAttempts) - 1, false, false, nil, int32(snapshotListAttempts)},
+		{"never answers", int32(snapshotListAttempts), false, false, context.DeadlineExceeded, int32(snapshotListAttempts)},
+		{"the caller's deadline first", 100, false, true, context.DeadlineExceeded, 1},
+		{"closed", 0, true, false, ErrWatchClosed, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &SnapshotStore{os: &stuckList{stuck: tc.stuck}}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			os := &stuckWatch{stuck: tc.stuck, closed: tc.closed}
+			s := &SnapshotStore{os: os}
+			limit := 10 * time.Second
+			if tc.short {
+				limit = 5 * time.Millisecond
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), limit)
 			defer cancel()
 			snap, err := s.Latest(ctx, "s")
 			switch {
-			case tc.ok && (err != nil || snap.Seq != 7):
+			case tc.want == nil && (err != nil || snap.Seq != 7):
 				t.Fatalf("latest: %+v %v", snap, err)
-			case !tc.ok && !errors.Is(err, context.DeadlineExceeded):
-				t.Fatalf("a listing that never ends gave %+v %v", snap, err)
-			case ctx.Err() != nil:
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Fatalf("got %+v %v, want %v", snap, err, tc.want)
+			case !tc.short && ctx.Err() != nil:
 				t.Fatal("the caller's deadline passed: the listing was not bounded")
+			case os.calls.Load() != tc.calls:
+				t.Fatalf("%d attempts, want %d", os.calls.Load(), tc.calls)
 			}
 		})
+	}
+}
+
+// sizedObject is an object store holding one object of size bytes, whose
+// Get records its context's deadline.
+type sizedObject struct {
+	jetstream.ObjectStore
+	size     uint64
+	deadline time.Time
+	bounded  bool
+}
+
+func (s *sizedObject) GetInfo(context.Context, string, ...jetstream.GetObjectInfoOpt) (*jetstream.ObjectInfo, error) {
+	return &jetstream.ObjectInfo{Size: s.size}, nil
+}
+
+func (s *sizedObject) Get(ctx context.Context, _ string, _ ...jetstream.GetObjectOpt) (jetstream.ObjectResult, error) {
+	s.deadline, s.bounded = ctx.Deadline()
+	return nil, errors.New("not stored here")
+}
+
+// TestSnapshotReadDeadline: a snapshot read without a deadline of the
+// caller's gets one that grows with its size, not nats.go's default
+// request timeout for the whole download; the caller's own stands.
+func TestSnapshotReadDeadline(t *testing.T) {
+	const size = 1 << 30
+	o := &sizedObject{size: size}
+	start := time.Now()
+	if _, err := (&SnapshotStore{os: o}).GetNamed(context.Background(), "snap", nil); err == nil {
+		t.Fatal("no error from a failing Get")
+	}
+	if !o.bounded || o.deadline.Sub(start) < snapshotReadTimeout(size)-time.Second || snapshotReadTimeout(size) < 5*time.Minute {
+		t.Fatalf("deadline %v (bounded %v) for %d bytes", o.deadline.Sub(start), o.bounded, size)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	want, _ := ctx.Deadline()
+	if _, err := (&SnapshotStore{os: o}).GetNamed(ctx, "snap", nil); err == nil || !o.deadline.Equal(want) {
+		t.Fatalf("the caller's deadline %v replaced by %v", want, o.deadline)
 	}
 }

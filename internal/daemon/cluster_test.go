@@ -133,8 +133,10 @@ func TestClusterLosesStreamLeader(t *testing.T) {
 				// next interval would.
 				var rep collector.Report
 				regtest.WaitFor(t, "a pass on the active collector", func() bool {
+					actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					defer cancel()
 					var err error
-					if rep, err = d.Collect(ctx, false); err != nil {
+					if rep, err = d.Collect(actx, false); err != nil {
 						t.Logf("pass on the active collector: %v", err)
 					}
 					return err == nil
@@ -298,10 +300,13 @@ func TestClusterWebhookWithoutQuorum(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A cluster just back from losing two servers may still time out a
-	// request of its API: replay again until one succeeds.
+	// request of its API, or leave a consumer without messages: replay
+	// again, each attempt bounded, until one succeeds.
 	var seen map[string]int
 	regtest.WaitFor(t, "a replay of the stream", func() bool {
 		seen = map[string]int{}
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
 		stream, err := js.Stream(ctx, eventlog.DefaultStreamName)
 		if err != nil {
 			t.Logf("stream: %v", err)
