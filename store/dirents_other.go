@@ -12,15 +12,10 @@ import (
 	"syscall"
 )
 
-// scanNames calls fn with the name of every entry of dir; a name is valid
-// only during the call. A missing directory has no entries.
+// scanNames calls fn with the name of every entry of dir, read
+// blobSpanMax names at a time; a name is valid only during the call. A
+// missing directory has no entries.
 func scanNames(ctx context.Context, dir string, _ []byte, fn func(name []byte)) error {
-	return readNames(ctx, dir, blobSpanMax, func(name string) { fn([]byte(name)) })
-}
-
-// readNames calls fn with the name of every entry of dir, reading at most
-// n names at a time. A missing directory has no entries.
-func readNames(ctx context.Context, dir string, n int, fn func(name string)) error {
 	f, err := os.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -33,9 +28,9 @@ func readNames(ctx context.Context, dir string, n int, fn func(name string)) err
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		names, err := f.Readdirnames(n)
+		names, err := f.Readdirnames(blobSpanMax)
 		for _, name := range names {
-			fn(name)
+			fn([]byte(name))
 		}
 		if errors.Is(err, io.EOF) {
 			return nil
