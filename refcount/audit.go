@@ -98,13 +98,9 @@ func (p *Projection) Why(ref events.NodeRef) (Why, error) {
 				w.Chain = append(w.Chain, Holder{Node: ref})
 				return nil
 			}
-			if err := forSub(nodes.Cursor(), []byte(k), subIn, func(from, ev []byte) error {
+			if err := forHolders(nodes.Cursor(), []byte(k), kn, func(from []byte, e byte) error {
 				if _, ok := seen[string(from)]; ok || nodes.Get(from) == nil {
 					return nil
-				}
-				var e byte
-				if len(ev) == 1 {
-					e = ev[0]
 				}
 				seen[string(from)] = step{key: string(from), next: k, edge: e}
 				queue = append(queue, string(from))
@@ -158,8 +154,8 @@ func (p *Projection) Impact(ref events.NodeRef, now time.Time) (Impact, error) {
 		if ref.Kind == events.NodeManifest {
 			// The registry deletes the tags that point at a revision it deletes.
 			var tags [][]byte
-			if err := forSub(t.nodes.Cursor(), k, subIn, func(from, v []byte) error {
-				if len(v) == 1 && v[0] == edgeTag {
+			if err := forHolders(t.nodes.Cursor(), k, t.get(k), func(from []byte, kind byte) error {
+				if kind == edgeTag {
 					tags = append(tags, append([]byte(nil), from...))
 				}
 				return nil

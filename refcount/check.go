@@ -12,21 +12,23 @@ import (
 )
 
 // Check recounts every node from the declared edges of the alive nodes and
-// returns every mismatch: counts, edges in in/, queue entries, and the
-// figures of Stats (meta/counts).
+// returns every mismatch: counts, stored in-edges (inline in a record or
+// in/ sub-keys, holders.go), queue entries, and the figures of Stats
+// (meta/counts).
 //
 // It streams the file in key order instead of holding the graph: a node's
-// incoming edges sit right after its record, so its stored count, its
+// incoming edges sit in or right after its record, so its stored count, its
 // edges and its queue entry are checked as the scan passes it, each edge
 // against the declaration of its source (one lookup). Its memory is that
 // of one node plus what it finds wrong, whatever the size of the
 // projection:
 //
-//  1. every declared edge of an alive node whose in/ entry is missing is
-//     noted against its target (a map as large as the damage);
+//  1. every declared edge of an alive node whose in-edge is missing (in
+//     its target's record and in in/) is noted against its target (a map
+//     as large as the damage);
 //  2. every queue entry whose node's record does not name its time is
 //     noted likewise;
-//  3. every node, in key order, with its in/ entries: each entry is wanted
+//  3. every node, in key order, with its in-edges: each one is wanted
 //     if its source declares it (or, for a subject edge, the node declares
 //     its subject and both are present); the recount is the wanted entries
 //     plus the missing ones.
@@ -131,6 +133,20 @@ func (c *checker) missingEdges(tx *bolt.Tx) error {
 			return nil
 		}
 		return c.wanted(k, n, func(from, to []byte) error {
+			tn := n
+			if !bytes.Equal(to, k) {
+				var err error
+				if tn, err = c.look(to); err != nil {
+					return err
+				}
+			}
+			// Inline in to's record, or an in/ sub-key whatever to's
+			// count says: the scan counts the sub-keys it finds.
+			if tn != nil {
+				if _, ok := tn.inlineAt(from); ok {
+					return nil
+				}
+			}
 			if c.nodes.Get(subKey(to, subIn, from)) == nil {
 				c.missing[string(to)]++
 			}
@@ -182,6 +198,16 @@ func (c *checker) scan() error {
 				return err
 			}
 			cur, curNode, stored, xtra, started = append(cur[:0], k...), n, 0, 0, true
+			for _, e := range n.in {
+				stored++
+				ok, err := c.wants(e.to, cur, curNode)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					xtra++
+				}
+			}
 			return nil
 		}
 		to, typ, from, err := splitSub(k)

@@ -1,6 +1,7 @@
 package refcount
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -43,6 +44,17 @@ func (p *Projection) checkMaps() ([]Mismatch, error) {
 				return err
 			}
 			nodes[string(k)] = n
+			for _, e := range n.in { // the in-edges the record keeps
+				m := stored[string(k)]
+				if m == nil {
+					m = map[string]bool{}
+					stored[string(k)] = m
+				}
+				m[string(e.to)] = true
+				if e.to[0] == kHolder {
+					held = append(held, [2]string{string(e.to), string(k)})
+				}
+			}
 			return nil
 		}); err != nil {
 			return err
@@ -166,6 +178,20 @@ func sameMismatches(t testing.TB, p *Projection, more bool) []Mismatch {
 	return got
 }
 
+// dropInline removes from's in-edge from the record of to, keeping its count.
+func dropInline(tx *bolt.Tx, to, from []byte) error {
+	n, err := decodeNode(tx.Bucket(bucketNodes).Get(to))
+	if err != nil {
+		return err
+	}
+	i, ok := n.inlineAt(from)
+	if !ok {
+		return fmt.Errorf("%q holds %q in no record", from, to)
+	}
+	n.in = slices.Delete(n.in, i, i+1)
+	return tx.Bucket(bucketNodes).Put(to, n.encode())
+}
+
 // TestCheckFindsDamage damages a projection in every way Check looks for,
 // one at a time, and compares Check with the map-based recount.
 func TestCheckFindsDamage(t *testing.T) {
@@ -175,6 +201,9 @@ func TestCheckFindsDamage(t *testing.T) {
 			pushM("r", "m1", "v1", []string{"cfg", "l1"}, nil, ""),
 			pushM("r", "m2", "", []string{"cfg"}, nil, "m1"), // a referrer of m1
 		)
+		for i := range inlineHolders + 2 { // cfg's link: more holders than its record keeps
+			f.apply(pushM("r", fmt.Sprintf("more%d", i), "", []string{"cfg"}, nil, ""))
+		}
 	}
 	mk := func(repo, name string) []byte {
 		return nodeKey(events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: dg(name)})
@@ -184,11 +213,19 @@ func TestCheckFindsDamage(t *testing.T) {
 		name   string
 		damage func(tx *bolt.Tx) error
 	}{
-		{"in-edge removed", func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketNodes).Delete(subKey(layerKey("r", dg("l1")), subIn, mk("r", "m1")))
+		{"inline in-edge removed", func(tx *bolt.Tx) error {
+			return dropInline(tx, layerKey("r", dg("l1")), mk("r", "m1"))
 		}},
-		{"subject edge removed", func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketNodes).Delete(subKey(mk("r", "m2"), subIn, mk("r", "m1")))
+		{"inline subject edge removed", func(tx *bolt.Tx) error {
+			return dropInline(tx, mk("r", "m2"), mk("r", "m1"))
+		}},
+		{"in/ sub-key removed", func(tx *bolt.Tx) error {
+			c := tx.Bucket(bucketNodes).Cursor()
+			prefix := subPrefix(layerKey("r", dg("cfg")), subIn)
+			if k, _ := c.Seek(prefix); !bytes.HasPrefix(k, prefix) {
+				return fmt.Errorf("no in/ sub-key")
+			}
+			return c.Delete()
 		}},
 		{"in-edge added", func(tx *bolt.Tx) error {
 			return tx.Bucket(bucketNodes).Put(subKey(mk("r", "m1"), subIn, mk("r", "m2")), []byte{edgeChild})

@@ -39,10 +39,15 @@ type node struct {
 	// node's deletion to that source's owner, if one is configured.
 	origin uint64
 	decl   []edge // declared outgoing edges (the subject edge is declared by the referrer and kept here with kind edgeSubject, pointing at the subject)
+	// in is the incoming edges the record keeps itself (holders.go), in
+	// key order, at most inlineHolders: edge.to is the holder's key. The
+	// node's other in-edges are in/ sub-keys; count is their sum.
+	in []edge
 }
 
-// clone returns a copy of n sharing its declared edges (for the counts,
-// which read its flags, queue time and size only).
+// clone returns a copy of n sharing its declared and inline edges (for
+// the counts, which read its flags, queue time and size only; the inline
+// edges are never changed in place).
 func (n *node) clone() *node {
 	c := *n
 	return &c
@@ -61,7 +66,7 @@ func (n *node) setFlag(f byte, on bool) {
 }
 
 func (n *node) encode() []byte {
-	b := make([]byte, 0, 48+len(n.mediaType)+len(n.decl)*80)
+	b := make([]byte, 0, 48+len(n.mediaType)+(len(n.decl)+len(n.in))*80)
 	b = append(b, n.flags)
 	b = binary.AppendUvarint(b, n.count)
 	b = binary.AppendVarint(b, n.lease)
@@ -71,17 +76,27 @@ func (n *node) encode() []byte {
 	b = binary.AppendVarint(b, n.size)
 	b = binary.AppendUvarint(b, uint64(len(n.mediaType)))
 	b = append(b, n.mediaType...)
-	b = binary.AppendUvarint(b, uint64(len(n.decl)))
-	for _, e := range n.decl {
+	b = appendEdges(b, n.decl)
+	// Trailing fields: records written before them have none, and a
+	// record without them is the shorter for it.
+	if n.heard != 0 || n.origin != 0 || len(n.in) > 0 {
+		b = binary.AppendVarint(b, n.heard)
+	}
+	if n.origin != 0 || len(n.in) > 0 {
+		b = binary.AppendUvarint(b, n.origin)
+	}
+	if len(n.in) > 0 {
+		b = appendEdges(b, n.in)
+	}
+	return b
+}
+
+func appendEdges(b []byte, es []edge) []byte {
+	b = binary.AppendUvarint(b, uint64(len(es)))
+	for _, e := range es {
 		b = append(b, e.kind)
 		b = binary.AppendUvarint(b, uint64(len(e.to)))
 		b = append(b, e.to...)
-	}
-	if n.heard != 0 || n.origin != 0 { // trailing fields: records written before them have none
-		b = binary.AppendVarint(b, n.heard)
-	}
-	if n.origin != 0 {
-		b = binary.AppendUvarint(b, n.origin)
 	}
 	return b
 }
@@ -144,6 +159,22 @@ func (d *decoder) fail() {
 	}
 }
 
+func (d *decoder) edges() []edge {
+	cnt := d.uvarint()
+	if d.err == nil && cnt > uint64(len(d.b)) {
+		d.fail()
+	}
+	var es []edge
+	if cnt > 0 && d.err == nil {
+		es = make([]edge, 0, cnt)
+	}
+	for i := uint64(0); i < cnt && d.err == nil; i++ {
+		k := d.byte1()
+		es = append(es, edge{kind: k, to: d.bytes()})
+	}
+	return es
+}
+
 func decodeNode(b []byte) (*node, error) {
 	d := &decoder{b: b}
 	n := &node{}
@@ -155,19 +186,18 @@ func decodeNode(b []byte) (*node, error) {
 	n.lastSeq = d.uvarint()
 	n.size = d.varint()
 	n.mediaType = string(d.bytes())
-	cnt := d.uvarint()
-	if d.err == nil && cnt > uint64(len(d.b)) {
-		d.fail()
-	}
-	for i := uint64(0); i < cnt && d.err == nil; i++ {
-		k := d.byte1()
-		n.decl = append(n.decl, edge{kind: k, to: d.bytes()})
-	}
+	n.decl = d.edges()
 	if d.err == nil && len(d.b) > 0 {
 		n.heard = d.varint()
 	}
 	if d.err == nil && len(d.b) > 0 {
 		n.origin = d.uvarint()
+	}
+	if d.err == nil && len(d.b) > 0 {
+		n.in = d.edges()
+		if uint64(len(n.in)) > n.count || len(n.in) > inlineHolders {
+			d.fail()
+		}
 	}
 	if d.err == nil && len(d.b) > 0 {
 		d.fail()

@@ -489,18 +489,22 @@ func (t *txn) del(b *bolt.Bucket, k []byte) {
 	}
 }
 
-// addEdge records from → to and counts it. A node's count is the number of
-// its in/ entries (Check holds them equal), so a node whose count is zero
-// has none, and only a held node needs the lookup.
+// addEdge records from → to and counts it: in to's record while it has
+// room, else as an in/ sub-key (holders.go). Only a node with sub-key
+// holders needs a lookup to know whether from is one of them.
 func (t *txn) addEdge(from, to []byte, kind byte) {
 	n := t.get(to)
-	k := subKey(to, subIn, from)
-	if n.count > 0 {
-		if _, ok := t.lookup(k); ok {
-			return
-		}
+	i, ok := n.inlineAt(from)
+	if ok || n.subHolders() && t.has(subKey(to, subIn, from)) {
+		return
 	}
-	t.put(t.nodes, k, []byte{kind})
+	if len(n.in) < inlineHolders {
+		in := make([]edge, 0, len(n.in)+1) // a new slice: the record as read shares the old
+		in = append(append(append(in, n.in[:i]...), edge{kind: kind, to: bytes.Clone(from)}), n.in[i:]...)
+		n.in = in
+	} else {
+		t.put(t.nodes, subKey(to, subIn, from), []byte{kind})
+	}
 	n.count++
 	t.touch(to, n)
 	t.refresh(to, n)
@@ -512,14 +516,24 @@ func (t *txn) removeEdge(from, to []byte) {
 	if n.count == 0 {
 		return
 	}
-	k := subKey(to, subIn, from)
-	if _, ok := t.lookup(k); !ok {
-		return
+	if i, ok := n.inlineAt(from); ok {
+		n.in = slices.Delete(slices.Clone(n.in), i, i+1)
+	} else {
+		k := subKey(to, subIn, from)
+		if !n.subHolders() || !t.has(k) {
+			return
+		}
+		t.del(t.nodes, k)
 	}
-	t.del(t.nodes, k)
 	n.count--
 	t.touch(to, n)
 	t.refresh(to, n)
+}
+
+// has reports whether nodes/ holds the key k.
+func (t *txn) has(k []byte) bool {
+	_, ok := t.lookup(k)
+	return ok
 }
 
 // refresh brings a node's edges in line with whether it is alive.

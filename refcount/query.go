@@ -123,14 +123,10 @@ func (p *Projection) info(tx *bolt.Tx, k []byte, n *node, holders bool) (NodeInf
 		ni.Holds = holds(n)
 		return ni, nil
 	}
-	err = forSub(tx.Bucket(bucketNodes).Cursor(), k, subIn, func(from, v []byte) error {
+	err = forHolders(tx.Bucket(bucketNodes).Cursor(), k, n, func(from []byte, kind byte) error {
 		h, err := parseNodeKey(from)
 		if err != nil {
 			return err
-		}
-		var kind byte
-		if len(v) == 1 {
-			kind = v[0]
 		}
 		ni.Holders = append(ni.Holders, Holder{Node: h, Edge: edgeNames[kind]})
 		return nil

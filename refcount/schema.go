@@ -21,8 +21,10 @@
 //	  <node key>                    → node record (flags, count, lease, zero-since,
 //	                                  queue time, last event sequence, size, media
 //	                                  type, declared edges, last heard present,
-//	                                  origin: the interned source that stated it)
-//	  <node key> 0x01 'i' <from key>     → edge kind   (an incoming edge: a holder)
+//	                                  origin: the interned source that stated it,
+//	                                  and up to 8 incoming edges, holders.go)
+//	  <node key> 0x01 'i' <from key>     → edge kind   (an incoming edge the record
+//	                                       has no room for: a holder)
 //	  <node key> 0x01 'r' <referrer key> → ∅           (a referrer declaring it as subject)
 //	  <node key> 0x01 'h' <tag key>      → state byte  (a tag that pointed at this manifest)
 //	  <node key> 0x01 'j'                → JSON events.Manifest (what the revision references)
@@ -86,7 +88,9 @@
 //   - A node is alive when it is present in storage or something holds it
 //     (count > 0). Exactly the alive nodes have their declared edges in in/;
 //     a node that is neither present nor held has no record.
-//   - A node's count equals the number of its incoming edges in in/. Check
+//   - A node's count equals the number of its incoming edges: those its
+//     record keeps (at most inlineHolders, in key order) and its in/
+//     sub-keys. An edge stays where it was put until it goes. Check
 //     recomputes every count from the declarations of alive nodes and
 //     reports any difference.
 //   - A subject → referrer edge exists while both are present: a referrer
@@ -147,7 +151,7 @@ import (
 )
 
 // SchemaVersion is the layout version this package writes.
-const SchemaVersion = 5
+const SchemaVersion = 6
 
 // Bucket and meta keys, declared once.
 var (
@@ -199,7 +203,7 @@ const (
 	kHolder   byte = 'p' // a repository partition, as a blob's holder (partition.go)
 )
 
-// Edge kinds, stored as the value of an in/ entry.
+// Edge kinds, stored with an in-edge (the value of an in/ entry).
 const (
 	edgeTag     byte = 'T' // tag → manifest
 	edgeChild   byte = 'C' // index → child manifest
@@ -252,6 +256,11 @@ var migrations = []Migration{
 	// Version 5 adds the outbox/ and orphans/ buckets and meta/partition: a version 4
 	// file holds the whole registry, which Open records.
 	{From: 4, Apply: func(*bolt.Tx) error { return nil }},
+	// Version 6 keeps up to inlineHolders in-edges in a node's record
+	// (holders.go): a version 5 file has every in-edge as an in/ sub-key
+	// and none inline, which version 6 reads as it is. A version 5 build
+	// would miss the inline ones, so it refuses the file (ErrNewerSchema).
+	{From: 5, Apply: func(*bolt.Tx) error { return nil }},
 }
 
 func nodeKey(n events.NodeRef) []byte {

@@ -1,6 +1,9 @@
 package partsim
 
-import "math/bits"
+import (
+	"math/bits"
+	"slices"
+)
 
 // repoSide is one placement of the repositories on n partitions, with what
 // each partition holds.
@@ -41,7 +44,10 @@ type Totals struct {
 	Tags, Manifests, Links, Blobs        int64
 	RepoEvents, Statements, EdgeWrites   int64
 	ChildEdges, SubjectEdges, CrossLocal int64
-	LargestRepoObjects                   int64
+	// InSubKeys counts the in-edges kept as in/ sub-keys, their node's
+	// record having no room left (inlineHolders).
+	InSubKeys          int64
+	LargestRepoObjects int64
 }
 
 // Objects is the number of projection nodes.
@@ -106,7 +112,7 @@ func (a *accountant) createBlob(h uint64, leased bool, size int64) {
 }
 
 // statement is one cross-partition statement about blob h; a write adds
-// the in-edge of edgeLen bytes (key and value) under the blob.
+// the in-edge of edgeLen bytes (inEdgeLen) to the blob.
 func (a *accountant) statement(h uint64, write bool, edgeLen int) {
 	a.t.Statements++
 	if write {
@@ -117,7 +123,7 @@ func (a *accountant) statement(h uint64, write bool, edgeLen int) {
 		d.stmts[q]++
 		if write {
 			d.writes[q]++
-			d.bytes[q] += int64(edgeLen + versionLen + leafOverhead)
+			d.bytes[q] += int64(edgeLen + versionLen)
 		}
 		if d.seen[q] != a.pushNo+1 {
 			d.seen[q] = a.pushNo + 1
@@ -129,9 +135,25 @@ func (a *accountant) statement(h uint64, write bool, edgeLen int) {
 			s.local++
 		}
 		if write {
-			s.copyBytes[a.cur[i]] += int64(edgeLen + leafOverhead)
+			s.copyBytes[a.cur[i]] += int64(edgeLen)
 		}
 	}
+}
+
+// blobEdge is the length of b's next in-edge, from a holder key of length
+// from, and counts it.
+func (a *accountant) blobEdge(b blob, from int) int {
+	o := 0
+	if idx, ok := b.ref.pool(); ok {
+		o = int(a.poolCount[idx]) - 1 // link counted it already
+	} else if b.sh != nil {
+		b.sh.holders++
+		o = b.sh.holders
+	}
+	if o >= inlineHolders {
+		a.t.InSubKeys++
+	}
+	return inEdgeLen(o, blobKeyLen, from)
 }
 
 // holds records that the current repository's partition references b.
@@ -196,8 +218,7 @@ func (a *accountant) link(r *repo, b blob, fresh, mounted bool) {
 	if idx, ok := b.ref.pool(); ok {
 		a.poolCount[idx]++
 	}
-	lk := repoDigestKeyLen(len(r.name))
-	a.statement(h, true, subKeyLen(blobKeyLen, lk)+1)
+	a.statement(h, true, a.blobEdge(b, repoDigestKeyLen(len(r.name))))
 	a.holds(b, fresh, true)
 }
 
@@ -208,23 +229,23 @@ func (a *accountant) manifest(r *repo, m *manifest, fresh bool) {
 	if fresh {
 		a.createBlob(h, false, m.size)
 	}
-	a.statement(h, true, subKeyLen(blobKeyLen, mk)+1)
+	a.statement(h, true, a.blobEdge(m.digest, mk))
 	a.holds(m.digest, fresh, false)
 	body := newBody(len(r.name), m.mediaType, m.size)
+	// The in-edges of its links, its children and itself (from its
+	// subject) are counted with their nodes, at endRepo.
 	for _, b := range m.blobs {
 		a.statement(b.ref.hash(), false, 0)
-		a.rBytes += int64(subKeyLen(mk, mk) + 1 + leafOverhead) // manifest → layer link
 		body.blob(blobMediaType(body.blobs), b.size)
 	}
 	for _, c := range m.children {
 		a.t.ChildEdges++
-		a.rBytes += int64(subKeyLen(mk, mk) + 1 + leafOverhead)
 		body.child(c.mediaType, c.size)
 	}
 	if m.subject != nil {
 		a.t.SubjectEdges++
-		// The subject → referrer in-edge, and the referrer marker.
-		a.rBytes += int64(subKeyLen(mk, mk)+1+leafOverhead) + int64(subKeyLen(mk, mk)+leafOverhead)
+		// The referrer marker under the subject.
+		a.rBytes += int64(subKeyLen(mk, mk) + leafOverhead)
 		body.subject(m.subject.mediaType, m.subject.size)
 	}
 	a.rBytes += int64(subKeyLen(mk, 0) + body.n + leafOverhead)
@@ -248,12 +269,13 @@ func (a *accountant) endPush(*repo) {
 
 func (a *accountant) endRepo(r *repo) {
 	mk := repoDigestKeyLen(len(r.name))
-	for name := range r.tags {
+	tagsOf := map[*manifest][]int{} // the key lengths of the tags holding a revision
+	for name, m := range r.tags {
 		tk := repoKeyLen(len(r.name), len(name))
 		rec := record{zero: true, seqLen: a.cfg.SeqLen, origin: true}
 		rec.edge(mk)
 		a.rBytes += int64(tk+rec.len()+leafOverhead) + int64(tk+stampLen+leafOverhead)
-		a.rBytes += int64(subKeyLen(mk, tk) + 1 + leafOverhead) // tag → manifest
+		tagsOf[m] = append(tagsOf[m], tk)
 	}
 	for _, m := range r.revs {
 		rec := record{count: uint64(m.count), lease: true, zero: m.count == 0, seqLen: a.cfg.SeqLen,
@@ -266,12 +288,25 @@ func (a *accountant) endRepo(r *repo) {
 			rec.edge(mk)
 		}
 		a.rBytes += int64(mk + rec.len() + leafOverhead)
+		// Its holders: its tags, then its index and its subject (the
+		// order they came in matters only beyond inlineHolders).
+		tags := tagsOf[m]
+		slices.Sort(tags) // map order: deterministic all the same
+		for o := range int(m.count) {
+			from := mk
+			if o < len(tags) {
+				from = tags[o]
+			}
+			a.rBytes += int64(inEdgeLen(o, mk, from))
+		}
+		a.t.InSubKeys += subHolders(int(m.count))
 	}
 	for _, l := range r.links {
 		rec := record{count: uint64(l.count), lease: true, zero: l.count == 0, seqLen: a.cfg.SeqLen,
 			size: l.size, heard: true, origin: true}
 		rec.edge(blobKeyLen)
-		a.rBytes += int64(mk + rec.len() + leafOverhead)
+		a.rBytes += int64(mk+rec.len()+leafOverhead) + int64(inEdgesLen(int(l.count), mk, mk))
+		a.t.InSubKeys += subHolders(int(l.count))
 	}
 	objs := int64(len(r.tags) + len(r.revs) + len(r.links))
 	a.t.Tags += int64(len(r.tags))

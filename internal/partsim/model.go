@@ -161,6 +161,9 @@ type blob struct {
 // partitions: per placement, the set of partitions holding it.
 type share struct {
 	masks []uint64
+	// holders counts the in-edges the blob got after its first (which
+	// came before the share did).
+	holders int
 }
 
 // image is one single-platform image: its config, layers and manifest.

@@ -57,6 +57,39 @@ func repoDigestKeyLen(repoLen int) int    { return 1 + repoLen + 1 + digestKeyLe
 // subKeyLen is <node key> 0x01 <type> <rest>.
 func subKeyLen(nodeLen, restLen int) int { return nodeLen + 2 + restLen }
 
+// inlineHolders is how many in-edges refcount keeps in the record of the
+// node they point at (refcount's holders.go); the rest are in/ sub-keys.
+const inlineHolders = 8
+
+// inEdgeLen is what the ordinal-th in-edge of a node (from 0, in the order
+// they came) adds to the projection, from a holder key of length from to a
+// node key of length to: its bytes in the node's record while the record
+// has room (and, for the first, the count of inline edges), else an in/
+// sub-key with its kind and leaf header. Records always carry the
+// trailing fields the inline edges follow (every node has an origin).
+func inEdgeLen(ordinal, to, from int) int {
+	if ordinal < inlineHolders {
+		n := 1 + uvarintLen(uint64(from)) + from
+		if ordinal == 0 {
+			n++
+		}
+		return n
+	}
+	return subKeyLen(to, from) + 1 + leafOverhead
+}
+
+// inEdgesLen is inEdgeLen summed over count in-edges of equal width.
+func inEdgesLen(count, to, from int) int {
+	n := 0
+	for o := range count {
+		n += inEdgeLen(o, to, from)
+	}
+	return n
+}
+
+// subHolders is how many of count in-edges are in/ sub-keys.
+func subHolders(count int) int64 { return int64(max(0, count-inlineHolders)) }
+
 // record is what the length of an encoded node record (refcount's
 // node.encode) depends on.
 type record struct {
