@@ -2,7 +2,6 @@ package refcount
 
 import (
 	"bytes"
-	"encoding/json"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -131,9 +130,7 @@ func (t *txn) manifestPushed(m *events.Manifest) {
 	n.setFlag(flagPinned, m.Unverified)
 	t.stated(k, n)
 	n.setFlag(flagPurged, false) // pushed again: its repository's purge is behind it
-	body := *m
-	body.Tag = ""
-	t.putJSON(t.nodes, subKey(k, subBody, nil), body)
+	t.put(t.nodes, subKey(k, subBody, nil), encodeBody(m))
 	t.setDecl(k, n, decl)
 	t.lease(k, n)
 	t.setPresent(k, n, true)
@@ -387,10 +384,12 @@ func (t *txn) collected(c *events.CollectedRef, at time.Time) {
 func (t *txn) trash(k []byte, ref events.NodeRef, at time.Time) {
 	entry := TrashEntry{Node: ref, UnlinkedAt: at.UTC()}
 	if raw := t.nodes.Get(subKey(k, subBody, nil)); raw != nil {
-		if err := json.Unmarshal(raw, &entry.Manifest); err != nil {
+		m, err := decodeBody(k, raw)
+		if err != nil {
 			t.fail(err)
 			return
 		}
+		entry.Manifest = m
 	}
 	var drop [][]byte
 	err := forSub(t.nodes.Cursor(), k, subHistory, func(tk, v []byte) error {

@@ -117,8 +117,8 @@ func (p *Projection) beginCollect(tx *bolt.Tx, id string, ref events.NodeRef, no
 			}
 			in.Tags = tags
 			if raw := tx.Bucket(bucketNodes).Get(subKey(k, subBody, nil)); raw != nil {
-				var m events.Manifest
-				if err := json.Unmarshal(raw, &m); err != nil {
+				m, err := decodeBody(k, raw)
+				if err != nil {
 					return err
 				}
 				in.Manifest = &m

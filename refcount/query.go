@@ -235,12 +235,14 @@ func b2u(b bool) uint64 {
 // Manifest returns what a manifest revision references, if the projection holds it.
 func (p *Projection) Manifest(ref events.NodeRef) (m events.Manifest, ok bool, err error) {
 	err = p.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketNodes).Get(subKey(nodeKey(ref), subBody, nil))
+		k := nodeKey(ref)
+		raw := tx.Bucket(bucketNodes).Get(subKey(k, subBody, nil))
 		if raw == nil {
 			return nil
 		}
 		ok = true
-		return json.Unmarshal(raw, &m)
+		m, err = decodeBody(k, raw)
+		return err
 	})
 	return m, ok, err
 }

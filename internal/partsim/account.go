@@ -231,22 +231,22 @@ func (a *accountant) manifest(r *repo, m *manifest, fresh bool) {
 	}
 	a.statement(h, true, a.blobEdge(m.digest, mk))
 	a.holds(m.digest, fresh, false)
-	body := newBody(len(r.name), m.mediaType, m.size)
+	body := newBody(m.size)
 	// The in-edges of its links, its children and itself (from its
 	// subject) are counted with their nodes, at endRepo.
 	for _, b := range m.blobs {
 		a.statement(b.ref.hash(), false, 0)
-		body.blob(blobMediaType(body.blobs), b.size)
+		body.blob(b.size)
 	}
 	for _, c := range m.children {
 		a.t.ChildEdges++
-		body.child(c.mediaType, c.size)
+		body.child(c.size)
 	}
 	if m.subject != nil {
 		a.t.SubjectEdges++
 		// The referrer marker under the subject.
 		a.rBytes += int64(subKeyLen(mk, mk) + leafOverhead)
-		body.subject(m.subject.mediaType, m.subject.size)
+		body.subject(m.subject.size)
 	}
 	a.rBytes += int64(subKeyLen(mk, 0) + body.n + leafOverhead)
 }

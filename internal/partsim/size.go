@@ -12,10 +12,9 @@ import "strconv"
 const (
 	digestKeyLen = 1 + 32 // an algorithm byte and the raw sha256 hash
 	blobKeyLen   = 1 + digestKeyLen
-	digestText   = 71 // "sha256:" and 64 hex digits, as JSON carries it
-	timeVarint   = 9  // a unix-nanosecond time of this century, zigzag varint
-	stampLen     = 8  // stamps/<tag key> → uint64
-	originLen    = 1  // the interned id of a registry instance, uvarint (< 128 instances)
+	timeVarint   = 9 // a unix-nanosecond time of this century, zigzag varint
+	stampLen     = 8 // stamps/<tag key> → uint64
+	originLen    = 1 // the interned id of a registry instance, uvarint (< 128 instances)
 	// leafOverhead is bbolt's leaf element header, paid once per key.
 	leafOverhead = 16
 	// versionLen is what a cross-partition in-edge adds to its value in the
@@ -145,47 +144,32 @@ func pick(c bool, a, b int) int {
 	return b
 }
 
-// descJSONLen is the JSON length of an events.Descriptor.
-func descJSONLen(mediaType int, size int64) int {
-	n := len(`{"digest":"`) + digestText + len(`","size":`) + decLen(size) + len(`}`)
-	if mediaType > 0 {
-		n += len(`"mediaType":"`) + mediaType + len(`",`)
-	}
-	return n
-}
+// descLen is the length of an events.Descriptor in a manifest's binary
+// body: the digest as in keys, the size, and the media type as one byte
+// (every media type the generator uses has a code of its own).
+func descLen(size int64) int { return digestKeyLen + varintLen(size) + 1 }
 
-// bodyJSON accumulates the JSON length of an events.Manifest (without its
-// tag), which refcount keeps under <manifest key> 0x01 'j'.
-type bodyJSON struct {
+// body accumulates the length of a manifest's binary body, which refcount
+// keeps under <manifest key> 0x01 'j' (refcount's body.go).
+type body struct {
 	n        int
 	blobs    int
 	children int
 }
 
-func newBody(repoLen, mediaType int, size int64) bodyJSON {
-	return bodyJSON{n: len(`{"repo":"`) + repoLen + len(`","digest":"`) + digestText +
-		len(`","mediaType":"`) + mediaType + len(`","size":`) + decLen(size) + len(`}`)}
-}
+// newBody starts a body: its version and flags bytes, media type, size,
+// an empty legacy id, no tag expiry, and the two list counts.
+func newBody(size int64) body { return body{n: 2 + 1 + varintLen(size) + 1 + 1 + 1 + 1} }
 
-func (b *bodyJSON) blob(mediaType int, size int64) { b.item(&b.blobs, `,"blobs":[]`, mediaType, size) }
+func (b *body) blob(size int64) { b.item(&b.blobs, size) }
 
-// child must be called after every blob.
-func (b *bodyJSON) child(mediaType int, size int64) {
-	b.item(&b.children, `,"children":[]`, mediaType, size)
-}
+func (b *body) child(size int64) { b.item(&b.children, size) }
 
-// item adds a descriptor to the list field whose count is n.
-func (b *bodyJSON) item(n *int, field string, mediaType int, size int64) {
-	if *n == 0 {
-		b.n += len(field)
-	} else {
-		b.n++ // the comma
-	}
+// item adds a descriptor to the list whose count is n.
+func (b *body) item(n *int, size int64) {
+	b.n += uvarintLen(uint64(*n+1)) - uvarintLen(uint64(*n))
 	*n++
-	b.n += descJSONLen(mediaType, size)
+	b.n += descLen(size)
 }
 
-// subject must be called last.
-func (b *bodyJSON) subject(mediaType int, size int64) {
-	b.n += len(`,"subject":`) + descJSONLen(mediaType, size)
-}
+func (b *body) subject(size int64) { b.n += descLen(size) }
