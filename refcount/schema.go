@@ -27,7 +27,8 @@
 //	                                       has no room for: a holder)
 //	  <node key> 0x01 'r' <referrer key> → ∅           (a referrer declaring it as subject)
 //	  <node key> 0x01 'h' <tag key>      → state byte  (a tag that pointed at this manifest)
-//	  <node key> 0x01 'j'                → JSON events.Manifest (what the revision references)
+//	  <node key> 0x01 'j'                → the manifest's body: what the revision references
+//	                                       (binary, body.go; JSON in files of schema 5)
 //	  <blob key> 0x01 'v' <holder key>   → uint64 version of the newest statement applied
 //	                                       from that repository partition (digest partitions)
 //	queue/
@@ -260,6 +261,8 @@ var migrations = []Migration{
 	// (holders.go): a version 5 file has every in-edge as an in/ sub-key
 	// and none inline, which version 6 reads as it is. A version 5 build
 	// would miss the inline ones, so it refuses the file (ErrNewerSchema).
+	// It also writes manifest bodies in binary (body.go) and reads the
+	// JSON ones version 5 wrote.
 	{From: 5, Apply: func(*bolt.Tx) error { return nil }},
 }
 
