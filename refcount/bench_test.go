@@ -154,10 +154,11 @@ func BenchmarkApply(b *testing.B) {
 	}
 }
 
-// BenchmarkRawPuts is the baseline: the exact puts that Apply makes for
-// BenchmarkApply's batches of 1,000, 8,000, 16,000 and 32,000 events, replayed into the
-// same buckets of a fresh bbolt file with the projection's options, in one
-// fsync'd transaction each. Its ratio to BenchmarkApply at the same batch
+// BenchmarkRawPuts is the baseline: the exact puts and deletes that Apply
+// makes for BenchmarkApply's batches of 1,000, 8,000, 16,000 and 32,000
+// events, replayed in order into the same buckets of a fresh bbolt file
+// with the projection's options, in one fsync'd transaction each (its
+// reads are Apply's own work, and not replayed). Its ratio to BenchmarkApply at the same batch
 // size is how close the projection runs to its storage's limit; its own
 // rate is that limit for this schema: the library doing nothing but the
 // projection's writes. With -apply.warm, the file first holds the puts of
@@ -169,7 +170,10 @@ func BenchmarkRawPuts(b *testing.B) {
 }
 
 func benchRawPuts(b *testing.B, size int) {
-	type put struct{ bucket, k, v []byte }
+	type put struct {
+		bucket, k, v []byte
+		del          bool
+	}
 	var batches [][]put
 	{
 		p := benchOpen(b)
@@ -178,16 +182,16 @@ func benchRawPuts(b *testing.B, size int) {
 		for i := 0; i < len(evs)/size; i++ {
 			var cur []put
 			// Bucket pointers differ per transaction: resolve names inside Apply's own.
-			putHook = func(bk *bolt.Bucket, k, v []byte) {
+			writeHook = func(bk *bolt.Bucket, k, v []byte, del bool) {
 				name := bucketName(bk)
-				cur = append(cur, put{name, append([]byte(nil), k...), append([]byte(nil), v...)})
+				cur = append(cur, put{name, append([]byte(nil), k...), append([]byte(nil), v...), del})
 			}
 			if _, err := p.Apply(toRecords(evs[i*size:(i+1)*size], &seq)); err != nil {
 				b.Fatal(err)
 			}
 			batches = append(batches, cur)
 		}
-		putHook = nil
+		writeHook = nil
 	}
 	opts := Options{}
 	opts.defaults()
@@ -209,7 +213,12 @@ func benchRawPuts(b *testing.B, size int) {
 	replay := func(batch []put) {
 		if err := db.Update(func(tx *bolt.Tx) error {
 			for _, p := range batch {
-				if err := tx.Bucket(p.bucket).Put(p.k, p.v); err != nil {
+				b := tx.Bucket(p.bucket)
+				if p.del {
+					if err := b.Delete(p.k); err != nil {
+						return err
+					}
+				} else if err := b.Put(p.k, p.v); err != nil {
 					return err
 				}
 			}
@@ -222,16 +231,25 @@ func benchRawPuts(b *testing.B, size int) {
 	for _, batch := range batches[:warm] {
 		replay(batch)
 	}
-	puts := 0
+	puts, dels := 0, 0
+	for _, batch := range batches[warm:] {
+		for _, p := range batch {
+			if p.del {
+				dels++
+			} else {
+				puts++
+			}
+		}
+	}
 	b.ResetTimer()
 	cpu0, w0 := regtest.CPUTime(b), dbWrites(db)
 	for _, batch := range batches[warm:] {
-		puts += len(batch)
 		replay(batch)
 	}
 	reportRates(b, b.N*size, cpu0)
 	b.ReportMetric(float64(dbWrites(db)-w0)/float64(b.N), "pages/commit")
 	b.ReportMetric(float64(puts)/float64(b.N), "puts/batch")
+	b.ReportMetric(float64(dels)/float64(b.N), "deletes/batch")
 }
 
 // bucketName finds which of the schema's buckets bk is, by identity within

@@ -471,12 +471,13 @@ func (t *txn) lease(k []byte, n *node) {
 	t.named(k, n)
 }
 
-// putHook, when set (benchmarks only), sees every put Apply makes.
-var putHook func(bucket *bolt.Bucket, k, v []byte)
+// writeHook, when set (benchmarks only), sees every put and every delete
+// (del true) Apply makes, in order.
+var writeHook func(bucket *bolt.Bucket, k, v []byte, del bool)
 
 func (t *txn) put(b *bolt.Bucket, k, v []byte) {
-	if putHook != nil {
-		putHook(b, k, v)
+	if writeHook != nil {
+		writeHook(b, k, v, false)
 	}
 	if err := b.Put(k, v); err != nil {
 		t.fail(err)
@@ -484,6 +485,9 @@ func (t *txn) put(b *bolt.Bucket, k, v []byte) {
 }
 
 func (t *txn) del(b *bolt.Bucket, k []byte) {
+	if writeHook != nil {
+		writeHook(b, k, nil, true)
+	}
 	if err := b.Delete(k); err != nil {
 		t.fail(err)
 	}
