@@ -198,11 +198,16 @@ func (c *checker) scan() error {
 				return err
 			}
 			cur, curNode, stored, xtra, started = append(cur[:0], k...), n, 0, 0, true
-			for _, e := range n.in {
+			for i, e := range n.in {
 				stored++
-				ok, err := c.wants(e.to, cur, curNode)
-				if err != nil {
-					return err
+				// Out of key order or repeated, a holder is one the
+				// record's lookups miss: not wanted where it is.
+				ok := i == 0 || bytes.Compare(n.in[i-1].to, e.to) < 0
+				if ok {
+					var err error
+					if ok, err = c.wants(e.to, cur, curNode); err != nil {
+						return err
+					}
 				}
 				if !ok {
 					xtra++
@@ -225,6 +230,12 @@ func (c *checker) scan() error {
 			return nil
 		}
 		stored++
+		if curNode != nil {
+			if _, dup := curNode.inlineAt(from); dup { // the record holds it already
+				xtra++
+				return nil
+			}
+		}
 		ok, err := c.wants(from, cur, curNode)
 		if err != nil {
 			return err

@@ -178,18 +178,29 @@ func sameMismatches(t testing.TB, p *Projection, more bool) []Mismatch {
 	return got
 }
 
-// dropInline removes from's in-edge from the record of to, keeping its count.
-func dropInline(tx *bolt.Tx, to, from []byte) error {
-	n, err := decodeNode(tx.Bucket(bucketNodes).Get(to))
+// rewriteRecord changes the record of k with fn.
+func rewriteRecord(tx *bolt.Tx, k []byte, fn func(n *node)) error {
+	n, err := decodeNode(tx.Bucket(bucketNodes).Get(k))
 	if err != nil {
 		return err
 	}
-	i, ok := n.inlineAt(from)
-	if !ok {
-		return fmt.Errorf("%q holds %q in no record", from, to)
+	fn(n)
+	return tx.Bucket(bucketNodes).Put(k, n.encode())
+}
+
+// dropInline removes from's in-edge from the record of to, keeping its count.
+func dropInline(tx *bolt.Tx, to, from []byte) error {
+	var found bool
+	err := rewriteRecord(tx, to, func(n *node) {
+		var i int
+		if i, found = n.inlineAt(from); found {
+			n.in = slices.Delete(n.in, i, i+1)
+		}
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("%q holds %q in no record", from, to)
 	}
-	n.in = slices.Delete(n.in, i, i+1)
-	return tx.Bucket(bucketNodes).Put(to, n.encode())
+	return err
 }
 
 // TestCheckFindsDamage damages a projection in every way Check looks for,

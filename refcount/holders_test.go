@@ -159,3 +159,48 @@ func TestSchema5FileReadsAsIs(t *testing.T) {
 	}
 	f.check()
 }
+
+// TestDamagedHoldersReported damages a record's holders in the ways a
+// binary search or a count can be fooled: Check reports each one (and
+// whatever the map-based recount finds) and never fails, and Apply goes
+// on.
+func TestDamagedHoldersReported(t *testing.T) {
+	img := func(f *fixture) {
+		f.apply(pushB("r", "cfg"), pushB("r", "l1"), pushM("r", "m1", "", []string{"cfg", "l1"}, nil, ""),
+			pushM("r", "m2", "", []string{"cfg"}, nil, ""))
+	}
+	l1, cfg := layerKey("r", dg("l1")), layerKey("r", dg("cfg"))
+	m1 := manifestKey("r", dg("m1"))
+	cases := []struct {
+		name   string
+		damage func(tx *bolt.Tx) error
+		what   string
+	}{
+		{"count below the inline holders", func(tx *bolt.Tx) error {
+			return rewriteRecord(tx, l1, func(n *node) { n.count-- })
+		}, "count"},
+		{"holder inline and in in/", func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketNodes).Put(subKey(l1, subIn, m1), []byte{edgeLink})
+		}, "edges"},
+		{"inline holders out of order", func(tx *bolt.Tx) error {
+			return rewriteRecord(tx, cfg, func(n *node) { n.in[0], n.in[1] = n.in[1], n.in[0] })
+		}, "edges"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, Options{})
+			img(f)
+			f.check()
+			if err := f.p.db.Update(tc.damage); err != nil {
+				t.Fatal(err)
+			}
+			ms := sameMismatches(t, f.p, true) // fails t if Check fails
+			if !slices.ContainsFunc(ms, func(m Mismatch) bool { return m.What == tc.what }) {
+				t.Errorf("Check found %v, want a %s mismatch", ms, tc.what)
+			}
+			if _, err := f.p.Apply(f.records(delD("r", "m1"))); err != nil {
+				t.Errorf("Apply after the damage: %v", err)
+			}
+		})
+	}
+}
