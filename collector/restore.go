@@ -116,7 +116,7 @@ func (c *Collector) relink(ctx context.Context, entry refcount.TrashEntry, now t
 	if err := c.cfg.Storage.LinkRevision(ctx, repo, d); err != nil {
 		return err
 	}
-	m.Repo, m.Digest, m.Tag = repo, d, ""
+	m.Repo, m.Digest, m.Tag, m.TagExpires = repo, d, "", time.Time{} // (an entry of schema 5 may keep an expiry)
 	*evs = append(*evs, events.Event{V: events.Version, ID: id + "-" + d.Encoded()[:16], Time: now, Source: c.cfg.Source,
 		Kind: events.ManifestPushed, Manifest: &m})
 	return nil

@@ -3,17 +3,20 @@ package refcount
 // A manifest's body (<manifest key> 0x01 'j') is what the revision
 // references, kept for the trash and Restore: its events.Manifest, less
 // what the key already says (the repository and the digest) and the tag of
-// the push. From schema 6 it is written in binary:
+// the push with its expiry (Restore and the reconciler's heal publish the
+// body as a push again, and an expiry without its tag is no valid push).
+// From schema 6 it is written in binary:
 //
-//	bodyBinary flags mediaType size(varint) legacy(string) tagExpires(varint unix ns, 0 none)
+//	bodyBinary flags mediaType size(varint) legacy(string)
 //	  blobs(list) children(list) [subject(descriptor), when flags&bodySubject]
 //	list       = count(uvarint) descriptor...
 //	descriptor = digest(as in keys) size(varint) mediaType
 //	mediaType  = 0 (none) | a code of knownMediaTypes | mediaTypeText string
 //	string     = length(uvarint) bytes
 //
-// Before, it was JSON: a body whose first byte is '{' is read as JSON, so
-// a file of schema 5 needs no rewrite.
+// Before, it was JSON: a body whose first byte is '{' is read as JSON (its
+// tag expiry, which schema 5 kept, dropped), so a file of schema 5 needs
+// no rewrite.
 //
 // Why binary: the JSON of a single-platform image was about 560 bytes, a
 // digest as 71 characters of text and every media type spelt out, twice
@@ -105,7 +108,8 @@ func appendDescriptors(b []byte, ds []events.Descriptor) []byte {
 	return b
 }
 
-// encodeBody is the body of m (its repository, digest and tag left out).
+// encodeBody is the body of m (its repository, digest, tag and tag expiry
+// left out).
 func encodeBody(m *events.Manifest) []byte {
 	b := make([]byte, 0, 16+len(m.Legacy)+(len(m.Blobs)+len(m.Children)+1)*(2+48))
 	var flags byte
@@ -119,11 +123,6 @@ func encodeBody(m *events.Manifest) []byte {
 	b = appendMediaType(b, m.MediaType)
 	b = binary.AppendVarint(b, m.Size)
 	b = appendString(b, m.Legacy)
-	var expires int64
-	if !m.TagExpires.IsZero() {
-		expires = m.TagExpires.UnixNano()
-	}
-	b = binary.AppendVarint(b, expires)
 	b = appendDescriptors(b, m.Blobs)
 	b = appendDescriptors(b, m.Children)
 	if m.Subject != nil {
@@ -185,6 +184,7 @@ func decodeBody(k, raw []byte) (events.Manifest, error) {
 		if err := json.Unmarshal(raw, &m); err != nil {
 			return m, fmt.Errorf("%w: manifest body: %v", ErrCorrupt, err)
 		}
+		m.Tag, m.TagExpires = "", time.Time{}
 		return m, nil
 	}
 	ref, err := parseNodeKey(k)
@@ -200,9 +200,6 @@ func decodeBody(k, raw []byte) (events.Manifest, error) {
 	m.MediaType = d.mediaType()
 	m.Size = d.varint()
 	m.Legacy = string(d.bytes())
-	if ns := d.varint(); ns != 0 {
-		m.TagExpires = time.Unix(0, ns).UTC()
-	}
 	m.Blobs = d.descriptors()
 	m.Children = d.descriptors()
 	if flags&bodySubject != 0 {

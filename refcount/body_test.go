@@ -33,20 +33,25 @@ func bodyCases() []events.Manifest {
 }
 
 // TestBodyRoundTrip encodes and decodes bodies of every shape: what comes
-// back is the manifest less its tag.
+// back is the manifest less its tag and the tag's expiry.
 func TestBodyRoundTrip(t *testing.T) {
 	for _, m := range bodyCases() {
 		t.Run(m.Digest.Encoded()[:8], func(t *testing.T) {
 			in := m
 			in.Tag = "v1" // never kept
+			if !in.TagExpires.IsZero() {
+				in.Tag = "v2"
+			}
 			k := manifestKey(m.Repo, m.Digest)
 			raw := encodeBody(&in)
 			got, err := decodeBody(k, raw)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !reflect.DeepEqual(got, m) {
-				t.Fatalf("decoded\n%+v\nwant\n%+v", got, m)
+			want := m
+			want.TagExpires = time.Time{} // the push's tag goes, and its expiry with it
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("decoded\n%+v\nwant\n%+v", got, want)
 			}
 			js, err := json.Marshal(m)
 			if err != nil {
@@ -59,7 +64,8 @@ func TestBodyRoundTrip(t *testing.T) {
 	}
 }
 
-// TestBodyReadsJSON reads a body as schema 5 wrote it.
+// TestBodyReadsJSON reads a body as schema 5 wrote it (less the tag
+// expiry it kept).
 func TestBodyReadsJSON(t *testing.T) {
 	for _, m := range bodyCases() {
 		js, err := json.Marshal(m)
@@ -70,12 +76,10 @@ func TestBodyReadsJSON(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !got.TagExpires.Equal(m.TagExpires) {
-			t.Errorf("tag expiry %s, want %s", got.TagExpires, m.TagExpires)
-		}
-		got.TagExpires = m.TagExpires
-		if !reflect.DeepEqual(got, m) {
-			t.Errorf("decoded\n%+v\nwant\n%+v", got, m)
+		want := m
+		want.TagExpires = time.Time{} // schema 5 kept it; a push without its tag may not
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("decoded\n%+v\nwant\n%+v", got, want)
 		}
 	}
 }
@@ -99,5 +103,29 @@ func TestBodyCorrupt(t *testing.T) {
 			bad[i] ^= 0xA5
 			decodeBody(k, bad) // must not panic
 		}
+	}
+}
+
+// TestTrashBodyRepublishes unlinks a revision pushed by a tag with an
+// expiry: the trash entry's manifest, stated again as Restore and the
+// reconciler's heal state it, is a valid push.
+func TestTrashBodyRepublishes(t *testing.T) {
+	f := newFixture(t, Options{Grace: time.Hour})
+	ev := pushM("app", "m", "v1", []string{"l"}, nil, "")
+	ev.Manifest.TagExpires = t0.Add(24 * time.Hour)
+	f.apply(ev)
+	f.apply(delT("app", "v1"))
+	f.advance(2 * time.Hour)
+	if err := f.collect(manN("app", "m")); err != nil {
+		t.Fatal(err)
+	}
+	entry, ok, err := f.p.TrashEntryOf(manN("app", "m"))
+	if err != nil || !ok {
+		t.Fatalf("trash entry: %v %v", ok, err)
+	}
+	m := entry.Manifest
+	re := events.Event{V: events.Version, ID: "restore-1", Time: f.now, Kind: events.ManifestPushed, Manifest: &m}
+	if err := re.Validate(); err != nil {
+		t.Fatalf("the trash entry's manifest is no valid push: %v", err)
 	}
 }

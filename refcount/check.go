@@ -68,7 +68,7 @@ func (p *Projection) Check() ([]Mismatch, error) {
 		}
 		slices.Sort(rest)
 		for _, k := range rest {
-			if err := c.finish([]byte(k), nil, 0, 0); err != nil {
+			if err := c.finish([]byte(k), nil, 0, 0, false); err != nil {
 				return err
 			}
 		}
@@ -93,7 +93,7 @@ func (c *checker) look(k []byte) (*node, error) {
 	if v == nil {
 		return nil, nil
 	}
-	return decodeNode(v)
+	return decodeRecord(v)
 }
 
 // wanted returns the edges an alive node's declarations ask for, each once:
@@ -128,7 +128,7 @@ func (c *checker) wanted(k []byte, n *node, fn func(from, to []byte) error) erro
 
 // missingEdges is step 1.
 func (c *checker) missingEdges(tx *bolt.Tx) error {
-	return forEachNode(tx, func(k []byte, _ events.NodeRef, n *node) error {
+	return forEachRecord(tx, decodeRecord, func(k []byte, _ events.NodeRef, n *node) error {
 		if !n.alive() {
 			return nil
 		}
@@ -140,12 +140,11 @@ func (c *checker) missingEdges(tx *bolt.Tx) error {
 					return err
 				}
 			}
-			// Inline in to's record, or an in/ sub-key whatever to's
+			// Inline in to's record (looked for one by one: a damaged
+			// list may be out of order), or an in/ sub-key whatever to's
 			// count says: the scan counts the sub-keys it finds.
-			if tn != nil {
-				if _, ok := tn.inlineAt(from); ok {
-					return nil
-				}
+			if tn != nil && amongHolders(tn.in, from) {
+				return nil
 			}
 			if c.nodes.Get(subKey(to, subIn, from)) == nil {
 				c.missing[string(to)]++
@@ -179,6 +178,7 @@ func (c *checker) scan() error {
 		cur          []byte // the node whose in/ entries the scan is in
 		curNode      *node  // its record; nil if it has none
 		stored, xtra uint64
+		disordered   bool // its record's holders out of key order, or too many
 		started      bool
 	)
 	flush := func() error {
@@ -186,28 +186,31 @@ func (c *checker) scan() error {
 			return nil
 		}
 		started = false
-		return c.finish(cur, curNode, stored, xtra)
+		return c.finish(cur, curNode, stored, xtra, disordered)
 	}
 	err := c.nodes.ForEach(func(k, v []byte) error {
 		if !isSub(k) {
 			if err := flush(); err != nil {
 				return err
 			}
-			n, err := decodeNode(v)
+			n, err := decodeRecord(v)
 			if err != nil {
 				return err
 			}
 			cur, curNode, stored, xtra, started = append(cur[:0], k...), n, 0, 0, true
+			disordered = len(n.in) > inlineHolders
 			for i, e := range n.in {
 				stored++
-				// Out of key order or repeated, a holder is one the
-				// record's lookups miss: not wanted where it is.
-				ok := i == 0 || bytes.Compare(n.in[i-1].to, e.to) < 0
-				if ok {
-					var err error
-					if ok, err = c.wants(e.to, cur, curNode); err != nil {
-						return err
-					}
+				if amongHolders(n.in[:i], e.to) {
+					xtra++ // a repeat is no second holder
+					continue
+				}
+				if i > 0 && bytes.Compare(n.in[i-1].to, e.to) > 0 {
+					disordered = true // a binary search may miss it
+				}
+				ok, err := c.wants(e.to, cur, curNode)
+				if err != nil {
+					return err
 				}
 				if !ok {
 					xtra++
@@ -224,17 +227,15 @@ func (c *checker) scan() error {
 			if err := flush(); err != nil {
 				return err
 			}
-			cur, curNode, stored, xtra, started = append(cur[:0], to...), nil, 0, 0, true
+			cur, curNode, stored, xtra, disordered, started = append(cur[:0], to...), nil, 0, 0, false, true
 		}
 		if typ != subIn {
 			return nil
 		}
 		stored++
-		if curNode != nil {
-			if _, dup := curNode.inlineAt(from); dup { // the record holds it already
-				xtra++
-				return nil
-			}
+		if curNode != nil && amongHolders(curNode.in, from) { // the record holds it already
+			xtra++
+			return nil
 		}
 		ok, err := c.wants(from, cur, curNode)
 		if err != nil {
@@ -282,8 +283,9 @@ func (c *checker) wants(from, to []byte, toNode *node) (bool, error) {
 }
 
 // finish compares one node (n nil: no record) with its recount: stored
-// in/ entries, of which extra are not declared.
-func (c *checker) finish(k []byte, n *node, stored, extra uint64) error {
+// in-edges, of which extra are not declared; disordered, its record's
+// holders are out of key order or too many.
+func (c *checker) finish(k []byte, n *node, stored, extra uint64, disordered bool) error {
 	ref, err := parseNodeKey(k)
 	if err != nil {
 		return err
@@ -297,7 +299,7 @@ func (c *checker) finish(k []byte, n *node, stored, extra uint64) error {
 	if n.count != w {
 		c.out = append(c.out, Mismatch{Node: ref, What: "count", Stored: n.count, Want: w})
 	}
-	if missing+extra > 0 {
+	if missing+extra > 0 || disordered {
 		c.out = append(c.out, Mismatch{Node: ref, What: "edges", Stored: stored, Want: w})
 	}
 	isQueued := c.staleQueued[string(k)]

@@ -39,7 +39,7 @@ func (p *Projection) checkMaps() ([]Mismatch, error) {
 				}
 				return nil
 			}
-			n, err := decodeNode(v)
+			n, err := decodeRecord(v)
 			if err != nil {
 				return err
 			}

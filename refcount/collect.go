@@ -289,6 +289,11 @@ func (p *Projection) Stats() (Stats, error) {
 
 // forEachNode calls fn for every node record, in key order.
 func forEachNode(tx *bolt.Tx, fn func(k []byte, ref events.NodeRef, n *node) error) error {
+	return forEachRecord(tx, decodeNode, fn)
+}
+
+// forEachRecord is forEachNode with the records decoded by decode.
+func forEachRecord(tx *bolt.Tx, decode func([]byte) (*node, error), fn func(k []byte, ref events.NodeRef, n *node) error) error {
 	return tx.Bucket(bucketNodes).ForEach(func(k, v []byte) error {
 		if isSub(k) {
 			return nil
@@ -297,7 +302,7 @@ func forEachNode(tx *bolt.Tx, fn func(k []byte, ref events.NodeRef, n *node) err
 		if err != nil {
 			return err
 		}
-		n, err := decodeNode(v)
+		n, err := decode(v)
 		if err != nil {
 			return err
 		}

@@ -42,6 +42,13 @@ func (n *node) inlineAt(from []byte) (int, bool) {
 	return slices.BinarySearchFunc(n.in, from, func(e edge, k []byte) int { return bytes.Compare(e.to, k) })
 }
 
+// amongHolders reports whether from is among holders (inline ones of a
+// record), looked for one by one: for Check, which must find it in a
+// damaged list too.
+func amongHolders(holders []edge, from []byte) bool {
+	return slices.ContainsFunc(holders, func(e edge) bool { return bytes.Equal(e.to, from) })
+}
+
 // subHolders reports whether some of n's holders are in/ sub-keys.
 func (n *node) subHolders() bool { return n.count > uint64(len(n.in)) }
 

@@ -1,6 +1,7 @@
 package refcount
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -162,29 +163,37 @@ func TestSchema5FileReadsAsIs(t *testing.T) {
 
 // TestDamagedHoldersReported damages a record's holders in the ways a
 // binary search or a count can be fooled: Check reports each one (and
-// whatever the map-based recount finds) and never fails, and Apply goes
-// on.
+// whatever the map-based recount finds), with no false count, and never
+// fails. Apply refuses a record whose holders outnumber its count (a
+// count too low would let the collector take what is held) and goes on
+// after the other damage.
 func TestDamagedHoldersReported(t *testing.T) {
 	img := func(f *fixture) {
-		f.apply(pushB("r", "cfg"), pushB("r", "l1"), pushM("r", "m1", "", []string{"cfg", "l1"}, nil, ""),
-			pushM("r", "m2", "", []string{"cfg"}, nil, ""))
+		f.apply(pushB("r", "cfg"), pushB("r", "l1"), pushM("r", "m1", "v1", []string{"cfg", "l1"}, nil, ""))
+		for i := range 3 {
+			f.apply(pushM("r", fmt.Sprintf("m%d", i+2), "", []string{"cfg"}, nil, ""))
+		}
 	}
 	l1, cfg := layerKey("r", dg("l1")), layerKey("r", dg("cfg"))
 	m1 := manifestKey("r", dg("m1"))
 	cases := []struct {
-		name   string
-		damage func(tx *bolt.Tx) error
-		what   string
+		name       string
+		damage     func(tx *bolt.Tx) error
+		what       string // the mismatch Check must report
+		falseCount bool   // whether a count mismatch is right
+		refused    bool   // whether Apply must refuse the record
 	}{
 		{"count below the inline holders", func(tx *bolt.Tx) error {
 			return rewriteRecord(tx, l1, func(n *node) { n.count-- })
-		}, "count"},
+		}, "count", true, true},
 		{"holder inline and in in/", func(tx *bolt.Tx) error {
 			return tx.Bucket(bucketNodes).Put(subKey(l1, subIn, m1), []byte{edgeLink})
-		}, "edges"},
+		}, "edges", false, false},
 		{"inline holders out of order", func(tx *bolt.Tx) error {
-			return rewriteRecord(tx, cfg, func(n *node) { n.in[0], n.in[1] = n.in[1], n.in[0] })
-		}, "edges"},
+			return rewriteRecord(tx, cfg, func(n *node) { // [a b c d] → [a d b c]
+				n.in = []edge{n.in[0], n.in[3], n.in[1], n.in[2]}
+			})
+		}, "edges", false, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -198,7 +207,14 @@ func TestDamagedHoldersReported(t *testing.T) {
 			if !slices.ContainsFunc(ms, func(m Mismatch) bool { return m.What == tc.what }) {
 				t.Errorf("Check found %v, want a %s mismatch", ms, tc.what)
 			}
-			if _, err := f.p.Apply(f.records(delD("r", "m1"))); err != nil {
+			if !tc.falseCount && slices.ContainsFunc(ms, func(m Mismatch) bool { return m.What == "count" }) {
+				t.Errorf("Check found %v: a count mismatch for a count that is right", ms)
+			}
+			_, err := f.p.Apply(f.records(pushM("r", "again", "", []string{"cfg", "l1"}, nil, "")))
+			if tc.refused && !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Apply on a record whose holders outnumber its count: %v, want ErrCorrupt", err)
+			}
+			if !tc.refused && err != nil {
 				t.Errorf("Apply after the damage: %v", err)
 			}
 		})

@@ -175,7 +175,21 @@ func (d *decoder) edges() []edge {
 	return es
 }
 
+// decodeNode decodes a record for use. One that keeps more holders than
+// its count, or than it has room for, is corrupt: nothing may act on a
+// count its own record contradicts (a count too low would let the
+// collector take what is held).
 func decodeNode(b []byte) (*node, error) {
+	n, err := decodeRecord(b)
+	if err == nil && (uint64(len(n.in)) > n.count || len(n.in) > inlineHolders) {
+		return nil, fmt.Errorf("%w: node record keeps %d holders for a count of %d", ErrCorrupt, len(n.in), n.count)
+	}
+	return n, err
+}
+
+// decodeRecord decodes a record as it stands, for Check, which recounts
+// the holders and reports what the record says wrong.
+func decodeRecord(b []byte) (*node, error) {
 	d := &decoder{b: b}
 	n := &node{}
 	n.flags = d.byte1()
@@ -194,8 +208,6 @@ func decodeNode(b []byte) (*node, error) {
 		n.origin = d.uvarint()
 	}
 	if d.err == nil && len(d.b) > 0 {
-		// Not held against the count: a damaged count is Check's to
-		// report (it recounts the list), not a record nothing can read.
 		n.in = d.edges()
 	}
 	if d.err == nil && len(d.b) > 0 {

@@ -685,6 +685,7 @@ func (w *walk) unlinkedLive(ctx context.Context, n events.NodeRef, by string) er
 			return err // a tag event names it, or the walk of its revision will
 		}
 		body := entry.Manifest
+		body.Tag, body.TagExpires = "", time.Time{} // (an entry of schema 5 may keep an expiry)
 		ev = events.Event{Kind: events.ManifestPushed, Manifest: &body}
 	}
 	w.mu.Lock()

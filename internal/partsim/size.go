@@ -158,8 +158,8 @@ type body struct {
 }
 
 // newBody starts a body: its version and flags bytes, media type, size,
-// an empty legacy id, no tag expiry, and the two list counts.
-func newBody(size int64) body { return body{n: 2 + 1 + varintLen(size) + 1 + 1 + 1 + 1} }
+// an empty legacy id, and the two list counts.
+func newBody(size int64) body { return body{n: 2 + 1 + varintLen(size) + 1 + 1 + 1} }
 
 func (b *body) blob(size int64) { b.item(&b.blobs, size) }
 
