@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/refgc/refgc/events/eventlog"
+	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
 )
 
@@ -59,9 +60,7 @@ func (b *watchedBucket) Get(_ context.Context, k string) (jetstream.KeyValueEntr
 // closes or stalls before the end of its initial values is an error, not
 // the shorter list it gave so far.
 func TestListIntentsWhole(t *testing.T) {
-	timeout := intentListTimeout
-	intentListTimeout = 20 * time.Millisecond
-	t.Cleanup(func() { intentListTimeout = timeout })
+	regtest.Override(t, &intentListTimeout, 20*time.Millisecond)
 	for _, tc := range []struct {
 		end  string
 		want error

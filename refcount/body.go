@@ -100,14 +100,6 @@ func appendDescriptor(b []byte, d events.Descriptor) []byte {
 	return appendMediaType(b, d.MediaType)
 }
 
-func appendDescriptors(b []byte, ds []events.Descriptor) []byte {
-	b = binary.AppendUvarint(b, uint64(len(ds)))
-	for _, d := range ds {
-		b = appendDescriptor(b, d)
-	}
-	return b
-}
-
 // encodeBody is the body of m (its repository, digest, tag and tag expiry
 // left out).
 func encodeBody(m *events.Manifest) []byte {
@@ -123,8 +115,8 @@ func encodeBody(m *events.Manifest) []byte {
 	b = appendMediaType(b, m.MediaType)
 	b = binary.AppendVarint(b, m.Size)
 	b = appendString(b, m.Legacy)
-	b = appendDescriptors(b, m.Blobs)
-	b = appendDescriptors(b, m.Children)
+	b = appendList(b, m.Blobs, appendDescriptor)
+	b = appendList(b, m.Children, appendDescriptor)
 	if m.Subject != nil {
 		b = appendDescriptor(b, *m.Subject)
 	}
@@ -164,18 +156,6 @@ func (d *decoder) descriptor() events.Descriptor {
 	return desc
 }
 
-func (d *decoder) descriptors() []events.Descriptor {
-	cnt := d.uvarint()
-	if d.err == nil && cnt > uint64(len(d.b)) {
-		d.fail()
-	}
-	var ds []events.Descriptor
-	for i := uint64(0); i < cnt && d.err == nil; i++ {
-		ds = append(ds, d.descriptor())
-	}
-	return ds
-}
-
 // decodeBody reads the body of the manifest whose node key is k, binary
 // or JSON.
 func decodeBody(k, raw []byte) (events.Manifest, error) {
@@ -200,8 +180,8 @@ func decodeBody(k, raw []byte) (events.Manifest, error) {
 	m.MediaType = d.mediaType()
 	m.Size = d.varint()
 	m.Legacy = string(d.bytes())
-	m.Blobs = d.descriptors()
-	m.Children = d.descriptors()
+	m.Blobs = decodeList(d, d.descriptor)
+	m.Children = decodeList(d, d.descriptor)
 	if flags&bodySubject != 0 {
 		s := d.descriptor()
 		m.Subject = &s

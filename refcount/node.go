@@ -92,13 +92,11 @@ func (n *node) encode() []byte {
 }
 
 func appendEdges(b []byte, es []edge) []byte {
-	b = binary.AppendUvarint(b, uint64(len(es)))
-	for _, e := range es {
+	return appendList(b, es, func(b []byte, e edge) []byte {
 		b = append(b, e.kind)
 		b = binary.AppendUvarint(b, uint64(len(e.to)))
-		b = append(b, e.to...)
-	}
-	return b
+		return append(b, e.to...)
+	})
 }
 
 type decoder struct {
@@ -160,19 +158,36 @@ func (d *decoder) fail() {
 }
 
 func (d *decoder) edges() []edge {
+	return decodeList(d, func() edge {
+		k := d.byte1()
+		return edge{kind: k, to: d.bytes()}
+	})
+}
+
+// decodeList reads a count and that many items (each at least a byte: a
+// count beyond the bytes left is corrupt, never an allocation).
+func decodeList[T any](d *decoder, item func() T) []T {
 	cnt := d.uvarint()
 	if d.err == nil && cnt > uint64(len(d.b)) {
 		d.fail()
 	}
-	var es []edge
-	if cnt > 0 && d.err == nil {
-		es = make([]edge, 0, cnt)
+	if cnt == 0 || d.err != nil {
+		return nil
 	}
+	out := make([]T, 0, cnt)
 	for i := uint64(0); i < cnt && d.err == nil; i++ {
-		k := d.byte1()
-		es = append(es, edge{kind: k, to: d.bytes()})
+		out = append(out, item())
 	}
-	return es
+	return out
+}
+
+// appendList writes the count of items and each of them.
+func appendList[T any](b []byte, items []T, item func(b []byte, v T) []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(items)))
+	for _, v := range items {
+		b = item(b, v)
+	}
+	return b
 }
 
 // decodeNode decodes a record for use. One that keeps more holders than

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 // stuckWatch is an object store whose first watchers never give their
@@ -43,9 +45,7 @@ func (s *stuckWatch) Watch(context.Context, ...jetstream.WatchOpt) (jetstream.Ob
 // bounded number of times, within the caller's deadline, and a watcher
 // that closes early is an error, never an empty bucket.
 func TestSnapshotListBounded(t *testing.T) {
-	attempt := snapshotListAttempt
-	snapshotListAttempt = 20 * time.Millisecond
-	t.Cleanup(func() { snapshotListAttempt = attempt })
+	regtest.Override(t, &snapshotListAttempt, 20*time.Millisecond)
 	for _, tc := range []struct {
 		name   string
 		stuck  int32
