@@ -287,8 +287,19 @@ func (p *Projection) Apply(batch []events.Record) (Result, error) {
 		meta := tx.Bucket(bucketMeta)
 		cursor := readU64(meta.Get(keyCursor))
 		t := p.newTxn(tx)
+		if len(batch) >= prefetchMin {
+			pf, err := startPrefetch(p.db, batch, cursor)
+			if err != nil {
+				return err
+			}
+			defer pf.close() // flush closes it too: its transaction ends before the commit
+			t.pf, t.pre = pf, make(map[string]*entry, len(batch))
+		}
 		for i := range batch {
 			r := &batch[i]
+			if t.pf != nil {
+				t.pf.pos.Store(int64(i))
+			}
 			if r.Seq <= cursor {
 				res.Skipped++
 				continue
@@ -345,6 +356,10 @@ type txn struct {
 	origins map[string]uint64
 	seq     uint64 // the current event's sequence
 	err     error
+	// pf reads node records ahead (prefetch.go), pre holds what it read
+	// that get has not taken; both nil after the first flush.
+	pf  *prefetcher
+	pre map[string]*entry
 }
 
 // entry is one node of the working set.
@@ -362,6 +377,8 @@ type entry struct {
 	held      bool
 	stateAt   uint64
 	stateTime int64
+	// err is why the record read ahead could not be decoded.
+	err error
 }
 
 func (p *Projection) newTxn(tx *bolt.Tx) *txn {
@@ -396,6 +413,14 @@ func (t *txn) get(k []byte) *node {
 		*n = node{queuedAt: n.queuedAt}
 		return n
 	}
+	if e := t.readAhead(k); e != nil {
+		if e.err != nil {
+			t.fail(fmt.Errorf("node %q: %w", k, e.err))
+			e.n, e.orig, e.err = &node{}, nil, nil
+		}
+		t.cache[e.key] = e
+		return e.n
+	}
 	e := &entry{key: string(k), n: &node{}}
 	if v, ok := t.lookup(k); ok {
 		d, err := decodeNode(v)
@@ -408,6 +433,22 @@ func (t *txn) get(k []byte) *node {
 	}
 	t.cache[e.key] = e
 	return e.n
+}
+
+// readAhead returns the entry the prefetcher read for k, if it has.
+func (t *txn) readAhead(k []byte) *entry {
+	if t.pre == nil {
+		return nil
+	}
+	e, ok := t.pre[string(k)]
+	if !ok {
+		t.pf.take(t.pre)
+		if e, ok = t.pre[string(k)]; !ok {
+			return nil
+		}
+	}
+	delete(t.pre, e.key)
+	return e
 }
 
 // markDirty adds k's entry, which get has cached, to the nodes flush writes.
@@ -687,6 +728,11 @@ func (p *Projection) eligibleAt(k []byte, n *node) int64 {
 
 // flush writes every changed node back, keeping the queue in step.
 func (t *txn) flush() error {
+	if t.pf != nil {
+		// From here on the bucket is not the state the reader reads.
+		t.pf.close()
+		t.pf, t.pre = nil, nil
+	}
 	if t.err != nil {
 		return t.err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/refgc/refgc/events"
+	"github.com/refgc/refgc/internal/regtest"
 )
 
 var randomOps = flag.Int("refcount.ops", 4000, "operations in TestRandomAgainstModel")
@@ -371,9 +372,17 @@ func TestRandomAgainstModel(t *testing.T) {
 	}
 }
 
+// applyTwice applies recs twice (the second time, all skipped), the
+// first time with the reader ahead of Apply on every other call
+// (prefetch.go), racing it.
 func (f *fixture) applyTwice(recs []events.Record) {
 	f.t.Helper()
 	f.log = append(f.log, recs...)
+	min := prefetchMin
+	if len(f.log)%2 == 0 {
+		prefetchMin = 1
+	}
+	defer func() { prefetchMin = min }()
 	for i := 0; i < 2; i++ {
 		res, err := f.p.Apply(recs)
 		if err != nil {
@@ -434,9 +443,11 @@ func (f *fixture) dumpInfos() []NodeInfo {
 
 // replaySplits applies everything the fixture applied again, into fresh
 // files, one event per batch, in batches of 7, and all at once: the dumps
-// must equal the original's, whatever the batch boundaries.
+// must equal the original's, whatever the batch boundaries. The reader
+// is ahead of Apply in every batch (prefetch.go).
 func (f *fixture) replaySplits(opts Options) {
 	f.t.Helper()
+	regtest.Override(f.t, &prefetchMin, 1)
 	var want bytes.Buffer
 	if err := f.p.Dump(&want); err != nil {
 		f.t.Fatal(err)
