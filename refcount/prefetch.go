@@ -101,8 +101,8 @@ func (pf *prefetcher) run(rtx *bolt.Tx, batch []events.Record, cursor uint64) {
 			i = p // behind Apply: what it has passed, it has read
 		}
 		r := &batch[i]
-		if r.Seq <= cursor || r.Err != nil {
-			continue
+		if r.Seq <= cursor || r.Err != nil || !r.Valid && r.Event.Validate() != nil {
+			continue // Apply passes over it
 		}
 		keys = eventKeys(keys[:0], &r.Event)
 		for _, k := range keys {
@@ -157,9 +157,8 @@ func (pf *prefetcher) close() {
 	<-pf.done
 }
 
-// eventKeys appends the node keys an event's apply is likely to read: a
-// guess, for reading ahead only. The event may not have been validated
-// yet (Apply validates what the caller has not), and may be invalid.
+// eventKeys appends the node keys a valid event's apply is likely to
+// read: a guess, for reading ahead only.
 func eventKeys(ks [][]byte, e *events.Event) [][]byte {
 	switch {
 	case e.Kind == events.ManifestPushed && e.Manifest != nil:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/refgc/refgc/events"
@@ -120,15 +121,32 @@ func TestReadAheadDamagedRecord(t *testing.T) {
 	}
 }
 
-// TestEventKeysInvalid: the reader guesses keys for events Apply has not
-// validated yet, and must not fail on any.
-func TestEventKeysInvalid(t *testing.T) {
-	for _, k := range []events.Kind{events.ManifestPushed, events.TagSet, events.TagDeleted, events.BlobPushed,
-		events.BlobMounted, events.BlobObserved, events.DigestDeleted, events.Touched, events.RepositoryDeleted} {
-		t.Run(string(k), func(t *testing.T) {
-			if ks := eventKeys(nil, &events.Event{Kind: k}); len(ks) != 0 {
-				t.Errorf("keys %q for an event with no body", ks)
-			}
-		})
+// TestReadAheadInvalidEvent: the reader passes over an event that Apply
+// has not validated and that does not validate, as Apply does, at the
+// default threshold.
+func TestReadAheadInvalidEvent(t *testing.T) {
+	f := newFixture(t, Options{})
+	evs := []events.Event{
+		{Kind: events.BlobPushed, Blob: &events.Blob{Repo: "r", Digest: "not-a-digest", Size: 1}},
+		{Kind: events.ManifestPushed},
+	}
+	for len(evs) < prefetchMin {
+		evs = append(evs, pushB("r", "x"))
+	}
+	res, err := f.p.Apply(f.records(evs...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Invalid) != 2 {
+		t.Fatalf("invalid %v, want the two events without a valid body", res.Invalid)
+	}
+}
+
+// TestKeyOfAnyDigest: a key is made of a digest of any form, valid or not.
+func TestKeyOfAnyDigest(t *testing.T) {
+	for _, d := range []digest.Digest{"", "not-a-digest", "sha256:short", dg("x")} {
+		if k := layerKey("r", d); len(k) == 0 {
+			t.Errorf("no key for %q", d)
+		}
 	}
 }

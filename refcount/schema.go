@@ -144,6 +144,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -318,7 +319,7 @@ var (
 
 func appendDigest(b []byte, d digest.Digest) []byte {
 	for code, alg := range digestAlgs {
-		if code == 0 || d.Algorithm() != alg {
+		if code == 0 || !strings.Contains(string(d), ":") || d.Algorithm() != alg { // (Algorithm panics without one)
 			continue
 		}
 		enc := d.Encoded()
