@@ -136,6 +136,11 @@
 //     the grace from the purge before it may be collected.
 //   - Apply is deterministic: it reads no clock. Leases and queue times come
 //     from the events' own times, so replaying the log rebuilds the same file.
+//   - Within a write transaction, node records are written only by flush:
+//     between flushes a node changes in the transaction's working set. The
+//     reader ahead of Apply (prefetch.go) depends on it; a change that
+//     writes a record anywhere else must stop the reader first, as flush
+//     does.
 package refcount
 
 import (

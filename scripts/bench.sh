@@ -12,7 +12,8 @@ run() { # name, command...
   "$@" 2>&1 | grep -E '^(Benchmark|ok|FAIL)|ns/op|operations in|unavailability|s3_bench_test' || true
 }
 run refcount      go test ./refcount -run '^$' -bench 'Apply|RawPuts' -benchtime 24x -count 3
-run applywarm     go test ./refcount -run '^$' -bench '^Benchmark(Apply|RawPuts)$/batch=(1000|16000|32000)$' -benchtime 24x -count 2 -args -apply.warm
+run applywarm     go test ./refcount -run '^$' -bench '^Benchmark(Apply|RawPuts)$/batch=(1000|16000|32000)$' -benchtime 8x -count 2 -args -apply.warm
+run applylarge    go test ./refcount -run '^$' -bench '^Benchmark(Apply|RawPuts)$/batch=16000$' -benchtime 24x -count 2 -args -apply.warm
 run eventlog      go test ./events/eventlog -run '^$' -bench BenchmarkEventLog -benchtime 100000x -count 3
 run latency       go test ./events/eventlog -run '^$' -bench BenchmarkLatency -benchtime 5000x -count 3
 run catchup       go test ./events/eventlog -run '^$' -bench BenchmarkCatchUp -benchtime 2000x
