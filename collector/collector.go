@@ -256,6 +256,9 @@ type Report struct {
 	Duration time.Duration `json:"duration"`
 	// CheckDuration is the time the storage check took, within Duration.
 	CheckDuration time.Duration `json:"checkDuration"`
+	// StorageDuration is the time the storage operations took (unlinks,
+	// purges, owners' removals, all in flight together), within Duration.
+	StorageDuration time.Duration `json:"storageDuration"`
 }
 
 func newID() string {
@@ -441,7 +444,9 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	}
 	rep.Refused += len(refused)
 	c.m.refused.WithLabelValues(RefuseRecheck).Add(float64(len(refused)))
+	actStart := time.Now()
 	done := c.act(ctx, intents, rep)
+	rep.StorageDuration += time.Since(actStart)
 	if err := c.commit(ctx, done, rep); err != nil {
 		return 0, err
 	}
