@@ -1,10 +1,13 @@
 package collector_test
 
 import (
+	"cmp"
 	"context"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -88,14 +91,15 @@ func BenchmarkCollectorDeletes(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) { benchCollector(b, sync) })
 	}
-	b.Run("os.RemoveAll", func(b *testing.B) { benchRaw(b, false) })
-	b.Run("os.RemoveAll+syncfs", func(b *testing.B) { benchRaw(b, true) })
+	b.Run("os.RemoveAll", func(b *testing.B) { benchRaw(b, false, false) })
+	b.Run("os.RemoveAll+syncfs", func(b *testing.B) { benchRaw(b, true, false) })
+	b.Run("os.RemoveAll-keyorder", func(b *testing.B) { benchRaw(b, false, true) })
 	b.Run("paired", func(b *testing.B) {
 		var col, raw, durable deleteRun
 		for i := 0; i < b.N; i++ {
-			raw.add(rawOnce(b, i, false))
+			raw.add(rawOnce(b, i, false, false))
 			col.add(collectOnce(b, i, true))
-			durable.add(rawOnce(b, i, true))
+			durable.add(rawOnce(b, i, true, false))
 		}
 		b.ReportMetric(col.rate(), "collector-objects/s")
 		b.ReportMetric(raw.rate(), "removeall-objects/s")
@@ -221,10 +225,10 @@ func collectOnce(b *testing.B, i int, sync bool) deleteRun {
 
 // benchRaw is the baseline: os.RemoveAll of the same paths by 8
 // goroutines, nothing else; with syncfs, the removals then made durable.
-func benchRaw(b *testing.B, syncfs bool) {
+func benchRaw(b *testing.B, syncfs, keyOrder bool) {
 	var r deleteRun
 	for i := 0; i < b.N; i++ {
-		r.add(rawOnce(b, i, syncfs))
+		r.add(rawOnce(b, i, syncfs, keyOrder))
 	}
 	b.ReportMetric(r.rate(), "objects/s")
 	b.ReportMetric(float64(r.bytes)/r.elapsed.Seconds(), "bytes/s")
@@ -233,9 +237,25 @@ func benchRaw(b *testing.B, syncfs bool) {
 
 // rawOnce builds a world of garbage and times os.RemoveAll of its paths
 // by 8 goroutines and, with syncfs, the syncfs(2) of the storage's
-// filesystem that makes the removals durable.
-func rawOnce(b *testing.B, i int, syncfs bool) deleteRun {
+// filesystem that makes the removals durable. The paths go in the order
+// the world made them (an image at a time, the repositories in turn), or
+// with keyOrder in the collector's: the revisions, then the layer links,
+// then the blobs, each in key order (a repository's together, blobs by
+// digest), which puts the removals in flight in the same directory.
+func rawOnce(b *testing.B, i int, syncfs, keyOrder bool) deleteRun {
 	w, paths, n := garbageWorld(b, i, false)
+	if keyOrder {
+		kind := func(p string) int {
+			switch {
+			case strings.Contains(p, "/_manifests/revisions/"):
+				return 0
+			case strings.Contains(p, "/_layers/"):
+				return 1
+			}
+			return 2
+		}
+		slices.SortFunc(paths, func(a, b string) int { return cmp.Or(cmp.Compare(kind(a), kind(b)), strings.Compare(a, b)) })
+	}
 	r := timed(b, func() {
 		ch := make(chan string)
 		var wg sync.WaitGroup
