@@ -7,8 +7,9 @@ package refcount
 // each node a batch names the first time (about 1.5 per event on a
 // push-heavy mix, three in four of them new, so not found). A reader does
 // that on another core, ahead of Apply, in a read-only transaction of its
-// own. Measured (docs/bench/limits.md): Apply 1.04–1.22× as fast at
-// batches of 16,000, in ten rounds alternating with the code without it.
+// own, for batches of prefetchMin events or more. Measured
+// (docs/bench/limits.md): Apply 1.04–1.22× as fast at batches of 16,000,
+// in ten rounds alternating with the code without it.
 //
 // Why that reads what Apply would: bbolt gives a read-only transaction
 // begun while the write transaction is open the last committed state,
@@ -50,10 +51,12 @@ import (
 	"github.com/refgc/refgc/events"
 )
 
-// prefetchMin is the smallest batch Apply reads ahead for: below it, a
-// second transaction and goroutine cost more than they save. (A variable:
+// prefetchMin is the smallest batch Apply reads ahead for. Measured
+// (docs/bench/limits.md, "`Apply`, fourth round"): at batches of 1,000
+// the reader gains nothing and costs about a sixth more CPU per event; at
+// 4,000 it breaks even or gains, at 8,000 and more it gains. (A variable:
 // tests read ahead for every batch.)
-var prefetchMin = 256
+var prefetchMin = 4000
 
 // prefetchFirst makes Apply wait until the reader has read the whole
 // batch: tests use it to know that what they check was read ahead.
