@@ -42,6 +42,7 @@ package refcount
 // Apply stops it and waits for it before it commits.
 
 import (
+	"bytes"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -112,17 +113,9 @@ func (pf *prefetcher) run(rtx *bolt.Tx, batch []events.Record, cursor uint64) {
 			if _, ok := seen[string(k)]; ok {
 				continue
 			}
-			e := &entry{key: string(k), n: &node{}}
+			kk, v := c.Seek(k)
+			e := recordEntry(string(k), v, kk != nil && bytes.Equal(kk, k))
 			seen[e.key] = struct{}{}
-			if kk, v := c.Seek(k); kk != nil && string(kk) == e.key {
-				d, err := decodeNode(v)
-				if err != nil {
-					e.err = err
-				} else {
-					e.n, e.orig = d, d.clone()
-					e.held = d.count > 0
-				}
-			}
 			chunk = append(chunk, e)
 		}
 		if len(chunk) >= prefetchChunk {

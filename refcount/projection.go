@@ -377,7 +377,8 @@ type entry struct {
 	held      bool
 	stateAt   uint64
 	stateTime int64
-	// err is why the record read ahead could not be decoded.
+	// err is why the record could not be decoded (recordEntry), until
+	// get reports it.
 	err error
 }
 
@@ -413,26 +414,35 @@ func (t *txn) get(k []byte) *node {
 		*n = node{queuedAt: n.queuedAt}
 		return n
 	}
-	if e := t.readAhead(k); e != nil {
-		if e.err != nil {
-			t.fail(fmt.Errorf("node %q: %w", k, e.err))
-			e.n, e.orig, e.err = &node{}, nil, nil
-		}
-		t.cache[e.key] = e
-		return e.n
+	e := t.readAhead(k)
+	if e == nil {
+		v, ok := t.lookup(k)
+		e = recordEntry(string(k), v, ok)
 	}
-	e := &entry{key: string(k), n: &node{}}
-	if v, ok := t.lookup(k); ok {
-		d, err := decodeNode(v)
-		if err != nil {
-			t.fail(fmt.Errorf("node %q: %w", k, err))
-		} else {
-			e.n, e.orig = d, d.clone()
-			e.held = d.count > 0
-		}
+	if e.err != nil {
+		t.fail(fmt.Errorf("node %q: %w", k, e.err))
+		e.n, e.orig, e.err = &node{}, nil, nil
 	}
 	t.cache[e.key] = e
 	return e.n
+}
+
+// recordEntry is the working-set entry of the node key k as its record v
+// reads (found: whether there is one); a record that does not decode
+// gives an entry with err set, for get to report.
+func recordEntry(k string, v []byte, found bool) *entry {
+	e := &entry{key: k, n: &node{}}
+	if !found {
+		return e
+	}
+	d, err := decodeNode(v)
+	if err != nil {
+		e.err = err
+		return e
+	}
+	e.n, e.orig = d, d.clone()
+	e.held = d.count > 0
+	return e
 }
 
 // readAhead returns the entry the prefetcher read for k, if it has.

@@ -323,21 +323,20 @@ var (
 )
 
 func appendDigest(b []byte, d digest.Digest) []byte {
-	for code, alg := range digestAlgs {
-		if code == 0 || !strings.Contains(string(d), ":") || d.Algorithm() != alg { // (Algorithm panics without one)
-			continue
+	if strings.Contains(string(d), ":") { // (Algorithm panics without one)
+		alg0, enc := d.Algorithm(), d.Encoded()
+		for code, alg := range digestAlgs {
+			if code == 0 || alg0 != alg || len(enc) != 2*digestLens[code] {
+				continue
+			}
+			n := len(b)
+			b = append(b, byte(code))
+			b = append(b, make([]byte, digestLens[code])...)
+			if _, err := hex.Decode(b[n+1:], []byte(enc)); err == nil {
+				return b
+			}
+			b = b[:n]
 		}
-		enc := d.Encoded()
-		if len(enc) != 2*digestLens[code] {
-			continue
-		}
-		n := len(b)
-		b = append(b, byte(code))
-		b = append(b, make([]byte, digestLens[code])...)
-		if _, err := hex.Decode(b[n+1:], []byte(enc)); err == nil {
-			return b
-		}
-		b = b[:n]
 	}
 	b = append(b, digestText, byte(len(d)))
 	return append(b, d...)
