@@ -91,27 +91,36 @@ func BenchmarkCollectorDeletes(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) { benchCollector(b, sync) })
 	}
-	b.Run("os.RemoveAll", func(b *testing.B) { benchRaw(b, false, false) })
-	b.Run("os.RemoveAll+syncfs", func(b *testing.B) { benchRaw(b, true, false) })
-	b.Run("os.RemoveAll-keyorder", func(b *testing.B) { benchRaw(b, false, true) })
+	b.Run("os.RemoveAll", func(b *testing.B) { benchRaw(b, rawRemoval{}) })
+	b.Run("os.RemoveAll+syncfs", func(b *testing.B) { benchRaw(b, rawRemoval{syncfs: true}) })
+	b.Run("os.RemoveAll-keyorder", func(b *testing.B) { benchRaw(b, rawRemoval{keyOrder: true}) })
+	b.Run("unlink+rmdir", func(b *testing.B) { benchRaw(b, rawRemoval{minimal: true}) })
+	b.Run("unlink+rmdir-keyorder", func(b *testing.B) { benchRaw(b, rawRemoval{minimal: true, keyOrder: true}) })
 	b.Run("paired", func(b *testing.B) {
-		var col, raw, durable deleteRun
+		var col, raw, durable, minimal deleteRun
 		for i := 0; i < b.N; i++ {
-			raw.add(rawOnce(b, i, false, false))
+			raw.add(rawOnce(b, i, rawRemoval{}))
 			col.add(collectOnce(b, i, true))
-			durable.add(rawOnce(b, i, true, false))
+			durable.add(rawOnce(b, i, rawRemoval{syncfs: true}))
+			minimal.add(rawOnce(b, i, rawRemoval{minimal: true}))
 		}
 		b.ReportMetric(col.rate(), "collector-objects/s")
 		b.ReportMetric(raw.rate(), "removeall-objects/s")
 		b.ReportMetric(durable.rate(), "removeall-syncfs-objects/s")
+		b.ReportMetric(minimal.rate(), "unlink-rmdir-objects/s")
 		b.ReportMetric(col.rate()/raw.rate(), "ratio")
 		b.ReportMetric(col.rate()/durable.rate(), "ratio-durable")
+		// Against the two system calls per object the store makes on the
+		// filesystem, by 8 goroutines in the world's order: the floor of
+		// any removal of these paths.
+		b.ReportMetric(col.rate()/minimal.rate(), "ratio-unlink-rmdir")
 		// The collector's removals alone, its other work left out: how
 		// far its storage operations are from the bare ones.
 		b.ReportMetric(float64(col.objects)/col.storage.Seconds()/raw.rate(), "ratio-storage")
 		b.ReportMetric(100*col.storage.Seconds()/col.elapsed.Seconds(), "collector-storage-%")
 		col.report(b, "collector-")
 		raw.report(b, "removeall-")
+		minimal.report(b, "unlink-rmdir-")
 	})
 }
 
@@ -223,28 +232,38 @@ func collectOnce(b *testing.B, i int, sync bool) deleteRun {
 	return r
 }
 
-// benchRaw is the baseline: os.RemoveAll of the same paths by 8
-// goroutines, nothing else; with syncfs, the removals then made durable.
-func benchRaw(b *testing.B, syncfs, keyOrder bool) {
+// rawRemoval is how a baseline removes the garbage's paths.
+type rawRemoval struct {
+	syncfs   bool // then syncfs(2) of the storage's filesystem, inside the clock
+	keyOrder bool // in the collector's order, not the world's
+	minimal  bool // unlink the one file and rmdir its directory, not os.RemoveAll
+}
+
+// benchRaw is a baseline: the same paths removed by 8 goroutines, nothing
+// else.
+func benchRaw(b *testing.B, how rawRemoval) {
 	var r deleteRun
 	for i := 0; i < b.N; i++ {
-		r.add(rawOnce(b, i, syncfs, keyOrder))
+		r.add(rawOnce(b, i, how))
 	}
 	b.ReportMetric(r.rate(), "objects/s")
 	b.ReportMetric(float64(r.bytes)/r.elapsed.Seconds(), "bytes/s")
 	r.report(b, "")
 }
 
-// rawOnce builds a world of garbage and times os.RemoveAll of its paths
-// by 8 goroutines and, with syncfs, the syncfs(2) of the storage's
+// rawOnce builds a world of garbage and times the removal of its paths by
+// 8 goroutines and, with syncfs, the syncfs(2) of the storage's
 // filesystem that makes the removals durable. The paths go in the order
 // the world made them (an image at a time, the repositories in turn), or
 // with keyOrder in the collector's: the revisions, then the layer links,
 // then the blobs, each in key order (a repository's together, blobs by
-// digest), which puts the removals in flight in the same directory.
-func rawOnce(b *testing.B, i int, syncfs, keyOrder bool) deleteRun {
+// digest), which puts the removals in flight in the same directory. Each
+// is removed by os.RemoveAll (what Distribution's filesystem driver does),
+// or, minimal, by the two system calls that do the work: an unlink of its
+// one file (link, or a blob's data) and an rmdir.
+func rawOnce(b *testing.B, i int, how rawRemoval) deleteRun {
 	w, paths, n := garbageWorld(b, i, false)
-	if keyOrder {
+	if how.keyOrder {
 		kind := func(p string) int {
 			switch {
 			case strings.Contains(p, "/_manifests/revisions/"):
@@ -256,13 +275,26 @@ func rawOnce(b *testing.B, i int, syncfs, keyOrder bool) deleteRun {
 		}
 		slices.SortFunc(paths, func(a, b string) int { return cmp.Or(cmp.Compare(kind(a), kind(b)), strings.Compare(a, b)) })
 	}
+	remove := os.RemoveAll
+	if how.minimal {
+		remove = func(dir string) error {
+			file := "link"
+			if strings.Contains(dir, "/blobs/") {
+				file = "data"
+			}
+			if err := syscall.Unlink(filepath.Join(dir, file)); err != nil {
+				return err
+			}
+			return syscall.Rmdir(dir)
+		}
+	}
 	r := timed(b, func() {
 		ch := make(chan string)
 		var wg sync.WaitGroup
 		for range 8 {
 			wg.Go(func() {
 				for p := range ch {
-					if err := os.RemoveAll(p); err != nil {
+					if err := remove(p); err != nil {
 						b.Error(err)
 					}
 				}
@@ -273,7 +305,7 @@ func rawOnce(b *testing.B, i int, syncfs, keyOrder bool) deleteRun {
 		}
 		close(ch)
 		wg.Wait()
-		if syncfs {
+		if how.syncfs {
 			f, err := os.Open(w.root)
 			if err != nil {
 				b.Fatal(err)

@@ -156,11 +156,11 @@ func (s *Driver) DeleteRevision(ctx context.Context, repo string, d digest.Diges
 		}
 	}
 	for _, p := range entries {
-		if err := s.del(ctx, p); err != nil {
+		if err := s.delObject(ctx, p, linkFile); err != nil {
 			return err
 		}
 	}
-	return s.del(ctx, rev)
+	return s.delObject(ctx, rev, linkFile)
 }
 
 // DeleteLayerLink implements Store.
@@ -169,7 +169,7 @@ func (s *Driver) DeleteLayerLink(ctx context.Context, repo string, d digest.Dige
 	if err != nil {
 		return err
 	}
-	return s.del(ctx, p)
+	return s.delObject(ctx, p, linkFile)
 }
 
 // PurgeBlob implements Store.
@@ -178,7 +178,7 @@ func (s *Driver) PurgeBlob(ctx context.Context, d digest.Digest) error {
 	if err != nil {
 		return err
 	}
-	return s.del(ctx, p)
+	return s.delObject(ctx, p, dataFile)
 }
 
 var errStop = errors.New("stop")
@@ -446,7 +446,7 @@ func (s *Driver) walkLinks(ctx context.Context, dir string, fn func(d digest.Dig
 	}
 	var fnErr error
 	visited, err := s.walkFiles(ctx, dir, 3, func(parts []string, fi storagedriver.FileInfo) error {
-		if parts[2] != "link" {
+		if parts[2] != linkFile {
 			return nil
 		}
 		d, ok := digestFromDir(parts[0], parts[1])
@@ -649,9 +649,9 @@ func (s *Driver) TagIndex(ctx context.Context, repo string, fn func(tag string, 
 			tags[parts[0]] = t
 		}
 		switch {
-		case len(parts) == 3 && parts[1] == "current" && parts[2] == "link":
+		case len(parts) == 3 && parts[1] == "current" && parts[2] == linkFile:
 			t.current = true
-		case len(parts) == 5 && parts[1] == "index" && parts[4] == "link":
+		case len(parts) == 5 && parts[1] == "index" && parts[4] == linkFile:
 			if d, ok := digestFromDir(parts[2], parts[3]); ok {
 				t.history = append(t.history, d)
 			}

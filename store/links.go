@@ -50,7 +50,7 @@ func (s *Driver) fsLinks(ctx context.Context, dir string, fn func(d digest.Diges
 			if !ok {
 				continue
 			}
-			file, err := isFile(filepath.Join(algDir, hex, "link"))
+			file, err := isFile(filepath.Join(algDir, hex, linkFile))
 			if err != nil {
 				return true, err
 			}

@@ -18,6 +18,11 @@ const Root = "/docker/registry/v2"
 const (
 	reposRoot = Root + "/repositories"
 	blobsRoot = Root + "/blobs"
+
+	// linkFile is the file of a link directory (a revision, a layer link,
+	// a tag's current or history entry); dataFile a blob directory's.
+	linkFile = "link"
+	dataFile = "data"
 )
 
 // algReplacer is Distribution's blobAlgorithmReplacer: the algorithm part of
@@ -92,7 +97,7 @@ func tagDir(repo, tag string) (string, error) {
 }
 
 func tagCurrentLink(repo, tag string) (string, error) {
-	return tagChild(repo, tag, "current/link")
+	return tagChild(repo, tag, "current/"+linkFile)
 }
 
 func tagIndexDir(repo, tag string) (string, error) {
@@ -148,7 +153,7 @@ func blobDataPath(d digest.Digest) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return safe(dir + "/data")
+	return safe(dir + "/" + dataFile)
 }
 
 // digestFromDir parses the <alg>/<hex> tail of a directory path found in

@@ -1,0 +1,6 @@
+//go:build !unix
+
+package store
+
+// removeObjectDir leaves every removal to the driver's Delete.
+func removeObjectDir(dir, file string) bool { return false }
