@@ -50,6 +50,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -151,6 +152,31 @@ const (
 	DefaultBatchSize   = 256
 	DefaultConcurrency = 8
 )
+
+// spreadWindow is how many rounds' worth of the oldest candidates a round
+// chooses its own among, spread over directories (see directory).
+const spreadWindow = 16
+
+// directory names where a node's storage operation takes place in
+// Distribution's layout: a repository's revisions directory, its layer
+// links directory, a blob's two-character prefix directory (on an object
+// store, the key prefix). Operations in flight in the same directory wait
+// on each other (the filesystem locks a directory for each entry it
+// removes; object stores limit requests per prefix): a round takes its
+// candidates from as many directories as its window holds, in turn, and
+// starts them in that order. Labels and legacy images have no storage.
+func directory(n events.NodeRef) string {
+	switch n.Kind {
+	case events.NodeManifest, events.NodeLayer:
+		return string(n.Kind) + "\x00" + n.Repo
+	case events.NodeBlob:
+		d := string(n.Digest)
+		if i := strings.IndexByte(d, ':'); i >= 0 && len(d) >= i+3 {
+			return d[:i+3] // the algorithm and two characters
+		}
+	}
+	return string(n.Kind)
+}
 
 // Collector drains the zero-ref queue.
 type Collector struct {
@@ -393,9 +419,8 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if purge {
 		bound = v.PurgeBound
 	}
-	cands, err := c.cfg.Projection.CandidatesOf(bound, c.cfg.BatchSize, func(k events.NodeKind) bool {
-		return (k == events.NodeBlob) == purge
-	})
+	cands, err := c.cfg.Projection.CandidatesSpread(bound, c.cfg.BatchSize, spreadWindow*c.cfg.BatchSize,
+		func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
 	if err != nil {
 		return 0, err
 	}

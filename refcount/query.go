@@ -37,12 +37,30 @@ func (p *Projection) Candidates(now time.Time, limit int) ([]Candidate, error) {
 // (all of them when keep is nil): the others are passed over, not counted
 // against limit.
 func (p *Projection) CandidatesOf(now time.Time, limit int, keep func(events.NodeKind) bool) ([]Candidate, error) {
+	return p.CandidatesSpread(now, limit, limit, keep, nil)
+}
+
+// CandidatesSpread is CandidatesOf choosing its up to limit nodes among the
+// window oldest eligible ones (window ≥ limit), spread over the groups that
+// group names (nil: one group): a node of each group in turn, the groups in
+// the order of their oldest node, each group's oldest first. The window
+// always holds the oldest eligible node, and every group gives one per
+// turn, so the oldest is chosen in every call while a group's turns last;
+// within a group the order stays the queue's.
+func (p *Projection) CandidatesSpread(now time.Time, limit, window int, keep func(events.NodeKind) bool, group func(events.NodeRef) string) ([]Candidate, error) {
+	window = max(window, limit)
+	type entry struct {
+		at  int64
+		key []byte
+		ref events.NodeRef
+	}
 	var out []Candidate
 	err := p.db.View(func(tx *bolt.Tx) error {
-		nodes := tx.Bucket(bucketNodes)
-		origins := newOriginNames(tx)
+		var groups [][]entry
+		index := map[string]int{}
+		seen := 0
 		c := tx.Bucket(bucketQueue).Cursor()
-		for k, _ := c.First(); k != nil && len(out) < limit; k, _ = c.Next() {
+		for k, _ := c.First(); k != nil && seen < window; k, _ = c.Next() {
 			if len(k) < 9 {
 				return fmt.Errorf("%w: queue key", ErrCorrupt)
 			}
@@ -50,20 +68,41 @@ func (p *Projection) CandidatesOf(now time.Time, limit int, keep func(events.Nod
 			if at > now.UnixNano() {
 				break
 			}
-			nk := k[8:]
-			ref, err := parseNodeKey(nk)
+			ref, err := parseNodeKey(k[8:])
 			if err != nil {
 				return err
 			}
 			if keep != nil && !keep(ref.Kind) {
 				continue
 			}
-			n, err := decodeNode(nodes.Get(nk))
-			if err != nil {
-				return err
+			seen++
+			var name string
+			if group != nil {
+				name = group(ref)
 			}
-			out = append(out, Candidate{Node: ref, Since: time.Unix(0, n.zeroSince).UTC(),
-				EligibleAt: time.Unix(0, at).UTC(), Size: n.size, Origin: origins.name(n.origin)})
+			i, ok := index[name]
+			if !ok {
+				i = len(groups)
+				index[name] = i
+				groups = append(groups, nil)
+			}
+			groups[i] = append(groups[i], entry{at: at, key: k[8:], ref: ref})
+		}
+		nodes := tx.Bucket(bucketNodes)
+		origins := newOriginNames(tx)
+		for turn := 0; len(out) < limit && len(out) < seen; turn++ {
+			for _, g := range groups {
+				if turn >= len(g) || len(out) == limit {
+					continue
+				}
+				e := g[turn]
+				n, err := decodeNode(nodes.Get(e.key))
+				if err != nil {
+					return err
+				}
+				out = append(out, Candidate{Node: e.ref, Since: time.Unix(0, n.zeroSince).UTC(),
+					EligibleAt: time.Unix(0, e.at).UTC(), Size: n.size, Origin: origins.name(n.origin)})
+			}
 		}
 		return nil
 	})
