@@ -75,8 +75,10 @@ func WithRmdirHook(fn func(dir string)) Option {
 
 // newEmptyDirs is the remover for the filesystem driver's parameters.
 func newEmptyDirs(params map[string]any, hook func(string)) *EmptyDirs {
+	// As the driver reads it (filesystem.fromParametersImpl): a key that is
+	// present is taken as it is, even empty.
 	root := defaultFilesystemRoot
-	if v, ok := params["rootdirectory"]; ok && fmt.Sprint(v) != "" {
+	if v, ok := params["rootdirectory"]; ok {
 		root = fmt.Sprint(v)
 	}
 	return &EmptyDirs{root: filepath.Join(root, filepath.FromSlash(Root)), beforeRmdir: hook}

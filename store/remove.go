@@ -1,6 +1,10 @@
 package store
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+)
 
 // # Removing a link or a blob on the filesystem
 //
@@ -21,23 +25,37 @@ import "context"
 // file through that descriptor, closes it, and rmdirs the directory. The
 // parent is locked once. The result is the driver's, or the driver
 // decides:
-//   - the directory, or the file, already gone is success, as for del;
+//   - the file already gone is as good as unlinked; the directory gone
+//     before it is opened is left to the driver (its Stat says "not
+//     found", which del takes for success), so the store never reports a
+//     removal it did not see;
 //   - anything else (the directory holds another entry, the file is a
 //     directory, the directory is a symbolic link or a file, a permission
 //     error) falls back to the driver's Delete, which removes whatever is
-//     there, as before. A symbolic link in place of the directory is
-//     removed, never followed: what it points to is not the layout's.
+//     there, as before. A symbolic link in place of the directory is never
+//     followed.
 //
-// A write racing the removal meets the same steps inside os.RemoveAll: a
-// link written back between the unlink and the rmdir makes the rmdir fail
-// and the fallback remove it, as os.RemoveAll would have; the collector's
-// intent and settle put back what a racing reference needed either way.
+// A write racing the removal: the registry writing the file again
+// between the unlink and the rmdir makes the rmdir fail. os.RemoveAll
+// then fails too and leaves the new file; so does the store
+// (errRewritten), rather than fall back to removing it. The collector's
+// intent stays for its next pass, which finds the node referenced again.
 
 // delObject removes the layout directory p (a driver path) whose only
 // content is the file named file; an absent directory is success.
 func (s *Driver) delObject(ctx context.Context, p, file string) error {
-	if s.dirs != nil && ctx.Err() == nil && removeObjectDir(s.dirs.osPath(p), file) {
-		return nil
+	if s.dirs != nil && ctx.Err() == nil {
+		gone, err := removeObjectDir(s.dirs.osPath(p), file)
+		if err != nil {
+			return fmt.Errorf("store: delete %s: %w", p, err)
+		}
+		if gone {
+			return nil
+		}
 	}
 	return s.del(ctx, p)
 }
+
+// errRewritten is a link or blob file written again while the store
+// removed it.
+var errRewritten = errors.New("rewritten during its removal")

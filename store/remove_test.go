@@ -26,7 +26,7 @@ func TestRemoveObjectAgreesWithDriver(t *testing.T) {
 		setup func(t *testing.T, dir, file, outside string)
 	}{
 		{"as the registry wrote it", true, func(*testing.T, string, string, string) {}},
-		{"already gone", true, func(t *testing.T, dir, _, _ string) { must(t, os.RemoveAll(dir)) }},
+		{"already gone", false, func(t *testing.T, dir, _, _ string) { must(t, os.RemoveAll(dir)) }},
 		{"its file gone", true, func(t *testing.T, dir, file, _ string) { must(t, os.Remove(filepath.Join(dir, file))) }},
 		{"another file beside it", false, func(t *testing.T, dir, _, _ string) {
 			must(t, os.WriteFile(filepath.Join(dir, "other"), []byte("x"), 0o644))
@@ -133,4 +133,26 @@ func tree(t *testing.T, top string) []string {
 		return nil
 	}))
 	return out
+}
+
+// TestEmptyDirsRootAsTheDriver: the store's filesystem root is the one the
+// driver uses, an empty rootdirectory included (the driver then writes
+// under /docker/registry/v2): a removal looking elsewhere would find
+// nothing there and report it gone.
+func TestEmptyDirsRootAsTheDriver(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		params map[string]any
+		want   string
+	}{
+		{"unset", map[string]any{}, filepath.Join(defaultFilesystemRoot, Root)},
+		{"empty", map[string]any{"rootdirectory": ""}, filepath.FromSlash(Root)},
+		{"set", map[string]any{"rootdirectory": "/srv/registry"}, filepath.Join("/srv/registry", Root)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := newEmptyDirs(tc.params, nil).root; got != tc.want {
+				t.Errorf("root %q, want %q", got, tc.want)
+			}
+		})
+	}
 }
