@@ -9,20 +9,18 @@
 //
 // # The drain
 //
-// One pass repeats rounds until two in a row change nothing:
+// One pass repeats rounds until a round changes nothing:
 //
 //  1. Catch up: wait until the projection has applied everything the event
 //     log held at that moment (Log.CatchUp), and remember that sequence.
-//  2. Take up to BatchSize candidates among the oldest, spread over the
-//     storage directories they are removed from (see directory).
+//  2. Take up to BatchSize candidates, oldest first.
 //  3. Re-check them all in one write transaction against the projection at
 //     or past that sequence, and record an intent for each one still
 //     eligible (refcount.BeginCollectBatch).
 //  4. Act on storage, concurrently and rate-limited: unlink manifest
 //     revisions (with their tags' history entries) and layer links; purge
-//     blob data. Blob purges have their own rounds, each with a fresh
-//     catch-up right before it. While a round acts, the next one does
-//     steps 1 to 3 (see "Overlapped rounds").
+//     blob data. Blob purges have their own round, with a fresh catch-up
+//     right before it.
 //  5. Publish one Collected event per intent through the log, wait until
 //     the projection applied them (the cascading releases follow), and then
 //     drop the intents.
@@ -330,8 +328,24 @@ func (c *Collector) Pass(ctx context.Context) (rep Report, err error) {
 	if err := c.lifetimes(ctx, &rep, v); err != nil {
 		return rep, err
 	}
-	if err := c.drain(ctx, &rep); err != nil {
-		return rep, err
+	for {
+		if err := ctx.Err(); err != nil {
+			return rep, err
+		}
+		rep.Rounds++
+		unlinked, err := c.round(ctx, &rep, false)
+		if err != nil {
+			return rep, err
+		}
+		purged := 0
+		if len(rep.View.Paused) == 0 {
+			if purged, err = c.round(ctx, &rep, true); err != nil {
+				return rep, err
+			}
+		}
+		if unlinked+purged == 0 {
+			break
+		}
 	}
 	if _, err := c.cfg.Projection.PruneTrash(c.cfg.Now().Add(-c.cfg.Projection.Options().Retention)); err != nil {
 		return rep, err
@@ -371,159 +385,31 @@ func (c *Collector) plan(ctx context.Context, rep *Report) (Report, error) {
 	return *rep, nil
 }
 
-// # Overlapped rounds
-//
-// Rounds alternate between unlinks and purges. A round's storage
-// operations (act) are what take its time; its other work (catch-up,
-// candidates, storage check, re-check and intents; then the commit) left
-// the storage idle. So the next round is prepared while the one before is
-// in flight, and the flight then lands (its commit) before the next one
-// takes off:
-//
-//	prepare 1 | act 1            | commit 1 | act 2            | commit 2 | ...
-//	          | prepare 2        |          | prepare 3        |
-//
-// A round prepared beside a flight:
-//   - never takes a node of the flight (prepare's exclusion), so no node
-//     has two intents;
-//   - reads the projection before the flight's Collected events are
-//     applied, so it sees the flight's nodes as they were when they were
-//     chosen, and nothing the flight's commit will release (those nodes
-//     come up in a later round);
-//   - checks storage while the flight removes in it: the check passes over
-//     links that vanish as it reads, as it must for the registry's own
-//     deletes, and the flight's nodes are known to the projection, so
-//     their absence or presence proves nothing either way;
-//   - runs no heal that could touch the flight: heals concern unlinked
-//     objects, and a flight's nodes are not unlinked until it lands.
-//
-// A round that finds nothing beside a flight tries the other kind, so that
-// the storage stays busy while only one kind has candidates. A commit
-// never overlaps a flight, nor another commit: undo and settle see
-// storage quiet. A crash leaves the intents of at most two rounds, the
-// flight's (done or not) and the prepared one's (not started), and
-// Recover handles each intent on its own as before. The drain ends after
-// two rounds in a row removed nothing (as before overlapping: an unlink
-// round and a purge round), where a round that found nothing beside a
-// flight does not count: that flight's commit may have released more.
-
-// drain runs overlapped rounds until they find nothing.
-func (c *Collector) drain(ctx context.Context, rep *Report) (err error) {
-	var prev *flight // the round in flight
-	defer func() {
-		if prev != nil { // an error left it in flight: land it anyway
-			if lerr := c.land(ctx, prev, rep); err == nil {
-				err = lerr
-			}
-		}
-	}()
-	prepare := func(purge bool) ([]refcount.Intent, error) {
-		if purge && len(rep.View.Paused) > 0 {
-			return nil, nil
-		}
-		rep.Rounds++
-		return c.prepare(ctx, rep, purge, prev)
-	}
-	// idle counts the rounds in a row that removed nothing: a flight that
-	// landed with nothing done, or a round that found nothing while no
-	// flight was beside it. A round that finds nothing beside a flight
-	// does not count: the flight's commit may release more.
-	purge, idle := false, 0
-	for idle < 2 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		next, err := prepare(purge)
-		if err == nil && len(next) == 0 && prev != nil {
-			// Keep the storage busy: the other kind, beside the same flight.
-			if next, err = prepare(!purge); len(next) > 0 {
-				purge = !purge
-			}
-		}
-		if err != nil {
-			return err
-		}
-		if prev != nil {
-			f := prev
-			prev = nil
-			if err := c.land(ctx, f, rep); err != nil {
-				return err // the prepared round's intents stay for Recover
-			}
-			if len(f.done) > 0 {
-				idle = 0
-			} else {
-				idle++
-			}
-		} else if len(next) == 0 {
-			idle++
-		}
-		if len(next) > 0 {
-			prev = c.start(ctx, next)
-		}
-		purge = !purge
-	}
-	return nil
-}
-
-// flight is a round whose storage operations are under way.
-type flight struct {
-	nodes    map[events.NodeRef]bool
-	finished chan struct{} // closed when the operations are over
-	done     []refcount.Intent
-	errs     int
-	took     time.Duration
-}
-
-// start begins the storage operations of a round's intents.
-func (c *Collector) start(ctx context.Context, intents []refcount.Intent) *flight {
-	f := &flight{nodes: make(map[events.NodeRef]bool, len(intents)), finished: make(chan struct{})}
-	for _, in := range intents {
-		f.nodes[in.Node] = true
-	}
-	go func() {
-		defer close(f.finished)
-		t := time.Now()
-		f.done, f.errs = c.act(ctx, intents)
-		f.took = time.Since(t)
-	}()
-	return f
-}
-
-// land waits for a flight's storage operations and commits them.
-func (c *Collector) land(ctx context.Context, f *flight, rep *Report) error {
-	<-f.finished
-	rep.Errors += f.errs
-	rep.StorageDuration += f.took
-	return c.commit(ctx, f.done, rep)
-}
-
-// prepare does a round's catch-up, candidates, storage check and re-check
-// over either the unlink candidates or the purge candidates, leaving out
-// the nodes of the flight beside it (nil: none), and returns the intents
-// it recorded, their storage operations not started.
-func (c *Collector) prepare(ctx context.Context, rep *Report, purge bool, beside *flight) ([]refcount.Intent, error) {
+// round does one catch-up, re-check, act, commit cycle over either the
+// unlink candidates or the purge candidates, and returns how many it removed.
+func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, error) {
 	if purge && c.cfg.Barrier != nil {
 		if err := c.cfg.Barrier(ctx); err != nil {
 			c.m.barrierFailures.Inc()
 			c.cfg.Logger.Warn("purges wait: the barrier did not pass", "err", err)
-			return nil, nil
+			return 0, nil
 		}
 	}
 	seq, err := c.cfg.Log.CatchUp(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("collector: catch up: %w", err)
+		return 0, fmt.Errorf("collector: catch up: %w", err)
 	}
 	if err := c.heal(ctx, rep); err != nil {
-		return nil, err
+		return 0, err
 	}
 	// The view may have changed since the pass began: a round never acts
 	// on more than the view of its own moment allows.
 	v, err := c.View(c.cfg.Now())
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if v.Whole || (purge && len(v.Paused)+len(v.Silent) > 0) {
-		return nil, nil
+		return 0, nil
 	}
 	paused := map[string]bool{}
 	for _, p := range v.Paused {
@@ -534,17 +420,16 @@ func (c *Collector) prepare(ctx context.Context, rep *Report, purge bool, beside
 		bound = v.PurgeBound
 	}
 	cands, err := c.cfg.Projection.CandidatesSpread(bound, c.cfg.BatchSize, spreadWindow*c.cfg.BatchSize,
-		func(n events.NodeRef) bool {
-			return (n.Kind == events.NodeBlob) == purge && !(paused[n.Repo] && n.Repo != "") && (beside == nil || !beside.nodes[n])
-		}, directory)
+		func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
+	cands = slices.DeleteFunc(cands, func(cd refcount.Candidate) bool { return paused[cd.Node.Repo] && cd.Node.Repo != "" })
 	if c.storageless {
 		cands = c.ownedOnly(cands, rep)
 	}
 	if len(cands) == 0 {
-		return nil, nil
+		return 0, nil
 	}
 	if !purge {
 		checkStart := time.Now()
@@ -552,10 +437,10 @@ func (c *Collector) prepare(ctx context.Context, rep *Report, purge bool, beside
 		rep.CheckDuration += time.Since(checkStart)
 		c.m.checkSeconds.Observe(time.Since(checkStart).Seconds())
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
 		if err := c.refuse(ctx, refusals, rep); err != nil {
-			return nil, err
+			return 0, err
 		}
 		out := map[events.NodeRef]bool{}
 		for _, r := range refusals {
@@ -569,31 +454,34 @@ func (c *Collector) prepare(ctx context.Context, rep *Report, purge bool, beside
 		refs[i], ids[i] = cd.Node, newID()
 	}
 	if len(refs) == 0 {
-		return nil, nil
+		return 0, nil
 	}
 	intents, refused, err := c.cfg.Projection.BeginCollectBatch(ids, refs, bound, seq)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if c.cfg.Intents != nil {
 		if err := c.cfg.Intents.PutIntents(ctx, intents); err != nil {
 			// Nothing was done yet: the next pass finds the local intents
 			// and does them again.
-			return nil, err
+			return 0, err
 		}
 	}
 	rep.Refused += len(refused)
 	c.m.refused.WithLabelValues(RefuseRecheck).Add(float64(len(refused)))
-	return intents, nil
+	actStart := time.Now()
+	done := c.act(ctx, intents, rep)
+	rep.StorageDuration += time.Since(actStart)
+	if err := c.commit(ctx, done, rep); err != nil {
+		return 0, err
+	}
+	return len(done), nil
 }
 
 // act does the storage operation of each intent and returns the ones done.
-// It counts the operations that failed (their intents stay for the next
-// pass) in errs, not in a Report: a round is prepared beside it.
-func (c *Collector) act(ctx context.Context, intents []refcount.Intent) (done []refcount.Intent, errs int) {
+func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Report) []refcount.Intent {
 	var mu sync.Mutex
-	var owners Report // askOwners' errors
-	var owned []refcount.Intent
+	var done, owned []refcount.Intent
 	var corrections []events.Event
 	if len(c.cfg.Owners) > 0 {
 		owned = slices.DeleteFunc(slices.Clone(intents), func(in refcount.Intent) bool { return !c.owned(in) })
@@ -604,7 +492,7 @@ func (c *Collector) act(ctx context.Context, intents []refcount.Intent) (done []
 	if len(owned) > 0 {
 		g.Go(func() error {
 			var d []refcount.Intent
-			d, corrections = c.askOwners(gctx, owned, &owners, &mu)
+			d, corrections = c.askOwners(gctx, owned, rep, &mu)
 			mu.Lock()
 			done = append(done, d...)
 			mu.Unlock()
@@ -618,7 +506,7 @@ func (c *Collector) act(ctx context.Context, intents []refcount.Intent) (done []
 				c.cfg.Logger.Warn("storage operation failed; the intent stays for the next pass",
 					"node", in.Node.String(), "err", err)
 				mu.Lock()
-				errs++
+				rep.Errors++
 				mu.Unlock()
 				return nil
 			}
@@ -630,7 +518,7 @@ func (c *Collector) act(ctx context.Context, intents []refcount.Intent) (done []
 	}
 	_ = g.Wait()
 	c.corrections = append(c.corrections, corrections...) // published by commit, after the removals
-	return done, errs + owners.Errors
+	return done
 }
 
 func (c *Collector) storageOp(ctx context.Context, in refcount.Intent) error {
@@ -872,7 +760,7 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 		return err
 	}
 	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(kept), "total", len(intents))
-	return c.land(ctx, c.start(ctx, kept), rep)
+	return c.commit(ctx, c.act(ctx, kept, rep), rep)
 }
 
 // Run makes a pass at once and then every interval until ctx ends. A

@@ -37,22 +37,17 @@ func (p *Projection) Candidates(now time.Time, limit int) ([]Candidate, error) {
 // (all of them when keep is nil): the others are passed over, not counted
 // against limit.
 func (p *Projection) CandidatesOf(now time.Time, limit int, keep func(events.NodeKind) bool) ([]Candidate, error) {
-	var keepRef func(events.NodeRef) bool
-	if keep != nil {
-		keepRef = func(n events.NodeRef) bool { return keep(n.Kind) }
-	}
-	return p.CandidatesSpread(now, limit, limit, keepRef, nil)
+	return p.CandidatesSpread(now, limit, limit, keep, nil)
 }
 
-// CandidatesSpread is CandidatesOf with keep deciding on each node (those
-// it turns down are passed over, not counted), choosing its up to limit
-// nodes among the window oldest eligible ones (window ≥ limit), spread over the groups that
+// CandidatesSpread is CandidatesOf choosing its up to limit nodes among the
+// window oldest eligible ones (window ≥ limit), spread over the groups that
 // group names (nil: one group): a node of each group in turn, the groups in
 // the order of their oldest node, each group's oldest first. The window
 // always holds the oldest eligible node, and every group gives one per
 // turn, so the oldest is chosen in every call while a group's turns last;
 // within a group the order stays the queue's.
-func (p *Projection) CandidatesSpread(now time.Time, limit, window int, keep func(events.NodeRef) bool, group func(events.NodeRef) string) ([]Candidate, error) {
+func (p *Projection) CandidatesSpread(now time.Time, limit, window int, keep func(events.NodeKind) bool, group func(events.NodeRef) string) ([]Candidate, error) {
 	window = max(window, limit)
 	type entry struct {
 		at  int64
@@ -77,7 +72,7 @@ func (p *Projection) CandidatesSpread(now time.Time, limit, window int, keep fun
 			if err != nil {
 				return err
 			}
-			if keep != nil && !keep(ref) {
+			if keep != nil && !keep(ref.Kind) {
 				continue
 			}
 			seen++

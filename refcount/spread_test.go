@@ -20,7 +20,7 @@ func TestCandidatesSpread(t *testing.T) {
 		f.advance(time.Minute)
 		f.apply(pushB("z", "blob-"+m.d))
 	}
-	manifests := func(n events.NodeRef) bool { return n.Kind == events.NodeManifest }
+	manifests := func(k events.NodeKind) bool { return k == events.NodeManifest }
 	byRepo := func(n events.NodeRef) string { return n.Repo }
 	for _, tc := range []struct {
 		name          string
@@ -55,7 +55,7 @@ func TestCandidatesSpread(t *testing.T) {
 		})
 	}
 	// CandidatesOf is the spread without groups over a window of its limit.
-	of, err := f.p.CandidatesOf(f.now.Add(2*time.Hour), 6, func(k events.NodeKind) bool { return k == events.NodeManifest })
+	of, err := f.p.CandidatesOf(f.now.Add(2*time.Hour), 6, manifests)
 	if err != nil {
 		t.Fatal(err)
 	}
