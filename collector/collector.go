@@ -13,7 +13,8 @@
 //
 //  1. Catch up: wait until the projection has applied everything the event
 //     log held at that moment (Log.CatchUp), and remember that sequence.
-//  2. Take up to BatchSize candidates, oldest first.
+//  2. Take up to BatchSize candidates among the oldest, spread over the
+//     storage directories they are removed from (see directory).
 //  3. Re-check them all in one write transaction against the projection at
 //     or past that sequence, and record an intent for each one still
 //     eligible (refcount.BeginCollectBatch).
@@ -161,10 +162,14 @@ const spreadWindow = 16
 // Distribution's layout: a repository's revisions directory, its layer
 // links directory, a blob's two-character prefix directory (on an object
 // store, the key prefix). Operations in flight in the same directory wait
-// on each other (the filesystem locks a directory for each entry it
-// removes; object stores limit requests per prefix): a round takes its
-// candidates from as many directories as its window holds, in turn, and
-// starts them in that order. Labels and legacy images have no storage.
+// on each other: the filesystem locks a directory for each entry removed
+// from it, and object stores limit the requests per prefix. So a round
+// takes its candidates among spreadWindow rounds' worth of the oldest, a
+// directory at a time in turn, and starts them in that order; half as
+// many directories take turns as the round has operations in flight (at
+// least two), so that at most two in flight share a directory, and a
+// round touches no more repositories than that needs (the storage check
+// lists each one). Labels and legacy images have no storage.
 func directory(n events.NodeRef) string {
 	switch n.Kind {
 	case events.NodeManifest, events.NodeLayer:
@@ -420,7 +425,7 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 		bound = v.PurgeBound
 	}
 	cands, err := c.cfg.Projection.CandidatesSpread(bound, c.cfg.BatchSize, spreadWindow*c.cfg.BatchSize,
-		func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
+		max(2, c.cfg.Concurrency/2), func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
 	if err != nil {
 		return 0, err
 	}

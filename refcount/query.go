@@ -37,17 +37,17 @@ func (p *Projection) Candidates(now time.Time, limit int) ([]Candidate, error) {
 // (all of them when keep is nil): the others are passed over, not counted
 // against limit.
 func (p *Projection) CandidatesOf(now time.Time, limit int, keep func(events.NodeKind) bool) ([]Candidate, error) {
-	return p.CandidatesSpread(now, limit, limit, keep, nil)
+	return p.CandidatesSpread(now, limit, limit, 0, keep, nil)
 }
 
 // CandidatesSpread is CandidatesOf choosing its up to limit nodes among the
 // window oldest eligible ones (window ≥ limit), spread over the groups that
-// group names (nil: one group): a node of each group in turn, the groups in
-// the order of their oldest node, each group's oldest first. The window
-// always holds the oldest eligible node, and every group gives one per
-// turn, so the oldest is chosen in every call while a group's turns last;
-// within a group the order stays the queue's.
-func (p *Projection) CandidatesSpread(now time.Time, limit, window int, keep func(events.NodeKind) bool, group func(events.NodeRef) string) ([]Candidate, error) {
+// group names (nil: one group): a node of each group in turn, width groups
+// at a time (≤ 0: all), the groups in the order of their oldest node, each
+// group's oldest first; a group that runs out gives its turn to the next.
+// The first group holds the oldest eligible node, so it is chosen in every
+// call; within a group the order stays the queue's.
+func (p *Projection) CandidatesSpread(now time.Time, limit, window, width int, keep func(events.NodeKind) bool, group func(events.NodeRef) string) ([]Candidate, error) {
 	window = max(window, limit)
 	type entry struct {
 		at  int64
@@ -90,18 +90,37 @@ func (p *Projection) CandidatesSpread(now time.Time, limit, window int, keep fun
 		}
 		nodes := tx.Bucket(bucketNodes)
 		origins := newOriginNames(tx)
-		for turn := 0; len(out) < limit && len(out) < seen; turn++ {
-			for _, g := range groups {
-				if turn >= len(g) || len(out) == limit {
-					continue
-				}
-				e := g[turn]
+		// The groups take turns, width of them at a time: one that runs
+		// out gives its place to the next one in order.
+		if width <= 0 || width > len(groups) {
+			width = len(groups)
+		}
+		turns := make([]int, width) // indexes into groups
+		for i := range turns {
+			turns[i] = i
+		}
+		nextGroup, pos := width, make([]int, len(groups))
+		for len(out) < limit && len(turns) > 0 {
+			for i := 0; i < len(turns) && len(out) < limit; {
+				g := turns[i]
+				e := groups[g][pos[g]]
+				pos[g]++
 				n, err := decodeNode(nodes.Get(e.key))
 				if err != nil {
 					return err
 				}
 				out = append(out, Candidate{Node: e.ref, Since: time.Unix(0, n.zeroSince).UTC(),
 					EligibleAt: time.Unix(0, e.at).UTC(), Size: n.size, Origin: origins.name(n.origin)})
+				switch {
+				case pos[g] < len(groups[g]):
+					i++
+				case nextGroup < len(groups):
+					turns[i] = nextGroup
+					nextGroup++
+					i++
+				default:
+					turns = append(turns[:i], turns[i+1:]...)
+				}
 			}
 		}
 		return nil

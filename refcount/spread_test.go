@@ -9,8 +9,9 @@ import (
 )
 
 // TestCandidatesSpread: a round's candidates come from the window oldest,
-// a group at a time in turn, each group's oldest first; the oldest is
-// always among them, and without groups the order is the queue's.
+// a group at a time in turn (width of them taking turns), each group's
+// oldest first; the oldest is always among them, and without groups the
+// order is the queue's.
 func TestCandidatesSpread(t *testing.T) {
 	f := newFixture(t, Options{Grace: time.Hour, Untagged: PolicyDelete})
 	// Oldest first: a1 a2 a3 b1 b2 c1, each a minute after the one before,
@@ -23,21 +24,25 @@ func TestCandidatesSpread(t *testing.T) {
 	manifests := func(k events.NodeKind) bool { return k == events.NodeManifest }
 	byRepo := func(n events.NodeRef) string { return n.Repo }
 	for _, tc := range []struct {
-		name          string
-		limit, window int
-		group         func(events.NodeRef) string
-		want          []string
+		name                 string
+		limit, window, width int
+		group                func(events.NodeRef) string
+		want                 []string
 	}{
-		{"queue order without groups", 4, 6, nil, []string{"a1", "a2", "a3", "b1"}},
-		{"a repository at a time", 4, 6, byRepo, []string{"a1", "b1", "c1", "a2"}},
-		{"all of the window", 6, 6, byRepo, []string{"a1", "b1", "c1", "a2", "b2", "a3"}},
-		{"only the window", 4, 4, byRepo, []string{"a1", "b1", "a2", "a3"}},
-		{"a window under the limit is the limit", 3, 1, byRepo, []string{"a1", "a2", "a3"}},
-		{"more than there is", 10, 100, byRepo, []string{"a1", "b1", "c1", "a2", "b2", "a3"}},
-		{"one", 1, 6, byRepo, []string{"a1"}},
+		{"queue order without groups", 4, 6, 0, nil, []string{"a1", "a2", "a3", "b1"}},
+		{"a repository at a time", 4, 6, 0, byRepo, []string{"a1", "b1", "c1", "a2"}},
+		{"all of the window", 6, 6, 0, byRepo, []string{"a1", "b1", "c1", "a2", "b2", "a3"}},
+		{"only the window", 4, 4, 0, byRepo, []string{"a1", "b1", "a2", "a3"}},
+		{"a window under the limit is the limit", 3, 1, 0, byRepo, []string{"a1", "a2", "a3"}},
+		{"more than there is", 10, 100, 0, byRepo, []string{"a1", "b1", "c1", "a2", "b2", "a3"}},
+		{"one", 1, 6, 0, byRepo, []string{"a1"}},
+		{"two repositories at a time", 6, 6, 2, byRepo, []string{"a1", "b1", "a2", "b2", "a3", "c1"}},
+		{"two at a time, up to the limit", 4, 6, 2, byRepo, []string{"a1", "b1", "a2", "b2"}},
+		{"as many at a time as there are", 6, 6, 3, byRepo, []string{"a1", "b1", "c1", "a2", "b2", "a3"}},
+		{"one at a time is the queue's order", 4, 6, 1, byRepo, []string{"a1", "a2", "a3", "b1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cs, err := f.p.CandidatesSpread(f.now.Add(2*time.Hour), tc.limit, tc.window, manifests, tc.group)
+			cs, err := f.p.CandidatesSpread(f.now.Add(2*time.Hour), tc.limit, tc.window, tc.width, manifests, tc.group)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,12 +64,12 @@ func TestCandidatesSpread(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spread, err := f.p.CandidatesSpread(f.now.Add(2*time.Hour), 6, 6, manifests, nil)
+	spread, err := f.p.CandidatesSpread(f.now.Add(2*time.Hour), 6, 6, 0, manifests, nil)
 	if err != nil || !slices.Equal(of, spread) {
 		t.Errorf("CandidatesOf %v, CandidatesSpread without groups %v (%v)", of, spread, err)
 	}
 	// Nothing is eligible before its grace ends.
-	if cs, err := f.p.CandidatesSpread(f.now, 6, 6, manifests, byRepo); err != nil || len(cs) != 0 {
+	if cs, err := f.p.CandidatesSpread(f.now, 6, 6, 0, manifests, byRepo); err != nil || len(cs) != 0 {
 		t.Errorf("before the grace: %v (%v)", cs, err)
 	}
 }
