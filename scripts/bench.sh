@@ -23,6 +23,7 @@ run stats         go test ./refcount -run '^$' -bench BenchmarkStats -count 3
 run webhook       go test ./events/distribution -run '^$' -bench BenchmarkWebhook -benchtime 2s -count 3
 run e2e           go test ./internal/daemon -run '^$' -bench BenchmarkWebhookE2E -benchtime 5000x -count 3
 run collector     go test ./collector -run '^$' -bench BenchmarkCollectorDeletes -benchtime 3x -timeout 60m
+run collectorpaired go test ./collector -run '^$' -bench 'BenchmarkCollectorDeletes/paired' -benchtime 2x -timeout 60m
 run store         go test ./store -run '^$' -bench . -benchtime 2s -count 5
 run reconcile     go test ./collector -run '^$' -bench BenchmarkReconcilePass -benchtime 3x
 run reclaim       go test ./collector -run '^$' -bench BenchmarkReclaimOne -benchtime 1x -count 2 -timeout 60m
