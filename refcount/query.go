@@ -68,12 +68,14 @@ func (p *Projection) CandidatesSpread(now time.Time, limit, window, width int, k
 			if at > now.UnixNano() {
 				break
 			}
+			// The kind first, from the key's first byte: what keep passes
+			// over costs no parse (a backlog of one kind can be long).
+			if kind, ok := keyKind(k[8:]); ok && keep != nil && !keep(kind) {
+				continue
+			}
 			ref, err := parseNodeKey(k[8:])
 			if err != nil {
 				return err
-			}
-			if keep != nil && !keep(ref.Kind) {
-				continue
 			}
 			seen++
 			var name string

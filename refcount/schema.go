@@ -405,32 +405,49 @@ func nodeKeyLen(k []byte) int {
 
 // parseNodeKey turns a node key back into a NodeRef.
 func parseNodeKey(k []byte) (events.NodeRef, error) {
-	if nodeKeyLen(k) != len(k) {
+	kind, ok := keyKind(k)
+	if !ok || nodeKeyLen(k) != len(k) {
 		return events.NodeRef{}, fmt.Errorf("%w: node key %q", ErrCorrupt, k)
 	}
-	if k[0] == kBlob {
+	if kind == events.NodeBlob {
 		d, err := decodeDigest(k[1:])
-		return events.NodeRef{Kind: events.NodeBlob, Digest: d}, err
+		return events.NodeRef{Kind: kind, Digest: d}, err
 	}
 	i := bytes.IndexByte(k, 0)
 	repo, rest := string(k[1:i]), k[i+1:]
+	switch kind {
+	case events.NodeManifest, events.NodeLayer:
+		d, err := decodeDigest(rest)
+		return events.NodeRef{Kind: kind, Repo: repo, Digest: d}, err
+	case events.NodePartition:
+		return events.NodeRef{Kind: kind, Name: string(rest)}, nil
+	}
+	return events.NodeRef{Kind: kind, Repo: repo, Name: string(rest)}, nil // a tag, a label, a legacy image
+}
+
+// keyKind is the kind of a node key, read from its first byte alone;
+// false for a byte that names no kind.
+func keyKind(k []byte) (events.NodeKind, bool) {
+	if len(k) == 0 {
+		return "", false
+	}
 	switch k[0] {
 	case kTag:
-		return events.NodeRef{Kind: events.NodeTag, Repo: repo, Name: string(rest)}, nil
+		return events.NodeTag, true
 	case kManifest:
-		d, err := decodeDigest(rest)
-		return events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}, err
+		return events.NodeManifest, true
 	case kLayer:
-		d, err := decodeDigest(rest)
-		return events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: d}, err
+		return events.NodeLayer, true
+	case kBlob:
+		return events.NodeBlob, true
 	case kLabel:
-		return events.NodeRef{Kind: events.NodeLabel, Repo: repo, Name: string(rest)}, nil
+		return events.NodeLabel, true
 	case kLegacy:
-		return events.NodeRef{Kind: events.NodeLegacy, Repo: repo, Name: string(rest)}, nil
+		return events.NodeLegacy, true
 	case kHolder:
-		return events.NodeRef{Kind: events.NodePartition, Name: string(rest)}, nil
+		return events.NodePartition, true
 	}
-	return events.NodeRef{}, fmt.Errorf("%w: node kind %q", ErrCorrupt, k[0])
+	return "", false
 }
 
 // Sub-key types: what follows <node key> 0x01.
