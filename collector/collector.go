@@ -166,10 +166,10 @@ const spreadWindow = 16
 // from it, and object stores limit the requests per prefix. So a round
 // takes its candidates among spreadWindow rounds' worth of the oldest, a
 // directory at a time in turn, and starts them in that order; half as
-// many directories take turns as the round has operations in flight (at
-// least two), so that at most two in flight share a directory, and a
-// round touches no more repositories than that needs (the storage check
-// lists each one). Labels and legacy images have no storage.
+// many directories take turns as the round has operations in flight
+// (rounded up, at least two), so that two operations started one after
+// the other at most share a directory, and a round touches no more
+// repositories than that needs (the storage check lists each one). Labels and legacy images have no storage.
 func directory(n events.NodeRef) string {
 	switch n.Kind {
 	case events.NodeManifest, events.NodeLayer:
@@ -425,7 +425,7 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 		bound = v.PurgeBound
 	}
 	cands, err := c.cfg.Projection.CandidatesSpread(bound, c.cfg.BatchSize, spreadWindow*c.cfg.BatchSize,
-		max(2, c.cfg.Concurrency/2), func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
+		max(2, (c.cfg.Concurrency+1)/2), func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
 	if err != nil {
 		return 0, err
 	}

@@ -69,8 +69,9 @@ func (p *Projection) CandidatesSpread(now time.Time, limit, window, width int, k
 				break
 			}
 			// The kind first, from the key's first byte: what keep passes
-			// over costs no parse (a backlog of one kind can be long).
-			if kind, ok := keyKind(k[8:]); ok && keep != nil && !keep(kind) {
+			// over costs no parse (a backlog of one kind can be long),
+			// only the check of its length, which finds a damaged key.
+			if kind, ok := keyKind(k[8:]); ok && keep != nil && !keep(kind) && nodeKeyLen(k[8:]) == len(k)-8 {
 				continue
 			}
 			ref, err := parseNodeKey(k[8:])

@@ -1,9 +1,13 @@
 package refcount
 
 import (
+	"encoding/binary"
+	"errors"
 	"slices"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/refgc/refgc/events"
 )
@@ -71,5 +75,23 @@ func TestCandidatesSpread(t *testing.T) {
 	// Nothing is eligible before its grace ends.
 	if cs, err := f.p.CandidatesSpread(f.now, 6, 6, 0, manifests, byRepo); err != nil || len(cs) != 0 {
 		t.Errorf("before the grace: %v (%v)", cs, err)
+	}
+}
+
+// TestCandidatesSpreadDamagedKey: a damaged queue entry fails the call
+// even when it is of a kind the call passes over.
+func TestCandidatesSpreadDamagedKey(t *testing.T) {
+	f := newFixture(t, Options{Grace: time.Hour, Untagged: PolicyDelete})
+	f.apply(pushM("a", "a1", "", nil, nil, ""))
+	at := make([]byte, 8)
+	binary.BigEndian.PutUint64(at, uint64(f.now.UnixNano()))
+	if err := f.p.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketQueue).Put(append(at, 'b', 0x01, 0xaa), nil) // a blob key cut short
+	}); err != nil {
+		t.Fatal(err)
+	}
+	manifests := func(k events.NodeKind) bool { return k == events.NodeManifest }
+	if _, err := f.p.CandidatesSpread(f.now.Add(2*time.Hour), 4, 4, 0, manifests, nil); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a damaged key passed over: %v, want ErrCorrupt", err)
 	}
 }
