@@ -67,8 +67,10 @@ type EmptyDirs struct {
 // stores) or of unknown layout (FromDriver).
 func (s *Driver) EmptyDirs() *EmptyDirs { return s.dirs }
 
-// WithRmdirHook calls fn right before every rmdir of EmptyDirs, with the
-// directory: for tests that inject a write racing the removal.
+// WithRmdirHook calls fn right before every rmdir the store makes on the
+// filesystem (EmptyDirs, and a link's or blob's own directory after its
+// file is unlinked), with the directory: for tests that inject a write
+// racing the removal.
 func WithRmdirHook(fn func(dir string)) Option {
 	return func(s *Driver) { s.rmdirHook = fn }
 }

@@ -45,7 +45,7 @@ import (
 // content is the file named file; an absent directory is success.
 func (s *Driver) delObject(ctx context.Context, p, file string) error {
 	if s.dirs != nil && ctx.Err() == nil {
-		gone, err := removeObjectDir(s.dirs.osPath(p), file)
+		gone, err := removeObjectDir(s.dirs.osPath(p), file, s.rmdirHook)
 		if err != nil {
 			return fmt.Errorf("store: delete %s: %w", p, err)
 		}

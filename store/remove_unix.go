@@ -9,16 +9,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rmdirObjectHook, if set, is called between the unlink and the rmdir
-// (tests inject a racing write there).
-var rmdirObjectHook func(dir string)
-
 // removeObjectDir unlinks file inside dir and removes dir, with dir
 // opened without following a symbolic link. It reports whether dir is
 // gone; false with no error leaves the rest to the driver's Delete. An
 // rmdir that finds file written again after the unlink is an error: a
-// racing write, left in place.
-func removeObjectDir(dir, file string) (bool, error) {
+// racing write, left in place. beforeRmdir, if set, is called between the
+// unlink and the rmdir (WithRmdirHook).
+func removeObjectDir(dir, file string, beforeRmdir func(string)) (bool, error) {
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false, nil // gone, or not a plain directory: the driver decides
@@ -28,8 +25,8 @@ func removeObjectDir(dir, file string) (bool, error) {
 		unix.Close(fd)
 		return false, nil
 	}
-	if rmdirObjectHook != nil {
-		rmdirObjectHook(dir)
+	if beforeRmdir != nil {
+		beforeRmdir(dir)
 	}
 	err = unix.Rmdir(dir)
 	if err == nil || errors.Is(err, unix.ENOENT) {

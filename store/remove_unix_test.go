@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // TestRemoveObjectRacingRewrite: a link the registry writes again between
@@ -16,14 +18,16 @@ import (
 // removing it.
 func TestRemoveObjectRacingRewrite(t *testing.T) {
 	ctx := context.Background()
-	s := newFS(t, t.TempDir())
-	d := putBlob(t, s, "layer")
+	var link string
+	d := digest.FromString("layer")
+	s, err := New(ctx, "filesystem", map[string]any{"rootdirectory": t.TempDir()},
+		WithRmdirHook(func(string) { must(t, os.WriteFile(link, []byte(d.String()), 0o644)) }))
+	must(t, err)
+	putBlob(t, s, "layer")
 	must(t, s.LinkLayer(ctx, "r", d))
 	p, _ := layerDir("r", d)
-	link := filepath.Join(s.dirs.osPath(p), linkFile)
-	rmdirObjectHook = func(string) { must(t, os.WriteFile(link, []byte(d.String()), 0o644)) }
-	t.Cleanup(func() { rmdirObjectHook = nil })
-	err := s.DeleteLayerLink(ctx, "r", d)
+	link = filepath.Join(s.dirs.osPath(p), linkFile)
+	err = s.DeleteLayerLink(ctx, "r", d)
 	if !errors.Is(err, errRewritten) {
 		t.Errorf("DeleteLayerLink: %v, want errRewritten", err)
 	}
