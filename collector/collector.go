@@ -570,9 +570,12 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 		return fmt.Errorf("collector: catch up after removals: %w", err)
 	}
 	settled := make([]string, 0, len(done))
+	var restored []string
 	defer func() {
-		// One transaction (one fsync) for the whole round's intents.
-		if err := c.dropIntents(ctx, settled); err != nil {
+		// Applying a Collected event dropped the projection's intent if
+		// the removal committed; those of the removals restored go here,
+		// in one transaction (none in a round without a race).
+		if err := c.dropIntents(ctx, restored, settled); err != nil {
 			c.cfg.Logger.Error("dropping settled intents failed; recovery will drop them", "err", err)
 		}
 	}()
@@ -586,6 +589,7 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Rep
 		}
 		settled = append(settled, in.ID)
 		if raced {
+			restored = append(restored, in.ID)
 			rep.Restored++
 			relinked = append(relinked, c.healedEvent(in.Node, "undo-"+in.ID))
 			continue
@@ -761,7 +765,7 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 	if err := c.publishHealed(ctx, relinked); err != nil {
 		return err
 	}
-	if err := c.dropIntents(ctx, drop); err != nil {
+	if err := c.dropIntents(ctx, drop, drop); err != nil {
 		return err
 	}
 	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(kept), "total", len(intents))

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -96,6 +97,8 @@ func BenchmarkCollectorDeletes(b *testing.B) {
 	b.Run("os.RemoveAll-keyorder", func(b *testing.B) { benchRaw(b, rawRemoval{keyOrder: true}) })
 	b.Run("unlink+rmdir", func(b *testing.B) { benchRaw(b, rawRemoval{minimal: true}) })
 	b.Run("unlink+rmdir-keyorder", func(b *testing.B) { benchRaw(b, rawRemoval{minimal: true, keyOrder: true}) })
+	b.Run("unlink+rmdir+commits-between", func(b *testing.B) { benchRaw(b, rawRemoval{minimal: true, commits: commitsBetween}) })
+	b.Run("unlink+rmdir+commits-beside", func(b *testing.B) { benchRaw(b, rawRemoval{minimal: true, commits: commitsBeside}) })
 	b.Run("paired", func(b *testing.B) {
 		var col, raw, durable, minimal deleteRun
 		for i := 0; i < b.N; i++ {
@@ -237,6 +240,47 @@ type rawRemoval struct {
 	syncfs   bool // then syncfs(2) of the storage's filesystem, inside the clock
 	keyOrder bool // in the collector's order, not the world's
 	minimal  bool // unlink the one file and rmdir its directory, not os.RemoveAll
+	// commits, when set, is what a collector must add to the removals at
+	// the least: two small synchronous writes (a page and fdatasync, as a
+	// bbolt commit ends) to a file on the storage's filesystem per 256
+	// removals, as a round records its intents and then commits its
+	// removals. Each forces the filesystem's journal, with the removals
+	// in it, to disk.
+	commits commitMode
+}
+
+// commitMode is when rawRemoval's synchronous writes run.
+type commitMode int
+
+const (
+	noCommits commitMode = iota
+	// commitsBetween: between rounds of 256 removals, which wait for them
+	// (the collector's rounds).
+	commitsBetween
+	// commitsBeside: beside the removals, which never wait for them (the
+	// best any design with durable intents could do).
+	commitsBeside
+)
+
+// commitsPerRound and commitRound are rawRemoval's commits: two per 256.
+const (
+	commitsPerRound = 2
+	commitRound     = 256
+)
+
+// syncedWrites writes a page to f at a rotating offset and fdatasyncs it,
+// n times.
+func syncedWrites(b *testing.B, f *os.File, seq *int64, n int) {
+	page := make([]byte, 4096)
+	for range n {
+		*seq++
+		if _, err := f.WriteAt(page, (*seq%256)*4096); err != nil {
+			b.Fatal(err)
+		}
+		if err := unix.Fdatasync(int(f.Fd())); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
 
 // benchRaw is a baseline: the same paths removed by 8 goroutines, nothing
@@ -288,23 +332,55 @@ func rawOnce(b *testing.B, i int, how rawRemoval) deleteRun {
 			return syscall.Rmdir(dir)
 		}
 	}
+	var journal *os.File
+	if how.commits != noCommits {
+		var err error
+		if journal, err = os.Create(filepath.Join(filepath.Dir(w.root), "commits")); err != nil {
+			b.Fatal(err)
+		}
+		defer journal.Close()
+		if err := journal.Truncate(256 * 4096); err != nil {
+			b.Fatal(err)
+		}
+	}
 	r := timed(b, func() {
 		ch := make(chan string)
+		// tick gets a value each time another commitRound removals are done.
+		tick := make(chan struct{}, len(paths)/commitRound+1)
 		var wg sync.WaitGroup
+		var removed atomic.Int64
 		for range 8 {
 			wg.Go(func() {
 				for p := range ch {
 					if err := remove(p); err != nil {
 						b.Error(err)
 					}
+					if removed.Add(1)%commitRound == 0 {
+						tick <- struct{}{}
+					}
 				}
 			})
 		}
-		for _, p := range paths {
+		var seq int64
+		var beside sync.WaitGroup
+		if how.commits == commitsBeside {
+			beside.Go(func() {
+				for range tick {
+					syncedWrites(b, journal, &seq, commitsPerRound)
+				}
+			})
+		}
+		for i, p := range paths {
+			if how.commits == commitsBetween && i > 0 && i%commitRound == 0 {
+				<-tick // the round's removals are done
+				syncedWrites(b, journal, &seq, commitsPerRound)
+			}
 			ch <- p
 		}
 		close(ch)
 		wg.Wait()
+		close(tick)
+		beside.Wait()
 		if how.syncfs {
 			f, err := os.Open(w.root)
 			if err != nil {

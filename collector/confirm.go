@@ -142,6 +142,10 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 			return nil, err
 		}
 	}
+	// The links' times first (storage reads), then what the projection
+	// heard of the linked ones, in one read transaction.
+	var linked []events.NodeRef
+	var written []time.Time
 	for _, cd := range cands {
 		if !want[cd.Node] {
 			continue
@@ -153,41 +157,46 @@ func (c *Collector) confirmRepo(ctx context.Context, repo string, cands []refcou
 		case err != nil:
 			return nil, err
 		}
-		ni, ok, err := c.cfg.Projection.Lookup(cd.Node)
-		if err != nil {
-			return nil, err
-		}
-		switch heard := ni.Heard; {
+		linked, written = append(linked, cd.Node), append(written, mt)
+	}
+	err := c.cfg.Projection.LookupMany(linked, func(i int, ni refcount.NodeInfo, ok bool) error {
+		switch heard, mt := ni.Heard, written[i]; {
 		case !ok:
-			refuse(cd.Node, RefuseRewritten, "no longer in the projection")
+			refuse(linked[i], RefuseRewritten, "no longer in the projection")
 		case heard == nil:
 			// Recorded before the projection kept the time (an older
 			// file): the other checks stand for this one.
 		case mt.After(heard.Add(c.cfg.ClockSkew)):
-			refuse(cd.Node, RefuseRewritten, fmt.Sprintf("link written %s, last heard %s",
+			refuse(linked[i], RefuseRewritten, fmt.Sprintf("link written %s, last heard %s",
 				mt.UTC().Format(time.RFC3339Nano), heard.UTC().Format(time.RFC3339Nano)))
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	var unknown []digest.Digest
+	var listed []events.NodeRef
 	stored := map[digest.Digest]bool{}
-	err := rd.Revisions(ctx, repo, func(d digest.Digest) error {
+	err = rd.Revisions(ctx, repo, func(d digest.Digest) error {
 		stored[d] = true
-		n := events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}
-		if want[n] {
-			return nil
-		}
-		ni, ok, err := c.cfg.Projection.Lookup(n)
-		if err != nil {
-			return err
-		}
-		if !ok || !ni.Present || ni.Pinned {
-			unknown = append(unknown, d) // or known only by name: what it references is not
+		if n := (events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d}); !want[n] {
+			listed = append(listed, n)
 		}
 		return nil
 	})
 	// A repository without revisions lists nothing, without an error: an
 	// error, even one wrapping "not exist", is a listing cut short, whose
 	// missing revisions could hold what this round would unlink.
+	if err != nil {
+		return nil, err
+	}
+	var unknown []digest.Digest
+	err = c.cfg.Projection.LookupMany(listed, func(i int, ni refcount.NodeInfo, ok bool) error {
+		if !ok || !ni.Present || ni.Pinned {
+			unknown = append(unknown, listed[i].Digest) // or known only by name: what it references is not
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}

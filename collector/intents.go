@@ -140,16 +140,14 @@ func (c *Collector) allIntents(ctx context.Context) ([]refcount.Intent, error) {
 	return local, nil
 }
 
-// dropIntents drops settled intents from the projection and the store.
-func (c *Collector) dropIntents(ctx context.Context, ids []string) error {
-	if len(ids) == 0 {
-		return nil
-	}
-	if err := c.cfg.Projection.DropIntents(ids); err != nil {
+// dropIntents drops settled intents: local ones from the projection,
+// shared ones from the IntentStore, each in one call.
+func (c *Collector) dropIntents(ctx context.Context, local, shared []string) error {
+	if err := c.cfg.Projection.DropIntents(local); err != nil {
 		return err
 	}
-	if c.cfg.Intents != nil {
-		return c.cfg.Intents.DropIntents(ctx, ids)
+	if c.cfg.Intents != nil && len(shared) > 0 {
+		return c.cfg.Intents.DropIntents(ctx, shared)
 	}
 	return nil
 }

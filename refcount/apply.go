@@ -361,8 +361,32 @@ func (t *txn) collected(c *events.CollectedRef, at time.Time) {
 	k := nodeKey(c.Node)
 	if k[0] == kTag {
 		t.collectedTag(k, c)
+	} else {
+		t.collectedNode(k, c, at)
+	}
+	t.settleIntent(k, c.Intent)
+}
+
+// settleIntent drops the intent a Collected event completes once the node
+// is no longer present: what recovery would conclude of it after a crash
+// (the removal is committed), done in the transaction that commits it, so
+// a round pays no transaction of its own to drop it. The intent of a
+// removal that raced stays: the collector restores the node, then drops
+// it. Intents are this projection's own; another instance's id is absent.
+func (t *txn) settleIntent(k []byte, id string) {
+	if id == "" || (t.exists(k) && t.get(k).present()) {
 		return
 	}
+	b := t.tx.Bucket(bucketIntents)
+	if b.Get([]byte(id)) == nil {
+		return
+	}
+	t.delta.intents--
+	t.del(b, []byte(id))
+}
+
+// collectedNode is collected for a node other than a tag.
+func (t *txn) collectedNode(k []byte, c *events.CollectedRef, at time.Time) {
 	if !t.exists(k) {
 		return
 	}

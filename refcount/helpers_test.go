@@ -131,10 +131,12 @@ func (f *fixture) check() {
 	f.lookupsAgree()
 }
 
-// lookupsAgree checks that Lookup, and the walks' iterations, give what
-// Get gives without the holders.
+// lookupsAgree checks that Lookup, LookupMany, and the walks' iterations,
+// give what Get gives without the holders.
 func (f *fixture) lookupsAgree() {
 	f.t.Helper()
+	var refs []events.NodeRef
+	var want []NodeInfo
 	walked := map[string]NodeInfo{}
 	for _, kind := range []events.NodeKind{events.NodeTag, events.NodeManifest, events.NodeLayer, events.NodeBlob} {
 		err := f.p.ForEachIn(kind, "", func(ni NodeInfo) error { walked[ni.Node.String()] = ni; return nil })
@@ -151,8 +153,20 @@ func (f *fixture) lookupsAgree() {
 		if !reflect.DeepEqual(got, ni) {
 			f.t.Errorf("lookup %s:\n got %+v\nwant %+v", ni.Node, got, ni)
 		}
+		refs, want = append(refs, ni.Node), append(want, ni)
 		if w, ok := walked[ni.Node.String()]; ok && !reflect.DeepEqual(w, ni) {
 			f.t.Errorf("walk %s:\n got %+v\nwant %+v", ni.Node, w, ni)
+		}
+		return nil
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	// And a node without a record, among them.
+	refs, want = append(refs, manN("nowhere", "x")), append(want, NodeInfo{})
+	err = f.p.LookupMany(refs, func(i int, ni NodeInfo, ok bool) error {
+		if ok != (i < len(refs)-1) || !reflect.DeepEqual(ni, want[i]) {
+			f.t.Errorf("lookup many %s (%v):\n got %+v\nwant %+v", refs[i], ok, ni, want[i])
 		}
 		return nil
 	})

@@ -215,6 +215,56 @@ func TestEventKinds(t *testing.T) {
 	}
 }
 
+// TestCollectedDropsItsIntent: applying a Collected event drops the intent
+// it completes when the removal is committed (what recovery would do),
+// and keeps it when the removal raced, for the collector's undo.
+func TestCollectedDropsItsIntent(t *testing.T) {
+	tests := []struct {
+		name    string
+		between func(f *fixture)             // applied after the intent, before Collected
+		edit    func(e *events.CollectedRef) // of the Collected event
+		kept    bool                         // the intent stays
+	}{
+		{"committed", nil, nil, false},
+		{"raced with a new tag", func(f *fixture) { f.apply(setT("app", "v1", "m")) }, nil, true},
+		{"already deleted", func(f *fixture) { f.apply(delD("app", "m")) }, nil, false},
+		{"another instance's id", nil, func(e *events.CollectedRef) { e.Intent = "elsewhere" }, true},
+		{"no id", nil, func(e *events.CollectedRef) { e.Intent = "" }, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, Options{})
+			f.apply(pushM("app", "m", "", []string{"l"}, nil, ""))
+			f.advance(2 * hour)
+			cur, _ := f.p.Cursor()
+			in, err := f.p.BeginCollect("i1", manN("app", "m"), f.now, cur)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.between != nil {
+				tc.between(f)
+			}
+			ev := collectedEv(in)
+			if tc.edit != nil {
+				tc.edit(ev.Collected)
+			}
+			f.apply(ev)
+			ins, err := f.p.Intents()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kept := len(ins) == 1; kept != tc.kept {
+				t.Errorf("intents after the apply: %+v, want kept %v", ins, tc.kept)
+			}
+			st, err := f.p.Stats()
+			if err != nil || st.Intents != len(ins) {
+				t.Errorf("stats count %d intents, %d recorded (%v)", st.Intents, len(ins), err)
+			}
+			f.check()
+		})
+	}
+}
+
 func TestBatchAppliedTwice(t *testing.T) {
 	f := newFixture(t, Options{})
 	recs := f.records(pushB("app", "l"), pushM("app", "m", "v1", []string{"l"}, nil, ""), delT("app", "v1"))

@@ -223,25 +223,48 @@ func (p *Projection) Lookup(ref events.NodeRef) (ni NodeInfo, ok bool, err error
 	return p.get(ref, false)
 }
 
+// LookupMany is Lookup of every ref in one read transaction, for a caller
+// that looks up many nodes at once (the storage check of a round): fn is
+// called with each ref's index in refs and what Lookup would return, in
+// order, and its error ends the walk.
+func (p *Projection) LookupMany(refs []events.NodeRef, fn func(i int, ni NodeInfo, ok bool) error) error {
+	return p.db.View(func(tx *bolt.Tx) error {
+		for i, ref := range refs {
+			ni, ok, err := p.getIn(tx, ref, false)
+			if err != nil {
+				return err
+			}
+			if err := fn(i, ni, ok); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 func (p *Projection) get(ref events.NodeRef, holders bool) (ni NodeInfo, ok bool, err error) {
+	err = p.db.View(func(tx *bolt.Tx) error {
+		ni, ok, err = p.getIn(tx, ref, holders)
+		return err
+	})
+	return ni, ok, err
+}
+
+func (p *Projection) getIn(tx *bolt.Tx, ref events.NodeRef, holders bool) (ni NodeInfo, ok bool, err error) {
 	k := nodeKey(ref)
 	if k == nil {
 		return ni, false, fmt.Errorf("refcount: unknown node kind %q", ref.Kind)
 	}
-	err = p.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketNodes).Get(k)
-		if v == nil {
-			return nil
-		}
-		n, err := decodeNode(v)
-		if err != nil {
-			return err
-		}
-		ok = true
-		ni, err = p.info(tx, k, n, holders)
-		return err
-	})
-	return ni, ok, err
+	v := tx.Bucket(bucketNodes).Get(k)
+	if v == nil {
+		return ni, false, nil
+	}
+	n, err := decodeNode(v)
+	if err != nil {
+		return ni, false, err
+	}
+	ni, err = p.info(tx, k, n, holders)
+	return ni, err == nil, err
 }
 
 // Dump writes every node as one JSON line, in key order: kind, identity,

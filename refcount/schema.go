@@ -54,7 +54,9 @@
 //	pauses/
 //	  <repo> → JSON Pause (a view that may be incomplete; "" for the whole registry)
 //	intents/
-//	  <intent id> → JSON Intent (collector work recorded before a storage operation)
+//	  <intent id> → JSON Intent (collector work recorded before a storage operation;
+//	                 dropped by the apply of the Collected event that commits it,
+//	                 or by the collector once it has undone a removal that raced)
 //	tags/
 //	  <tag key> → JSON TagLife (a tag's expiry, or its stay in the time machine)
 //	lifetimes/
