@@ -14,7 +14,8 @@
 //  1. Catch up: wait until the projection has applied everything the event
 //     log held at that moment (Log.CatchUp), and remember that sequence.
 //  2. Take up to BatchSize candidates among the oldest, spread over the
-//     storage directories they are removed from (see directory).
+//     storage directories they are removed from (see directory); unlink
+//     candidates then pass the storage check (confirm.go).
 //  3. Re-check them all in one write transaction against the projection at
 //     or past that sequence, and record an intent for each one still
 //     eligible (refcount.BeginCollectBatch).
@@ -22,9 +23,22 @@
 //     revisions (with their tags' history entries) and layer links; purge
 //     blob data. Blob purges have their own round, with a fresh catch-up
 //     right before it.
-//  5. Publish one Collected event per intent through the log, wait until
-//     the projection applied them (the cascading releases follow), and then
-//     drop the intents.
+//  5. Publish one Collected event per intent through the log and wait
+//     until the projection applied them (the cascading releases follow).
+//     Applying a Collected event drops its intent with the removal it
+//     commits; a removal that raced with a new reference is undone, and
+//     its intent dropped after.
+//
+// Step 5 of a round (its commit) runs beside the next round, whose
+// candidates leave out the nodes being committed; the next round's commit
+// waits until it has landed, so one commit runs at a time, in round order.
+// The next round's re-check may run before the commit has: it needs
+// nothing of it. The nodes being committed are not candidates; what they
+// held stays held until they are applied gone (and then waits out the
+// grace); one of them that raced is restored by its own commit. The one
+// thing a commit can add that a re-check must see, an owner's statement
+// about an object it still uses, makes the next re-check wait for the
+// commit to land.
 //
 // # Invariants
 //
@@ -189,13 +203,58 @@ type Collector struct {
 	limiter *rate.Limiter
 	m       *metrics
 	om      *ownerMetrics
-	// corrections are owners' statements about objects they still use,
-	// published at the end of the round's commit.
-	corrections []events.Event
+	// landing is the last round's commit, under way beside the next
+	// round (land waits for it).
+	landing     *landing
 	mu          sync.Mutex // one pass at a time
 	dirs        dirQueue   // where removals may have left empty directories
 	started     time.Time  // sources count as delivering at least until QuietAfter past it
 	storageless bool       // no Storage: every object goes to an owner, or stays
+}
+
+// landing is a round's commit running beside the next round: its
+// removals are published, applied and settled while the next round
+// chooses, checks and removes others. Only its goroutine writes to it
+// until done is closed.
+type landing struct {
+	nodes map[events.NodeRef]bool // what it commits: no candidates until it lands
+	// statements is set when it publishes owners' statements: the next
+	// re-check waits for them.
+	statements bool
+	rep        Report // what it counted, added to the pass's by land
+	err        error
+	done       chan struct{}
+}
+
+// takeOff commits a round's removals beside the next round.
+func (c *Collector) takeOff(ctx context.Context, done []refcount.Intent, corrections []events.Event) {
+	l := &landing{nodes: make(map[events.NodeRef]bool, len(done)), statements: len(corrections) > 0, done: make(chan struct{})}
+	for _, in := range done {
+		l.nodes[in.Node] = true
+	}
+	c.landing = l
+	go func() {
+		defer close(l.done)
+		l.err = c.commit(ctx, done, corrections, &l.rep)
+	}()
+}
+
+// land waits for the commit under way, if any, and adds what it counted
+// to rep.
+func (c *Collector) land(rep *Report) error {
+	l := c.landing
+	if l == nil {
+		return nil
+	}
+	<-l.done
+	c.landing = nil
+	rep.add(l.rep)
+	return l.err
+}
+
+// landingNode reports whether n's removal is being committed now.
+func (c *Collector) landingNode(n events.NodeRef) bool {
+	return c.landing != nil && c.landing.nodes[n]
 }
 
 // New returns a collector.
@@ -292,6 +351,17 @@ type Report struct {
 	StorageDuration time.Duration `json:"storageDuration"`
 }
 
+// add counts into r what a round's commit counted in o.
+func (r *Report) add(o Report) {
+	r.Removed = append(r.Removed, o.Removed...)
+	r.Unlinked += o.Unlinked
+	r.Purged += o.Purged
+	r.UnlinkedBytes += o.UnlinkedBytes
+	r.PurgedBytes += o.PurgedBytes
+	r.Restored += o.Restored
+	r.Errors += o.Errors
+}
+
 func newID() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
@@ -308,6 +378,12 @@ func (c *Collector) Pass(ctx context.Context) (rep Report, err error) {
 	defer func() {
 		rep.Duration = time.Since(start)
 		c.m.passSeconds.Observe(rep.Duration.Seconds())
+	}()
+	// No commit outlives its pass (this runs first).
+	defer func() {
+		if lerr := c.land(&rep); err == nil {
+			err = lerr
+		}
 	}()
 	if c.cfg.DryRun {
 		return c.plan(ctx, &rep)
@@ -351,6 +427,9 @@ func (c *Collector) Pass(ctx context.Context) (rep Report, err error) {
 		if unlinked+purged == 0 {
 			break
 		}
+	}
+	if err := c.land(&rep); err != nil {
+		return rep, err
 	}
 	if _, err := c.cfg.Projection.PruneTrash(c.cfg.Now().Add(-c.cfg.Projection.Options().Retention)); err != nil {
 		return rep, err
@@ -424,12 +503,21 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if purge {
 		bound = v.PurgeBound
 	}
-	cands, err := c.cfg.Projection.CandidatesSpread(bound, c.cfg.BatchSize, spreadWindow*c.cfg.BatchSize,
+	// The removals of the commit under way are still candidates until it
+	// lands: the round asks for as many more, and leaves them out.
+	var landing int
+	if c.landing != nil {
+		landing = len(c.landing.nodes)
+	}
+	cands, err := c.cfg.Projection.CandidatesSpread(bound, c.cfg.BatchSize+landing, spreadWindow*c.cfg.BatchSize+landing,
 		max(2, (c.cfg.Concurrency+1)/2), func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
 	if err != nil {
 		return 0, err
 	}
-	cands = slices.DeleteFunc(cands, func(cd refcount.Candidate) bool { return paused[cd.Node.Repo] && cd.Node.Repo != "" })
+	cands = slices.DeleteFunc(cands, func(cd refcount.Candidate) bool {
+		return (paused[cd.Node.Repo] && cd.Node.Repo != "") || c.landingNode(cd.Node)
+	})
+	cands = cands[:min(len(cands), c.cfg.BatchSize)]
 	if c.storageless {
 		cands = c.ownedOnly(cands, rep)
 	}
@@ -461,6 +549,16 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if len(refs) == 0 {
 		return 0, nil
 	}
+	// The last round's commit has landed before the re-check: every
+	// round's re-check sees the rounds before it committed, their races
+	// undone and their owners' statements applied.
+	if c.landing != nil && c.landing.statements {
+		// An owner's statement about an object it still uses may hold a
+		// candidate: the re-check sees it applied.
+		if err := c.land(rep); err != nil {
+			return 0, err
+		}
+	}
 	intents, refused, err := c.cfg.Projection.BeginCollectBatch(ids, refs, bound, seq)
 	if err != nil {
 		return 0, err
@@ -475,16 +573,21 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	rep.Refused += len(refused)
 	c.m.refused.WithLabelValues(RefuseRecheck).Add(float64(len(refused)))
 	actStart := time.Now()
-	done := c.act(ctx, intents, rep)
+	done, corrections := c.act(ctx, intents, rep)
 	rep.StorageDuration += time.Since(actStart)
-	if err := c.commit(ctx, done, rep); err != nil {
+	// One commit at a time, in round order: the last round's has landed
+	// (beside this round's removals) before this round's takes off.
+	if err := c.land(rep); err != nil {
 		return 0, err
 	}
+	c.takeOff(ctx, done, corrections)
 	return len(done), nil
 }
 
-// act does the storage operation of each intent and returns the ones done.
-func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Report) []refcount.Intent {
+// act does the storage operation of each intent and returns the ones
+// done, and the owners' statements about objects they still use (which
+// commit publishes after the removals).
+func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Report) ([]refcount.Intent, []events.Event) {
 	var mu sync.Mutex
 	var done, owned []refcount.Intent
 	var corrections []events.Event
@@ -522,8 +625,7 @@ func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Rep
 		})
 	}
 	_ = g.Wait()
-	c.corrections = append(c.corrections, corrections...) // published by commit, after the removals
-	return done
+	return done, corrections
 }
 
 func (c *Collector) storageOp(ctx context.Context, in refcount.Intent) error {
@@ -548,10 +650,10 @@ func (c *Collector) storageOp(ctx context.Context, in refcount.Intent) error {
 
 // commit publishes a Collected event per intent, waits for the projection
 // to apply them, undoes the removals that raced, and drops the intents.
-func (c *Collector) commit(ctx context.Context, done []refcount.Intent, rep *Report) (err error) {
+func (c *Collector) commit(ctx context.Context, done []refcount.Intent, corrections []events.Event, rep *Report) (err error) {
 	defer func() {
 		if err == nil {
-			err = c.publishCorrections(ctx)
+			err = c.publishCorrections(ctx, corrections)
 		}
 	}()
 	if len(done) == 0 {
@@ -769,7 +871,8 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 		return err
 	}
 	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(kept), "total", len(intents))
-	return c.commit(ctx, c.act(ctx, kept, rep), rep)
+	done, corrections := c.act(ctx, kept, rep)
+	return c.commit(ctx, done, corrections, rep)
 }
 
 // Run makes a pass at once and then every interval until ctx ends. A

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -55,6 +56,9 @@ type crasher struct {
 	mu    sync.Mutex
 	fired bool
 	dead  bool
+	// applied are the intents of the Collected events applied right
+	// before an afterApply crash.
+	applied []string
 }
 
 func (c *crasher) isDead() bool {
@@ -159,6 +163,13 @@ func (c *crasher) Publish(ctx context.Context, evs []events.Event) error {
 		return err
 	}
 	if c.hit(afterApply, kind) {
+		c.mu.Lock()
+		for _, e := range evs {
+			if e.Kind == events.Collected {
+				c.applied = append(c.applied, e.Collected.Intent)
+			}
+		}
+		c.mu.Unlock()
 		return errCrashed
 	}
 	return nil
@@ -265,13 +276,19 @@ func TestCrashAndRestart(t *testing.T) {
 				if cr.isDead() && point != publishLost {
 					// A crash after the intent and before the apply of its
 					// Collected event leaves it behind; the apply drops the
-					// intent of a removal it commits.
+					// intent of a removal it commits (the intents of the
+					// round after it may be left).
 					ins, err := e.proj.Intents()
 					if err != nil {
 						t.Fatal(err)
 					}
-					if left := len(ins) > 0; left == (point == afterApply) {
-						t.Errorf("crash %s: intents left %v", point, ins)
+					if point != afterApply && len(ins) == 0 {
+						t.Errorf("crash %s: no intent left", point)
+					}
+					for _, in := range ins {
+						if slices.Contains(cr.applied, in.ID) {
+							t.Errorf("crash %s: the intent of an applied removal left: %+v", point, in)
+						}
 					}
 				}
 				e.reopen()

@@ -271,9 +271,7 @@ func (c *Collector) restoreOwnedTag(ctx context.Context, ref events.NodeRef, ori
 // still use, and waits until the projection applied it. It runs after the
 // round's removals are committed: a statement about a holder that the same
 // round removed must not make that removal look raced.
-func (c *Collector) publishCorrections(ctx context.Context) error {
-	evs := c.corrections
-	c.corrections = nil
+func (c *Collector) publishCorrections(ctx context.Context, evs []events.Event) error {
 	return c.publishApplied(ctx, evs, "owners' statements")
 }
 
