@@ -252,6 +252,16 @@ func (c *Collector) land(rep *Report) error {
 	return l.err
 }
 
+// failed reports whether the commit has ended in an error.
+func (l *landing) failed() bool {
+	select {
+	case <-l.done:
+		return l.err != nil
+	default:
+		return false
+	}
+}
+
 // landingNode reports whether n's removal is being committed now.
 func (c *Collector) landingNode(n events.NodeRef) bool {
 	return c.landing != nil && c.landing.nodes[n]
@@ -383,6 +393,8 @@ func (c *Collector) Pass(ctx context.Context) (rep Report, err error) {
 	defer func() {
 		if lerr := c.land(&rep); err == nil {
 			err = lerr
+		} else if lerr != nil {
+			c.cfg.Logger.Error("a round's commit failed; its intents stay for the next pass", "err", lerr)
 		}
 	}()
 	if c.cfg.DryRun {
@@ -549,10 +561,10 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if len(refs) == 0 {
 		return 0, nil
 	}
-	// The last round's commit has landed before the re-check: every
-	// round's re-check sees the rounds before it committed, their races
-	// undone and their owners' statements applied.
-	if c.landing != nil && c.landing.statements {
+	// The last round's commit may still be under way (see the package
+	// doc): the re-check waits for it only if it publishes owners'
+	// statements, and a round does not go on after a commit that failed.
+	if c.landing != nil && (c.landing.statements || c.landing.failed()) {
 		// An owner's statement about an object it still uses may hold a
 		// candidate: the re-check sees it applied.
 		if err := c.land(rep); err != nil {
@@ -671,31 +683,44 @@ func (c *Collector) commit(ctx context.Context, done []refcount.Intent, correcti
 	if _, err := c.cfg.Log.CatchUp(ctx); err != nil {
 		return fmt.Errorf("collector: catch up after removals: %w", err)
 	}
+	// The apply decided: an intent it left is a removal it refused (the
+	// node was named or held after the re-check); the others it committed
+	// and dropped.
+	ids := make([]string, len(done))
+	for i, in := range done {
+		ids[i] = in.ID
+	}
+	left, err := c.cfg.Projection.IntentsLeft(ids)
+	if err != nil {
+		return fmt.Errorf("collector: settle removals (intents stay for recovery): %w", err)
+	}
 	settled := make([]string, 0, len(done))
-	var restored []string
+	var refused []string
 	defer func() {
-		// Applying a Collected event dropped the projection's intent if
-		// the removal committed; those of the removals restored go here,
-		// in one transaction (none in a round without a race).
-		if err := c.dropIntents(ctx, restored, settled); err != nil {
+		// The intents of refused removals go here, in one transaction
+		// (none in a round without a race), and every settled one from
+		// the IntentStore.
+		if err := c.dropIntents(ctx, refused, settled); err != nil {
 			c.cfg.Logger.Error("dropping settled intents failed; recovery will drop them", "err", err)
 		}
 	}()
 	var relinked []events.Event
 	for _, in := range done {
-		raced, err := c.settle(ctx, in)
-		if err != nil {
-			rep.Errors++
-			c.cfg.Logger.Error("settling a removal failed; the intent stays", "node", in.Node.String(), "err", err)
+		if left[in.ID] {
+			restored, err := c.settle(ctx, in)
+			if err != nil {
+				rep.Errors++
+				c.cfg.Logger.Error("settling a removal failed; the intent stays", "node", in.Node.String(), "err", err)
+				continue
+			}
+			settled, refused = append(settled, in.ID), append(refused, in.ID)
+			if restored {
+				rep.Restored++
+				relinked = append(relinked, c.healedEvent(in.Node, "undo-"+in.ID))
+			}
 			continue
 		}
 		settled = append(settled, in.ID)
-		if raced {
-			restored = append(restored, in.ID)
-			rep.Restored++
-			relinked = append(relinked, c.healedEvent(in.Node, "undo-"+in.ID))
-			continue
-		}
 		kind := string(in.Node.Kind)
 		op := "unlink"
 		if in.Purge {
@@ -739,23 +764,21 @@ func (c *Collector) publishApplied(ctx context.Context, evs []events.Event, what
 	return nil
 }
 
-// settle looks at a node after its Collected event was applied: if the
-// projection kept it (the removal raced with a new reference), the links
-// are put back. The caller then drops the intent.
-func (c *Collector) settle(ctx context.Context, in refcount.Intent) (raced bool, err error) {
+// settle handles a removal whose Collected event the projection refused
+// (the removal raced with a new reference): if the node is still present,
+// its links are put back; if it has been deleted since, there is nothing
+// to put back. The caller then drops the intent.
+func (c *Collector) settle(ctx context.Context, in refcount.Intent) (restored bool, err error) {
+	c.m.races.WithLabelValues(string(in.Node.Kind)).Inc()
 	ni, ok, err := c.cfg.Projection.Lookup(in.Node)
-	if err != nil {
+	if err != nil || !ok || !ni.Present {
+		return false, err // deleted since: nothing to put back
+	}
+	if err := c.undo(ctx, in); err != nil {
 		return false, err
 	}
-	if ok && ni.Present {
-		raced = true
-		c.m.races.WithLabelValues(string(in.Node.Kind)).Inc()
-		if err := c.undo(ctx, in); err != nil {
-			return true, err
-		}
-		c.cfg.Logger.Warn("a removal raced with a new reference; restored", "node", in.Node.String())
-	}
-	return raced, nil
+	c.cfg.Logger.Warn("a removal raced with a new reference; restored", "node", in.Node.String())
+	return true, nil
 }
 
 // undo puts back what an intent's storage operation removed.

@@ -430,3 +430,68 @@ func TestRemovalRacingWithNewReferenceIsUndone(t *testing.T) {
 		e.mustPull("app:v1")
 	})
 }
+
+// afterCollected publishes evs right after the first batch of Collected
+// events is applied, before the commit settles them.
+type afterCollected struct {
+	*sinkLog
+	then []events.Event
+	done bool
+}
+
+func (a *afterCollected) Publish(ctx context.Context, evs []events.Event) error {
+	if err := a.sinkLog.Publish(ctx, evs); err != nil {
+		return err
+	}
+	if !a.done && len(evs) > 0 && evs[0].Kind == events.Collected {
+		a.done = true
+		return a.sinkLog.Publish(ctx, a.then)
+	}
+	return nil
+}
+
+// TestRacedThenDeletedDropsIntent: a removal raced (a pull after the
+// re-check), so its apply keeps the node and its intent; the registry then
+// deletes the manifest before the commit settles it. The commit finds the
+// removal refused and the node gone: nothing to restore, and the intent
+// goes.
+func TestRacedThenDeletedDropsIntent(t *testing.T) {
+	e := newEnv(t, refcount.PolicyDelete)
+	img := e.reg.PushRandom(t, "app:v1", 2)
+	d := digest.Digest(regtest.Digest(t, img).String())
+	e.reg.DeleteTag(t, "app", "v1")
+	e.settle()
+	e.advance(2 * testGrace)
+	e.settle()
+	rs := &racingStorage{Storage: e.store, kind: events.NodeManifest, hook: func() {
+		ev := events.Event{V: events.Version, ID: "pull-race", Time: e.now().UTC(), Source: "registry",
+			Kind: events.Touched, Ref: &events.RepoDigest{Repo: "app", Digest: d}}
+		if err := e.log.Publish(context.Background(), []events.Event{ev}); err != nil {
+			t.Error(err)
+		}
+	}}
+	lg := &afterCollected{sinkLog: e.log, then: []events.Event{{V: events.Version, ID: "del-after", Time: e.now().UTC(),
+		Source: "registry", Kind: events.DigestDeleted, Ref: &events.RepoDigest{Repo: "app", Digest: d}}}}
+	col, err := collector.New(collector.Config{Projection: e.proj, Storage: rs, Reader: e.store, Log: lg, Now: e.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := col.Pass(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins, err := e.proj.Intents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := e.proj.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ins) > 0 || st.Intents != 0 {
+		t.Errorf("intents left after the pass: %+v (stats count %d)", ins, st.Intents)
+	}
+	if rep.Restored != 0 || rep.Unlinked != 0 {
+		t.Errorf("report: %d restored, %d unlinked; want none", rep.Restored, rep.Unlinked)
+	}
+}

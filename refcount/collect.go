@@ -159,6 +159,23 @@ func putIntent(tx *bolt.Tx, in Intent) error {
 // Intents returns the recorded intents, in id order.
 func (p *Projection) Intents() ([]Intent, error) { return listJSON[Intent](p, bucketIntents, "intent") }
 
+// IntentsLeft reports which of ids are recorded intents, in one read
+// transaction: after their Collected events are applied, the intents of
+// the removals the apply refused (it drops the others).
+func (p *Projection) IntentsLeft(ids []string) (map[string]bool, error) {
+	left := map[string]bool{}
+	err := p.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIntents)
+		for _, id := range ids {
+			if b.Get([]byte(id)) != nil {
+				left[id] = true
+			}
+		}
+		return nil
+	})
+	return left, err
+}
+
 // DropIntents removes intents in one transaction.
 func (p *Projection) DropIntents(ids []string) error {
 	if len(ids) == 0 {
