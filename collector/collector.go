@@ -769,7 +769,6 @@ func (c *Collector) publishApplied(ctx context.Context, evs []events.Event, what
 // its links are put back; if it has been deleted since, there is nothing
 // to put back. The caller then drops the intent.
 func (c *Collector) settle(ctx context.Context, in refcount.Intent) (restored bool, err error) {
-	c.m.races.WithLabelValues(string(in.Node.Kind)).Inc()
 	ni, ok, err := c.cfg.Projection.Lookup(in.Node)
 	if err != nil || !ok || !ni.Present {
 		return false, err // deleted since: nothing to put back
@@ -777,6 +776,7 @@ func (c *Collector) settle(ctx context.Context, in refcount.Intent) (restored bo
 	if err := c.undo(ctx, in); err != nil {
 		return false, err
 	}
+	c.m.races.WithLabelValues(string(in.Node.Kind)).Inc()
 	c.cfg.Logger.Warn("a removal raced with a new reference; restored", "node", in.Node.String())
 	return true, nil
 }
