@@ -13,6 +13,7 @@ import (
 	"github.com/refgc/refgc/events/eventlog"
 	"github.com/refgc/refgc/internal/regtest"
 	"github.com/refgc/refgc/refcount"
+	"github.com/refgc/refgc/store"
 )
 
 // landingWatch holds a round's commit (its publish of Collected events)
@@ -20,9 +21,8 @@ import (
 // a purge round), and counts the storage operations that run while a
 // commit is under way.
 type landingWatch struct {
-	collector.Storage
-	reader collector.StorageReader
-	log    eventlog.Log
+	*store.Driver
+	log eventlog.Log
 
 	mu        sync.Mutex
 	committed map[events.NodeRef]int // Collected events published, by node
@@ -95,19 +95,7 @@ func (w *landingWatch) Barrier(context.Context) error {
 
 func (w *landingWatch) Revisions(ctx context.Context, repo string, fn func(digest.Digest) error) error {
 	w.release(true)
-	return w.reader.Revisions(ctx, repo, fn)
-}
-
-func (w *landingWatch) Tags(ctx context.Context, repo string, fn func(string, digest.Digest) error) error {
-	return w.reader.Tags(ctx, repo, fn)
-}
-
-func (w *landingWatch) LinkModTime(ctx context.Context, n events.NodeRef) (time.Time, error) {
-	return w.reader.LinkModTime(ctx, n)
-}
-
-func (w *landingWatch) ReadBlob(ctx context.Context, d digest.Digest, max int64) ([]byte, error) {
-	return w.reader.ReadBlob(ctx, d, max)
+	return w.Driver.Revisions(ctx, repo, fn)
 }
 
 func (w *landingWatch) op(n events.NodeRef) {
@@ -121,17 +109,17 @@ func (w *landingWatch) op(n events.NodeRef) {
 
 func (w *landingWatch) DeleteRevision(ctx context.Context, repo string, d digest.Digest, tags []string) error {
 	w.op(events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: d})
-	return w.Storage.DeleteRevision(ctx, repo, d, tags)
+	return w.Driver.DeleteRevision(ctx, repo, d, tags)
 }
 
 func (w *landingWatch) DeleteLayerLink(ctx context.Context, repo string, d digest.Digest) error {
 	w.op(events.NodeRef{Kind: events.NodeLayer, Repo: repo, Digest: d})
-	return w.Storage.DeleteLayerLink(ctx, repo, d)
+	return w.Driver.DeleteLayerLink(ctx, repo, d)
 }
 
 func (w *landingWatch) PurgeBlob(ctx context.Context, d digest.Digest) error {
 	w.op(events.NodeRef{Kind: events.NodeBlob, Digest: d})
-	return w.Storage.PurgeBlob(ctx, d)
+	return w.Driver.PurgeBlob(ctx, d)
 }
 
 // TestCommitBesideTheNextRound: a round's commit runs beside the next
@@ -150,7 +138,7 @@ func TestCommitBesideTheNextRound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &landingWatch{Storage: e.store, reader: e.store, log: e.log,
+	w := &landingWatch{Driver: e.store, log: e.log,
 		committed: map[events.NodeRef]int{}, removed: map[events.NodeRef]int{}}
 	col, err := collector.New(collector.Config{Projection: e.proj, Storage: w, Reader: w, Log: w,
 		Now: e.now, Concurrency: 2, BatchSize: 2, Reconcile: e.reconcile, Barrier: w.Barrier})
