@@ -13,21 +13,27 @@
 //
 //  1. Catch up: wait until the projection has applied everything the event
 //     log held at that moment (Log.CatchUp), and remember that sequence.
-//  2. Take up to BatchSize candidates among the oldest, spread over the
-//     storage directories they are removed from (see directory); unlink
-//     candidates then pass the storage check (confirm.go).
+//  2. Take a round's candidates among the oldest, spread over the storage
+//     directories they are removed from (see directory): as many as the
+//     last round's removal rate lets go in RoundTime, up to BatchSize
+//     (roundSize). Unlink candidates then pass the storage check
+//     (confirm.go).
 //  3. Re-check them all in one write transaction against the projection at
 //     or past that sequence, and record an intent for each one still
 //     eligible (refcount.BeginCollectBatch).
 //  4. Act on storage, concurrently and rate-limited: unlink manifest
 //     revisions (with their tags' history entries) and layer links; purge
-//     blob data. Blob purges have their own round, with a fresh catch-up
-//     right before it.
-//  5. Publish one Collected event per intent through the log and wait
-//     until the projection applied them (the cascading releases follow).
-//     Applying a Collected event drops its intent with the removal it
-//     commits; a removal that raced with a new reference is undone, and
-//     its intent dropped after.
+//     blob data. Right before each operation, a last look at the
+//     projection passes over a removal that raced since the re-check
+//     (refcount.Projection.Raced): what the projection has applied since
+//     stops the removal rather than has it undone, however long the round.
+//     Blob purges have their own round, with a fresh catch-up right before
+//     it.
+//  5. Publish one Collected event per removal done through the log and
+//     wait until the projection applied them (the cascading releases
+//     follow). Applying a Collected event drops its intent with the
+//     removal it commits; a removal that raced with a new reference is
+//     undone, and its intent dropped after, with those passed over.
 //
 // Step 5 of a round (its commit) runs beside the next round, whose
 // candidates leave out the nodes being committed; the next round's commit
@@ -129,6 +135,13 @@ type Config struct {
 	Now func() time.Time
 	// BatchSize bounds the candidates of one round (DefaultBatchSize).
 	BatchSize int
+	// RoundTime is about the longest a round's removals take
+	// (DefaultRoundTime): a round takes as many candidates as the last
+	// round's removal rate lets go in this time, up to BatchSize. So the
+	// time between a round's storage check and its last removal stays
+	// about RoundTime whatever the storage's speed or the rate limit,
+	// while rounds on fast storage grow, with fewer fsyncs per removal.
+	RoundTime time.Duration
 	// Concurrency bounds storage operations in flight (DefaultConcurrency).
 	Concurrency int
 	// RateLimit bounds storage operations per second (0: unlimited).
@@ -164,9 +177,24 @@ type Config struct {
 const (
 	DefaultQuietAfter  = 5 * time.Minute
 	DefaultClockSkew   = 2 * time.Second
-	DefaultBatchSize   = 256
+	DefaultBatchSize   = 1024
+	DefaultRoundTime   = 500 * time.Millisecond
 	DefaultConcurrency = 8
 )
+
+// firstRoundSize bounds a round's candidates while no removal rate is
+// known (see roundSize).
+const firstRoundSize = 256
+
+// roundSize is how many candidates a round takes: as many as rate
+// (removals per second, 0 when not known) lets go in roundTime, at least
+// concurrency (every operation slot busy), at most batch.
+func roundSize(batch, concurrency int, rate float64, roundTime time.Duration) int {
+	if rate <= 0 {
+		return min(batch, firstRoundSize)
+	}
+	return min(batch, max(concurrency, int(rate*roundTime.Seconds())))
+}
 
 // spreadWindow is how many rounds' worth of the oldest candidates a round
 // chooses its own among, spread over directories (see directory).
@@ -206,10 +234,12 @@ type Collector struct {
 	// landing is the last round's commit, under way beside the next
 	// round (land waits for it).
 	landing     *landing
-	mu          sync.Mutex // one pass at a time
-	dirs        dirQueue   // where removals may have left empty directories
-	started     time.Time  // sources count as delivering at least until QuietAfter past it
-	storageless bool       // no Storage: every object goes to an owner, or stays
+	failing     map[events.NodeRef]bool // nodes whose storage operation failed in this pass
+	rate        float64                 // removals per second of the last full round (0: none yet), for roundSize
+	mu          sync.Mutex              // one pass at a time
+	dirs        dirQueue                // where removals may have left empty directories
+	started     time.Time               // sources count as delivering at least until QuietAfter past it
+	storageless bool                    // no Storage: every object goes to an owner, or stays
 }
 
 // landing is a round's commit running beside the next round: its
@@ -227,7 +257,7 @@ type landing struct {
 }
 
 // takeOff commits a round's removals beside the next round.
-func (c *Collector) takeOff(ctx context.Context, done []refcount.Intent, corrections []events.Event) {
+func (c *Collector) takeOff(ctx context.Context, done, passed []refcount.Intent, corrections []events.Event) {
 	l := &landing{nodes: make(map[events.NodeRef]bool, len(done)), statements: len(corrections) > 0, done: make(chan struct{})}
 	for _, in := range done {
 		l.nodes[in.Node] = true
@@ -235,7 +265,7 @@ func (c *Collector) takeOff(ctx context.Context, done []refcount.Intent, correct
 	c.landing = l
 	go func() {
 		defer close(l.done)
-		l.err = c.commit(ctx, done, corrections, &l.rep)
+		l.err = c.commit(ctx, done, passed, corrections, &l.rep)
 	}()
 }
 
@@ -295,6 +325,9 @@ func New(cfg Config) (*Collector, error) {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultBatchSize
 	}
+	if cfg.RoundTime <= 0 {
+		cfg.RoundTime = DefaultRoundTime
+	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
 	}
@@ -315,6 +348,7 @@ func New(cfg Config) (*Collector, error) {
 			burst = 1
 		}
 		c.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), burst)
+		c.rate = cfg.RateLimit
 	}
 	return c, nil
 }
@@ -336,7 +370,7 @@ type Report struct {
 	// deleted: the space freed. A dry run counts what a pass would do now.
 	UnlinkedBytes int64 `json:"unlinkedBytes"`
 	PurgedBytes   int64 `json:"purgedBytes"`
-	Refused       int   `json:"refused"`  // candidates the storage check or the re-check turned down
+	Refused       int   `json:"refused"`  // candidates the storage check, the re-check or the last look turned down
 	Restored      int   `json:"restored"` // removals undone because they raced
 	Healed        int   `json:"healed"`   // unlinked objects re-linked after a late event
 	Expired       int   `json:"expired"`  // tags removed because their expiry or their repository's purge passed
@@ -368,6 +402,7 @@ func (r *Report) add(o Report) {
 	r.Purged += o.Purged
 	r.UnlinkedBytes += o.UnlinkedBytes
 	r.PurgedBytes += o.PurgedBytes
+	r.Refused += o.Refused
 	r.Restored += o.Restored
 	r.Errors += o.Errors
 }
@@ -397,6 +432,7 @@ func (c *Collector) Pass(ctx context.Context) (rep Report, err error) {
 			c.cfg.Logger.Error("a round's commit failed; its intents stay for the next pass", "err", lerr)
 		}
 	}()
+	c.failing = map[events.NodeRef]bool{}
 	if c.cfg.DryRun {
 		return c.plan(ctx, &rep)
 	}
@@ -521,15 +557,16 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if c.landing != nil {
 		landing = len(c.landing.nodes)
 	}
-	cands, err := c.cfg.Projection.CandidatesSpread(bound, c.cfg.BatchSize+landing, spreadWindow*c.cfg.BatchSize+landing,
+	size := roundSize(c.cfg.BatchSize, c.cfg.Concurrency, c.rate, c.cfg.RoundTime)
+	cands, err := c.cfg.Projection.CandidatesSpread(bound, size+landing+len(c.failing), spreadWindow*size+landing+len(c.failing),
 		max(2, (c.cfg.Concurrency+1)/2), func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
 	if err != nil {
 		return 0, err
 	}
 	cands = slices.DeleteFunc(cands, func(cd refcount.Candidate) bool {
-		return (paused[cd.Node.Repo] && cd.Node.Repo != "") || c.landingNode(cd.Node)
+		return (paused[cd.Node.Repo] && cd.Node.Repo != "") || c.landingNode(cd.Node) || c.failing[cd.Node]
 	})
-	cands = cands[:min(len(cands), c.cfg.BatchSize)]
+	cands = cands[:min(len(cands), size)]
 	if c.storageless {
 		cands = c.ownedOnly(cands, rep)
 	}
@@ -585,24 +622,43 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	rep.Refused += len(refused)
 	c.m.refused.WithLabelValues(RefuseRecheck).Add(float64(len(refused)))
 	actStart := time.Now()
-	done, corrections := c.act(ctx, intents, rep)
-	rep.StorageDuration += time.Since(actStart)
+	done, passed, corrections := c.act(ctx, intents, rep, true)
+	took := time.Since(actStart)
+	rep.StorageDuration += took
+	c.measure(len(intents)-len(passed), took)
 	// One commit at a time, in round order: the last round's has landed
 	// (beside this round's removals) before this round's takes off.
 	if err := c.land(rep); err != nil {
 		return 0, err
 	}
-	c.takeOff(ctx, done, corrections)
+	c.takeOff(ctx, done, passed, corrections)
 	return len(done), nil
 }
 
+// measure keeps the removal rate of a round of n storage operations that
+// took d (the removals passed over did none), for the next round's size. A round with fewer operations than
+// can be in flight measures their latency, not the rate: it is left out.
+func (c *Collector) measure(n int, d time.Duration) {
+	if n < c.cfg.Concurrency || d <= 0 {
+		return
+	}
+	c.rate = float64(n) / d.Seconds()
+	if c.cfg.RateLimit > 0 {
+		c.rate = min(c.rate, c.cfg.RateLimit)
+	}
+}
+
 // act does the storage operation of each intent and returns the ones
-// done, and the owners' statements about objects they still use (which
-// commit publishes after the removals).
-func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Report) ([]refcount.Intent, []events.Event) {
+// done, the ones passed over because they raced since the re-check (see
+// remove), and the owners' statements about objects they still use (which
+// commit publishes after the removals). A node whose operation failed
+// keeps its intent for the next pass, and no later round of this pass
+// chooses it again. lastLook is set for a round's own intents, whose
+// operations have not run: recovery's may have, and a removal done and
+// then raced must go through the commit, which restores it.
+func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Report, lastLook bool) (done, passed []refcount.Intent, corrections []events.Event) {
 	var mu sync.Mutex
-	var done, owned []refcount.Intent
-	var corrections []events.Event
+	var owned []refcount.Intent
 	if len(c.cfg.Owners) > 0 {
 		owned = slices.DeleteFunc(slices.Clone(intents), func(in refcount.Intent) bool { return !c.owned(in) })
 		intents = slices.DeleteFunc(slices.Clone(intents), c.owned)
@@ -614,38 +670,71 @@ func (c *Collector) act(ctx context.Context, intents []refcount.Intent, rep *Rep
 			var d []refcount.Intent
 			d, corrections = c.askOwners(gctx, owned, rep, &mu)
 			mu.Lock()
+			defer mu.Unlock()
 			done = append(done, d...)
-			mu.Unlock()
+			// What the owners did not delete (in use, unanswered, or
+			// failed) waits for the next pass, as a failed operation.
+			deleted := make(map[string]bool, len(d))
+			for _, in := range d {
+				deleted[in.ID] = true
+			}
+			for _, in := range owned {
+				if !deleted[in.ID] {
+					c.failing[in.Node] = true
+				}
+			}
 			return nil
 		})
 	}
 	for _, in := range intents {
 		g.Go(func() error {
-			if err := c.storageOp(gctx, in); err != nil {
+			raced, err := c.remove(gctx, in, lastLook)
+			if err != nil {
 				c.m.errors.WithLabelValues(string(in.Node.Kind)).Inc()
 				c.cfg.Logger.Warn("storage operation failed; the intent stays for the next pass",
 					"node", in.Node.String(), "err", err)
-				mu.Lock()
-				rep.Errors++
-				mu.Unlock()
-				return nil
 			}
 			mu.Lock()
-			done = append(done, in)
-			mu.Unlock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				rep.Errors++
+				c.failing[in.Node] = true
+			case raced:
+				rep.Refused++
+				c.m.refused.WithLabelValues(RefuseLastLook).Inc()
+				passed = append(passed, in)
+			default:
+				done = append(done, in)
+			}
 			return nil
 		})
 	}
 	_ = g.Wait()
-	return done, corrections
+	return done, passed, corrections
+}
+
+// remove does an intent's storage operation, unless the projection shows
+// that the removal raced since the re-check: a last look right before it,
+// so that what the projection has applied since the re-check (a push that
+// references the node again) stops the removal rather than has it undone
+// after. It reports whether the removal raced.
+func (c *Collector) remove(ctx context.Context, in refcount.Intent, lastLook bool) (raced bool, err error) {
+	if c.limiter != nil {
+		if err := c.limiter.Wait(ctx); err != nil {
+			return false, err
+		}
+	}
+	if !lastLook {
+		return false, c.storageOp(ctx, in)
+	}
+	if raced, err := c.cfg.Projection.Raced(in); err != nil || raced {
+		return raced, err
+	}
+	return false, c.storageOp(ctx, in)
 }
 
 func (c *Collector) storageOp(ctx context.Context, in refcount.Intent) error {
-	if c.limiter != nil {
-		if err := c.limiter.Wait(ctx); err != nil {
-			return err
-		}
-	}
 	n := in.Node
 	switch n.Kind {
 	case events.NodeManifest:
@@ -660,14 +749,27 @@ func (c *Collector) storageOp(ctx context.Context, in refcount.Intent) error {
 	return nil
 }
 
-// commit publishes a Collected event per intent, waits for the projection
-// to apply them, undoes the removals that raced, and drops the intents.
-func (c *Collector) commit(ctx context.Context, done []refcount.Intent, corrections []events.Event, rep *Report) (err error) {
+// commit publishes a Collected event per intent done, waits for the
+// projection to apply them, undoes the removals that raced, and drops the
+// intents, with those of the removals passed over.
+func (c *Collector) commit(ctx context.Context, done, passed []refcount.Intent, corrections []events.Event, rep *Report) (err error) {
 	defer func() {
 		if err == nil {
 			err = c.publishCorrections(ctx, corrections)
 		}
 	}()
+	// Nothing was done for the removals passed over: their intents go
+	// first, whatever happens to the others (a drop that fails leaves
+	// them to recovery, which finds nothing to undo).
+	if len(passed) > 0 {
+		ids := make([]string, len(passed))
+		for i, in := range passed {
+			ids[i] = in.ID
+		}
+		if err := c.dropIntents(ctx, ids, ids); err != nil {
+			c.cfg.Logger.Error("dropping the intents of removals passed over failed; recovery will drop them", "err", err)
+		}
+	}
 	if len(done) == 0 {
 		return nil
 	}
@@ -894,8 +996,8 @@ func (c *Collector) recover(ctx context.Context, rep *Report) error {
 		return err
 	}
 	c.cfg.Logger.Info("finishing intents left by an earlier run", "redo", len(kept), "total", len(intents))
-	done, corrections := c.act(ctx, kept, rep)
-	return c.commit(ctx, done, corrections, rep)
+	done, passed, corrections := c.act(ctx, kept, rep, false)
+	return c.commit(ctx, done, passed, corrections, rep)
 }
 
 // Run makes a pass at once and then every interval until ctx ends. A

@@ -69,6 +69,10 @@ const (
 	// RefuseRecheck: the projection's re-check turned the candidate down
 	// (held, leased, or changed since it was chosen). Not a storage finding.
 	RefuseRecheck = "recheck"
+	// RefuseLastLook: the projection showed, right before the storage
+	// operation, that the candidate raced since its re-check (named,
+	// held again, or gone): the removal is not done.
+	RefuseLastLook = "last_look"
 	// RefuseNoOwner: a collector without storage (every object goes to an
 	// owner) found a candidate that no owner takes: it is left alone.
 	RefuseNoOwner = "no_owner"
@@ -76,7 +80,7 @@ const (
 
 // RefuseReasons lists the reasons a candidate is refused.
 var RefuseReasons = []string{RefuseTagged, RefuseRewritten, RefuseUnknownReference, RefuseSubjectLive,
-	RefuseStorageError, RefuseRecheck, RefuseNoOwner}
+	RefuseStorageError, RefuseRecheck, RefuseLastLook, RefuseNoOwner}
 
 // refusal is one candidate the storage check turned down.
 type refusal struct {

@@ -260,3 +260,19 @@ func sorted(s []string) []string { slices.Sort(s); return s }
 func manifestRef(repo string, d v1.Hash) events.NodeRef {
 	return events.NodeRef{Kind: events.NodeManifest, Repo: repo, Digest: digest.Digest(d.String())}
 }
+
+// newCollector returns a collector of the env's projection, log, clock and
+// reconcile with cfg's other settings (its Storage, when not set, the
+// env's store).
+func (e *env) newCollector(cfg collector.Config) *collector.Collector {
+	e.t.Helper()
+	cfg.Projection, cfg.Log, cfg.Now, cfg.Reconcile = e.proj, e.log, e.now, e.reconcile
+	if cfg.Storage == nil {
+		cfg.Storage = e.store
+	}
+	col, err := collector.New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return col
+}

@@ -28,6 +28,7 @@ type landingWatch struct {
 	committed map[events.NodeRef]int // Collected events published, by node
 	removed   map[events.NodeRef]int // storage operations, by node
 	inCommit  bool
+	pending   bool          // removals done whose commit has not begun
 	held      chan struct{} // the held commit's: closed by release
 	next      bool          // released since the last commit began
 	beside    int           // storage operations and checks beside a commit
@@ -40,7 +41,7 @@ func (w *landingWatch) Publish(ctx context.Context, evs []events.Event) error {
 		return w.log.Publish(ctx, evs)
 	}
 	w.mu.Lock()
-	w.inCommit = true
+	w.inCommit, w.pending = true, false
 	held := make(chan struct{})
 	if w.next {
 		close(held) // the next round went on before this commit began
@@ -79,6 +80,11 @@ func (w *landingWatch) release(check bool) {
 	defer w.mu.Unlock()
 	if w.held == nil {
 		w.next = true
+		// A round's removals are done and their commit has not begun:
+		// this storage check runs beside it.
+		if w.pending && check {
+			w.beside++
+		}
 		return
 	}
 	if check {
@@ -102,6 +108,7 @@ func (w *landingWatch) op(n events.NodeRef) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.removed[n]++
+	w.pending = true
 	if w.inCommit {
 		w.beside++
 	}

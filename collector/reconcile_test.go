@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/refgc/refgc/collector/reconcile"
 	"github.com/refgc/refgc/events"
@@ -170,8 +172,9 @@ func TestReconcileRepairsLostEvents(t *testing.T) {
 	}
 }
 
-// testutilCount reads a counter's value from a registry.
-func testutilCount(reg *prometheus.Registry, name string) (float64, error) {
+// testutilCount reads a counter's value from a registry: the sum over its
+// series, or over those with the given label and value.
+func testutilCount(reg *prometheus.Registry, name string, labelValue ...string) (float64, error) {
 	mfs, err := reg.Gather()
 	if err != nil {
 		return 0, err
@@ -180,6 +183,11 @@ func testutilCount(reg *prometheus.Registry, name string) (float64, error) {
 		if mf.GetName() == name {
 			var sum float64
 			for _, m := range mf.GetMetric() {
+				if len(labelValue) == 2 && !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
+					return l.GetName() == labelValue[0] && l.GetValue() == labelValue[1]
+				}) {
+					continue
+				}
 				sum += m.GetCounter().GetValue()
 			}
 			return sum, nil

@@ -391,7 +391,7 @@ func (t *txn) collectedNode(k []byte, c *events.CollectedRef, at time.Time) {
 		return
 	}
 	n := t.get(k)
-	if n.lastSeq > c.AsOf || n.count > 0 || !n.present() {
+	if n.racedSince(c.AsOf) {
 		return
 	}
 	switch k[0] {

@@ -38,8 +38,6 @@ type Intent struct {
 	// Restore is set when the removal raced with a new reference and the
 	// collector must put back what it unlinked.
 	Restore bool `json:"restore,omitempty"`
-	// Manifest is what the manifest referenced, to restore its links.
-	Manifest *events.Manifest `json:"manifest,omitempty"`
 	// Origin is the event source that stated the node present: the
 	// collector routes the deletion to its owner, if it has one.
 	Origin string `json:"origin,omitempty"`
@@ -116,13 +114,6 @@ func (p *Projection) beginCollect(tx *bolt.Tx, id string, ref events.NodeRef, no
 				return err
 			}
 			in.Tags = tags
-			if raw := tx.Bucket(bucketNodes).Get(subKey(k, subBody, nil)); raw != nil {
-				m, err := decodeBody(k, raw)
-				if err != nil {
-					return err
-				}
-				in.Manifest = &m
-			}
 		}
 		return putIntent(tx, in)
 	}()
@@ -174,6 +165,29 @@ func (p *Projection) IntentsLeft(ids []string) (map[string]bool, error) {
 		return nil
 	})
 	return left, err
+}
+
+// Raced reports whether the removal an intent records raced with the
+// node's use since its re-check, in one read transaction: what the apply
+// of its Collected event would find. The collector asks
+// just before each storage operation, so that what the projection has
+// applied since the re-check stops the removal, not only undoes it. A
+// node without a record is gone: raced.
+func (p *Projection) Raced(in Intent) (raced bool, err error) {
+	err = p.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketNodes).Get(nodeKey(in.Node))
+		if v == nil {
+			raced = true
+			return nil
+		}
+		n, err := decodeNode(v)
+		if err != nil {
+			return err
+		}
+		raced = n.racedSince(in.AsOf)
+		return nil
+	})
+	return raced, err
 }
 
 // DropIntents removes intents in one transaction.

@@ -57,6 +57,12 @@ func (n *node) present() bool { return n.flags&flagPresent != 0 }
 func (n *node) active() bool  { return n.flags&flagActive != 0 }
 func (n *node) alive() bool   { return n.present() || n.count > 0 || n.flags&flagRetained != 0 }
 
+// racedSince reports whether a removal re-checked at cursor asOf raced
+// with the node's use: an event named the node after the re-check, it is
+// held again, or it is no longer present. The apply of a Collected event
+// refuses such a removal, and the collector does not start one (Raced).
+func (n *node) racedSince(asOf uint64) bool { return n.lastSeq > asOf || n.count > 0 || !n.present() }
+
 func (n *node) setFlag(f byte, on bool) {
 	if on {
 		n.flags |= f

@@ -56,7 +56,9 @@
 //	intents/
 //	  <intent id> → JSON Intent (collector work recorded before a storage operation;
 //	                 dropped by the apply of the Collected event that commits it,
-//	                 or by the collector once it has undone a removal that raced)
+//	                 by the collector once it has undone a removal that raced, or
+//	                 by the collector when its last look before the operation
+//	                 found the node raced: nothing done)
 //	tags/
 //	  <tag key> → JSON TagLife (a tag's expiry, or its stay in the time machine)
 //	lifetimes/

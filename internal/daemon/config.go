@@ -207,7 +207,10 @@ type CollectorConfig struct {
 	Concurrency int     `yaml:"concurrency"`
 	RateLimit   float64 `yaml:"rateLimit"`
 	BatchSize   int     `yaml:"batchSize"`
-	DryRun      bool    `yaml:"dryRun"`
+	// RoundTime is about the longest a collector round's removals take
+	// (collector.Config.RoundTime).
+	RoundTime time.Duration `yaml:"roundTime"`
+	DryRun    bool          `yaml:"dryRun"`
 }
 
 // Defaults returns the configuration `refgc serve` starts from.
@@ -219,6 +222,7 @@ func Defaults() Config {
 		Collector: CollectorConfig{
 			Interval: time.Minute, Grace: refcount.DefaultGrace, Retention: refcount.DefaultRetention,
 			Untagged: string(refcount.PolicyDelete), Concurrency: collector.DefaultConcurrency, BatchSize: collector.DefaultBatchSize,
+			RoundTime:         collector.DefaultRoundTime,
 			ReconcileInterval: 24 * time.Hour, QuietAfter: collector.DefaultQuietAfter,
 		},
 		StatsInterval:    15 * time.Second,
@@ -267,8 +271,8 @@ func (c *Config) Validate() error {
 		return bad("retention must not be negative")
 	case c.Collector.TimeMachine < 0:
 		return bad("the time machine window must not be negative")
-	case c.Collector.Concurrency < 0 || c.Collector.BatchSize < 0 || c.Collector.RateLimit < 0:
-		return bad("concurrency, batch size and rate limit must not be negative")
+	case c.Collector.Concurrency < 0 || c.Collector.BatchSize < 0 || c.Collector.RateLimit < 0 || c.Collector.RoundTime < 0:
+		return bad("concurrency, batch size, round time and rate limit must not be negative")
 	case c.LogFormat != "json" && c.LogFormat != "text":
 		return bad("log format must be json or text, not %q", c.LogFormat)
 	}

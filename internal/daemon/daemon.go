@@ -528,7 +528,7 @@ func (d *Daemon) newCollector(dryRun bool, reg prometheus.Registerer) (*collecto
 	}
 	c, err := collector.New(collector.Config{
 		Projection: d.proj, Storage: storage, Log: d.jslog, Now: d.now, Owners: owners,
-		BatchSize: cc.BatchSize, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
+		BatchSize: cc.BatchSize, RoundTime: cc.RoundTime, Concurrency: cc.Concurrency, RateLimit: cc.RateLimit,
 		QuietAfter: cc.QuietAfter, Started: d.started, DryRun: dryRun, ExpireTags: cc.ExpireTags, Intents: d.intentStore(), Source: "refgc", Logger: d.log, Registerer: reg,
 		Dirs: d.emptyDirs(), Barrier: d.barrierWait,
 		Reconcile: d.liftPauses(),
