@@ -23,10 +23,11 @@
 //     eligible (refcount.BeginCollectBatch).
 //  4. Act on storage, concurrently and rate-limited: unlink manifest
 //     revisions (with their tags' history entries) and layer links; purge
-//     blob data. Right before each operation, a last look at the
+//     blob data. Right before each storage operation, a last look at the
 //     projection passes over a removal that raced since the re-check
-//     (refcount.Projection.Raced): what the projection has applied since
-//     stops the removal rather than has it undone, however long the round.
+//     (refcount.Projection.Raced): what the projection has applied by then
+//     stops the removal rather than has it undone, however long the round
+//     (an owner checks for itself; recovery does not look, see act).
 //     Blob purges have their own round, with a fresh catch-up right before
 //     it.
 //  5. Publish one Collected event per removal done through the log and
@@ -136,11 +137,13 @@ type Config struct {
 	// BatchSize bounds the candidates of one round (DefaultBatchSize).
 	BatchSize int
 	// RoundTime is about the longest a round's removals take
-	// (DefaultRoundTime): a round takes as many candidates as the last
-	// round's removal rate lets go in this time, up to BatchSize. So the
-	// time between a round's storage check and its last removal stays
-	// about RoundTime whatever the storage's speed or the rate limit,
-	// while rounds on fast storage grow, with fewer fsyncs per removal.
+	// (DefaultRoundTime; 0 means the default): a round takes as many
+	// candidates as the last round of its kind removed from storage in
+	// this time, at least 64 and at most BatchSize (roundSize). So on slow
+	// storage or under a rate limit the time between a round's storage
+	// check and its last removal stays about RoundTime, unless 64
+	// removals take longer; on fast storage rounds grow, with fewer fsyncs
+	// per removal. Rounds that go to owners keep the first size (256).
 	RoundTime time.Duration
 	// Concurrency bounds storage operations in flight (DefaultConcurrency).
 	Concurrency int
@@ -182,18 +185,26 @@ const (
 	DefaultConcurrency = 8
 )
 
-// firstRoundSize bounds a round's candidates while no removal rate is
-// known (see roundSize).
-const firstRoundSize = 256
+// Round sizes (see roundSize): a round's candidates while no removal rate
+// is known, and the fewest a round takes on slow storage or under a rate
+// limit, since each unlink round lists the repositories it touches.
+const (
+	firstRoundSize = 256
+	minRoundSize   = 64
+)
 
 // roundSize is how many candidates a round takes: as many as rate
 // (removals per second, 0 when not known) lets go in roundTime, at least
-// concurrency (every operation slot busy), at most batch.
+// minRoundSize and concurrency (every operation slot busy), at most batch.
 func roundSize(batch, concurrency int, rate float64, roundTime time.Duration) int {
-	if rate <= 0 {
+	if !(rate > 0) { // not known, or NaN
 		return min(batch, firstRoundSize)
 	}
-	return min(batch, max(concurrency, int(rate*roundTime.Seconds())))
+	n := rate * roundTime.Seconds()
+	if n >= float64(batch) { // also +Inf: no conversion overflow
+		return batch
+	}
+	return min(batch, max(concurrency, minRoundSize, int(n)))
 }
 
 // spreadWindow is how many rounds' worth of the oldest candidates a round
@@ -235,7 +246,7 @@ type Collector struct {
 	// round (land waits for it).
 	landing     *landing
 	failing     map[events.NodeRef]bool // nodes whose storage operation failed in this pass
-	rate        float64                 // removals per second of the last full round (0: none yet), for roundSize
+	rate        [2]float64              // removals per second of the last full unlink [0] and purge [1] rounds (0: none yet), for roundSize
 	mu          sync.Mutex              // one pass at a time
 	dirs        dirQueue                // where removals may have left empty directories
 	started     time.Time               // sources count as delivering at least until QuietAfter past it
@@ -348,7 +359,6 @@ func New(cfg Config) (*Collector, error) {
 			burst = 1
 		}
 		c.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit), burst)
-		c.rate = cfg.RateLimit
 	}
 	return c, nil
 }
@@ -557,7 +567,11 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	if c.landing != nil {
 		landing = len(c.landing.nodes)
 	}
-	size := roundSize(c.cfg.BatchSize, c.cfg.Concurrency, c.rate, c.cfg.RoundTime)
+	kind := 0
+	if purge {
+		kind = 1
+	}
+	size := roundSize(c.cfg.BatchSize, c.cfg.Concurrency, c.rate[kind], c.cfg.RoundTime)
 	cands, err := c.cfg.Projection.CandidatesSpread(bound, size+landing+len(c.failing), spreadWindow*size+landing+len(c.failing),
 		max(2, (c.cfg.Concurrency+1)/2), func(k events.NodeKind) bool { return (k == events.NodeBlob) == purge }, directory)
 	if err != nil {
@@ -621,11 +635,16 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	}
 	rep.Refused += len(refused)
 	c.m.refused.WithLabelValues(RefuseRecheck).Add(float64(len(refused)))
-	actStart := time.Now()
+	actStart, errs := time.Now(), rep.Errors
 	done, passed, corrections := c.act(ctx, intents, rep, true)
 	took := time.Since(actStart)
 	rep.StorageDuration += took
-	c.measure(len(intents)-len(passed), took)
+	// The rate of a round that went to owners (one request for many
+	// items), or had failures (fast, or cut short), says nothing of the
+	// storage's.
+	if rep.Errors == errs && ctx.Err() == nil && !slices.ContainsFunc(intents, c.owned) {
+		c.measure(kind, len(done), took)
+	}
 	// One commit at a time, in round order: the last round's has landed
 	// (beside this round's removals) before this round's takes off.
 	if err := c.land(rep); err != nil {
@@ -635,16 +654,17 @@ func (c *Collector) round(ctx context.Context, rep *Report, purge bool) (int, er
 	return len(done), nil
 }
 
-// measure keeps the removal rate of a round of n storage operations that
-// took d (the removals passed over did none), for the next round's size. A round with fewer operations than
-// can be in flight measures their latency, not the rate: it is left out.
-func (c *Collector) measure(n int, d time.Duration) {
+// measure keeps the removal rate of a round of the kind (0 unlink, 1
+// purge) whose n storage operations done took d, for the next round's
+// size. A round with fewer operations than can be in flight measures
+// their latency, not the rate: it is left out.
+func (c *Collector) measure(kind, n int, d time.Duration) {
 	if n < c.cfg.Concurrency || d <= 0 {
 		return
 	}
-	c.rate = float64(n) / d.Seconds()
+	c.rate[kind] = float64(n) / d.Seconds()
 	if c.cfg.RateLimit > 0 {
-		c.rate = min(c.rate, c.cfg.RateLimit)
+		c.rate[kind] = min(c.rate[kind], c.cfg.RateLimit)
 	}
 }
 
@@ -759,8 +779,9 @@ func (c *Collector) commit(ctx context.Context, done, passed []refcount.Intent, 
 		}
 	}()
 	// Nothing was done for the removals passed over: their intents go
-	// first, whatever happens to the others (a drop that fails leaves
-	// them to recovery, which finds nothing to undo).
+	// first, whatever happens to the others. A drop that fails leaves
+	// them to recovery, which judges them as any other: one whose node is
+	// still referenced is undone (its link written again, harmlessly).
 	if len(passed) > 0 {
 		ids := make([]string, len(passed))
 		for i, in := range passed {

@@ -3,6 +3,8 @@ package collector_test
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -160,36 +162,69 @@ func TestFailedRemovalWaitsForTheNextPass(t *testing.T) {
 	e.mustPull("app:v1")
 }
 
-// TestRoundsFollowTheRemovalRate: under a rate limit a round takes what
-// the limit lets go in the round time, so a pass takes several rounds
-// where an unlimited one takes the garbage in one.
+// roundCounter counts the storage operations of each unlink round: a
+// pass's purge round (its barrier) comes after each unlink round.
+type roundCounter struct {
+	*store.Driver
+	mu     sync.Mutex
+	ops    int
+	rounds []int
+}
+
+func (r *roundCounter) DeleteRevision(ctx context.Context, repo string, d digest.Digest, tags []string) error {
+	r.mu.Lock()
+	r.ops++
+	r.mu.Unlock()
+	return r.Driver.DeleteRevision(ctx, repo, d, tags)
+}
+
+func (r *roundCounter) Barrier(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ops > 0 {
+		r.rounds = append(r.rounds, r.ops)
+	}
+	r.ops = 0
+	return nil
+}
+
+// TestRoundsFollowTheRemovalRate: the first round takes the first size;
+// then, unlimited, rounds take what the storage removes in the round
+// time (here the batch), and under a rate limit what the limit lets go
+// (here the floor).
 func TestRoundsFollowTheRemovalRate(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		rateLimit  float64
-		rounds     func(int) bool
-		wantRounds string
+		name      string
+		rateLimit float64
+		roundTime time.Duration
+		want      []int
 	}{
-		{"unlimited", 0, func(n int) bool { return n <= 2 }, "one with the garbage and one finding nothing"},
-		{"rate-limited", 100, func(n int) bool { return n >= 4 }, "at least three with the garbage"},
+		{"unlimited", 0, time.Hour, []int{128, 128, 44}},
+		{"rate-limited", 1000, 10 * time.Millisecond, []int{128, 64, 64, 44}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, refcount.PolicyDelete)
-			for range 13 {
-				e.reg.PushRandom(t, "app:v1", 1) // each push leaves the one before as garbage
+			w := newWorld(t, 4)
+			w.garbage(rand.New(rand.NewPCG(1, 2)), 300)
+			r := &roundCounter{Driver: w.store}
+			col, err := collector.New(collector.Config{Projection: w.proj, Storage: r, Log: w.log,
+				Now: func() time.Time { return w.clock }, Concurrency: 4, BatchSize: 128, RoundTime: tc.roundTime,
+				RateLimit: tc.rateLimit, Barrier: r.Barrier, Reconcile: func(ctx context.Context, repos []string) error {
+					_, err := w.rec.ReconcileRepos(ctx, repos)
+					return err
+				}})
+			if err != nil {
+				t.Fatal(err)
 			}
-			e.settle()
-			col := e.newCollector(collector.Config{Concurrency: 2, BatchSize: 64, RoundTime: 50 * time.Millisecond,
-				RateLimit: tc.rateLimit})
-			e.advance(2 * testGrace)
+			w.clock = w.clock.Add(testRetention + testGrace)
 			rep, err := col.Pass(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rep.Unlinked < 12 || !tc.rounds(rep.Rounds) {
-				t.Errorf("%d unlinked in %d rounds, want 12 or more in %s", rep.Unlinked, rep.Rounds, tc.wantRounds)
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if rep.Unlinked < 300 || !slices.Equal(r.rounds, tc.want) {
+				t.Errorf("%d unlinked, revisions removed by round %v, want %v", rep.Unlinked, r.rounds, tc.want)
 			}
-			e.mustPull("app:v1")
 		})
 	}
 }

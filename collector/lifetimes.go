@@ -82,7 +82,9 @@ func (c *Collector) lifetimes(ctx context.Context, rep *Report, v View) error {
 		if err != nil {
 			return fmt.Errorf("collector: catch up: %w", err)
 		}
-		due, err := c.cfg.Projection.DueTags(v.Bound, c.cfg.BatchSize+len(skip))
+		// Tags go one at a time against one listing of their
+		// repositories: their batches keep the first round's size.
+		due, err := c.cfg.Projection.DueTags(v.Bound, min(c.cfg.BatchSize, firstRoundSize)+len(skip))
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -273,6 +274,8 @@ func (c *Config) Validate() error {
 		return bad("the time machine window must not be negative")
 	case c.Collector.Concurrency < 0 || c.Collector.BatchSize < 0 || c.Collector.RateLimit < 0 || c.Collector.RoundTime < 0:
 		return bad("concurrency, batch size, round time and rate limit must not be negative")
+	case math.IsNaN(c.Collector.RateLimit) || math.IsInf(c.Collector.RateLimit, 0):
+		return bad("rate limit must be a number of operations per second (0: unlimited)")
 	case c.LogFormat != "json" && c.LogFormat != "text":
 		return bad("log format must be json or text, not %q", c.LogFormat)
 	}

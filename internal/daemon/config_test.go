@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"errors"
+	"math"
 	"testing"
+	"time"
 )
 
 // A daemon reachable from other machines needs both tokens, or an
@@ -65,6 +67,33 @@ func TestValidatePartition(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := Defaults()
 			c.Addr, c.Partition, c.Collector.OwnersOnly = "127.0.0.1:0", tt.part, tt.owners
+			err := c.Validate()
+			if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrConfig)) {
+				t.Fatalf("Validate: %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
+
+// The collector's numbers: none negative, the rate limit a number.
+func TestValidateCollectorNumbers(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		set  func(*CollectorConfig)
+		ok   bool
+	}{
+		{"defaults", func(*CollectorConfig) {}, true},
+		{"zero round time: the default", func(c *CollectorConfig) { c.RoundTime = 0 }, true},
+		{"negative round time", func(c *CollectorConfig) { c.RoundTime = -time.Second }, false},
+		{"negative batch", func(c *CollectorConfig) { c.BatchSize = -1 }, false},
+		{"rate limit", func(c *CollectorConfig) { c.RateLimit = 50 }, true},
+		{"infinite rate limit", func(c *CollectorConfig) { c.RateLimit = math.Inf(1) }, false},
+		{"rate limit not a number", func(c *CollectorConfig) { c.RateLimit = math.NaN() }, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Defaults()
+			c.Addr = "127.0.0.1:8080"
+			tt.set(&c.Collector)
 			err := c.Validate()
 			if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrConfig)) {
 				t.Fatalf("Validate: %v, want ok=%v", err, tt.ok)
