@@ -745,11 +745,10 @@ func (c *Collector) remove(ctx context.Context, in refcount.Intent, lastLook boo
 			return false, err
 		}
 	}
-	if !lastLook {
-		return false, c.storageOp(ctx, in)
-	}
-	if raced, err := c.cfg.Projection.Raced(in); err != nil || raced {
-		return raced, err
+	if lastLook {
+		if raced, err := c.cfg.Projection.Raced(in); err != nil || raced {
+			return raced, err
+		}
 	}
 	return false, c.storageOp(ctx, in)
 }
@@ -783,10 +782,7 @@ func (c *Collector) commit(ctx context.Context, done, passed []refcount.Intent, 
 	// them to recovery, which judges them as any other: one whose node is
 	// still referenced is undone (its link written again, harmlessly).
 	if len(passed) > 0 {
-		ids := make([]string, len(passed))
-		for i, in := range passed {
-			ids[i] = in.ID
-		}
+		ids := intentIDs(passed)
 		if err := c.dropIntents(ctx, ids, ids); err != nil {
 			c.cfg.Logger.Error("dropping the intents of removals passed over failed; recovery will drop them", "err", err)
 		}
@@ -809,11 +805,7 @@ func (c *Collector) commit(ctx context.Context, done, passed []refcount.Intent, 
 	// The apply decided: an intent it left is a removal it refused (the
 	// node was named or held after the re-check); the others it committed
 	// and dropped.
-	ids := make([]string, len(done))
-	for i, in := range done {
-		ids[i] = in.ID
-	}
-	left, err := c.cfg.Projection.IntentsLeft(ids)
+	left, err := c.cfg.Projection.IntentsLeft(intentIDs(done))
 	if err != nil {
 		return fmt.Errorf("collector: settle removals (intents stay for recovery): %w", err)
 	}
@@ -860,6 +852,15 @@ func (c *Collector) commit(ctx context.Context, done, passed []refcount.Intent, 
 		rep.Removed = append(rep.Removed, Removal{Node: in.Node, Purge: in.Purge, Bytes: in.Size})
 	}
 	return c.publishHealed(ctx, relinked)
+}
+
+// intentIDs lists the intents' ids.
+func intentIDs(ins []refcount.Intent) []string {
+	ids := make([]string, len(ins))
+	for i, in := range ins {
+		ids[i] = in.ID
+	}
+	return ids
 }
 
 // healedEvent says that the collector wrote a node's link back.
